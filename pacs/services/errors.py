@@ -1,0 +1,37 @@
+"""Named, protocol-neutral errors; each front end maps them in one table.
+
+::
+
+    PacsError
+    ├── InvalidInstance        the data cannot be understood (corrupt, truncated, not DICOM)
+    │   └── MissingAttribute   a required UID is absent or not a valid UID
+    ├── SopClassMismatch       the dataset is not what the request announced
+    ├── OutOfResources         disk full, index unreachable or locked: try again later
+    └── NotFound               no such object
+"""
+
+from __future__ import annotations
+
+
+class PacsError(Exception):
+    """Base of every error a service raises on purpose; the message is for the peer."""
+
+
+class InvalidInstance(PacsError):
+    """The data is not a readable DICOM instance."""
+
+
+class MissingAttribute(InvalidInstance):
+    """A required attribute is absent or invalid."""
+
+
+class SopClassMismatch(PacsError):
+    """The dataset's SOP Class or Instance UID differs from the request's (PS3.4 B.2.3)."""
+
+
+class OutOfResources(PacsError):
+    """Storage or index cannot take the instance now (disk full, database unavailable)."""
+
+
+class NotFound(PacsError):
+    """The requested object does not exist (or is not visible)."""

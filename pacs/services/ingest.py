@@ -1,0 +1,227 @@
+"""Ingest: the one path by which an instance enters the archive (C-STORE, STOW-RS, import).
+
+Order of a store (PS3.4 B.2.3 semantics, durability from the design):
+stage the bytes → read and check the header → make the blob durable → upsert the index in one
+transaction → report success. If the index transaction fails the new blob is deleted, so no
+file without a row and no row without a file is left behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TypeVar
+
+from storage.attributes import extract, request_attributes
+from storage.blobs import BlobInfo, FileStore, StagedBlob
+from storage.index import (
+    Index,
+    IndexDataError,
+    IndexUnavailable,
+    InstanceRow,
+    Repository,
+    StudyState,
+    UpsertOutcome,
+)
+
+from pacs.services.errors import InvalidInstance, OutOfResources, SopClassMismatch
+from pacs.services.instance_reader import Header, read_header
+
+log = logging.getLogger(__name__)
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+class StoreStatus(StrEnum):
+    STORED = "stored"
+    ALREADY_PRESENT = "already_present"
+    REPLACED = "replaced"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who sent an instance: for the audit trail and the QA checks."""
+
+    protocol: str  # "dimse", "dicomweb", "import"
+    ae_title: str | None = None
+    address: str | None = None
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the request announced (C-STORE Affected SOP Class/Instance UID)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    status: StoreStatus
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    study_state: StudyState
+
+
+class Incoming:
+    """The bytes of one instance, however they arrived."""
+
+    def __init__(self, stage: Callable[[FileStore], StagedBlob]) -> None:
+        self._stage = stage
+
+    @classmethod
+    def received_file(cls, path: Path) -> Incoming:
+        """A file already in the blob store's temporary area (DIMSE chunked receive): moved."""
+        return cls(lambda blobs: blobs.stage_file(path, move=True))
+
+    @classmethod
+    def external_file(cls, path: Path) -> Incoming:
+        """A file elsewhere (``pacs import``): copied, the original is left alone."""
+        return cls(lambda blobs: blobs.stage_file(path, move=False))
+
+    @classmethod
+    def data(cls, data: bytes) -> Incoming:
+        return cls(lambda blobs: blobs.stage_bytes(data))
+
+    @classmethod
+    def stream(cls, chunks: Iterable[bytes]) -> Incoming:
+        return cls(lambda blobs: blobs.stage_stream(chunks))
+
+    def stage(self, blobs: FileStore) -> StagedBlob:
+        return self._stage(blobs)
+
+
+class IngestService:
+    """Stores instances durably and indexes them. Thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        blobs: FileStore,
+        index: Index,
+        overwrite: bool = False,
+        new_study_state: StudyState = StudyState.ARCHIVED,
+    ) -> None:
+        self.blobs = blobs
+        self.index = index
+        self.overwrite = overwrite
+        self.new_study_state = new_study_state
+
+    def temp_dir(self) -> Path:
+        """Where a front end may let its receiver write (same file system as the store)."""
+        return self.blobs.tmp
+
+    def store(
+        self, incoming: Incoming, origin: Origin, expected: Expected | None = None
+    ) -> StoreOutcome:
+        """Store one instance; raises a :mod:`pacs.services.errors` error if it cannot."""
+        staged = _guard_space(lambda: incoming.stage(self.blobs))
+        try:
+            with staged.open() as source:
+                header = read_header(source, staged.size)
+            if expected is not None:
+                _check_expected(header, expected)
+            if not self.overwrite:
+                present = self._already_present(header)
+                if present is not None:
+                    return present
+            blob, created = _guard_space(lambda: self.blobs.commit(staged))
+            return self._index(header, blob, created, origin)
+        finally:
+            self.blobs.discard(staged)
+
+    def _already_present(self, header: Header) -> StoreOutcome | None:
+        """Keep the first copy of a SOP Instance (as Orthanc does) without touching the disk."""
+        with self._unit_of_work(write=False) as repo:
+            stored = repo.find_instance(header.sop_instance_uid)
+            state = repo.study_state(stored.study_instance_uid) if stored else None
+        if stored is None or state is None:
+            return None
+        log.info("instance %s already stored; kept the first copy", header.sop_instance_uid)
+        return _outcome(StoreStatus.ALREADY_PRESENT, header, state)
+
+    def _index(self, header: Header, blob: BlobInfo, created: bool, origin: Origin) -> StoreOutcome:
+        row = InstanceRow(
+            values=extract(header.dataset),
+            request_attributes=request_attributes(header.dataset),
+            transfer_syntax_uid=header.transfer_syntax_uid,
+            blob=blob,
+            source_ae=origin.ae_title,
+        )
+        try:
+            with self._unit_of_work(write=True) as repo:
+                result = repo.upsert_instance(
+                    row, initial_state=self.new_study_state, overwrite=self.overwrite
+                )
+        except BaseException:
+            if created:
+                self.blobs.delete(blob.key)
+            raise
+        if result.outcome is UpsertOutcome.ALREADY_PRESENT:
+            if created and result.existing_blob_key != blob.key:
+                self.blobs.delete(blob.key)
+            return _outcome(StoreStatus.ALREADY_PRESENT, header, result.study_state)
+        if result.replaced_blob_key:
+            self.blobs.delete(result.replaced_blob_key)
+        status = (
+            StoreStatus.REPLACED if result.outcome is UpsertOutcome.REPLACED else StoreStatus.STORED
+        )
+        return _outcome(status, header, result.study_state)
+
+    @contextmanager
+    def _unit_of_work(self, *, write: bool) -> Iterator[Repository]:
+        """The index's unit of work, its failures told in the services' words."""
+        try:
+            with self.index.unit_of_work(write=write) as repo:
+                yield repo
+        except IndexUnavailable as exc:
+            raise OutOfResources(f"index unavailable: {exc}") from exc
+        except IndexDataError as exc:
+            raise InvalidInstance(f"the index cannot take this instance: {exc}") from exc
+
+
+def _outcome(status: StoreStatus, header: Header, state: StudyState) -> StoreOutcome:
+    return StoreOutcome(
+        status=status,
+        sop_class_uid=header.sop_class_uid,
+        sop_instance_uid=header.sop_instance_uid,
+        study_instance_uid=header.study_instance_uid,
+        series_instance_uid=header.series_instance_uid,
+        transfer_syntax_uid=header.transfer_syntax_uid,
+        study_state=state,
+    )
+
+
+def _check_expected(header: Header, expected: Expected) -> None:
+    """The dataset must be what the C-STORE request announced (PS3.4 B.2.3, 0xA900)."""
+    if header.sop_class_uid != expected.sop_class_uid:
+        raise SopClassMismatch(
+            f"dataset SOP Class UID {header.sop_class_uid} differs from the request's "
+            f"{expected.sop_class_uid}"
+        )
+    if header.sop_instance_uid != expected.sop_instance_uid:
+        raise SopClassMismatch(
+            f"dataset SOP Instance UID {header.sop_instance_uid} differs from the request's "
+            f"{expected.sop_instance_uid}"
+        )
+
+
+T = TypeVar("T")
+
+
+def _guard_space(action: Callable[[], T]) -> T:
+    """Disk full (or quota) is out of resources (0xA700), not a crash."""
+    try:
+        return action()
+    except OSError as exc:
+        if exc.errno in _NO_SPACE:
+            raise OutOfResources(f"no space left in the store: {exc.strerror}") from exc
+        raise

@@ -1,0 +1,129 @@
+"""The one settings object: flags and ``PACS_*`` environment variables.
+
+Only the composition root (``pacs.serve``) and the CLI read it; every component gets plain values.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# PS3.5 6.2: an AE title is at most 16 characters of the Default Character Repertoire,
+# without backslash or control characters; leading and trailing spaces are not significant.
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+_PEER = re.compile(r"^(?P<ae>[^=]+)=(?P<host>[^:\s]+|\[[0-9a-fA-F:]+\]):(?P<port>\d+)$")
+
+
+class QaMode(StrEnum):
+    """How new studies pass the QA gate."""
+
+    AUTO = "auto"
+    MANUAL = "manual"
+
+
+def check_ae_title(value: str) -> str:
+    """Validate an AE title (PS3.5 6.2) and return it without padding."""
+    title = value.strip()
+    if not _AE_TITLE.match(title):
+        raise ValueError(
+            f"AE title {value!r} must be 1 to 16 printable ASCII characters without backslash"
+        )
+    return title
+
+
+def check_port(value: int) -> int:
+    if not 0 <= value <= 65535:
+        raise ValueError(f"port {value} is out of range 0-65535")
+    return value
+
+
+class Peer(BaseModel, frozen=True):
+    """A known remote AE: a C-MOVE destination and a routing target."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Peer:
+        """Parse ``AE=HOST:PORT``."""
+        match = _PEER.match(text.strip())
+        if not match:
+            raise ValueError(f"peer {text!r} is not AE=HOST:PORT")
+        port = int(match["port"])
+        if not 1 <= port <= 65535:
+            raise ValueError(f"peer {text!r}: port {port} is out of range 1-65535")
+        return cls(ae_title=check_ae_title(match["ae"]), host=match["host"].strip("[]"), port=port)
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}={self.host}:{self.port}"
+
+
+class Settings(BaseSettings):
+    """Every setting of ``pacs serve``; env prefix ``PACS_``."""
+
+    model_config = SettingsConfigDict(env_prefix="PACS_", extra="ignore")
+
+    data_dir: Path = Path("./pacs-data")
+    ae_title: str = "PACS"
+    dimse_port: int = 11112
+    http_host: str = "127.0.0.1"
+    http_port: int = 8042
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default SQLite file under the data dir"
+    )
+    peers: Annotated[tuple[Peer, ...], NoDecode] = ()
+    qa: QaMode = QaMode.AUTO
+    overwrite: bool = Field(
+        default=False, description="a re-sent SOP Instance UID replaces the stored instance"
+    )
+    max_associations: int = Field(default=32, ge=1, le=1024)
+    max_pdu_size: int = Field(default=0, ge=0, description="0 = unlimited (faster for large)")
+    sqlite_synchronous: str = Field(
+        default="FULL", description="SQLite PRAGMA synchronous (FULL: commit survives power loss)"
+    )
+    log_level: str = "INFO"
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        return check_ae_title(value)
+
+    @field_validator("dimse_port", "http_port")
+    @classmethod
+    def _port(cls, value: int) -> int:
+        return check_port(value)
+
+    @field_validator("peers", mode="before")
+    @classmethod
+    def _peers(cls, value: Any) -> tuple[Peer, ...]:
+        """Peers come as ``AE=HOST:PORT`` strings (flags; the env var is comma separated)."""
+        if value is None or value == "":
+            return ()
+        if isinstance(value, str):
+            value = [item for item in value.split(",") if item.strip()]
+        peers = [item if isinstance(item, Peer) else Peer.parse(str(item)) for item in value]
+        titles = [peer.ae_title for peer in peers]
+        duplicates = sorted({title for title in titles if titles.count(title) > 1})
+        if duplicates:
+            raise ValueError(f"peer AE title registered twice: {', '.join(duplicates)}")
+        return tuple(peers)
+
+    @field_validator("sqlite_synchronous")
+    @classmethod
+    def _synchronous(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            raise ValueError(f"sqlite_synchronous {value!r} is not OFF, NORMAL, FULL or EXTRA")
+        return value
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'index.sqlite').resolve()}"

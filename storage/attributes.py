@@ -1,0 +1,216 @@
+"""The one registry of indexed attributes: keyword, tag, VR, level, column.
+
+It drives extraction at ingest (:func:`extract`), the index columns (``storage.index.models``
+has one column per entry, checked by a test), query matching and query responses.
+
+Covers the Patient Root and Study Root Q/R keys of PS3.4 C.6.1.1 and C.6.2.1 and the QIDO-RS
+matching attributes of PS3.18 Table 10.6.1-5. Computed keys (ModalitiesInStudy, the Number of
+... Related ... counts, SOPClassesInStudy) are derived in SQL, not stored here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.tag import Tag
+from pydicom.valuerep import PersonName
+
+from storage.normalize import normalize_text
+
+
+class Level(StrEnum):
+    """Query/Retrieve levels, PS3.4 C.3."""
+
+    PATIENT = "PATIENT"
+    STUDY = "STUDY"
+    SERIES = "SERIES"
+    IMAGE = "IMAGE"
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """An indexed attribute. ``normalized`` names the column holding the PN match form."""
+
+    keyword: str
+    vr: str
+    level: Level
+    column: str
+    normalized: str | None = None
+
+    @property
+    def tag(self) -> int:
+        return int(Tag(self.keyword))
+
+
+def _a(keyword: str, vr: str, level: Level, column: str) -> Attribute:
+    return Attribute(keyword, vr, level, column, f"{column}_norm" if vr == "PN" else None)
+
+
+P, ST, SE, IM = Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE
+
+ATTRIBUTES: tuple[Attribute, ...] = (
+    # Patient level (PS3.4 C.6.1.1.2)
+    _a("PatientName", "PN", P, "patient_name"),
+    _a("PatientID", "LO", P, "patient_id"),
+    _a("IssuerOfPatientID", "LO", P, "issuer_of_patient_id"),
+    _a("PatientBirthDate", "DA", P, "patient_birth_date"),
+    _a("PatientBirthTime", "TM", P, "patient_birth_time"),
+    _a("PatientSex", "CS", P, "patient_sex"),
+    _a("EthnicGroup", "SH", P, "ethnic_group"),
+    _a("PatientComments", "LT", P, "patient_comments"),
+    # Study level (PS3.4 C.6.1.1.3, C.6.2.1.2; PS3.18 Table 10.6.1-5)
+    _a("StudyInstanceUID", "UI", ST, "study_instance_uid"),
+    _a("StudyDate", "DA", ST, "study_date"),
+    _a("StudyTime", "TM", ST, "study_time"),
+    _a("AccessionNumber", "SH", ST, "accession_number"),
+    _a("StudyID", "SH", ST, "study_id"),
+    _a("ReferringPhysicianName", "PN", ST, "referring_physician_name"),
+    _a("StudyDescription", "LO", ST, "study_description"),
+    _a("NameOfPhysiciansReadingStudy", "PN", ST, "name_of_physicians_reading_study"),
+    _a("AdmittingDiagnosesDescription", "LO", ST, "admitting_diagnoses_description"),
+    _a("PatientAge", "AS", ST, "patient_age"),
+    _a("PatientSize", "DS", ST, "patient_size"),
+    _a("PatientWeight", "DS", ST, "patient_weight"),
+    _a("Occupation", "SH", ST, "occupation"),
+    _a("AdditionalPatientHistory", "LT", ST, "additional_patient_history"),
+    _a("InstitutionName", "LO", ST, "institution_name"),
+    _a("TimezoneOffsetFromUTC", "SH", ST, "timezone_offset_from_utc"),
+    # Series level (PS3.4 C.6.1.1.4; PS3.18 Table 10.6.1-5)
+    _a("SeriesInstanceUID", "UI", SE, "series_instance_uid"),
+    _a("Modality", "CS", SE, "modality"),
+    _a("SeriesNumber", "IS", SE, "series_number"),
+    _a("SeriesDescription", "LO", SE, "series_description"),
+    _a("SeriesDate", "DA", SE, "series_date"),
+    _a("SeriesTime", "TM", SE, "series_time"),
+    _a("PerformedProcedureStepStartDate", "DA", SE, "performed_procedure_step_start_date"),
+    _a("PerformedProcedureStepStartTime", "TM", SE, "performed_procedure_step_start_time"),
+    _a("BodyPartExamined", "CS", SE, "body_part_examined"),
+    _a("ProtocolName", "LO", SE, "protocol_name"),
+    _a("StationName", "SH", SE, "station_name"),
+    _a("Manufacturer", "LO", SE, "manufacturer"),
+    # Image level (PS3.4 C.6.1.1.5; PS3.18 Table 10.6.1-5 and 10.6.3-5)
+    _a("SOPInstanceUID", "UI", IM, "sop_instance_uid"),
+    _a("SOPClassUID", "UI", IM, "sop_class_uid"),
+    _a("InstanceNumber", "IS", IM, "instance_number"),
+    _a("ContentDate", "DA", IM, "content_date"),
+    _a("ContentTime", "TM", IM, "content_time"),
+    _a("AcquisitionDateTime", "DT", IM, "acquisition_date_time"),
+    _a("NumberOfFrames", "IS", IM, "number_of_frames"),
+    _a("Rows", "US", IM, "rows"),
+    _a("Columns", "US", IM, "columns"),
+    _a("BitsAllocated", "US", IM, "bits_allocated"),
+)
+
+BY_KEYWORD: dict[str, Attribute] = {a.keyword: a for a in ATTRIBUTES}
+BY_TAG: dict[int, Attribute] = {a.tag: a for a in ATTRIBUTES}
+BY_LEVEL: dict[Level, tuple[Attribute, ...]] = {
+    level: tuple(a for a in ATTRIBUTES if a.level is level) for level in Level
+}
+
+# Items of RequestAttributesSequence (0040,0275), one row each, matched by sequence matching.
+REQUEST_ATTRIBUTES: tuple[Attribute, ...] = (
+    Attribute("RequestedProcedureID", "SH", SE, "requested_procedure_id"),
+    Attribute("ScheduledProcedureStepID", "SH", SE, "scheduled_procedure_step_id"),
+)
+
+# String lengths of the index columns, by VR (PS3.5 Table 6.2-1 maxima, generous for PN/LO).
+COLUMN_LENGTH: dict[str, int] = {
+    "AE": 16, "AS": 4, "CS": 16, "DA": 8, "DT": 26, "LO": 64, "LT": 10240, "PN": 324,
+    "SH": 16, "TM": 16, "UI": 64,
+}
+
+_DA_LEGACY = re.compile(r"^(\d{4})\.(\d{2})\.(\d{2})$")  # ACR-NEMA 2.0 dates, still seen
+
+
+def _text(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join(str(v) for v in value).replace("\x00", "").strip() or None
+    return str(value).replace("\x00", "").strip() or None
+
+
+def _person_name(value: Any) -> str | None:
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join(filter(None, (_person_name(v) for v in value))) or None
+    if isinstance(value, PersonName):
+        return str(value).strip() or None
+    return _text(value)
+
+
+def _date(value: Any) -> str | None:
+    text = _text(value)
+    if text is None:
+        return None
+    legacy = _DA_LEGACY.match(text)
+    if legacy:
+        text = "".join(legacy.groups())
+    return text if len(text) == 8 and text.isdigit() else None
+
+
+def _integer(value: Any) -> int | None:
+    if isinstance(value, MultiValue | list | tuple):
+        value = value[0] if value else None
+    if value is None or value == "":
+        return None
+    try:
+        return int(float(str(value)))
+    except ValueError:
+        return None
+
+
+def _decimal(value: Any) -> float | None:
+    if isinstance(value, MultiValue | list | tuple):
+        value = value[0] if value else None
+    if value is None or value == "":
+        return None
+    try:
+        return float(str(value))
+    except ValueError:
+        return None
+
+
+_CONVERT: dict[str, Callable[[Any], Any]] = {
+    "PN": _person_name, "DA": _date, "IS": _integer, "US": _integer, "DS": _decimal,
+}
+
+
+def column_value(attribute: Attribute, value: Any) -> Any:
+    """The index form of a dataset value: UTF-8 text, ``YYYYMMDD`` dates, numbers."""
+    converted = _CONVERT.get(attribute.vr, _text)(value)
+    if isinstance(converted, str):
+        limit = COLUMN_LENGTH.get(attribute.vr)
+        if limit is not None and len(converted) > limit:
+            converted = converted[:limit]
+    return converted
+
+
+def extract(dataset: Dataset) -> dict[Level, dict[str, Any]]:
+    """Index values per level from a dataset (text already decoded by SpecificCharacterSet).
+
+    Absent and empty attributes become ``None``. PN attributes also fill their normalised
+    column (case- and accent-insensitive match form).
+    """
+    values: dict[Level, dict[str, Any]] = {level: {} for level in Level}
+    for attribute in ATTRIBUTES:
+        element = dataset.get(attribute.keyword)
+        value = column_value(attribute, element) if element is not None else None
+        row = values[attribute.level]
+        row[attribute.column] = value
+        if attribute.normalized:
+            row[attribute.normalized] = normalize_text(value) if value else None
+    return values
+
+
+def request_attributes(dataset: Dataset) -> list[dict[str, Any]]:
+    """One row per RequestAttributesSequence item (PS3.4 C.6.1.1.4)."""
+    rows = []
+    for item in dataset.get("RequestAttributesSequence", None) or []:
+        rows.append({a.column: column_value(a, item.get(a.keyword)) for a in REQUEST_ATTRIBUTES})
+    return rows

@@ -1,0 +1,196 @@
+"""File-backed blob store: durable, atomic puts under content-derived paths.
+
+A blob's key is the SHA-256 of its bytes, and its path is ``objects/ab/cd/<sha256>``: never a
+UID or any other string a peer sent. A put is staged in ``tmp/`` (same file system), then made
+durable by :meth:`FileStore.commit`: fsync the file, rename it into place, fsync the directory.
+Only then may the caller commit the index; if that fails the caller deletes the blob.
+
+The store knows nothing of DICOM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+_CHUNK = 1 << 20
+_HEX = frozenset("0123456789abcdef")
+
+
+class BlobNotFound(LookupError):
+    """No blob with this key."""
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """What the index records of a blob."""
+
+    key: str
+    size: int
+    sha256: str
+
+
+@dataclass
+class StagedBlob:
+    """Bytes written to the store's temporary area, not yet durable nor addressable."""
+
+    path: Path
+    size: int
+    sha256: str
+
+    def open(self) -> BinaryIO:
+        return self.path.open("rb")
+
+    @property
+    def info(self) -> BlobInfo:
+        return BlobInfo(key=self.sha256, size=self.size, sha256=self.sha256)
+
+
+class FileStore:
+    """Blobs under ``root``: ``objects/`` (committed) and ``tmp/`` (staged, swept at start)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.objects = root / "objects"
+        self.tmp = root / "tmp"
+        self.objects.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
+    # -- staging -------------------------------------------------------------------------
+    def stage_file(self, path: Path, *, move: bool) -> StagedBlob:
+        """Stage an existing file: moved when it is already in :attr:`tmp`, copied otherwise."""
+        if move and path.parent.resolve() == self.tmp.resolve():
+            digest, size = _hash_file(path)
+            return StagedBlob(path=path, size=size, sha256=digest)
+        with path.open("rb") as source:
+            return self.stage_stream(iter(lambda: source.read(_CHUNK), b""))
+
+    def stage_bytes(self, data: bytes) -> StagedBlob:
+        return self.stage_stream([data])
+
+    def stage_stream(self, chunks: Iterable[bytes]) -> StagedBlob:
+        """Write chunks to a new temporary file; removed again if the iterator raises."""
+        digest = hashlib.sha256()
+        size = 0
+        fd, name = tempfile.mkstemp(dir=self.tmp, suffix=".part")
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in chunks:
+                    out.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return StagedBlob(path=path, size=size, sha256=digest.hexdigest())
+
+    def temp_path(self) -> Path:
+        """A fresh name in the temporary area (for writers that create the file themselves)."""
+        return self.tmp / f"{uuid.uuid4().hex}.part"
+
+    def discard(self, staged: StagedBlob) -> None:
+        staged.path.unlink(missing_ok=True)
+
+    def commit(self, staged: StagedBlob) -> tuple[BlobInfo, bool]:
+        """Make a staged blob durable and addressable: fsync, rename into place, fsync dir.
+
+        Returns the blob and whether this call created it: a blob with the same content may
+        already be there (the same instance stored before), then the staged copy is dropped.
+        """
+        target = self._path(staged.sha256)
+        if target.exists():
+            self.discard(staged)
+            return staged.info, False
+        fd = os.open(staged.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        created = not target.parent.exists()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged.path, target)
+        _fsync_dir(target.parent)
+        if created:
+            _fsync_dir(target.parent.parent)
+            _fsync_dir(target.parent.parent.parent)
+        return staged.info, True
+
+    # -- committed blobs -----------------------------------------------------------------
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return self._path(key).open("rb")
+        except FileNotFoundError as exc:
+            raise BlobNotFound(key) from exc
+
+    def read_chunks(self, key: str, chunk_size: int = _CHUNK) -> Iterator[bytes]:
+        """Stream a blob without holding it in memory."""
+        with self.open(key) as source:
+            yield from iter(lambda: source.read(chunk_size), b"")
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def stat(self, key: str) -> BlobInfo:
+        """Size and a freshly computed SHA-256 of a committed blob (for consistency checks)."""
+        path = self._path(key)
+        if not path.is_file():
+            raise BlobNotFound(key)
+        digest, size = _hash_file(path)
+        return BlobInfo(key=key, size=size, sha256=digest)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        _fsync_dir(path.parent)
+
+    def keys(self) -> Iterator[str]:
+        """Every committed key (for ``pacs check``)."""
+        for path in self.objects.glob("*/*/*"):
+            if path.is_file() and _is_key(path.name):
+                yield path.name
+
+    def sweep_tmp(self) -> int:
+        """Remove staged files left by a crash or an aborted transfer; returns how many."""
+        removed = 0
+        for path in self.tmp.iterdir():
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def _path(self, key: str) -> Path:
+        if not _is_key(key):
+            raise BlobNotFound(key)
+        return self.objects / key[:2] / key[2:4] / key
+
+
+def _is_key(key: str) -> bool:
+    return len(key) == 64 and set(key) <= _HEX
+
+
+def _hash_file(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as source:
+        for chunk in iter(lambda: source.read(_CHUNK), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

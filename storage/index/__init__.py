@@ -1,0 +1,25 @@
+"""The index: SQLAlchemy tables over the blob store; the only package that speaks SQL."""
+
+from storage.index.database import Index, IndexDataError, IndexUnavailable
+from storage.index.repository import (
+    InstanceRow,
+    Repository,
+    StoredInstance,
+    UpsertOutcome,
+    UpsertResult,
+)
+
+__all__ = [
+    "Index",
+    "IndexDataError",
+    "IndexUnavailable",
+    "InstanceRow",
+    "Repository",
+    "StoredInstance",
+    "UpsertOutcome",
+    "UpsertResult",
+]
+
+from storage.index.models import StudyState  # noqa: E402
+
+__all__ += ["StudyState"]

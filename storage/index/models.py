@@ -1,0 +1,149 @@
+"""Tables patient → study → series → instance, one column per registry attribute.
+
+Built with SQLAlchemy Core from :mod:`storage.attributes`, so the registry is the one place that
+says which attributes are indexed; Alembic migrations are checked against this metadata.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeEngine
+
+from storage.attributes import (
+    BY_LEVEL,
+    COLUMN_LENGTH,
+    REQUEST_ATTRIBUTES,
+    Attribute,
+    Level,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class StudyState(StrEnum):
+    """Workflow state of a study; viewers see ``archived`` only."""
+
+    RECEIVED = "received"
+    QUARANTINED = "quarantined"
+    ARCHIVED = "archived"
+    REJECTED = "rejected"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _type(attribute: Attribute) -> TypeEngine[object]:
+    if attribute.vr in {"IS", "US"}:
+        return Integer()
+    if attribute.vr == "DS":
+        return Float()
+    if attribute.vr in {"LT", "UT"}:
+        return Text()
+    return String(COLUMN_LENGTH.get(attribute.vr, 64))
+
+
+def _columns(attributes: tuple[Attribute, ...], *, skip: frozenset[str] = frozenset()) -> list[
+    Column[object]
+]:
+    """A column per attribute (indexed unless long text), plus the PN match-form column."""
+    columns: list[Column[object]] = []
+    for attribute in attributes:
+        if attribute.column in skip:
+            continue
+        indexed = attribute.vr not in {"LT", "UT"}
+        columns.append(Column(attribute.column, _type(attribute), index=indexed))
+        if attribute.normalized:
+            columns.append(Column(attribute.normalized, _type(attribute), index=True))
+    return columns
+
+
+_KEYS = frozenset(
+    {"patient_id", "issuer_of_patient_id", "study_instance_uid", "series_instance_uid",
+     "sop_instance_uid"}
+)
+
+patient = Table(
+    "patient",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    # Identity of a patient: PatientID + IssuerOfPatientID, '' when absent (NULLs never collide).
+    Column("patient_id", String(64), nullable=False, index=True),
+    Column("issuer_of_patient_id", String(64), nullable=False),
+    *_columns(BY_LEVEL[Level.PATIENT], skip=_KEYS),
+    Column("created_at", DateTime(timezone=True), nullable=False, default=_now),
+    UniqueConstraint("patient_id", "issuer_of_patient_id"),
+)
+
+study = Table(
+    "study",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("patient_fk", ForeignKey("patient.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("study_instance_uid", String(64), nullable=False, unique=True),
+    *_columns(BY_LEVEL[Level.STUDY], skip=_KEYS),
+    Column("state", String(16), nullable=False, index=True, default=StudyState.RECEIVED.value),
+    Column("created_at", DateTime(timezone=True), nullable=False, default=_now),
+)
+
+series = Table(
+    "series",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("study_fk", ForeignKey("study.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("series_instance_uid", String(64), nullable=False, unique=True),
+    *_columns(BY_LEVEL[Level.SERIES], skip=_KEYS),
+    Column("created_at", DateTime(timezone=True), nullable=False, default=_now),
+)
+
+request_attribute = Table(
+    "request_attribute",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("series_fk", ForeignKey("series.id", ondelete="CASCADE"), nullable=False, index=True),
+    *_columns(REQUEST_ATTRIBUTES),
+)
+
+instance = Table(
+    "instance",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("series_fk", ForeignKey("series.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("sop_instance_uid", String(64), nullable=False, unique=True),
+    *_columns(BY_LEVEL[Level.IMAGE], skip=_KEYS),
+    Column("transfer_syntax_uid", String(64), nullable=False),
+    Column("blob_key", String(64), nullable=False, index=True),
+    Column("blob_size", BigInteger, nullable=False),
+    Column("blob_sha256", String(64), nullable=False),
+    Column("source_ae", String(16)),
+    Column("received_at", DateTime(timezone=True), nullable=False, default=_now),
+)
+
+TABLES: dict[Level, Table] = {
+    Level.PATIENT: patient,
+    Level.STUDY: study,
+    Level.SERIES: series,
+    Level.IMAGE: instance,
+}

@@ -1,0 +1,224 @@
+"""All SQL of the index. Repositories flush, never commit: the unit of work commits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Table, delete, exists, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from storage.attributes import Level
+from storage.blobs import BlobInfo
+from storage.index.models import StudyState, TABLES, instance, patient, request_attribute, series, study
+
+
+class UpsertOutcome(StrEnum):
+    INSERTED = "inserted"
+    ALREADY_PRESENT = "already_present"
+    REPLACED = "replaced"
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    """Everything the index stores of one instance, by level (protocol neutral)."""
+
+    values: Mapping[Level, Mapping[str, Any]]
+    request_attributes: list[dict[str, Any]]
+    transfer_syntax_uid: str
+    blob: BlobInfo
+    source_ae: str | None = None
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    outcome: UpsertOutcome
+    study_instance_uid: str
+    study_state: StudyState
+    new_study: bool
+    existing_blob_key: str | None = None
+    replaced_blob_key: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    blob_key: str
+    blob_size: int
+    blob_sha256: str
+    transfer_syntax_uid: str
+
+
+class Repository:
+    """Index reads and writes on one connection inside one transaction."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self._dialect = connection.dialect.name
+
+    # -- ingest --------------------------------------------------------------------------
+    def find_instance(self, sop_instance_uid: str) -> StoredInstance | None:
+        row = self.connection.execute(
+            _stored_instance_select().where(instance.c.sop_instance_uid == sop_instance_uid)
+        ).first()
+        return _stored(row) if row else None
+
+    def upsert_instance(
+        self, row: InstanceRow, *, initial_state: StudyState, overwrite: bool
+    ) -> UpsertResult:
+        """Insert an instance with its patient, study and series (each created if missing).
+
+        Safe against concurrent writers of the same patient/study/series: ``INSERT ... ON
+        CONFLICT DO NOTHING`` then a read, so a race never makes a second row.
+        """
+        values = row.values
+        patient_values = dict(values[Level.PATIENT])
+        patient_values["patient_id"] = patient_values.get("patient_id") or ""
+        patient_values["issuer_of_patient_id"] = patient_values.get("issuer_of_patient_id") or ""
+        patient_id = self._get_or_create(
+            patient, patient_values, ("patient_id", "issuer_of_patient_id")
+        )
+        study_values = {**values[Level.STUDY], "patient_fk": patient_id,
+                        "state": initial_state.value}
+        study_id, new_study = self._get_or_create_flag(
+            study, study_values, ("study_instance_uid",)
+        )
+        study_uid = str(study_values["study_instance_uid"])
+        state = StudyState(
+            self.connection.execute(select(study.c.state).where(study.c.id == study_id)).scalar_one()
+        )
+        series_id, new_series = self._get_or_create_flag(
+            series, {**values[Level.SERIES], "study_fk": study_id}, ("series_instance_uid",)
+        )
+        if new_series and row.request_attributes:
+            self.connection.execute(
+                insert(request_attribute),
+                [{**item, "series_fk": series_id} for item in row.request_attributes],
+            )
+        instance_values = {
+            **values[Level.IMAGE],
+            "series_fk": series_id,
+            "transfer_syntax_uid": row.transfer_syntax_uid,
+            "blob_key": row.blob.key,
+            "blob_size": row.blob.size,
+            "blob_sha256": row.blob.sha256,
+            "source_ae": row.source_ae,
+        }
+        sop_uid = instance_values["sop_instance_uid"]
+        existing = self.connection.execute(
+            select(instance.c.id, instance.c.blob_key).where(instance.c.sop_instance_uid == sop_uid)
+        ).first()
+        if existing is None:
+            inserted = self.connection.execute(
+                self._insert_ignore(instance, ("sop_instance_uid",)).values(instance_values)
+            )
+            if inserted.rowcount == 1:
+                return UpsertResult(UpsertOutcome.INSERTED, study_uid, state, new_study)
+            existing = self.connection.execute(
+                select(instance.c.id, instance.c.blob_key).where(
+                    instance.c.sop_instance_uid == sop_uid
+                )
+            ).one()
+        if not overwrite:
+            return UpsertResult(
+                UpsertOutcome.ALREADY_PRESENT, study_uid, state, new_study, existing.blob_key
+            )
+        self.connection.execute(
+            update(instance).where(instance.c.id == existing.id).values(instance_values)
+        )
+        old_key = existing.blob_key if existing.blob_key != row.blob.key else None
+        return UpsertResult(
+            UpsertOutcome.REPLACED, study_uid, state, new_study, existing.blob_key, old_key
+        )
+
+    def _get_or_create(self, table: Table, values: Mapping[str, Any], keys: tuple[str, ...]) -> int:
+        return self._get_or_create_flag(table, values, keys)[0]
+
+    def _get_or_create_flag(
+        self, table: Table, values: Mapping[str, Any], keys: tuple[str, ...]
+    ) -> tuple[int, bool]:
+        where = [table.c[key] == values[key] for key in keys]
+        found = self.connection.execute(select(table.c.id).where(*where)).scalar()
+        if found is not None:
+            return int(found), False
+        result = self.connection.execute(self._insert_ignore(table, keys).values(dict(values)))
+        created = result.rowcount == 1
+        return int(self.connection.execute(select(table.c.id).where(*where)).scalar_one()), created
+
+    def _insert_ignore(self, table: Table, keys: tuple[str, ...]) -> Any:
+        dialect = postgresql if self._dialect == "postgresql" else sqlite
+        return dialect.insert(table).on_conflict_do_nothing(index_elements=list(keys))
+
+    def study_state(self, study_instance_uid: str) -> StudyState | None:
+        state = self.connection.execute(
+            select(study.c.state).where(study.c.study_instance_uid == study_instance_uid)
+        ).scalar()
+        return StudyState(state) if state is not None else None
+
+    # -- consistency (pacs check) ---------------------------------------------------------
+    def iter_instances(self) -> Iterator[StoredInstance]:
+        for row in self.connection.execute(_stored_instance_select().order_by(instance.c.id)):
+            yield _stored(row)
+
+    def delete_instances(self, sop_instance_uids: list[str]) -> int:
+        """Delete instances, then any series, study and patient left empty."""
+        if not sop_instance_uids:
+            return 0
+        deleted = 0
+        for start in range(0, len(sop_instance_uids), 500):
+            chunk = sop_instance_uids[start : start + 500]
+            deleted += self.connection.execute(
+                delete(instance).where(instance.c.sop_instance_uid.in_(chunk))
+            ).rowcount
+        self._delete_empty()
+        return deleted
+
+    def _delete_empty(self) -> None:
+        self.connection.execute(
+            delete(series).where(~exists().where(instance.c.series_fk == series.c.id))
+        )
+        self.connection.execute(
+            delete(study).where(~exists().where(series.c.study_fk == study.c.id))
+        )
+        self.connection.execute(
+            delete(patient).where(~exists().where(study.c.patient_fk == patient.c.id))
+        )
+
+    def counts(self) -> dict[Level, int]:
+        return {
+            level: int(self.connection.execute(select(func.count()).select_from(table)).scalar_one())
+            for level, table in TABLES.items()
+        }
+
+
+def _stored_instance_select() -> Any:
+    return (
+        select(
+            instance.c.sop_instance_uid,
+            study.c.study_instance_uid,
+            series.c.series_instance_uid,
+            instance.c.blob_key,
+            instance.c.blob_size,
+            instance.c.blob_sha256,
+            instance.c.transfer_syntax_uid,
+        )
+        .join(series, instance.c.series_fk == series.c.id)
+        .join(study, series.c.study_fk == study.c.id)
+    )
+
+
+def _stored(row: Any) -> StoredInstance:
+    return StoredInstance(
+        sop_instance_uid=row.sop_instance_uid,
+        study_instance_uid=row.study_instance_uid,
+        series_instance_uid=row.series_instance_uid,
+        blob_key=row.blob_key,
+        blob_size=row.blob_size,
+        blob_sha256=row.blob_sha256,
+        transfer_syntax_uid=row.transfer_syntax_uid,
+    )

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./pacs-data")
     ae_title: str = "PACS"
     dimse_port: int = 11112
+    dimse_host: str = Field(
+        default="127.0.0.1", description="address the DIMSE listener binds; 0.0.0.0 for all"
+    )
     http_host: str = "127.0.0.1"
     http_port: int = 8042
     database_url: str | None = Field(

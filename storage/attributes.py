@@ -198,14 +198,17 @@ def extract(dataset: Dataset) -> dict[Level, dict[str, Any]]:
     column (case- and accent-insensitive match form).
     """
     values: dict[Level, dict[str, Any]] = {level: {} for level in Level}
-    for attribute in ATTRIBUTES:
-        element = dataset.get(attribute.keyword)
-        value = column_value(attribute, element) if element is not None else None
+    for attribute, tag in _TAGGED:
+        # by tag, not keyword: this runs for every received instance
+        value = column_value(attribute, dataset[tag].value) if tag in dataset else None
         row = values[attribute.level]
         row[attribute.column] = value
         if attribute.normalized:
             row[attribute.normalized] = normalize_text(value) if value else None
     return values
+
+
+_TAGGED: tuple[tuple[Attribute, int], ...] = tuple((a, a.tag) for a in ATTRIBUTES)
 
 
 def request_attributes(dataset: Dataset) -> list[dict[str, Any]]:

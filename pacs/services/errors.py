@@ -3,7 +3,8 @@
 ::
 
     PacsError
-    ├── InvalidInstance        the data cannot be understood (corrupt, truncated, not DICOM)
+    ├── InvalidInstance        the data cannot be understood (corrupt, truncated)
+    │   ├── NotDicom           no DICOM Part 10 preamble and prefix at all
     │   └── MissingAttribute   a required UID is absent or not a valid UID
     ├── SopClassMismatch       the dataset is not what the request announced
     ├── OutOfResources         disk full, index unreachable or locked: try again later
@@ -19,6 +20,10 @@ class PacsError(Exception):
 
 class InvalidInstance(PacsError):
     """The data is not a readable DICOM instance."""
+
+
+class NotDicom(InvalidInstance):
+    """Not a DICOM Part 10 file (no 128-byte preamble followed by ``DICM``)."""
 
 
 class MissingAttribute(InvalidInstance):

@@ -129,24 +129,12 @@ class IngestService:
                 header = read_header(source, staged.size)
             if expected is not None:
                 _check_expected(header, expected)
-            if not self.overwrite:
-                present = self._already_present(header)
-                if present is not None:
-                    return present
+            # No look-up first: an identical re-send finds its blob in place (content address)
+            # and the index keeps the first copy; a differing re-send's blob is deleted below.
             blob, created = _guard_space(lambda: self.blobs.commit(staged))
             return self._index(header, blob, created, origin)
         finally:
             self.blobs.discard(staged)
-
-    def _already_present(self, header: Header) -> StoreOutcome | None:
-        """Keep the first copy of a SOP Instance (as Orthanc does) without touching the disk."""
-        with self._unit_of_work(write=False) as repo:
-            stored = repo.find_instance(header.sop_instance_uid)
-            state = repo.study_state(stored.study_instance_uid) if stored else None
-        if stored is None or state is None:
-            return None
-        log.info("instance %s already stored; kept the first copy", header.sop_instance_uid)
-        return _outcome(StoreStatus.ALREADY_PRESENT, header, state)
 
     def _index(self, header: Header, blob: BlobInfo, created: bool, origin: Origin) -> StoreOutcome:
         row = InstanceRow(

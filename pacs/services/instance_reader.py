@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from pacs.services.errors import InvalidInstance, MissingAttribute
+from pacs.services.errors import InvalidInstance, MissingAttribute, NotDicom
 
 _UNDEFINED = 0xFFFFFFFF
 _DEFER = 2048  # bytes: values larger than this are skipped, not read
@@ -39,6 +39,10 @@ def read_header(source: BinaryIO, size: int) -> Header:
     Raises :class:`InvalidInstance` when it is not DICOM, is truncated or corrupt, and
     :class:`MissingAttribute` when a required UID is absent or malformed.
     """
+    preamble = source.read(132)
+    if len(preamble) < 132 or preamble[128:] != b"DICM":
+        raise NotDicom("not a DICOM Part 10 file (no DICM prefix after the 128-byte preamble)")
+    source.seek(0)
     try:
         dataset = dcmread(source, defer_size=_DEFER)
         meta = dataset.file_meta

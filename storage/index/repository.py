@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Table, delete, exists, func, insert, select, update
+from sqlalchemy import Table, bindparam, delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -74,32 +76,16 @@ class Repository:
         """Insert an instance with its patient, study and series (each created if missing).
 
         Safe against concurrent writers of the same patient/study/series: ``INSERT ... ON
-        CONFLICT DO NOTHING`` then a read, so a race never makes a second row.
+        CONFLICT DO NOTHING`` then a read, so a race never makes a second row. The common case
+        (the series exists) costs two statements.
         """
         values = row.values
-        patient_values = dict(values[Level.PATIENT])
-        patient_values["patient_id"] = patient_values.get("patient_id") or ""
-        patient_values["issuer_of_patient_id"] = patient_values.get("issuer_of_patient_id") or ""
-        patient_id = self._get_or_create(
-            patient, patient_values, ("patient_id", "issuer_of_patient_id")
-        )
-        study_values = {**values[Level.STUDY], "patient_fk": patient_id,
-                        "state": initial_state.value}
-        study_id, new_study = self._get_or_create_flag(
-            study, study_values, ("study_instance_uid",)
-        )
-        study_uid = str(study_values["study_instance_uid"])
-        state = StudyState(
-            self.connection.execute(select(study.c.state).where(study.c.id == study_id)).scalar_one()
-        )
-        series_id, new_series = self._get_or_create_flag(
-            series, {**values[Level.SERIES], "study_fk": study_id}, ("series_instance_uid",)
-        )
-        if new_series and row.request_attributes:
-            self.connection.execute(
-                insert(request_attribute),
-                [{**item, "series_fk": series_id} for item in row.request_attributes],
-            )
+        series_uid = values[Level.SERIES]["series_instance_uid"]
+        known = self.connection.execute(_SERIES_BY_UID, {"uid": series_uid}).first()
+        if known is not None:
+            series_id, study_uid, state, new_study = known.id, known.study_uid, known.state, False
+        else:
+            series_id, study_uid, state, new_study = self._create_series(row, initial_state)
         instance_values = {
             **values[Level.IMAGE],
             "series_fk": series_id,
@@ -108,51 +94,66 @@ class Repository:
             "blob_size": row.blob.size,
             "blob_sha256": row.blob.sha256,
             "source_ae": row.source_ae,
+            "received_at": datetime.now(UTC),
         }
-        sop_uid = instance_values["sop_instance_uid"]
+        study_state = StudyState(state)
+        inserted = self.connection.execute(self._insert_ignore(instance), instance_values)
+        if inserted.rowcount == 1:
+            return UpsertResult(UpsertOutcome.INSERTED, study_uid, study_state, new_study)
         existing = self.connection.execute(
-            select(instance.c.id, instance.c.blob_key).where(instance.c.sop_instance_uid == sop_uid)
-        ).first()
-        if existing is None:
-            inserted = self.connection.execute(
-                self._insert_ignore(instance, ("sop_instance_uid",)).values(instance_values)
-            )
-            if inserted.rowcount == 1:
-                return UpsertResult(UpsertOutcome.INSERTED, study_uid, state, new_study)
-            existing = self.connection.execute(
-                select(instance.c.id, instance.c.blob_key).where(
-                    instance.c.sop_instance_uid == sop_uid
-                )
-            ).one()
+            _INSTANCE_BLOB, {"uid": instance_values["sop_instance_uid"]}
+        ).one()
         if not overwrite:
             return UpsertResult(
-                UpsertOutcome.ALREADY_PRESENT, study_uid, state, new_study, existing.blob_key
+                UpsertOutcome.ALREADY_PRESENT, study_uid, study_state, new_study, existing.blob_key
             )
         self.connection.execute(
             update(instance).where(instance.c.id == existing.id).values(instance_values)
         )
         old_key = existing.blob_key if existing.blob_key != row.blob.key else None
         return UpsertResult(
-            UpsertOutcome.REPLACED, study_uid, state, new_study, existing.blob_key, old_key
+            UpsertOutcome.REPLACED, study_uid, study_state, new_study, existing.blob_key, old_key
         )
 
-    def _get_or_create(self, table: Table, values: Mapping[str, Any], keys: tuple[str, ...]) -> int:
-        return self._get_or_create_flag(table, values, keys)[0]
+    def _create_series(
+        self, row: InstanceRow, initial_state: StudyState
+    ) -> tuple[int, str, str, bool]:
+        values = row.values
+        patient_values = dict(values[Level.PATIENT])
+        patient_values["patient_id"] = patient_values.get("patient_id") or ""
+        patient_values["issuer_of_patient_id"] = patient_values.get("issuer_of_patient_id") or ""
+        patient_id, _ = self._get_or_create(patient, patient_values)
+        study_values = {**values[Level.STUDY], "patient_fk": patient_id,
+                        "state": initial_state.value}
+        study_id, new_study = self._get_or_create(study, study_values)
+        series_id, new_series = self._get_or_create(
+            series, {**values[Level.SERIES], "study_fk": study_id}
+        )
+        if new_series and row.request_attributes:
+            self.connection.execute(
+                insert(request_attribute),
+                [{**item, "series_fk": series_id} for item in row.request_attributes],
+            )
+        state = self.connection.execute(
+            select(study.c.state).where(study.c.id == study_id)
+        ).scalar_one()
+        return series_id, str(study_values["study_instance_uid"]), state, new_study
 
-    def _get_or_create_flag(
-        self, table: Table, values: Mapping[str, Any], keys: tuple[str, ...]
-    ) -> tuple[int, bool]:
+    def _get_or_create(self, table: Table, values: Mapping[str, Any]) -> tuple[int, bool]:
+        """The id of the row with these natural keys, inserted if missing; and if it was."""
+        keys = _NATURAL_KEYS[table.name]
         where = [table.c[key] == values[key] for key in keys]
         found = self.connection.execute(select(table.c.id).where(*where)).scalar()
         if found is not None:
             return int(found), False
-        result = self.connection.execute(self._insert_ignore(table, keys).values(dict(values)))
+        full = {column.name: values.get(column.name) for column in table.columns
+                if column.name != "id" and (column.name in values or column.default is None)}
+        result = self.connection.execute(self._insert_ignore(table), full)
         created = result.rowcount == 1
         return int(self.connection.execute(select(table.c.id).where(*where)).scalar_one()), created
 
-    def _insert_ignore(self, table: Table, keys: tuple[str, ...]) -> Any:
-        dialect = postgresql if self._dialect == "postgresql" else sqlite
-        return dialect.insert(table).on_conflict_do_nothing(index_elements=list(keys))
+    def _insert_ignore(self, table: Table) -> Any:
+        return _insert_ignore(self._dialect, table.name)
 
     def study_state(self, study_instance_uid: str) -> StudyState | None:
         state = self.connection.execute(
@@ -164,6 +165,11 @@ class Repository:
     def iter_instances(self) -> Iterator[StoredInstance]:
         for row in self.connection.execute(_stored_instance_select().order_by(instance.c.id)):
             yield _stored(row)
+
+    def blob_referenced(self, key: str) -> bool:
+        return self.connection.execute(
+            select(exists().where(instance.c.blob_key == key))
+        ).scalar_one()
 
     def delete_instances(self, sop_instance_uids: list[str]) -> int:
         """Delete instances, then any series, study and patient left empty."""
@@ -194,6 +200,35 @@ class Repository:
             level: int(self.connection.execute(select(func.count()).select_from(table)).scalar_one())
             for level, table in TABLES.items()
         }
+
+
+_NATURAL_KEYS: dict[str, tuple[str, ...]] = {
+    "patient": ("patient_id", "issuer_of_patient_id"),
+    "study": ("study_instance_uid",),
+    "series": ("series_instance_uid",),
+    "instance": ("sop_instance_uid",),
+}
+_BY_NAME: dict[str, Table] = {"patient": patient, "study": study, "series": series,
+                              "instance": instance}
+
+# Built once: executing a prebuilt statement skips most of SQLAlchemy's per-call construction.
+_SERIES_BY_UID = (
+    select(series.c.id, study.c.study_instance_uid.label("study_uid"), study.c.state)
+    .join(study, series.c.study_fk == study.c.id)
+    .where(series.c.series_instance_uid == bindparam("uid"))
+)
+_INSTANCE_BLOB = select(instance.c.id, instance.c.blob_key).where(
+    instance.c.sop_instance_uid == bindparam("uid")
+)
+
+
+@lru_cache(maxsize=None)
+def _insert_ignore(dialect_name: str, table_name: str) -> Any:
+    """``INSERT ... ON CONFLICT (natural key) DO NOTHING`` (SQLite and PostgreSQL)."""
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    return dialect.insert(_BY_NAME[table_name]).on_conflict_do_nothing(
+        index_elements=list(_NATURAL_KEYS[table_name])
+    )
 
 
 def _stored_instance_select() -> Any:

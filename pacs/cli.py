@@ -1,0 +1,174 @@
+"""``pacs``: flags → Settings → one call into the composition root.
+
+Every flag value is validated by :class:`pacs.settings.Settings`; a bad one ends the program
+with exit status 2 and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from pacs import serve as root
+from pacs.services.bulk_import import ImportResult, iter_files
+from pacs.settings import Settings
+
+app = typer.Typer(
+    name="pacs",
+    help="A DICOM PACS mini-server: DIMSE and DICOMweb over one index and a file store.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    no_args_is_help=True,
+)
+db_app = typer.Typer(help="Index database administration.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+DataDir = Annotated[str | None, typer.Option("--data-dir", help="data folder [./pacs-data]")]
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option("--database-url", help="SQLAlchemy URL [SQLite file in the data folder]"),
+]
+
+
+def _settings(**flags: Any) -> Settings:
+    """Settings from env vars and the flags that were given; a bad value exits with status 2."""
+    given = {name: value for name, value in flags.items() if value not in (None, [], ())}
+    try:
+        return Settings(**given)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "settings"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        err.print(f"pacs: error: {where.replace('_', '-')}: {message}", soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    data_dir: DataDir = None,
+    ae_title: Annotated[str | None, typer.Option("--ae-title", help="DIMSE AE title [PACS]")] = None,
+    dimse_port: Annotated[str | None, typer.Option("--dimse-port", help="[11112]")] = None,
+    dimse_host: Annotated[
+        str | None, typer.Option("--dimse-host", help="DIMSE bind address [127.0.0.1]")
+    ] = None,
+    http_host: Annotated[
+        str | None, typer.Option("--http-host", help="HTTP bind address [127.0.0.1]")
+    ] = None,
+    http_port: Annotated[str | None, typer.Option("--http-port", help="[8042]")] = None,
+    database_url: DatabaseUrl = None,
+    peer: Annotated[
+        list[str] | None,
+        typer.Option("--peer", help="known remote AE, AE=HOST:PORT (repeatable)"),
+    ] = None,
+    qa: Annotated[str | None, typer.Option("--qa", help="auto | manual [auto]")] = None,
+    overwrite: Annotated[
+        bool | None,
+        typer.Option("--overwrite/--keep-first", help="a re-sent instance replaces the stored one"),
+    ] = None,
+    log_level: Annotated[str | None, typer.Option("--log-level", help="[INFO]")] = None,
+) -> None:
+    """Run the DIMSE SCP and the HTTP server (DICOMweb, /health) in one process."""
+    settings = _settings(
+        data_dir=data_dir, ae_title=ae_title, dimse_port=dimse_port, dimse_host=dimse_host,
+        http_host=http_host, http_port=http_port, database_url=database_url, peers=peer, qa=qa,
+        overwrite=overwrite, log_level=log_level,
+    )
+    raise typer.Exit(root.serve(settings))
+
+
+@app.command("import")
+def import_(
+    paths: Annotated[list[Path], typer.Argument(help="files and folders (recursive)")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Import DICOM files through the same ingest path as C-STORE; exit 1 if any failed."""
+    missing = [str(path) for path in paths if not path.exists()]
+    if missing:
+        err.print(f"pacs: error: no such file or folder: {', '.join(missing)}")
+        raise typer.Exit(2)
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    total = sum(1 for _ in iter_files(paths))
+    with root.open_services(settings) as services, Progress(
+        TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=err, transient=True, disable=not err.is_terminal,
+    ) as progress:
+        task = progress.add_task("import", total=total)
+        summary = services.importer.import_paths(
+            paths, on_file=lambda _path, _result: progress.advance(task)
+        )
+    counts = summary.counts
+    out.print(
+        f"stored: {counts[ImportResult.STORED]}, "
+        f"already present: {counts[ImportResult.ALREADY_PRESENT]}, "
+        f"not DICOM: {counts[ImportResult.NOT_DICOM]}, failed: {counts[ImportResult.FAILED]}"
+    )
+    for path, reason in summary.failures:
+        out.print(f"failed: {path}: {reason}", soft_wrap=True)
+    raise typer.Exit(1 if summary.failed else 0)
+
+
+@app.command()
+def check(
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="remove orphan files and rows whose file is gone")
+    ] = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="check presence only, not sizes and SHA-256")
+    ] = False,
+) -> None:
+    """Compare the index with the file store; exit 1 if anything is inconsistent."""
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    with root.open_services(settings) as services:
+        report = services.consistency.check(verify_hashes=not quick, repair=repair)
+    out.print(f"instances indexed: {report.instances}, files stored: {report.blobs}")
+    for uid, key in report.missing:
+        out.print(f"missing file: instance {uid} (blob {key})", soft_wrap=True)
+    for key in report.orphans:
+        out.print(f"orphan file: blob {key}", soft_wrap=True)
+    for bad in report.mismatched:
+        out.print(
+            f"mismatch: instance {bad.sop_instance_uid}: size {bad.actual_size} (index "
+            f"{bad.expected_size}), sha256 {bad.actual_sha256} (index {bad.expected_sha256})",
+            soft_wrap=True,
+        )
+    if report.partial_files:
+        out.print(f"partial files in tmp/: {report.partial_files} (removed at next start)")
+    if repair:
+        out.print(
+            f"repaired: {report.repaired_rows} index rows removed, "
+            f"{report.repaired_orphans} orphan files removed"
+        )
+        remaining = report.mismatched or len(report.orphans) > report.repaired_orphans
+        raise typer.Exit(1 if remaining else 0)
+    out.print("consistent" if report.consistent else "INCONSISTENT")
+    raise typer.Exit(0 if report.consistent else 1)
+
+
+@db_app.command("upgrade")
+def db_upgrade(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Create or upgrade the index schema to the newest revision (Alembic)."""
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    described = root.upgrade_database(settings)
+    out.print(f"index schema is up to date: {described}")
+
+
+def main() -> None:
+    sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Presentation contexts the SCP accepts: every storage SOP class pynetdicom knows × every
+transfer syntax pydicom knows, plus Verification.
+
+Order of transfer syntaxes is our preference when a requestor offers several in one context
+(PS3.8 9.3.2.2): lossless first (uncompressed, deflated, lossless codecs), lossy last, so an
+SCU able to transcode is never invited to compress lossily on our behalf.
+
+pynetdicom deep-copies the acceptor's contexts for every association (34 ms for this set,
+perf-notes). The contexts are never mutated during negotiation (it builds new result
+objects), so :class:`SharedContexts` makes that copy a shallow one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydicom import uid
+from pynetdicom import AllStoragePresentationContexts, build_context
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import Verification
+
+LOSSLESS_FIRST: tuple[str, ...] = (
+    uid.ExplicitVRLittleEndian,
+    uid.ImplicitVRLittleEndian,
+    uid.DeflatedExplicitVRLittleEndian,
+    uid.ExplicitVRBigEndian,
+    uid.RLELossless,
+    uid.JPEGLosslessSV1,
+    uid.JPEGLossless,
+    uid.JPEGLSLossless,
+    uid.JPEG2000Lossless,
+    uid.HTJ2KLossless,
+    uid.HTJ2KLosslessRPCL,
+    uid.JPEG2000MCLossless,
+)
+
+
+def transfer_syntaxes() -> list[str]:
+    """Every transfer syntax pydicom knows, lossless ones first."""
+    known = [str(ts) for ts in uid.AllTransferSyntaxes]
+    return [ts for ts in LOSSLESS_FIRST if ts in known] + [
+        ts for ts in known if ts not in LOSSLESS_FIRST
+    ]
+
+
+class SharedContexts(list[PresentationContext]):
+    """A context list whose deep copy is shallow: the items are read-only after start-up."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[PresentationContext]:
+        return list(self)
+
+
+def storage_scp_contexts() -> SharedContexts:
+    syntaxes = transfer_syntaxes()
+    contexts = [build_context(Verification, syntaxes[:4])]
+    contexts += [build_context(cx.abstract_syntax, syntaxes) for cx in AllStoragePresentationContexts]
+    return SharedContexts(contexts)

@@ -1,0 +1,87 @@
+"""``pacs check``: compare the index with the blob store, and repair what can be repaired."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from storage.blobs import BlobNotFound, FileStore
+from storage.index import Index
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    sop_instance_uid: str
+    blob_key: str
+    expected_size: int
+    actual_size: int
+    expected_sha256: str
+    actual_sha256: str
+
+
+@dataclass
+class ConsistencyReport:
+    instances: int = 0
+    blobs: int = 0
+    missing: list[tuple[str, str]] = field(default_factory=list)  # (SOP Instance UID, key)
+    orphans: list[str] = field(default_factory=list)
+    mismatched: list[Mismatch] = field(default_factory=list)
+    partial_files: int = 0
+    repaired_rows: int = 0
+    repaired_orphans: int = 0
+
+    @property
+    def consistent(self) -> bool:
+        return not (self.missing or self.orphans or self.mismatched)
+
+
+class ConsistencyService:
+    def __init__(self, *, blobs: FileStore, index: Index) -> None:
+        self.blobs = blobs
+        self.index = index
+
+    # A blob younger than this may belong to a store whose index commit is under way.
+    ORPHAN_GRACE_S = 120.0
+
+    def check(self, *, verify_hashes: bool = True, repair: bool = False) -> ConsistencyReport:
+        """Missing files, orphan files, size/SHA-256 mismatches; ``repair`` removes orphans and
+        index rows whose files are gone (a mismatched file is reported, never deleted)."""
+        report = ConsistencyReport()
+        referenced: set[str] = set()
+        with self.index.unit_of_work() as repo:
+            instances = list(repo.iter_instances())
+        report.instances = len(instances)
+        for stored in instances:
+            referenced.add(stored.blob_key)
+            try:
+                if verify_hashes:
+                    actual = self.blobs.stat(stored.blob_key)
+                    if (actual.size, actual.sha256) != (stored.blob_size, stored.blob_sha256):
+                        report.mismatched.append(Mismatch(
+                            stored.sop_instance_uid, stored.blob_key, stored.blob_size,
+                            actual.size, stored.blob_sha256, actual.sha256,
+                        ))
+                elif not self.blobs.exists(stored.blob_key):
+                    raise BlobNotFound(stored.blob_key)
+            except BlobNotFound:
+                report.missing.append((stored.sop_instance_uid, stored.blob_key))
+        keys = set(self.blobs.keys())
+        report.blobs = len(keys)
+        report.orphans = sorted(keys - referenced)
+        report.partial_files = sum(1 for path in self.blobs.tmp.iterdir() if path.is_file())
+        if repair:
+            self._repair(report)
+        return report
+
+    def _repair(self, report: ConsistencyReport) -> None:
+        if report.missing:
+            with self.index.unit_of_work(write=True) as repo:
+                report.repaired_rows = repo.delete_instances([uid for uid, _ in report.missing])
+        for key in report.orphans:
+            # An orphan may have become referenced since the scan (a store in progress).
+            if self.blobs.age(key) < self.ORPHAN_GRACE_S:
+                continue
+            with self.index.unit_of_work() as repo:
+                if repo.blob_referenced(key):
+                    continue
+            self.blobs.delete(key)
+            report.repaired_orphans += 1

@@ -195,6 +195,14 @@ class Repository:
             delete(patient).where(~exists().where(study.c.patient_fk == patient.c.id))
         )
 
+    def patient_names(self, patient_ids: list[str]) -> dict[str, str | None]:
+        rows = self.connection.execute(
+            select(patient.c.patient_id, patient.c.patient_name).where(
+                patient.c.patient_id.in_(patient_ids)
+            )
+        )
+        return {row.patient_id: row.patient_name for row in rows}
+
     def counts(self) -> dict[Level, int]:
         return {
             level: int(self.connection.execute(select(func.count()).select_from(table)).scalar_one())

@@ -1,0 +1,92 @@
+"""Fixtures: a database per test (SQLite, and PostgreSQL when PACS_TEST_DATABASE_URL is set),
+a running ``pacs serve``, and generated DICOM files."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.server import PacsServer
+
+POSTGRES_ENV = "PACS_TEST_DATABASE_URL"
+_SESSION = uuid.uuid4().hex[:8]
+
+
+def _postgres_base() -> str | None:
+    return os.environ.get(POSTGRES_ENV) or None
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> Iterator[str]:
+    """Checks once that PostgreSQL answers: unreachable is a failure when it was asked for."""
+    base = _postgres_base()
+    if base is None:
+        pytest.skip(f"{POSTGRES_ENV} is not set: PostgreSQL tests are off")
+    import psycopg
+
+    try:
+        with psycopg.connect(_libpq(base), autocommit=True, connect_timeout=5):
+            pass
+    except psycopg.OperationalError as error:
+        pytest.fail(f"{POSTGRES_ENV}={base} is set but PostgreSQL cannot be reached: {error}")
+    yield base
+
+
+def _libpq(url: str, database: str | None = None) -> str:
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if database is not None:
+        parsed = parsed.set(database=database)
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def postgres_url(postgres_admin: str) -> Iterator[str]:
+    """A fresh database for one test, dropped afterwards."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    name = f"pacs_test_{_SESSION}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(_libpq(postgres_admin), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(postgres_admin).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(_libpq(postgres_admin), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test using this runs on SQLite and, when switched on, on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.sqlite'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'index.sqlite'}"
+
+
+@pytest.fixture
+def server(tmp_path: Path, database_url: str) -> Iterator[PacsServer]:
+    running = PacsServer(data_dir=tmp_path / "data", database_url=database_url).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def sqlite_server(tmp_path: Path, sqlite_url: str) -> Iterator[PacsServer]:
+    running = PacsServer(data_dir=tmp_path / "data", database_url=sqlite_url).start()
+    try:
+        yield running
+    finally:
+        running.stop()

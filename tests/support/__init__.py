@@ -1,0 +1,1 @@
+"""Test support: a real ``pacs serve`` subprocess, DCMTK runners, databases."""

@@ -1,0 +1,116 @@
+"""A real ``pacs serve`` in a subprocess on free loopback ports, polled on ``/health``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from pacs.serve import Services, open_services
+from pacs.settings import Settings
+
+STARTUP_TIMEOUT_S = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class PacsServer:
+    data_dir: Path
+    database_url: str
+    extra_args: list[str] = field(default_factory=list)
+    ae_title: str = "PACS"
+    dimse_port: int = 0
+    http_port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    def start(self) -> PacsServer:
+        self.dimse_port = free_port()
+        self.http_port = free_port()
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-serve.log"
+        args = [
+            sys.executable, "-m", "pacs.cli", "serve",
+            "--data-dir", str(self.data_dir),
+            "--ae-title", self.ae_title,
+            "--dimse-port", str(self.dimse_port),
+            "--http-port", str(self.http_port),
+            "--database-url", self.database_url,
+            *self.extra_args,
+        ]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        self.wait_healthy()
+        return self
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"pacs serve exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"pacs serve not healthy after {STARTUP_TIMEOUT_S} s:\n{self.log()}")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        """Signal the server (by PID) and wait; returns its exit status."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        code = self.process.returncode
+        self.process = None
+        return code
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.process = None
+
+    def settings(self) -> Settings:
+        return Settings(data_dir=self.data_dir, database_url=self.database_url)
+
+    @contextmanager
+    def services(self) -> Iterator[Services]:
+        """The server's storage, opened beside it (for checking rows and files)."""
+        with open_services(self.settings(), upgrade=False) as services:
+            yield services
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run ``pacs`` with this server's data dir and database."""
+        return subprocess.run(
+            [sys.executable, "-m", "pacs.cli", *args, "--data-dir", str(self.data_dir),
+             "--database-url", self.database_url],
+            capture_output=True, text=True, timeout=600,
+        )

@@ -128,11 +128,18 @@ def check(
     quick: Annotated[
         bool, typer.Option("--quick", help="check presence only, not sizes and SHA-256")
     ] = False,
+    orphan_grace: Annotated[
+        float,
+        typer.Option("--orphan-grace", help="seconds: younger orphan files are kept (a store "
+                     "may be committing); 0 when no server runs", min=0),
+    ] = 120.0,
 ) -> None:
     """Compare the index with the file store; exit 1 if anything is inconsistent."""
     settings = _settings(data_dir=data_dir, database_url=database_url)
     with root.open_services(settings) as services:
-        report = services.consistency.check(verify_hashes=not quick, repair=repair)
+        report = services.consistency.check(
+            verify_hashes=not quick, repair=repair, orphan_grace_s=orphan_grace
+        )
     out.print(f"instances indexed: {report.instances}, files stored: {report.blobs}")
     for uid, key in report.missing:
         out.print(f"missing file: instance {uid} (blob {key})", soft_wrap=True)

@@ -127,6 +127,7 @@ def serve(settings: Settings) -> int:
         finally:
             log.info("shutting down: finishing in-flight stores")
             dimse.stop()
+            services.blobs.sweep_tmp()  # partial receives of aborted associations
         if http.failed:
             log.error("the HTTP server could not start on %s:%d", settings.http_host,
                       settings.http_port)
@@ -150,6 +151,22 @@ class _Server(uvicorn.Server):
         else:
             self._started_event.set()
 
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM begin a graceful shutdown; unlike uvicorn's own, the signal is not
+        raised again afterwards: ``serve`` still has to stop DIMSE, then exits 0."""
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _EXIT_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         log.info("received %s", signal.Signals(sig).name)
-        super().handle_exit(sig, frame)
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        self.should_exit = True
+
+
+_EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -39,12 +39,15 @@ class ConsistencyService:
         self.blobs = blobs
         self.index = index
 
-    # A blob younger than this may belong to a store whose index commit is under way.
-    ORPHAN_GRACE_S = 120.0
-
-    def check(self, *, verify_hashes: bool = True, repair: bool = False) -> ConsistencyReport:
+    def check(
+        self, *, verify_hashes: bool = True, repair: bool = False, orphan_grace_s: float = 120.0
+    ) -> ConsistencyReport:
         """Missing files, orphan files, size/SHA-256 mismatches; ``repair`` removes orphans and
-        index rows whose files are gone (a mismatched file is reported, never deleted)."""
+        index rows whose files are gone (a mismatched file is reported, never deleted).
+
+        An orphan younger than ``orphan_grace_s`` is left alone: with a server running it may
+        belong to a store whose index commit is under way.
+        """
         report = ConsistencyReport()
         referenced: set[str] = set()
         with self.index.unit_of_work() as repo:
@@ -69,16 +72,16 @@ class ConsistencyService:
         report.orphans = sorted(keys - referenced)
         report.partial_files = sum(1 for path in self.blobs.tmp.iterdir() if path.is_file())
         if repair:
-            self._repair(report)
+            self._repair(report, orphan_grace_s)
         return report
 
-    def _repair(self, report: ConsistencyReport) -> None:
+    def _repair(self, report: ConsistencyReport, orphan_grace_s: float) -> None:
         if report.missing:
             with self.index.unit_of_work(write=True) as repo:
                 report.repaired_rows = repo.delete_instances([uid for uid, _ in report.missing])
         for key in report.orphans:
             # An orphan may have become referenced since the scan (a store in progress).
-            if self.blobs.age(key) < self.ORPHAN_GRACE_S:
+            if self.blobs.age(key) < orphan_grace_s:
                 continue
             with self.index.unit_of_work() as repo:
                 if repo.blob_referenced(key):

@@ -79,8 +79,9 @@ def wait_until(ready: Any, proc: subprocess.Popen[bytes], timeout: float, what: 
     raise RuntimeError(f"{what} was not ready after {timeout:.0f} s")
 
 
-def start_process(argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
-                  cwd: Path | None = None) -> subprocess.Popen[bytes]:
+def start_process(
+    argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     """Start `argv` in its own process group with output to `log_path`.
 
     Its own group lets ``stop_process`` end the server and any child it forked (storescp
@@ -88,9 +89,15 @@ def start_process(argv: Sequence[str], log_path: Path, env: dict[str, str] | Non
     """
     log: IO[bytes] = open(log_path, "ab")
     try:
-        return subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, cwd=cwd,
-                                start_new_session=True)
+        return subprocess.Popen(
+            list(argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
     finally:
         log.close()
 
@@ -115,8 +122,8 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
         pass
 
 
-def peak_rss_mib(pid: int) -> float | None:
-    """VmHWM (peak resident set) of `pid` and its live descendants, in MiB.
+def peak_rss_bytes(pid: int) -> int | None:
+    """VmHWM (peak resident set) of `pid` and its live descendants, in bytes.
 
     Read before the server is stopped. A sum of per-process peaks: exact for one process,
     an upper bound if a server had helper processes.
@@ -128,7 +135,7 @@ def peak_rss_mib(pid: int) -> float | None:
         if kib is not None:
             total_kib += kib
             found = True
-    return total_kib / 1024.0 if found else None
+    return total_kib * 1024 if found else None
 
 
 def _status_kib(pid: int, key: str) -> int | None:
@@ -193,16 +200,20 @@ def ensure_orthanc(log: Any = print) -> str | None:
         return found
     log("orthanc: not installed; running apt-get install -y orthanc")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (["apt-get", "install", "-y", "orthanc"], ["apt-get", "update"],
-                 ["apt-get", "install", "-y", "orthanc"]):
+    for argv in (
+        ["apt-get", "install", "-y", "orthanc"],
+        ["apt-get", "update"],
+        ["apt-get", "install", "-y", "orthanc"],
+    ):
         result = subprocess.run(argv, env=env, capture_output=True, check=False)
         if argv[1] == "install" and result.returncode == 0:
             break
     return find_orthanc()
 
 
-def orthanc_config(work: Path, http_port: int, dicom_port: int, aet: str,
-                   calling_aet: str) -> dict[str, Any]:
+def orthanc_config(
+    work: Path, http_port: int, dicom_port: int, aet: str, calling_aet: str
+) -> dict[str, Any]:
     """A minimal, isolated configuration (see the module docstring for why each choice)."""
     return {
         "Name": "pacs-bench",
@@ -239,6 +250,7 @@ class Orthanc:
     work: Path
     aet: str = "ORTHANC"
     calling_aet: str = "BENCHSCU"
+    env: dict[str, str] | None = None  # e.g. TCP_NODELAY=1, which Orthanc's DCMTK reads
     http_port: int = field(default_factory=free_port)
     dicom_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
@@ -250,14 +262,15 @@ class Orthanc:
     def start(self) -> None:
         """Write the config, start Orthanc, wait until GET /system answers."""
         self.work.mkdir(parents=True, exist_ok=True)
-        config = orthanc_config(self.work, self.http_port, self.dicom_port, self.aet,
-                                self.calling_aet)
+        config = orthanc_config(
+            self.work, self.http_port, self.dicom_port, self.aet, self.calling_aet
+        )
         config_path = self.work / "orthanc.json"
         config_path.write_text(json.dumps(config, indent=2))
-        self.proc = start_process([self.binary, str(config_path)], self.work / "orthanc.log",
-                                  cwd=self.work)
-        wait_until(lambda: http_ok(f"{self.url}/system"), self.proc, START_TIMEOUT_S,
-                   "Orthanc")
+        self.proc = start_process(
+            [self.binary, str(config_path)], self.work / "orthanc.log", env=self.env, cwd=self.work
+        )
+        wait_until(lambda: http_ok(f"{self.url}/system"), self.proc, START_TIMEOUT_S, "Orthanc")
 
     def version(self) -> str:
         return str(http_get_json(f"{self.url}/system").get("Version", "?"))
@@ -265,8 +278,8 @@ class Orthanc:
     def instance_count(self) -> int:
         return int(http_get_json(f"{self.url}/statistics")["CountInstances"])
 
-    def peak_rss_mib(self) -> float | None:
-        return peak_rss_mib(self.proc.pid) if self.proc else None
+    def peak_rss_bytes(self) -> int | None:
+        return peak_rss_bytes(self.proc.pid) if self.proc else None
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -49,14 +49,17 @@ def _settings(**flags: Any) -> Settings:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "settings"
         message = str(first["msg"]).removeprefix("Value error, ")
-        err.print(f"pacs: error: {where.replace('_', '-')}: {message}", soft_wrap=True)
+        flag = {"peers": "peer"}.get(where, where).replace("_", "-")
+        err.print(f"pacs: error: --{flag}: {message}", soft_wrap=True)
         raise typer.Exit(2) from None
 
 
 @app.command()
 def serve(
     data_dir: DataDir = None,
-    ae_title: Annotated[str | None, typer.Option("--ae-title", help="DIMSE AE title [PACS]")] = None,
+    ae_title: Annotated[
+        str | None, typer.Option("--ae-title", help="DIMSE AE title [PACS]")
+    ] = None,
     dimse_port: Annotated[str | None, typer.Option("--dimse-port", help="[11112]")] = None,
     dimse_host: Annotated[
         str | None, typer.Option("--dimse-host", help="DIMSE bind address [127.0.0.1]")

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
 
+import pydicom
 import uvicorn
 
 from dicomweb.app import create_app
@@ -44,6 +45,8 @@ class Services:
 def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Services]:
     """Build storage and services; the index schema is upgraded first unless told not to."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Odd values from modalities are indexed as well as they can be, not warned about.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     blobs = FileStore(settings.data_dir)
     index = Index(settings.effective_database_url, sqlite_synchronous=settings.sqlite_synchronous)
     try:

@@ -1,1 +1,1 @@
-"""Storage: the blob store (files, knows nothing of DICOM) and the index (the only place with SQL)."""
+"""Storage: the blob store (files, knows nothing of DICOM) and the index (the only SQL)."""

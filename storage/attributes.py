@@ -183,7 +183,8 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
 
 def column_value(attribute: Attribute, value: Any) -> Any:
     """The index form of a dataset value: UTF-8 text, ``YYYYMMDD`` dates, numbers."""
-    converted = _CONVERT.get(attribute.vr, _text)(value)
+    convert: Callable[[Any], Any] = _CONVERT.get(attribute.vr, _text)
+    converted = convert(value)
     if isinstance(converted, str):
         limit = COLUMN_LENGTH.get(attribute.vr)
         if limit is not None and len(converted) > limit:

@@ -17,7 +17,8 @@ from typing import Any
 from pydicom import uid
 from pynetdicom import AllStoragePresentationContexts, build_context
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.sop_class import Verification
+
+VERIFICATION = "1.2.840.10008.1.1"  # Verification SOP Class, PS3.4 A.4
 
 LOSSLESS_FIRST: tuple[str, ...] = (
     uid.ExplicitVRLittleEndian,
@@ -52,6 +53,8 @@ class SharedContexts(list[PresentationContext]):
 
 def storage_scp_contexts() -> SharedContexts:
     syntaxes = transfer_syntaxes()
-    contexts = [build_context(Verification, syntaxes[:4])]
-    contexts += [build_context(cx.abstract_syntax, syntaxes) for cx in AllStoragePresentationContexts]
+    contexts = [build_context(VERIFICATION, syntaxes[:4])]
+    contexts += [
+        build_context(str(cx.abstract_syntax), syntaxes) for cx in AllStoragePresentationContexts
+    ]
     return SharedContexts(contexts)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from pacs.dimse import tuning
-from pacs.dimse.status import Status, store_status
 from pacs.dimse.inflight import InFlight
+from pacs.dimse.status import Status, store_status
 from pacs.services.errors import PacsError
 from pacs.services.ingest import Expected, Incoming, IngestService, Origin
 
@@ -50,7 +51,7 @@ class DimseHandlers:
 
     def on_store(self, event: Event) -> int | Dataset:
         """C-STORE (PS3.4 B.2.3): store as received, answer after the store is durable."""
-        request = event.request
+        request = cast(C_STORE, event.request)
         expected = Expected(
             sop_class_uid=str(request.AffectedSOPClassUID),
             sop_instance_uid=str(request.AffectedSOPInstanceUID),

@@ -45,7 +45,7 @@ class DimseServer:
         self._server = self.ae.start_server(
             (self.host, self.port),
             block=False,
-            evt_handlers=self.handlers.bindings(),
+            evt_handlers=self.handlers.bindings(),  # type: ignore[arg-type]
             ae_title=self.ae_title,
             contexts=storage_scp_contexts(),
         )
@@ -61,4 +61,6 @@ class DimseServer:
         for assoc in list(server.active_associations):
             assoc.abort()
         if not self.inflight.wait_idle(timeout):
-            log.warning("%d DIMSE requests still running after %.0f s", self.inflight.count, timeout)
+            log.warning(
+                "%d DIMSE requests still running after %.0f s", self.inflight.count, timeout
+            )

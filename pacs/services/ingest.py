@@ -17,6 +17,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 
+from pacs.services.errors import InvalidInstance, OutOfResources, SopClassMismatch
+from pacs.services.instance_reader import Header, read_header
 from storage.attributes import extract, request_attributes
 from storage.blobs import BlobInfo, FileStore, StagedBlob
 from storage.index import (
@@ -28,9 +30,6 @@ from storage.index import (
     StudyState,
     UpsertOutcome,
 )
-
-from pacs.services.errors import InvalidInstance, OutOfResources, SopClassMismatch
-from pacs.services.instance_reader import Header, read_header
 
 log = logging.getLogger(__name__)
 

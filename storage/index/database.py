@@ -42,7 +42,10 @@ class Index:
         if self.is_sqlite:
             if self.url.database and self.url.database != ":memory:":
                 Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
-            options["connect_args"] = {"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000}
+            options["connect_args"] = {
+                "check_same_thread": False,
+                "timeout": BUSY_TIMEOUT_MS / 1000,
+            }
             options["pool_size"] = pool_size
             options["max_overflow"] = 64
         else:

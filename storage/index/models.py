@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -55,7 +56,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _type(attribute: Attribute) -> TypeEngine[object]:
+def _type(attribute: Attribute) -> TypeEngine[Any]:
     if attribute.vr in {"IS", "US"}:
         return Integer()
     if attribute.vr == "DS":

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 from enum import StrEnum
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Table, bindparam, delete, exists, func, insert, select, update
@@ -15,7 +15,15 @@ from sqlalchemy.engine import Connection
 
 from storage.attributes import Level
 from storage.blobs import BlobInfo
-from storage.index.models import StudyState, TABLES, instance, patient, request_attribute, series, study
+from storage.index.models import (
+    TABLES,
+    StudyState,
+    instance,
+    patient,
+    request_attribute,
+    series,
+    study,
+)
 
 
 class UpsertOutcome(StrEnum):
@@ -205,7 +213,9 @@ class Repository:
 
     def counts(self) -> dict[Level, int]:
         return {
-            level: int(self.connection.execute(select(func.count()).select_from(table)).scalar_one())
+            level: int(
+                self.connection.execute(select(func.count()).select_from(table)).scalar_one()
+            )
             for level, table in TABLES.items()
         }
 
@@ -230,7 +240,7 @@ _INSTANCE_BLOB = select(instance.c.id, instance.c.blob_key).where(
 )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _insert_ignore(dialect_name: str, table_name: str) -> Any:
     """``INSERT ... ON CONFLICT (natural key) DO NOTHING`` (SQLite and PostgreSQL)."""
     dialect = postgresql if dialect_name == "postgresql" else sqlite

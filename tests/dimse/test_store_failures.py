@@ -45,7 +45,7 @@ def _nothing_left(server: PacsServer, expected_instances: int) -> None:
         with services.index.unit_of_work() as repo:
             assert repo.counts()[Level.IMAGE] == expected_instances
         assert len(list(services.blobs.keys())) == expected_instances
-        assert [p for p in services.blobs.tmp.iterdir()] == []
+        assert list(services.blobs.tmp.iterdir()) == []
 
 
 def _write(tmp_path: Path, name: str, data: bytes) -> Path:

@@ -61,7 +61,9 @@ class PacsServer:
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise RuntimeError(f"pacs serve exited with {self.process.returncode}:\n{self.log()}")
+                raise RuntimeError(
+                    f"pacs serve exited with {self.process.returncode}:\n{self.log()}"
+                )
             try:
                 if httpx.get(f"{self.base_url}/health", timeout=1).status_code == 200:
                     return

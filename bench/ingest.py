@@ -1,0 +1,980 @@
+"""Ingest benchmark: C-STORE throughput of pacs against DCMTK storescp and Orthanc.
+
+    python -m bench.ingest                       # 2,000 small + 300 CT 512x512, all targets
+    python -m bench.ingest --small 200 --ct 30   # quick run
+    python -m bench.ingest --rss-run 10000       # plus peak RSS of pacs after 10,000 instances
+
+Why it is built this way (bench/README.md has the long version):
+
+* The client is DCMTK ``storescu`` for every target, so only the server differs. One storescu
+  process sends all its files over ONE association (it negotiates once per invocation); the
+  4-association shape runs 4 storescu processes at once on 4 slices of the file list and
+  reports total instances / wall time.
+* storescu proposes exactly the (SOP class, transfer syntax) pairs found in the corpus, from a
+  generated ``-xf`` profile, so no target pays for conversion or a wider negotiation.
+* ``TCP_NODELAY=1`` is set for storescu and for the DCMTK-based servers (storescp, Orthanc):
+  Debian's DCMTK keeps Nagle's algorithm on otherwise, and Nagle + delayed ACKs cap a
+  client or server near 11-25 instances/s. One extra run shows that effect on the client.
+* Every measured run gets a fresh server and a fresh data folder, and ``sync`` runs before it,
+  so writes still being flushed from the previous run do not count against the next.
+* No timing is asserted: the figures are printed next to the issue's targets and saved to
+  ``bench/results/``. The exit code is 1 only when a run failed outright (a store was refused,
+  an instance count was wrong, a server did not start).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from bench.orthanc import (
+    LOOPBACK,
+    Orthanc,
+    ensure_orthanc,
+    free_port,
+    http_ok,
+    peak_rss_bytes,
+    processes_named,
+    start_process,
+    stop_process,
+    wait_until,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE_DIR = REPO / "bench" / ".cache"
+RESULTS_DIR = REPO / "bench" / "results"
+CORPUS_VERSION = "v1"  # bump when the corpus layout below changes: old caches are ignored
+CALLING_AET = "BENCHSCU"
+STORESCU_PROFILE = "Bench"
+TARGETS = ("storescp", "orthanc", "pacs-sqlite", "pacs-postgres")
+DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432"
+START_TIMEOUT_S = 120.0
+
+# per patient: (studies, series per study, instances per series) -> 100 instances a patient
+LAYOUT = {"small": (2, 5, 10), "ct512": (1, 2, 50)}
+SEEDS = {"small": 1, "ct512": 2}
+
+# the issue's targets
+GOAL_SMALL_VS_ORTHANC = 0.75
+GOAL_CT_VS_ORTHANC = 1.0
+GOAL_PARALLEL_GAIN = 1.5
+GOAL_RSS_MB = 300.0
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+# ---------------------------------------------------------------------------------- corpus
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """The first `count` files of a cached corpus, as paths relative to `root`."""
+
+    size: str
+    root: Path
+    files: tuple[str, ...]
+    nbytes: int
+    contexts: frozenset[tuple[str, str]]  # (SOP Class UID, Transfer Syntax UID)
+
+    def head(self, count: int) -> Corpus:
+        """The first `count` files (the corpus is generated in patient order)."""
+        files = self.files[:count]
+        nbytes = sum((self.root / f).stat().st_size for f in files)
+        return Corpus(self.size, self.root, files, nbytes, self.contexts)
+
+
+def ensure_corpus(size: str, count: int, cache: Path = CACHE_DIR) -> Corpus:
+    """A corpus of at least `count` instances, generated once and cached.
+
+    A cached corpus with more patients serves smaller requests too: generation draws its random
+    numbers in patient order, so its first k patients equal a k-patient corpus.
+    """
+    studies, series, instances = LAYOUT[size]
+    per_patient = studies * series * instances
+    patients = max(1, math.ceil(count / per_patient))
+    root = _cached_corpus(cache, size, patients)
+    if root is None:
+        root = cache / f"{size}-p{patients}-{CORPUS_VERSION}"
+        log(f"corpus: generating {patients * per_patient} {size} instances in {root}")
+        _generate(root, size, patients)
+    files, contexts = _read_manifest(root, count)
+    nbytes = sum((root / f).stat().st_size for f in files)
+    return Corpus(size, root, tuple(files), nbytes, frozenset(contexts))
+
+
+def _cached_corpus(cache: Path, size: str, patients: int) -> Path | None:
+    best: tuple[int, Path] | None = None
+    for path in cache.glob(f"{size}-p*-{CORPUS_VERSION}"):
+        try:
+            have = int(path.name.split("-p", 1)[1].split("-", 1)[0])
+        except ValueError:
+            continue
+        if have >= patients and (path / ".complete").exists() and (best is None or have < best[0]):
+            best = (have, path)
+    return best[1] if best else None
+
+
+def _generate(root: Path, size: str, patients: int) -> None:
+    from tests.factories.corpus import generate
+
+    if root.exists():
+        shutil.rmtree(root)  # an interrupted earlier generation
+    studies, series, instances = LAYOUT[size]
+    generate(
+        str(root), patients, studies, series, instances, size=size, seed=SEEDS[size], quiet=True
+    )
+    (root / ".complete").write_text("ok\n")
+
+
+def _read_manifest(root: Path, count: int) -> tuple[list[str], set[tuple[str, str]]]:
+    """First `count` paths, and the (SOP class, TS) pairs storescu must propose for them."""
+    import pydicom
+
+    with open(root / "manifest.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))[:count]
+    contexts: set[tuple[str, str]] = set()
+    seen: set[tuple[str, str]] = set()
+    for row in rows:
+        key = (row["Modality"], row["TransferSyntaxUID"])
+        if key not in seen:  # one header read per kind of file is enough
+            seen.add(key)
+            ds = pydicom.dcmread(root / row["path"], stop_before_pixels=True)
+            contexts.add((str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)))
+    return [row["path"] for row in rows], contexts
+
+
+def warm_page_cache(corpus: Corpus) -> None:
+    """Read every file once so the first target measured does not pay for cold reads."""
+    for name in corpus.files:
+        (corpus.root / name).read_bytes()
+
+
+def write_storescu_profile(contexts: frozenset[tuple[str, str]], path: Path) -> Path:
+    """A storescu ``-xf`` config proposing each (SOP class, TS) pair of the corpus, nothing else.
+
+    Without it storescu proposes every uncompressed transfer syntax for every storage class it
+    knows; with it the association negotiates exactly what the files are.
+    """
+    syntaxes = sorted({ts for _, ts in contexts})
+    lines = ["[[TransferSyntaxes]]"]
+    for i, ts in enumerate(syntaxes, start=1):
+        lines += [f"[TS{i}]", f"TransferSyntax1 = {ts}", ""]
+    lines += ["[[PresentationContexts]]", "[Contexts]"]
+    for i, (sop_class, ts) in enumerate(sorted(contexts), start=1):
+        lines.append(f"PresentationContext{i} = {sop_class}\\TS{syntaxes.index(ts) + 1}")
+    lines += ["", "[[Profiles]]", f"[{STORESCU_PROFILE}]", "PresentationContexts = Contexts", ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+# ------------------------------------------------------------------------------- sending
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What is sent: a corpus size, the number of parallel associations, Nagle on the client."""
+
+    key: str
+    size: str
+    associations: int
+    nodelay: bool = True
+    title: str = ""
+
+    @property
+    def label(self) -> str:
+        if self.title:
+            return self.title
+        text = f"{self.size} {self.associations} assoc"
+        return text if self.nodelay else f"{text}, client Nagle on"
+
+
+SHAPES = (
+    Shape("small-1", "small", 1),
+    Shape("small-4", "small", 4),
+    Shape("ct512-1", "ct512", 1),
+    Shape("ct512-4", "ct512", 4),
+)
+NAGLE_SHAPE = Shape("small-1-nagle", "small", 1, nodelay=False)
+RSS_SHAPE = Shape("rss", "small", 4, title="RSS run, small 4 assoc")
+
+
+@dataclass(frozen=True)
+class SendResult:
+    seconds: float
+    error: str | None
+
+
+def split(files: Sequence[str], parts: int) -> list[list[str]]:
+    """Contiguous, nearly equal slices: each association sends whole series, like a modality."""
+    parts = max(1, min(parts, len(files)))
+    size, extra = divmod(len(files), parts)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + size + (1 if i < extra else 0)
+        out.append(list(files[start:end]))
+        start = end
+    return out
+
+
+def send(
+    corpus: Corpus, profile: Path, port: int, called_aet: str, shape: Shape, work: Path
+) -> SendResult:
+    """Run `shape.associations` storescu processes at once; wall time from first start to last exit.
+
+    Success means every storescu exited 0 with no error line: storescu stops at the first
+    refused store (its default ``--halt``), so that implies every file was stored.
+    """
+    env = {**os.environ, "TCP_NODELAY": "1" if shape.nodelay else "0"}
+    procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+    chunks = split(corpus.files, shape.associations)
+    start = time.perf_counter()
+    try:
+        for i, chunk in enumerate(chunks):
+            err_path = work / f"storescu-{i}.err"
+            argv = [
+                "storescu",
+                "-aet",
+                CALLING_AET,
+                "-aec",
+                called_aet,
+                "-xf",
+                str(profile),
+                STORESCU_PROFILE,
+                LOOPBACK,
+                str(port),
+                *chunk,
+            ]
+            with open(err_path, "wb") as err:
+                proc = subprocess.Popen(
+                    argv,
+                    cwd=corpus.root,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                )
+            procs.append((proc, err_path))
+        for proc, _ in procs:
+            proc.wait()
+        seconds = time.perf_counter() - start
+    finally:
+        for proc, _ in procs:  # only left running if we were interrupted
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return SendResult(seconds, _storescu_errors(procs))
+
+
+def _storescu_errors(procs: list[tuple[subprocess.Popen[bytes], Path]]) -> str | None:
+    problems = []
+    for i, (proc, err_path) in enumerate(procs):
+        lines = err_path.read_text(errors="replace").splitlines()
+        bad = [line for line in lines if line.startswith(("E:", "F:"))]
+        if proc.returncode != 0 or bad:
+            detail = "; ".join(bad[:3]) or "no message"
+            problems.append(f"storescu #{i} exit {proc.returncode}: {detail}")
+    return " | ".join(problems) or None
+
+
+# -------------------------------------------------------------------------------- servers
+
+
+def server_env() -> dict[str, str]:
+    """Our environment with TCP_NODELAY=1 (read by DCMTK inside storescp and Orthanc) and
+    without PACS_* variables, so a developer's settings cannot change what pacs measures."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
+    env["TCP_NODELAY"] = "1"
+    return env
+
+
+class Server:
+    """A C-STORE target run for one measurement; subclasses fill in start and count."""
+
+    name = "server"
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.aet = "ANY-SCP"
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stored_count(self) -> int | None:
+        """Instances the server holds, by its own account; None when it cannot tell."""
+        return None
+
+    def peak_rss_mb(self) -> float | None:
+        """Peak RSS in MB (10^6 bytes, like the issue's target), read before stopping."""
+        if self.proc is None:
+            return None
+        peak = peak_rss_bytes(self.proc.pid)
+        return None if peak is None else peak / 1e6
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+    def log_tail(self) -> str:
+        logs = sorted(self.work.glob("*.log"))
+        if not logs:
+            return ""
+        return "\n".join(logs[0].read_text(errors="replace").splitlines()[-15:])
+
+
+class Storescp(Server):
+    """DCMTK storescp writing files: the ceiling (receive + write a file, nothing else).
+
+    ``--fork`` gives each association its own process, otherwise storescp would serve the
+    4 associations one after the other. It listens on all interfaces (no bind option in 3.6.7).
+    """
+
+    name = "storescp"
+
+    def peak_rss_mb(self) -> float | None:
+        """Not reported: the work happens in forked children that are gone by now."""
+        return None
+
+    def start(self) -> None:
+        self.aet, self.port = "STORESCP", free_port()
+        out = self.work / "received"
+        out.mkdir(parents=True)
+        argv = ["storescp", "--fork", "-aet", self.aet, "-od", str(out), str(self.port)]
+        self.proc = start_process(argv, self.work / "storescp.log", env=server_env())
+        wait_until(lambda: port_listening(self.port), self.proc, START_TIMEOUT_S, "storescp")
+
+    def stored_count(self) -> int:
+        return sum(1 for p in (self.work / "received").rglob("*") if p.is_file())
+
+
+class OrthancTarget(Server):
+    """Orthanc with the isolated configuration from bench/orthanc.py."""
+
+    name = "orthanc"
+
+    def __init__(self, work: Path, binary: str) -> None:
+        super().__init__(work)
+        self.orthanc = Orthanc(binary, work, calling_aet=CALLING_AET, env=server_env())
+
+    def start(self) -> None:
+        self.aet, self.port = self.orthanc.aet, self.orthanc.dicom_port
+        self.orthanc.start()
+        self.proc = self.orthanc.proc
+
+    def stored_count(self) -> int:
+        return self.orthanc.instance_count()
+
+    def stop(self) -> None:
+        self.orthanc.stop()
+        self.proc = None
+
+
+class Pacs(Server):
+    """``pacs serve`` on SQLite (default) or on a fresh PostgreSQL database."""
+
+    def __init__(self, work: Path, command: list[str], database_url: str | None = None) -> None:
+        super().__init__(work)
+        self.command = command
+        self.database_url = database_url
+        self.name = "pacs-postgres" if database_url else "pacs-sqlite"
+        self.data_dir = work / "data"
+
+    def start(self) -> None:
+        self.aet, self.port = "PACS", free_port()
+        http_port = free_port()
+        argv = [
+            *self.command,
+            "serve",
+            "--data-dir",
+            str(self.data_dir),
+            "--ae-title",
+            self.aet,
+            "--dimse-port",
+            str(self.port),
+            "--http-port",
+            str(http_port),
+            "--http-host",
+            LOOPBACK,
+        ]
+        if self.database_url:
+            argv += ["--database-url", self.database_url]
+        self.proc = start_process(argv, self.work / "pacs.log", env=server_env(), cwd=REPO)
+        health = f"http://{LOOPBACK}:{http_port}/health"
+        wait_until(lambda: http_ok(health), self.proc, START_TIMEOUT_S, "pacs serve")
+
+    def stored_count(self) -> int | None:
+        """Files in the blob store (``objects/``), when the store has that layout."""
+        objects = self.data_dir / "objects"
+        if not objects.is_dir():
+            return None
+        return sum(1 for p in objects.rglob("*") if p.is_file())
+
+
+def port_listening(port: int) -> bool:
+    """Whether a socket listens on `port`, read from /proc: no connection that the server
+    would have to serve (storescp --fork would fork a child for a probe)."""
+    want = f":{port:04X}"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[1].endswith(want) and fields[3] == "0A":
+                return True
+    return False
+
+
+def pacs_command() -> list[str]:
+    """The ``pacs`` console script next to this Python, else ``python -m pacs.cli``."""
+    for candidate in (Path(sys.executable).parent / "pacs", REPO / ".venv" / "bin" / "pacs"):
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return [str(candidate)]
+    return [sys.executable, "-m", "pacs.cli"]
+
+
+def pacs_problem(command: list[str]) -> str | None:
+    """Why `pacs serve` cannot run here, or None."""
+    try:
+        result = subprocess.run(
+            [*command, "serve", "--help"], cwd=REPO, capture_output=True, timeout=120, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{' '.join(command)} serve --help failed: {exc}"
+    if result.returncode != 0:
+        tail = result.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        return f"`pacs serve --help` exited {result.returncode}: {' '.join(tail)}"
+    return None
+
+
+# ------------------------------------------------------------------------------ postgres
+
+
+def _admin_conninfo(base_url: str, database: str = "postgres") -> str:
+    """libpq URL for `database` from a SQLAlchemy URL such as postgresql+psycopg://u@h:p."""
+    parts = urlsplit(base_url.rstrip("/"))
+    scheme = parts.scheme.split("+", 1)[0]
+    return urlunsplit((scheme, parts.netloc, f"/{database}", parts.query, ""))
+
+
+def postgres_problem(base_url: str) -> str | None:
+    """Why PostgreSQL at `base_url` cannot be used, or None."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed"
+    try:
+        with psycopg.connect(_admin_conninfo(base_url), connect_timeout=5) as conn:
+            conn.execute("SELECT 1")
+    except Exception as exc:
+        return f"cannot connect to {base_url}: {str(exc).strip().splitlines()[0]}"
+    return None
+
+
+@contextmanager
+def fresh_database(base_url: str, name: str) -> Iterator[str]:
+    """CREATE DATABASE `name`, yield its SQLAlchemy URL, DROP it afterwards."""
+    import psycopg
+
+    admin = _admin_conninfo(base_url)
+    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{base_url.rstrip('/')}/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --------------------------------------------------------------------------------- runs
+
+
+@dataclass
+class Run:
+    """One measurement: a target, a shape, a corpus."""
+
+    target: str
+    shape: Shape
+    instances: int
+    nbytes: int
+    seconds: float = 0.0
+    rss_mb: float | None = None
+    stored: int | None = None
+    error: str | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.instances / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.nbytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class Bench:
+    """Everything a run needs that does not change between runs."""
+
+    root: Path
+    profiles: dict[str, Path]
+    orthanc_binary: str | None
+    pacs_cmd: list[str]
+    postgres_url: str
+    keep: bool = False
+    counter: int = 0
+    runs: list[Run] = field(default_factory=list)
+
+    def workdir(self, target: str, shape: Shape) -> Path:
+        self.counter += 1
+        path = self.root / f"{self.counter:03d}-{target}-{shape.key}"
+        path.mkdir(parents=True)
+        return path
+
+    def server(self, target: str, work: Path, database_url: str | None) -> Server:
+        if target == "storescp":
+            return Storescp(work)
+        if target == "orthanc":
+            assert self.orthanc_binary is not None
+            return OrthancTarget(work, self.orthanc_binary)
+        return Pacs(work, self.pacs_cmd, database_url)
+
+
+def run_once(bench: Bench, target: str, shape: Shape, corpus: Corpus) -> Run:
+    """Fresh server and data folder, send, verify, read peak RSS, stop; never raises."""
+    run = Run(target, shape, len(corpus.files), corpus.nbytes)
+    work = bench.workdir(target, shape)
+    try:
+        with _database_for(bench, target, work.name) as database_url:
+            server = bench.server(target, work, database_url)
+            try:
+                server.start()
+                os.sync()
+                result = send(
+                    corpus, bench.profiles[shape.size], server.port, server.aet, shape, work
+                )
+                run.seconds, run.error = result.seconds, result.error
+                run.rss_mb = server.peak_rss_mb()
+                run.stored = server.stored_count()
+                if run.error is None and run.stored is not None and run.stored != run.instances:
+                    run.error = f"server holds {run.stored} instances, {run.instances} were sent"
+            except Exception as exc:
+                run.error = f"{type(exc).__name__}: {exc}"
+                tail = server.log_tail()
+                if tail:
+                    log(f"  last lines of the {target} log:\n{_indent(tail)}")
+            finally:
+                server.stop()
+    except Exception as exc:  # the database could not be created or dropped
+        run.error = run.error or f"{type(exc).__name__}: {exc}"
+    finally:
+        if not bench.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    _report_run(run)
+    bench.runs.append(run)
+    return run
+
+
+@contextmanager
+def _database_for(bench: Bench, target: str, tag: str) -> Iterator[str | None]:
+    if target != "pacs-postgres":
+        yield None
+        return
+    name = f"pacs_bench_{os.getpid()}_{tag.replace('-', '_')}"
+    with fresh_database(bench.postgres_url, name) as url:
+        yield url
+
+
+def _report_run(run: Run) -> None:
+    head = f"  {run.target:14s} {run.shape.label:32s}"
+    if run.error:
+        log(f"{head} FAILED: {run.error}")
+        return
+    rss = f", peak RSS {run.rss_mb:.0f} MB" if run.rss_mb is not None else ""
+    log(
+        f"{head} {run.instances} in {run.seconds:.2f} s = {run.rate:.0f} inst/s, "
+        f"{run.mb_per_s:.1f} MB/s{rss}"
+    )
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"    | {line}" for line in text.splitlines())
+
+
+# ------------------------------------------------------------------------------- report
+
+
+@dataclass(frozen=True)
+class Figure:
+    """Median over repeats of one (target, shape); None fields when every repeat failed."""
+
+    rate: float | None
+    mb_per_s: float | None
+    rss_mb: float | None
+    error: str | None
+
+
+def summarize(runs: Sequence[Run], target: str, shape_key: str) -> Figure | None:
+    mine = [r for r in runs if r.target == target and r.shape.key == shape_key]
+    if not mine:
+        return None
+    ok = [r for r in mine if r.error is None]
+    if not ok:
+        return Figure(None, None, None, mine[0].error)
+    rss = [r.rss_mb for r in ok if r.rss_mb is not None]
+    return Figure(
+        statistics.median(r.rate for r in ok),
+        statistics.median(r.mb_per_s for r in ok),
+        max(rss) if rss else None,
+        None,
+    )
+
+
+def _rate(runs: Sequence[Run], target: str, shape_key: str) -> float | None:
+    fig = summarize(runs, target, shape_key)
+    return fig.rate if fig else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _cell(fig: Figure | None) -> str:
+    if fig is None:
+        return "-"
+    if fig.rate is None:
+        return "FAILED"
+    return f"{fig.rate:.0f}/s · {fig.mb_per_s:.1f} MB/s"
+
+
+def render(
+    runs: Sequence[Run],
+    targets: Sequence[str],
+    meta: dict[str, str],
+    nagle_count: int,
+    rss_count: int,
+) -> str:
+    """The Markdown report: throughput table, ratios, and the issue's targets."""
+    out = [f"# Ingest benchmark {meta['when']}", ""]
+    out += [f"- {k}: {v}" for k, v in meta.items() if k != "when"]
+    out += ["", "## Throughput (median instances/s · MB/s)", ""]
+    out += [
+        "| target | " + " | ".join(s.label for s in SHAPES) + " | peak RSS |",
+        "|---" * (len(SHAPES) + 2) + "|",
+    ]
+    for target in targets:
+        figs = [summarize(runs, target, s.key) for s in SHAPES]
+        rss = [f.rss_mb for f in figs if f and f.rss_mb is not None]
+        peak = f"{max(rss):.0f} MB" if rss else "-"
+        out.append(f"| {target} | " + " | ".join(_cell(f) for f in figs) + f" | {peak} |")
+    out += _ratio_section(runs, targets)
+    if nagle_count:
+        out += _nagle_section(runs, targets, nagle_count)
+    out += _goal_section(runs, targets, rss_count)
+    failures = [r for r in runs if r.error]
+    if failures:
+        out += ["", "## Failed runs", ""]
+        out += [f"- {r.target}, {r.shape.label}: {r.error}" for r in failures]
+    return "\n".join(out) + "\n"
+
+
+def _pacs_targets(targets: Sequence[str]) -> list[str]:
+    return [t for t in targets if t.startswith("pacs-")]
+
+
+def _ratio_section(runs: Sequence[Run], targets: Sequence[str]) -> list[str]:
+    out = [
+        "",
+        "## Ratios",
+        "",
+        "| ratio | " + " | ".join(s.label for s in SHAPES) + " |",
+        "|---" * (len(SHAPES) + 1) + "|",
+    ]
+    for pacs in _pacs_targets(targets):
+        for ref in ("orthanc", "storescp"):
+            if ref in targets:
+                cells = [
+                    _fmt_ratio(_ratio(_rate(runs, pacs, s.key), _rate(runs, ref, s.key)))
+                    for s in SHAPES
+                ]
+                out.append(f"| {pacs} / {ref} | " + " | ".join(cells) + " |")
+    for target in targets:
+        gains = []
+        for shape in SHAPES:
+            one = _rate(runs, target, f"{shape.size}-1")
+            gains.append(
+                _fmt_ratio(_ratio(_rate(runs, target, shape.key), one))
+                if shape.associations > 1
+                else ""
+            )
+        out.append(f"| {target} 4 assoc / 1 assoc | " + " | ".join(gains) + " |")
+    return out
+
+
+def _nagle_section(runs: Sequence[Run], targets: Sequence[str], count: int) -> list[str]:
+    out = [
+        "",
+        f"## Client Nagle on (storescu TCP_NODELAY=0, {count} small instances, 1 association)",
+        "",
+        "| target | Nagle on | TCP_NODELAY=1 (small 1 assoc) |",
+        "|---|---|---|",
+    ]
+    for target in targets:
+        fig = summarize(runs, target, NAGLE_SHAPE.key)
+        if fig is not None:
+            out.append(f"| {target} | {_cell(fig)} | {_cell(summarize(runs, target, 'small-1'))} |")
+    return out
+
+
+def _verdict(value: float | None, goal: float, higher_is_better: bool = True) -> str:
+    if value is None:
+        return "n/a"
+    ok = value >= goal if higher_is_better else value < goal
+    return "met" if ok else "MISSED"
+
+
+def _goal_section(runs: Sequence[Run], targets: Sequence[str], rss_count: int) -> list[str]:
+    out = [
+        "",
+        "## The issue's targets",
+        "",
+        "| target | goal | measured | verdict |",
+        "|---|---|---|---|",
+    ]
+    for pacs in _pacs_targets(targets):
+        small = _ratio(_rate(runs, pacs, "small-1"), _rate(runs, "orthanc", "small-1"))
+        ct = _ratio(_rate(runs, pacs, "ct512-1"), _rate(runs, "orthanc", "ct512-1"))
+        out.append(
+            f"| {pacs}: small 1 assoc pacs/Orthanc | ≥ {GOAL_SMALL_VS_ORTHANC} | "
+            f"{_fmt_ratio(small)} | {_verdict(small, GOAL_SMALL_VS_ORTHANC)} |"
+        )
+        out.append(
+            f"| {pacs}: ct512 1 assoc pacs/Orthanc | ≥ {GOAL_CT_VS_ORTHANC} | "
+            f"{_fmt_ratio(ct)} | {_verdict(ct, GOAL_CT_VS_ORTHANC)} |"
+        )
+        for size in ("small", "ct512"):
+            gain = _ratio(_rate(runs, pacs, f"{size}-4"), _rate(runs, pacs, f"{size}-1"))
+            out.append(
+                f"| {pacs}: {size} 4 assoc / 1 assoc | ≥ {GOAL_PARALLEL_GAIN} | "
+                f"{_fmt_ratio(gain)} | {_verdict(gain, GOAL_PARALLEL_GAIN)} |"
+            )
+    rss_fig = summarize(runs, "pacs-sqlite", RSS_SHAPE.key)
+    if rss_fig is not None:
+        value = rss_fig.rss_mb
+        measured = f"{value:.0f} MB" if value is not None else "FAILED"
+        out.append(
+            f"| pacs-sqlite: peak RSS after {rss_count} small instances "
+            f"(4 assoc) | < {GOAL_RSS_MB:.0f} MB | {measured} | "
+            f"{_verdict(value, GOAL_RSS_MB, higher_is_better=False)} |"
+        )
+    else:
+        out.append(
+            f"| pacs-sqlite: peak RSS after 10,000 instances | < {GOAL_RSS_MB:.0f} MB | "
+            "not measured (--rss-run 10000) | n/a |"
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.ingest", description=(__doc__ or "").split("\n")[0]
+    )
+    ap.add_argument("--small", type=int, default=2000, help="small instances (default 2000)")
+    ap.add_argument("--ct", type=int, default=300, help="CT 512x512 instances (default 300)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per cell; medians are shown")
+    ap.add_argument(
+        "--targets", default=",".join(TARGETS), help=f"comma list from {','.join(TARGETS)}"
+    )
+    ap.add_argument(
+        "--nagle-run",
+        type=int,
+        default=100,
+        metavar="N",
+        help="instances for the extra 'client Nagle on' run to storescp and "
+        "pacs-sqlite (~11/s, keep it small; 0 skips it)",
+    )
+    ap.add_argument(
+        "--rss-run",
+        type=int,
+        default=0,
+        metavar="N",
+        help="send N small instances to pacs-sqlite and report its peak RSS "
+        "(0 = skip; the issue's target is for 10000)",
+    )
+    ap.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="where servers keep their data during a run (default: system temp)",
+    )
+    ap.add_argument("--keep", action="store_true", help="keep server data folders and logs")
+    args = ap.parse_args(argv)
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = sorted(set(args.targets) - set(TARGETS))
+    if unknown:
+        ap.error(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
+    if args.repeat < 1:
+        ap.error("--repeat must be >= 1")
+    return args
+
+
+def usable_targets(
+    wanted: Sequence[str], postgres_url: str
+) -> tuple[list[str], str | None, list[str]]:
+    """Drop targets that cannot run here, saying why; returns (targets, orthanc, pacs cmd)."""
+    targets = list(wanted)
+    orthanc_binary = None
+    if "orthanc" in targets:
+        orthanc_binary = ensure_orthanc(log)
+        if orthanc_binary is None:
+            log("orthanc: not installed and could not be installed: skipped")
+            targets.remove("orthanc")
+        else:
+            others = processes_named("Orthanc")
+            if others:
+                log(
+                    f"orthanc: note: Orthanc already running as pid {others} (not ours); it "
+                    "keeps its own ports and is left alone"
+                )
+    command = pacs_command()
+    if any(t.startswith("pacs-") for t in targets):
+        problem = pacs_problem(command)
+        if problem:
+            log(f"pacs: cannot run ({problem}): pacs targets skipped")
+            targets = [t for t in targets if not t.startswith("pacs-")]
+    if "pacs-postgres" in targets:
+        problem = postgres_problem(postgres_url)
+        if problem:
+            log(f"pacs-postgres: skipped: {problem}")
+            targets.remove("pacs-postgres")
+    return targets, orthanc_binary, command
+
+
+def environment(orthanc_binary: str | None, corpora: dict[str, Corpus]) -> dict[str, str]:
+    meta = {"when": _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")}
+    meta["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}"
+    meta["DCMTK"] = _first_line(["storescu", "--version"])
+    if orthanc_binary:
+        meta["Orthanc"] = _first_line([orthanc_binary, "--version"])
+    meta["pacs commit"] = _first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    for size, corpus in corpora.items():
+        n = len(corpus.files)
+        meta[f"corpus {size}"] = (
+            f"{n} files, {corpus.nbytes / 1e6:.1f} MB "
+            f"({corpus.nbytes / max(n, 1) / 1e3:.0f} kB/file)"
+        )
+    return meta
+
+
+def _first_line(argv: list[str]) -> str:
+    try:
+        result = subprocess.run(argv, capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    text = (result.stdout or result.stderr).decode(errors="replace").strip()
+    return text.splitlines()[0].strip("$ ") if text and result.returncode == 0 else "unknown"
+
+
+def plan(args: argparse.Namespace, targets: Sequence[str]) -> list[tuple[str, Shape]]:
+    """Which (target, shape) runs happen, in order; each is repeated --repeat times."""
+    sizes = {"small": args.small, "ct512": args.ct}
+    runs = [(t, s) for t in targets for s in SHAPES if sizes[s.size] > 0]
+    if args.nagle_run > 0:
+        runs += [(t, NAGLE_SHAPE) for t in ("storescp", "pacs-sqlite") if t in targets]
+    return runs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    for tool in ("storescu", "storescp"):
+        if shutil.which(tool) is None:
+            log(f"{tool} not found: install DCMTK (apt-get install dcmtk)")
+            return 2
+    postgres_url = os.environ.get("PACS_BENCH_POSTGRES", DEFAULT_POSTGRES)
+    targets, orthanc_binary, command = usable_targets(args.targets, postgres_url)
+    if not targets:
+        log("no target can run")
+        return 2
+
+    corpora = _corpora(args, targets)
+    root = Path(tempfile.mkdtemp(prefix="pacs-bench-", dir=args.work_dir))
+    profiles = {
+        size: write_storescu_profile(c.contexts, root / f"storescu-{size}.cfg")
+        for size, c in corpora.items()
+    }
+    bench = Bench(root, profiles, orthanc_binary, command, postgres_url, keep=args.keep)
+    try:
+        _measure(bench, args, targets, corpora)
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            log(f"kept server folders and logs in {root}")
+
+    report = render(
+        bench.runs, targets, environment(orthanc_binary, corpora), args.nagle_run, args.rss_run
+    )
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"ingest-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.md"
+    path.write_text(report, encoding="utf-8")
+    log("")
+    log(report)
+    log(f"written to {path.relative_to(REPO)}")
+    return 1 if any(r.error for r in bench.runs) else 0
+
+
+def _corpora(args: argparse.Namespace, targets: Sequence[str]) -> dict[str, Corpus]:
+    """Generate/load the corpora once; the small one is sized for the largest small run."""
+    small_needed = max(args.small, args.nagle_run, args.rss_run if "pacs-sqlite" in targets else 0)
+    corpora = {}
+    if small_needed > 0:
+        corpora["small"] = ensure_corpus("small", small_needed)
+    if args.ct > 0:
+        corpora["ct512"] = ensure_corpus("ct512", args.ct)
+    for corpus in corpora.values():
+        warm_page_cache(corpus)
+    return corpora
+
+
+def _measure(
+    bench: Bench, args: argparse.Namespace, targets: Sequence[str], corpora: dict[str, Corpus]
+) -> None:
+    counts = {"small": args.small, "ct512": args.ct, NAGLE_SHAPE.key: args.nagle_run}
+    for target, shape in plan(args, targets):
+        corpus = corpora[shape.size].head(counts.get(shape.key, counts[shape.size]))
+        for _ in range(args.repeat):
+            run_once(bench, target, shape, corpus)
+    if args.rss_run > 0 and "pacs-sqlite" in targets:
+        log(f"peak RSS run: {args.rss_run} small instances to pacs-sqlite")
+        run_once(bench, "pacs-sqlite", RSS_SHAPE, corpora["small"].head(args.rss_run))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

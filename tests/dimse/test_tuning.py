@@ -1,0 +1,38 @@
+"""pacs.dimse.tuning reaches into pynetdicom internals: fail loudly if they move."""
+
+from __future__ import annotations
+
+import copy
+
+import pynetdicom
+from pynetdicom import _config
+from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.transport import AssociationSocket
+
+from pacs.dimse.contexts import storage_scp_contexts, transfer_syntaxes
+
+
+def test_pynetdicom_internals_we_tune_still_exist() -> None:
+    assert pynetdicom.__version__.startswith("3.0")
+    assert hasattr(_config, "STORE_RECV_CHUNKED_DATASET")
+    assert hasattr(_config, "STORE_SEND_CHUNKED_DATASET")
+    assert "_run_loop_delay" in DULServiceProvider.__init__.__code__.co_names
+    assert "socket" in AssociationSocket.__init__.__code__.co_names
+    assert "_data_set_file" in DIMSEMessage.__init__.__code__.co_names
+
+
+def test_contexts_cover_every_storage_class_and_transfer_syntax_and_copy_cheaply() -> None:
+    contexts = storage_scp_contexts()
+    syntaxes = transfer_syntaxes()
+
+    assert len(contexts) == 1 + len(pynetdicom.AllStoragePresentationContexts)
+    assert all(cx.transfer_syntax == syntaxes for cx in contexts[1:])
+    for needed in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2",
+                   "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.70",
+                   "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
+                   "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.5"):
+        assert needed in syntaxes
+    assert syntaxes.index("1.2.840.10008.1.2.4.91") > syntaxes.index("1.2.840.10008.1.2.4.90")
+    copied = copy.deepcopy(contexts)
+    assert copied is not contexts and copied[5] is contexts[5]

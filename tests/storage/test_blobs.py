@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from storage.blobs import BlobNotFound, FileStore
+
+
+def test_put_is_content_addressed_and_streams_back(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    data = b"DICM" * 100_000
+
+    blob, created = store.commit(store.stage_stream(data[i : i + 4096]
+                                                    for i in range(0, len(data), 4096)))
+
+    assert created
+    assert blob.key == blob.sha256 == hashlib.sha256(data).hexdigest()
+    assert blob.size == len(data)
+    assert b"".join(store.read_chunks(blob.key, chunk_size=1000)) == data
+    path = next((tmp_path / "objects").glob("*/*"))
+    assert path.name == blob.key and path.parent.name == blob.key[:2]
+    assert list(store.tmp.iterdir()) == []
+
+
+def test_same_content_twice_is_one_file(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    first, created_first = store.commit(store.stage_bytes(b"abc"))
+    second, created_second = store.commit(store.stage_bytes(b"abc"))
+
+    assert (created_first, created_second) == (True, False)
+    assert first == second
+    assert list(store.keys()) == [first.key]
+    assert list(store.tmp.iterdir()) == []
+
+
+def test_a_failing_stream_leaves_no_temporary_file(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+
+    def chunks() -> object:
+        yield b"partial"
+        raise ConnectionError("client went away")
+
+    with pytest.raises(ConnectionError):
+        store.stage_stream(chunks())  # type: ignore[arg-type]
+    assert list(store.tmp.iterdir()) == []
+    assert list(store.keys()) == []
+
+
+def test_stage_file_moves_only_from_its_own_tmp(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"keep me")
+    inside = store.temp_path()
+    inside.write_bytes(b"move me")
+
+    copied = store.stage_file(outside, move=True)
+    moved = store.stage_file(inside, move=True)
+    store.commit(copied)
+    store.commit(moved)
+
+    assert outside.read_bytes() == b"keep me"
+    assert not inside.exists()
+    assert len(list(store.keys())) == 2
+
+
+def test_delete_stat_and_unknown_keys(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    blob, _ = store.commit(store.stage_bytes(b"xyz"))
+
+    assert store.stat(blob.key) == blob
+    store.delete(blob.key)
+    store.delete(blob.key)  # idempotent
+    with pytest.raises(BlobNotFound):
+        store.open(blob.key)
+    with pytest.raises(BlobNotFound):
+        store.open("../../etc/passwd")  # keys are hashes, never paths
+
+
+def test_sweep_removes_partial_files(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    store.temp_path().write_bytes(b"half")
+    store.temp_path().write_bytes(b"written")
+
+    assert store.sweep_tmp() == 2
+    assert list(store.tmp.iterdir()) == []

@@ -106,7 +106,7 @@ class Repository:
         }
         study_state = StudyState(state)
         inserted = self.connection.execute(self._insert_ignore(instance), instance_values)
-        if inserted.rowcount == 1:
+        if inserted.first() is not None:
             return UpsertResult(UpsertOutcome.INSERTED, study_uid, study_state, new_study)
         existing = self.connection.execute(
             _INSTANCE_BLOB, {"uid": instance_values["sop_instance_uid"]}
@@ -156,9 +156,10 @@ class Repository:
             return int(found), False
         full = {column.name: values.get(column.name) for column in table.columns
                 if column.name != "id" and (column.name in values or column.default is None)}
-        result = self.connection.execute(self._insert_ignore(table), full)
-        created = result.rowcount == 1
-        return int(self.connection.execute(select(table.c.id).where(*where)).scalar_one()), created
+        created = self.connection.execute(self._insert_ignore(table), full).scalar()
+        if created is not None:
+            return int(created), True
+        return int(self.connection.execute(select(table.c.id).where(*where)).scalar_one()), False
 
     def _insert_ignore(self, table: Table) -> Any:
         return _insert_ignore(self._dialect, table.name)
@@ -242,10 +243,17 @@ _INSTANCE_BLOB = select(instance.c.id, instance.c.blob_key).where(
 
 @cache
 def _insert_ignore(dialect_name: str, table_name: str) -> Any:
-    """``INSERT ... ON CONFLICT (natural key) DO NOTHING`` (SQLite and PostgreSQL)."""
+    """``INSERT ... ON CONFLICT (natural key) DO NOTHING RETURNING id`` (SQLite, PostgreSQL).
+
+    A row comes back only when one was inserted (``rowcount`` is not reliable here: psycopg
+    reports -1).
+    """
     dialect = postgresql if dialect_name == "postgresql" else sqlite
-    return dialect.insert(_BY_NAME[table_name]).on_conflict_do_nothing(
-        index_elements=list(_NATURAL_KEYS[table_name])
+    table = _BY_NAME[table_name]
+    return (
+        dialect.insert(table)
+        .on_conflict_do_nothing(index_elements=list(_NATURAL_KEYS[table_name]))
+        .returning(table.c.id)
     )
 
 

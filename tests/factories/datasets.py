@@ -78,6 +78,7 @@ __all__ = [
     "encoding_unavailable_reason",
     "invalid_uid_instance",
     "make_uid",
+    "minimal_pdf",
     "missing_sop_uid_instance",
     "mr_instance",
     "multiframe_instance",

@@ -1,0 +1,143 @@
+"""The ingest service on a real index (SQLite and PostgreSQL) and a real file store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from pacs.services.errors import InvalidInstance, MissingAttribute, NotDicom
+from pacs.services.ingest import Incoming, IngestService, Origin, StoreStatus
+from storage.attributes import Level
+from storage.blobs import FileStore
+from storage.index import Index, StudyState
+from tests.factories import datasets as f
+
+ORIGIN = Origin(protocol="import")
+
+
+@pytest.fixture(autouse=True)
+def lenient_reading() -> Iterator[None]:
+    """As the composition root sets it: odd values are read, not warned about."""
+    previous = pydicom.config.settings.reading_validation_mode
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    try:
+        yield
+    finally:
+        pydicom.config.settings.reading_validation_mode = previous
+
+
+@pytest.fixture
+def index(database_url: str) -> Iterator[Index]:
+    built = Index(database_url)
+    built.upgrade()
+    try:
+        yield built
+    finally:
+        built.dispose()
+
+
+def _service(tmp_path: Path, index: Index, *, overwrite: bool = False) -> IngestService:
+    return IngestService(blobs=FileStore(tmp_path / "data"), index=index, overwrite=overwrite)
+
+
+def _rows(index: Index) -> dict[Level, int]:
+    with index.unit_of_work() as repo:
+        return repo.counts()
+
+
+def test_store_then_resend_keeps_the_first_copy(tmp_path: Path, index: Index) -> None:
+    service = _service(tmp_path, index)
+    original = f.to_part10_bytes(f.ct_instance(PatientID="ING-1", StudyDescription="FIRST"))
+    changed = f.to_part10_bytes(f.ct_instance(PatientID="ING-1", StudyDescription="SECOND"))
+
+    first = service.store(Incoming.data(original), ORIGIN)
+    same = service.store(Incoming.data(original), ORIGIN)
+    other = service.store(Incoming.data(changed), ORIGIN)
+
+    assert first.status is StoreStatus.STORED
+    assert first.study_state is StudyState.ARCHIVED
+    assert same.status is StoreStatus.ALREADY_PRESENT
+    assert other.status is StoreStatus.ALREADY_PRESENT
+    assert _rows(index) == {Level.PATIENT: 1, Level.STUDY: 1, Level.SERIES: 1, Level.IMAGE: 1}
+    blobs = service.blobs
+    assert len(list(blobs.keys())) == 1
+    with index.unit_of_work() as repo:
+        stored = repo.find_instance(first.sop_instance_uid)
+    assert stored is not None
+    with blobs.open(stored.blob_key) as handle:
+        assert handle.read() == original
+
+
+def test_overwrite_replaces_the_file_and_removes_the_old_one(
+    tmp_path: Path, index: Index
+) -> None:
+    service = _service(tmp_path, index, overwrite=True)
+    original = f.to_part10_bytes(f.ct_instance(PatientID="ING-2", StudyDescription="FIRST"))
+    changed = f.to_part10_bytes(f.ct_instance(PatientID="ING-2", StudyDescription="SECOND"))
+
+    service.store(Incoming.data(original), ORIGIN)
+    replaced = service.store(Incoming.data(changed), ORIGIN)
+
+    assert replaced.status is StoreStatus.REPLACED
+    assert _rows(index)[Level.IMAGE] == 1
+    keys = list(service.blobs.keys())
+    assert len(keys) == 1
+    with service.blobs.open(keys[0]) as handle:
+        assert handle.read() == changed
+
+
+def test_one_patient_study_series_for_many_instances(tmp_path: Path, index: Index) -> None:
+    service = _service(tmp_path, index)
+    for number in range(1, 6):
+        ds = f.ct_instance(PatientID="ING-3", InstanceNumber=number)
+        assert service.store(Incoming.data(f.to_part10_bytes(ds)), ORIGIN).status is (
+            StoreStatus.STORED
+        )
+    other_series = f.ct_instance(PatientID="ING-3", SeriesNumber=2)
+    service.store(Incoming.data(f.to_part10_bytes(other_series)), ORIGIN)
+
+    assert _rows(index) == {Level.PATIENT: 1, Level.STUDY: 1, Level.SERIES: 2, Level.IMAGE: 6}
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (f.not_dicom_bytes(), NotDicom),
+        (f.corrupt_bytes(), InvalidInstance),
+        (f.truncated_bytes(), InvalidInstance),
+        (f.to_part10_bytes(f.missing_sop_uid_instance()), MissingAttribute),
+        (f.to_part10_bytes(f.invalid_uid_instance("1.2.abc", keyword="SeriesInstanceUID")),
+         MissingAttribute),
+    ],
+)
+def test_bad_input_is_refused_and_leaves_nothing(
+    tmp_path: Path, index: Index, data: bytes, error: type[Exception]
+) -> None:
+    service = _service(tmp_path, index)
+
+    with pytest.raises(error):
+        service.store(Incoming.data(data), ORIGIN)
+
+    assert _rows(index)[Level.IMAGE] == 0
+    assert list(service.blobs.keys()) == []
+    assert list(service.blobs.tmp.iterdir()) == []
+
+
+def test_a_failed_index_commit_removes_the_new_file(tmp_path: Path, index: Index) -> None:
+    """If the index transaction fails, the blob written for it is deleted (no orphan file).
+    Dropping the instance table makes the transaction fail for real."""
+    service = _service(tmp_path, index)
+    good = f.to_part10_bytes(f.ct_instance(PatientID="ING-4"))
+    service.store(Incoming.data(good), ORIGIN)
+    with index.engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE instance")
+
+    with pytest.raises(Exception):  # noqa: B017 - any index failure will do
+        service.store(Incoming.data(f.to_part10_bytes(f.ct_instance(PatientID="ING-5"))),
+                      ORIGIN)
+
+    assert len(list(service.blobs.keys())) == 1  # only the first, committed one
+    assert list(service.blobs.tmp.iterdir()) == []

@@ -31,6 +31,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -877,19 +878,27 @@ def usable_targets(
     return targets, orthanc_binary, command
 
 
-def environment(orthanc_binary: str | None, corpora: dict[str, Corpus]) -> dict[str, str]:
+def environment(
+    orthanc_binary: str | None, corpora: dict[str, Corpus], args: argparse.Namespace
+) -> dict[str, str]:
+    """The header of the report: what ran, on what, with which data."""
     meta = {"when": _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")}
     meta["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}"
     meta["DCMTK"] = _first_line(["storescu", "--version"])
     if orthanc_binary:
         meta["Orthanc"] = _first_line([orthanc_binary, "--version"])
-    meta["pacs commit"] = _first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    commit = _first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    dirty = _first_line(["git", "-C", str(REPO), "status", "--porcelain", "-uno"])
+    meta["pacs commit"] = commit + (" (with uncommitted changes)" if dirty != "unknown" else "")
+    counts = {"small": args.small, "ct512": args.ct}
     for size, corpus in corpora.items():
-        n = len(corpus.files)
-        meta[f"corpus {size}"] = (
-            f"{n} files, {corpus.nbytes / 1e6:.1f} MB "
-            f"({corpus.nbytes / max(n, 1) / 1e3:.0f} kB/file)"
-        )
+        used = corpus.head(counts[size])
+        n = len(used.files)
+        if n:
+            meta[f"corpus {size}"] = (
+                f"{n} files, {used.nbytes / 1e6:.1f} MB ({used.nbytes / n / 1e3:.0f} kB/file)"
+            )
+    meta["repeats"] = f"{args.repeat} (medians shown)" if args.repeat > 1 else "1"
     return meta
 
 
@@ -911,8 +920,15 @@ def plan(args: argparse.Namespace, targets: Sequence[str]) -> list[tuple[str, Sh
     return runs
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    """Turn SIGTERM into SystemExit so every ``finally`` stops its server and drops its
+    database; without it a killed bench would leave servers running."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     for tool in ("storescu", "storescp"):
         if shutil.which(tool) is None:
             log(f"{tool} not found: install DCMTK (apt-get install dcmtk)")
@@ -938,9 +954,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             log(f"kept server folders and logs in {root}")
 
-    report = render(
-        bench.runs, targets, environment(orthanc_binary, corpora), args.nagle_run, args.rss_run
-    )
+    meta = environment(orthanc_binary, corpora, args)
+    report = render(bench.runs, targets, meta, args.nagle_run, args.rss_run)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"ingest-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.md"
     path.write_text(report, encoding="utf-8")

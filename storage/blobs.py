@@ -12,11 +12,13 @@ The store knows nothing of DICOM.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -45,13 +47,33 @@ class StagedBlob:
     path: Path
     size: int
     sha256: str
+    synced: Future[None] | None = None
 
     def open(self) -> BinaryIO:
         return self.path.open("rb")
 
+    def header_stream(self, in_memory_up_to: int = 16 << 20) -> BinaryIO:
+        """A readable stream for parsing: the bytes in memory when small (a parser that seeks
+        is much faster there), the file itself otherwise."""
+        if self.size <= in_memory_up_to:
+            return io.BytesIO(self.path.read_bytes())
+        return self.open()
+
     @property
     def info(self) -> BlobInfo:
         return BlobInfo(key=self.sha256, size=self.size, sha256=self.sha256)
+
+
+@dataclass(frozen=True)
+class CommittedBlob:
+    info: BlobInfo
+    created: bool
+    folder_synced: Future[None] | None
+
+    def wait_durable(self) -> None:
+        """Returns once the rename is on disk (the folder's fsync finished)."""
+        if self.folder_synced is not None:
+            self.folder_synced.result()
 
 
 class FileStore:
@@ -62,13 +84,16 @@ class FileStore:
         self.objects = root / "objects"
         self.tmp = root / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
+        self._tmp_resolved = self.tmp.resolve()
+        # fsync releases the GIL: run it beside the parsing and indexing of the same store.
+        self._syncer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
         for prefix in range(256):
             (self.objects / f"{prefix:02x}").mkdir(parents=True, exist_ok=True)
 
     # -- staging -------------------------------------------------------------------------
     def stage_file(self, path: Path, *, move: bool) -> StagedBlob:
         """Stage an existing file: moved when it is already in :attr:`tmp`, copied otherwise."""
-        if move and path.parent.resolve() == self.tmp.resolve():
+        if move and (path.parent == self.tmp or path.parent.resolve() == self._tmp_resolved):
             digest, size = _hash_file(path)
             return StagedBlob(path=path, size=size, sha256=digest)
         with path.open("rb") as source:
@@ -101,24 +126,28 @@ class FileStore:
     def discard(self, staged: StagedBlob) -> None:
         staged.path.unlink(missing_ok=True)
 
-    def commit(self, staged: StagedBlob) -> tuple[BlobInfo, bool]:
-        """Make a staged blob durable and addressable: fsync, rename into place, fsync dir.
+    def sync_in_background(self, staged: StagedBlob) -> None:
+        """Start the staged file's fsync now, so it overlaps the caller's parsing."""
+        staged.synced = self._syncer.submit(_fsync_file, staged.path)
 
-        Returns the blob and whether this call created it: a blob with the same content may
-        already be there (the same instance stored before), then the staged copy is dropped.
+    def commit(self, staged: StagedBlob) -> CommittedBlob:
+        """Make a staged blob addressable: fsync it, rename it into place; the folder's fsync
+        runs in the background until :meth:`CommittedBlob.wait_durable`.
+
+        ``created`` tells whether this call created the blob: one with the same content may be
+        there already (the same instance stored before), then the staged copy is dropped.
         """
         target = self._path(staged.sha256)
         if target.exists():
             self.discard(staged)
-            return staged.info, False
-        fd = os.open(staged.path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            return CommittedBlob(staged.info, created=False, folder_synced=None)
+        if staged.synced is None:
+            _fsync_file(staged.path)
+        else:
+            staged.synced.result()
         os.replace(staged.path, target)
-        _fsync_dir(target.parent)
-        return staged.info, True
+        folder_synced = self._syncer.submit(_fsync_dir, target.parent)
+        return CommittedBlob(staged.info, created=True, folder_synced=folder_synced)
 
     # -- committed blobs -----------------------------------------------------------------
     def open(self, key: str) -> BinaryIO:
@@ -184,13 +213,20 @@ def _is_key(key: str) -> bool:
 
 
 def _hash_file(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
     with path.open("rb") as source:
-        for chunk in iter(lambda: source.read(_CHUNK), b""):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
+        digest = hashlib.file_digest(source, "sha256")
+        return digest.hexdigest(), source.tell()
+
+
+def _fsync_file(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return  # discarded meanwhile: nothing to make durable
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -20,7 +20,7 @@ from typing import TypeVar
 from pacs.services.errors import InvalidInstance, OutOfResources, SopClassMismatch
 from pacs.services.instance_reader import Header, read_header
 from storage.attributes import extract, request_attributes
-from storage.blobs import BlobInfo, FileStore, StagedBlob
+from storage.blobs import FileStore, StagedBlob
 from storage.index import (
     Index,
     IndexDataError,
@@ -124,25 +124,28 @@ class IngestService:
         """Store one instance; raises a :mod:`pacs.services.errors` error if it cannot."""
         staged = _guard_space(lambda: incoming.stage(self.blobs))
         try:
-            with staged.open() as source:
-                header = read_header(source, staged.size)
+            self.blobs.sync_in_background(staged)
+            header = read_header(staged.header_stream(), staged.size)
             if expected is not None:
                 _check_expected(header, expected)
+            row = InstanceRow(
+                values=extract(header.dataset),
+                request_attributes=request_attributes(header.dataset),
+                transfer_syntax_uid=header.transfer_syntax_uid,
+                blob=staged.info,
+                source_ae=origin.ae_title,
+            )
             # No look-up first: an identical re-send finds its blob in place (content address)
             # and the index keeps the first copy; a differing re-send's blob is deleted below.
-            blob, created = _guard_space(lambda: self.blobs.commit(staged))
-            return self._index(header, blob, created, origin)
+            committed = _guard_space(lambda: self.blobs.commit(staged))
+            outcome = self._index(header, row, committed.created)
+            _guard_space(committed.wait_durable)
+            return outcome
         finally:
             self.blobs.discard(staged)
 
-    def _index(self, header: Header, blob: BlobInfo, created: bool, origin: Origin) -> StoreOutcome:
-        row = InstanceRow(
-            values=extract(header.dataset),
-            request_attributes=request_attributes(header.dataset),
-            transfer_syntax_uid=header.transfer_syntax_uid,
-            blob=blob,
-            source_ae=origin.ae_title,
-        )
+    def _index(self, header: Header, row: InstanceRow, created: bool) -> StoreOutcome:
+        key = row.blob.key
         try:
             with self._unit_of_work(write=True) as repo:
                 result = repo.upsert_instance(
@@ -150,11 +153,11 @@ class IngestService:
                 )
         except BaseException:
             if created:
-                self.blobs.delete(blob.key)
+                self.blobs.delete(key)
             raise
         if result.outcome is UpsertOutcome.ALREADY_PRESENT:
-            if created and result.existing_blob_key != blob.key:
-                self.blobs.delete(blob.key)
+            if created and result.existing_blob_key != key:
+                self.blobs.delete(key)
             return _outcome(StoreStatus.ALREADY_PRESENT, header, result.study_state)
         if result.replaced_blob_key:
             self.blobs.delete(result.replaced_blob_key)

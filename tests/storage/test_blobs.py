@@ -12,10 +12,12 @@ def test_put_is_content_addressed_and_streams_back(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
     data = b"DICM" * 100_000
 
-    blob, created = store.commit(store.stage_stream(data[i : i + 4096]
-                                                    for i in range(0, len(data), 4096)))
+    committed = store.commit(store.stage_stream(data[i : i + 4096]
+                                                 for i in range(0, len(data), 4096)))
+    committed.wait_durable()
+    blob = committed.info
 
-    assert created
+    assert committed.created
     assert blob.key == blob.sha256 == hashlib.sha256(data).hexdigest()
     assert blob.size == len(data)
     assert b"".join(store.read_chunks(blob.key, chunk_size=1000)) == data
@@ -26,12 +28,12 @@ def test_put_is_content_addressed_and_streams_back(tmp_path: Path) -> None:
 
 def test_same_content_twice_is_one_file(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
-    first, created_first = store.commit(store.stage_bytes(b"abc"))
-    second, created_second = store.commit(store.stage_bytes(b"abc"))
+    first = store.commit(store.stage_bytes(b"abc"))
+    second = store.commit(store.stage_bytes(b"abc"))
 
-    assert (created_first, created_second) == (True, False)
-    assert first == second
-    assert list(store.keys()) == [first.key]
+    assert (first.created, second.created) == (True, False)
+    assert first.info == second.info
+    assert list(store.keys()) == [first.info.key]
     assert list(store.tmp.iterdir()) == []
 
 
@@ -57,6 +59,7 @@ def test_stage_file_moves_only_from_its_own_tmp(tmp_path: Path) -> None:
 
     copied = store.stage_file(outside, move=True)
     moved = store.stage_file(inside, move=True)
+    store.sync_in_background(moved)
     store.commit(copied)
     store.commit(moved)
 
@@ -67,7 +70,7 @@ def test_stage_file_moves_only_from_its_own_tmp(tmp_path: Path) -> None:
 
 def test_delete_stat_and_unknown_keys(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
-    blob, _ = store.commit(store.stage_bytes(b"xyz"))
+    blob = store.commit(store.stage_bytes(b"xyz")).info
 
     assert store.stat(blob.key) == blob
     store.delete(blob.key)

@@ -1,0 +1,10 @@
+# A production-like image of pacs serve (not built in CI: no Docker engine there).
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY pacs pacs
+COPY dicomweb dicomweb
+COPY storage storage
+RUN pip install --no-cache-dir .
+EXPOSE 11112 8042
+ENTRYPOINT ["pacs", "serve", "--data-dir", "/data", "--dimse-host", "0.0.0.0", "--http-host", "0.0.0.0"]

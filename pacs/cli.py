@@ -78,13 +78,17 @@ def serve(
         bool | None,
         typer.Option("--overwrite/--keep-first", help="a re-sent instance replaces the stored one"),
     ] = None,
+    dimse_processes: Annotated[
+        str | None,
+        typer.Option("--dimse-processes", help="processes serving associations [CPU cores, max 4]"),
+    ] = None,
     log_level: Annotated[str | None, typer.Option("--log-level", help="[INFO]")] = None,
 ) -> None:
     """Run the DIMSE SCP and the HTTP server (DICOMweb, /health) in one process."""
     settings = _settings(
         data_dir=data_dir, ae_title=ae_title, dimse_port=dimse_port, dimse_host=dimse_host,
         http_host=http_host, http_port=http_port, database_url=database_url, peers=peer, qa=qa,
-        overwrite=overwrite, log_level=log_level,
+        overwrite=overwrite, log_level=log_level, dimse_processes=dimse_processes,
     )
     raise typer.Exit(root.serve(settings))
 

@@ -6,18 +6,23 @@ Nothing else reads settings or the environment, and nothing is built at import t
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import multiprocessing.process
 import signal
+import socket
 import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from multiprocessing.synchronize import Event as EventType
 from types import FrameType
 
 import pydicom
 import uvicorn
 
 from dicomweb.app import create_app
+from pacs.dimse.handoff import Dispatcher, channel_pair, receive_forever
 from pacs.dimse.server import DimseServer
 from pacs.services.bulk_import import ImportService
 from pacs.services.consistency import ConsistencyService
@@ -78,36 +83,41 @@ def upgrade_database(settings: Settings) -> str:
 def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s [pid %(process)d] %(name)s: %(message)s",
     )
     # pynetdicom logs every association at INFO; keep its chatter at WARNING unless debugging.
     if level.upper() != "DEBUG":
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 
+def _dimse_server(settings: Settings, services: Services) -> DimseServer:
+    # pynetdicom writes received datasets with tempfile: keep them on the store's file
+    # system, so that a store is a rename, not a copy.
+    tempfile.tempdir = str(services.ingest.temp_dir())
+    return DimseServer(
+        ae_title=settings.ae_title,
+        host=settings.dimse_host,
+        port=settings.dimse_port,
+        ingest=services.ingest,
+        max_associations=settings.max_associations,
+        max_pdu_size=settings.max_pdu_size,
+    )
+
+
 def serve(settings: Settings) -> int:
-    """Run the DIMSE listener and the HTTP server in this process until SIGINT/SIGTERM."""
+    """Run the DIMSE listener and the HTTP server in this process until SIGINT/SIGTERM, with
+    ``dimse_processes - 1`` worker processes serving a share of the associations."""
     configure_logging(settings.log_level)
     with open_services(settings) as services:
         swept = services.blobs.sweep_tmp()
         if swept:
             log.info("removed %d partial files left by an earlier run", swept)
-        # pynetdicom writes received datasets with tempfile: keep them on the store's file
-        # system, so that a store is a rename, not a copy.
-        tempfile.tempdir = str(services.ingest.temp_dir())
-
-        dimse = DimseServer(
-            ae_title=settings.ae_title,
-            host=settings.dimse_host,
-            port=settings.dimse_port,
-            ingest=services.ingest,
-            max_associations=settings.max_associations,
-            max_pdu_size=settings.max_pdu_size,
-        )
+        dimse = _dimse_server(settings, services)
+        workers = _Workers(settings)
         http_started = threading.Event()
 
         def is_ready() -> bool:
-            return http_started.is_set() and dimse.port != 0
+            return http_started.is_set() and dimse.port != 0 and workers.ready()
 
         app = create_app(is_ready=is_ready)
         config = uvicorn.Config(
@@ -119,17 +129,20 @@ def serve(settings: Settings) -> int:
             lifespan="on",
         )
         http = _Server(config, started=http_started)
-        dimse.start()
         try:
+            workers.start()
+            dimse.start(dispatcher=workers.dispatcher())
             log.info(
-                "pacs serving: DIMSE %s on port %d, HTTP on http://%s:%d (index: %s, data: %s)",
-                settings.ae_title, dimse.port, settings.http_host, settings.http_port,
-                services.index.describe(), settings.data_dir,
+                "pacs serving: DIMSE %s on port %d (%d processes), HTTP on http://%s:%d "
+                "(index: %s, data: %s)",
+                settings.ae_title, dimse.port, workers.count + 1, settings.http_host,
+                settings.http_port, services.index.describe(), settings.data_dir,
             )
             http.run()
         finally:
             log.info("shutting down: finishing in-flight stores")
             dimse.stop()
+            workers.stop()
             services.blobs.sweep_tmp()  # partial receives of aborted associations
         if http.failed:
             log.error("the HTTP server could not start on %s:%d", settings.http_host,
@@ -137,6 +150,82 @@ def serve(settings: Settings) -> int:
             return 1
     log.info("stopped")
     return 0
+
+
+class _Workers:
+    """The DIMSE worker processes: started before listening, stopped after."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.count = settings.effective_dimse_processes - 1
+        self._context = multiprocessing.get_context("spawn")
+        self._processes: list[multiprocessing.process.BaseProcess] = []
+        self._channels: list[socket.socket] = []
+        self._ready: list[EventType] = []
+        self._stop = self._context.Event()
+
+    def start(self) -> None:
+        for number in range(self.count):
+            mine, theirs = channel_pair()
+            ready = self._context.Event()
+            process = self._context.Process(
+                target=run_dimse_worker,
+                args=(self.settings.model_dump(mode="json"), theirs, ready, self._stop),
+                name=f"pacs-dimse-{number + 1}",
+                daemon=True,
+            )
+            process.start()
+            theirs.close()
+            self._processes.append(process)
+            self._channels.append(mine)
+            self._ready.append(ready)
+        for event, worker in zip(self._ready, self._processes, strict=True):
+            while not event.wait(0.1):
+                if not worker.is_alive():
+                    raise RuntimeError(f"DIMSE worker {worker.name} exited at start")
+
+    def ready(self) -> bool:
+        return all(event.is_set() for event in self._ready) and all(
+            process.is_alive() for process in self._processes
+        )
+
+    def dispatcher(self) -> Dispatcher | None:
+        return Dispatcher(self._channels) if self._channels else None
+
+    def stop(self, timeout: float = 60.0) -> None:
+        for channel in self._channels:
+            channel.close()
+        self._stop.set()
+        for process in self._processes:
+            process.join(timeout)
+            if process.is_alive():
+                log.warning("DIMSE worker %s did not stop in %.0f s", process.name, timeout)
+                process.kill()
+                process.join()
+
+
+def run_dimse_worker(
+    settings_values: dict[str, object], channel: socket.socket, ready: EventType, stop: EventType
+) -> None:
+    """A DIMSE worker process: serves the associations the listening process hands over."""
+    settings = Settings.model_validate(settings_values)
+    configure_logging(settings.log_level)
+    # The listening process decides when to stop (SIGINT reaches the whole process group).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: stop.set())
+    with open_services(settings, upgrade=False) as services:
+        dimse = _dimse_server(settings, services)
+        dimse.start(listen=False)
+        def receive() -> None:
+            receive_forever(channel, dimse.adopt)
+            stop.set()  # the listening process closed the channel, or died
+
+        receiver = threading.Thread(target=receive, name="dimse-handoff", daemon=True)
+        receiver.start()
+        ready.set()
+        stop.wait()
+        channel.close()
+        dimse.stop()
 
 
 class _Server(uvicorn.Server):

@@ -5,6 +5,7 @@ Only the composition root (``pacs.serve``) and the CLI read it; every component 
 
 from __future__ import annotations
 
+import os
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -86,6 +87,10 @@ class Settings(BaseSettings):
         default=False, description="a re-sent SOP Instance UID replaces the stored instance"
     )
     max_associations: int = Field(default=32, ge=1, le=1024)
+    dimse_processes: int = Field(
+        default=0, ge=0, le=64,
+        description="processes serving DIMSE associations (0: one per CPU core, at most 4)",
+    )
     max_pdu_size: int = Field(default=0, ge=0, description="0 = unlimited (faster for large)")
     sqlite_synchronous: str = Field(
         default="FULL", description="SQLite PRAGMA synchronous (FULL: commit survives power loss)"
@@ -124,6 +129,12 @@ class Settings(BaseSettings):
         if value not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError(f"sqlite_synchronous {value!r} is not OFF, NORMAL, FULL or EXTRA")
         return value
+
+    @property
+    def effective_dimse_processes(self) -> int:
+        if self.dimse_processes:
+            return self.dimse_processes
+        return max(1, min(os.cpu_count() or 1, 4))
 
     @property
     def effective_database_url(self) -> str:

@@ -33,12 +33,18 @@ class DimseHandlers:
         return [
             (evt.EVT_CONN_OPEN, self.on_conn_open),
             (evt.EVT_CONN_CLOSE, self.on_conn_close),
+            (evt.EVT_ESTABLISHED, self.on_established),
             (evt.EVT_C_ECHO, self.on_echo),
             (evt.EVT_C_STORE, self.on_store),
         ]
 
     def on_conn_open(self, event: Event) -> None:
         tuning.tune_association(event.assoc)
+
+    def on_established(self, event: Event) -> None:
+        requestor = event.assoc.requestor
+        log.info("association from %s at %s:%s", _calling_ae(event), requestor.address,
+                 requestor.port)
 
     def on_conn_close(self, event: Event) -> None:
         partial = tuning.partial_dataset_file(event.assoc)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 from typing import Any
 
 from pynetdicom import AE
+from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs.dimse import tuning
 from pacs.dimse.contexts import storage_scp_contexts
 from pacs.dimse.handlers import DimseHandlers
+from pacs.dimse.handoff import Dispatcher
 from pacs.dimse.inflight import InFlight
 from pacs.services.ingest import IngestService
 
@@ -39,28 +43,75 @@ class DimseServer:
         self.ae.maximum_pdu_size = max_pdu_size
         self.ae.require_called_aet = False
         self._server: Any = None
+        self._listening = False
 
-    def start(self) -> None:
+    def start(self, *, listen: bool = True, dispatcher: Dispatcher | None = None) -> None:
+        """Listen on ``host:port`` (handing connections to ``dispatcher`` when given), or, with
+        ``listen=False`` (a worker process), only serve connections passed to :meth:`adopt`."""
         tuning.enable_chunked_receive()
-        self._server = self.ae.start_server(
+        server_class = _ListeningServer if listen else _AdoptingServer
+        server: Any = self.ae.make_server(
             (self.host, self.port),
-            block=False,
-            evt_handlers=self.handlers.bindings(),  # type: ignore[arg-type]
             ae_title=self.ae_title,
             contexts=storage_scp_contexts(),
+            evt_handlers=self.handlers.bindings(),  # type: ignore[arg-type]
+            server_class=server_class,
         )
-        self.port = self._server.server_address[1]
-        log.info("DIMSE %s listening on %s:%d", self.ae_title, self.host, self.port)
+        server.dispatcher = dispatcher
+        tuning.register_server(self.ae, server)
+        self._server = server
+        self._listening = listen
+        if listen:
+            threading.Thread(
+                target=server.serve_forever, name="dimse-listener", daemon=True
+            ).start()
+            self.port = server.server_address[1]
+            log.info("DIMSE %s listening on %s:%d", self.ae_title, self.host, self.port)
+
+    def adopt(self, connection: socket.socket, address: tuple[str, int]) -> None:
+        """Serve a connection accepted by the listening process."""
+        if self._server is None:
+            connection.close()
+            return
+        self._server.process_request(connection, address)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop accepting, abort open associations, wait for in-flight stores to finish."""
         if self._server is None:
             return
         server, self._server = self._server, None
-        server.shutdown()
+        if self._listening:
+            server.shutdown()  # stops serve_forever, closes the socket
+        else:
+            server.server_close()
+            tuning.unregister_server(self.ae, server)
         for assoc in list(server.active_associations):
             assoc.abort()
         if not self.inflight.wait_idle(timeout):
             log.warning(
                 "%d DIMSE requests still running after %.0f s", self.inflight.count, timeout
             )
+
+
+class _ListeningServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, passing some connections to worker processes."""
+
+    dispatcher: Dispatcher | None = None
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if self.dispatcher is not None and self.dispatcher.hand_off(request, client_address):
+            request.close()  # the worker holds its own descriptor of the connection
+            return
+        super().process_request(request, client_address)
+
+
+class _AdoptingServer(ThreadedAssociationServer):
+    """A server that never binds: its connections arrive through :meth:`DimseServer.adopt`."""
+
+    dispatcher: Dispatcher | None = None
+
+    def server_bind(self) -> None:
+        pass
+
+    def server_activate(self) -> None:
+        pass

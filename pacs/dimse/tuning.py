@@ -6,6 +6,8 @@
    the latency floor of every PDU on one association; 0.1 ms gives 1.15-1.65x the rate.
 3. ``DIMSEMessage._data_set_file``: with chunked receive, pynetdicom leaves the partial
    temporary file behind when an association aborts mid-dataset; we remove it on close.
+4. ``ApplicationEntity._servers``: a server made with ``make_server`` (to choose its class)
+   must be registered there, as ``start_server`` does, or its ``shutdown`` fails.
 
 pynetdicom is pinned to 3.0.x in pyproject.toml; ``tests/dimse/test_tuning.py`` fails if any of
 these attributes disappears.
@@ -51,3 +53,14 @@ def partial_dataset_file(assoc: Any) -> Path | None:
         return None
     handle.close()
     return Path(handle.name)
+
+
+def register_server(ae: Any, server: Any) -> None:
+    """What ``AE.start_server`` does for its own servers (see 4. above)."""
+    ae._servers.append(server)
+
+
+def unregister_server(ae: Any, server: Any) -> None:
+    """Undo :func:`register_server` for a server that never ran ``serve_forever``."""
+    if server in ae._servers:
+        ae._servers.remove(server)

@@ -14,7 +14,7 @@ from storage.attributes import Level
 from tests.factories.corpus import generate
 from tests.support import dcmtk
 from tests.support.files import comparable, sop_instance_uid
-from tests.support.server import PacsServer
+from tests.support.server import PacsServer, wait_gone
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,9 @@ def test_kill_9_mid_ingest_loses_no_acknowledged_instance(
 ) -> None:
     sender = _start_storescu(server, five_hundred, tmp_path)
     _wait_for_instances(server, 150)
+    workers = server.children()
     server.kill9()
+    assert wait_gone(workers) == [], "DIMSE workers outlived their killed parent"
     output, _ = sender.communicate(timeout=120)
     acknowledged = _acknowledged(output, five_hundred)
     assert 150 <= len(acknowledged) < 500
@@ -85,11 +87,13 @@ def test_sigterm_finishes_in_flight_stores_and_exits_0(
 ) -> None:
     sender = _start_storescu(server, five_hundred, tmp_path)
     _wait_for_instances(server, 100)
+    workers = server.children()
 
     code = server.stop(signal.SIGTERM)
     output, _ = sender.communicate(timeout=120)
 
     assert code == 0
+    assert wait_gone(workers) == []
     acknowledged = _acknowledged(output, five_hundred)
     with server.services() as services:
         assert list(services.blobs.tmp.iterdir()) == []

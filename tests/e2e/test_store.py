@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -135,3 +136,24 @@ def test_four_concurrent_associations_lose_nothing(
     with server.services() as services:
         report = services.consistency.check(verify_hashes=False)
     assert report.consistent and report.instances == 1000 and report.blobs == 1000
+
+
+
+def test_associations_are_spread_over_the_dimse_processes(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """With two DIMSE processes, successive associations are served by both (round robin)."""
+    running = PacsServer(data_dir=tmp_path / "data", database_url=sqlite_url,
+                         extra_args=["--dimse-processes", "2"]).start()
+    try:
+        assert len(running.children()) >= 1
+        for n in range(4):  # one association each, in turn
+            path = f.write_part10(f.ct_instance(PatientID=f"RR-{n}"), tmp_path / f"{n}.dcm")
+            assert dcmtk.storescu(running.dimse_port, [path], workdir=tmp_path).returncode == 0
+    finally:
+        assert running.stop() == 0
+    serving = re.findall(r"\[pid (\d+)\].*association from STORESCU", running.log())
+    assert len(serving) == 4
+    assert len(set(serving)) == 2
+    with running.services() as services, services.index.unit_of_work() as repo:
+        assert repo.counts()[Level.IMAGE] == 4

@@ -94,6 +94,20 @@ class PacsServer:
         self.process = None
         return code
 
+    def children(self) -> list[int]:
+        """PIDs of the server's child processes (its DIMSE workers among them)."""
+        if self.process is None:
+            return []
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.process.pid:
+                found.append(int(stat.parent.name))
+        return found
+
     def kill9(self) -> None:
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGKILL)
@@ -116,3 +130,22 @@ class PacsServer:
              "--database-url", self.database_url],
             capture_output=True, text=True, timeout=600,
         )
+
+
+def wait_gone(pids: list[int], timeout: float = 30.0) -> list[int]:
+    """The PIDs still alive after waiting up to ``timeout`` seconds (zombies count as gone)."""
+    deadline = time.monotonic() + timeout
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if _alive(pid)]
+        if alive:
+            time.sleep(0.05)
+    return alive
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

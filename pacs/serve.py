@@ -57,7 +57,10 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
     try:
         if upgrade:
             index.upgrade()
-        ingest = IngestService(blobs=blobs, index=index, overwrite=settings.overwrite)
+        ingest = IngestService(
+            blobs=blobs, index=index, overwrite=settings.overwrite,
+            min_free_bytes=settings.min_free_space_mb * 1_000_000,
+        )
         services = Services(
             settings=settings,
             blobs=blobs,

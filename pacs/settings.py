@@ -91,6 +91,10 @@ class Settings(BaseSettings):
         default=0, ge=0, le=64,
         description="processes serving DIMSE associations (0: one per CPU core, at most 4)",
     )
+    min_free_space_mb: int = Field(
+        default=100, ge=0,
+        description="stores are refused (0xA700) while the data disk has less free space",
+    )
     max_pdu_size: int = Field(default=0, ge=0, description="0 = unlimited (faster for large)")
     sqlite_synchronous: str = Field(
         default="FULL", description="SQLite PRAGMA synchronous (FULL: commit survives power loss)"

@@ -179,6 +179,11 @@ class FileStore:
         except FileNotFoundError as exc:
             raise BlobNotFound(key) from exc
 
+    def free_bytes(self) -> int:
+        """Space left for unprivileged writers on the store's file system."""
+        stats = os.statvfs(self.root)
+        return stats.f_bavail * stats.f_frsize
+
     def delete(self, key: str) -> None:
         path = self._path(key)
         try:

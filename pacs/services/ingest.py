@@ -108,10 +108,12 @@ class IngestService:
         index: Index,
         overwrite: bool = False,
         new_study_state: StudyState = StudyState.ARCHIVED,
+        min_free_bytes: int = 0,
     ) -> None:
         self.blobs = blobs
         self.index = index
         self.overwrite = overwrite
+        self.min_free_bytes = min_free_bytes
         self.new_study_state = new_study_state
 
     def temp_dir(self) -> Path:
@@ -124,6 +126,7 @@ class IngestService:
         """Store one instance; raises a :mod:`pacs.services.errors` error if it cannot."""
         staged = _guard_space(lambda: incoming.stage(self.blobs))
         try:
+            self._check_reserve()
             self.blobs.sync_in_background(staged)
             header = read_header(staged.header_stream(), staged.size)
             if expected is not None:
@@ -143,6 +146,17 @@ class IngestService:
             return outcome
         finally:
             self.blobs.discard(staged)
+
+    def _check_reserve(self) -> None:
+        """Refuse while the store's disk is below its reserve: the index and the temporary
+        files of instances being received need room too (a full disk corrupts nothing, but
+        a receiver that cannot write can only abort the association)."""
+        free = self.blobs.free_bytes()
+        if free < self.min_free_bytes:
+            raise OutOfResources(
+                f"storage full: {free // 1_000_000} MB free, reserve is "
+                f"{self.min_free_bytes // 1_000_000} MB"
+            )
 
     def _index(self, header: Header, row: InstanceRow, created: bool) -> StoreOutcome:
         key = row.blob.key

@@ -37,6 +37,7 @@ class PacsServer:
     http_port: int = 0
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    start_env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> PacsServer:
         self.dimse_port = free_port()
@@ -52,7 +53,9 @@ class PacsServer:
             *self.extra_args,
         ]
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.start_env}
+            )
         self.wait_healthy()
         return self
 

@@ -1,0 +1,74 @@
+"""A full data disk answers 0xA700 (out of resources) and corrupts nothing."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import CTImageStorage
+
+from storage.attributes import Level
+from tests.factories import datasets as f
+from tests.support.server import PacsServer
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MB tmpfs (needs root, as in CI; skipped elsewhere)."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_store_is_refused_with_a700_below_the_reserve(
+    small_disk: Path, tmp_path: Path, sqlite_url: str
+) -> None:
+    server = PacsServer(
+        data_dir=small_disk / "data", database_url=sqlite_url,
+        extra_args=["--dimse-processes", "1"],
+    )
+    server.start_env = {"PACS_MIN_FREE_SPACE_MB": "1"}
+    server.start()
+    previous = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    statuses: list[int] = []
+    comment = ""
+    try:
+        ae = AE(ae_title="FILLER")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", server.dimse_port, ae_title="PACS")
+        assert assoc.is_established
+        for number in range(1, 400):
+            ds = f.ct_instance(PatientID="FULL-1", InstanceNumber=number, Rows=128, Columns=128)
+            path = f.write_part10(ds, tmp_path / "one.dcm")
+            answer = assoc.send_c_store(path)
+            statuses.append(int(answer.Status))
+            if statuses[-1] != 0x0000:
+                comment = str(answer.get("ErrorComment", ""))
+                break
+        assoc.release()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = previous
+        assert server.stop() == 0
+
+    assert statuses[-1] == 0xA700, statuses[-5:]
+    assert "storage full" in comment
+    stored = statuses.count(0x0000)
+    assert stored > 10
+    with server.services() as services:
+        with services.index.unit_of_work() as repo:
+            assert repo.counts()[Level.IMAGE] == stored
+        report = services.consistency.check()
+        assert report.consistent and report.blobs == stored
+        assert list(services.blobs.tmp.iterdir()) == []

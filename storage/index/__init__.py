@@ -1,6 +1,7 @@
 """The index: SQLAlchemy tables over the blob store; the only package that speaks SQL."""
 
 from storage.index.database import Index, IndexDataError, IndexUnavailable
+from storage.index.models import StudyState
 from storage.index.repository import (
     InstanceRow,
     Repository,
@@ -16,10 +17,7 @@ __all__ = [
     "InstanceRow",
     "Repository",
     "StoredInstance",
+    "StudyState",
     "UpsertOutcome",
     "UpsertResult",
 ]
-
-from storage.index.models import StudyState  # noqa: E402
-
-__all__ += ["StudyState"]

@@ -1,0 +1,47 @@
+"""A sender that dies in the middle of a dataset leaves no partial file, and the server goes on."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from storage.attributes import Level
+from tests.factories import datasets as f
+from tests.support import dcmtk
+from tests.support.server import PacsServer
+
+
+def _wait(condition: object, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_killed_sender_leaves_no_partial_file(sqlite_server: PacsServer, tmp_path: Path) -> None:
+    big = f.write_part10(
+        f.multiframe_instance(frames=300, Rows=512, Columns=512, PatientID="ABORT-1"),
+        tmp_path / "big.dcm",
+    )
+    config = dcmtk.storescu_config([big], tmp_path / "big.cfg")
+    partials = sqlite_server.data_dir / "tmp"
+    sender = subprocess.Popen(
+        [dcmtk.tool("storescu"), "-aec", "PACS", "-xf", str(config), "Default", "--max-pdu",
+         "16384", "127.0.0.1", str(sqlite_server.dimse_port), str(big)],
+        env=dcmtk.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert _wait(lambda: any(p.stat().st_size > 1_000_000 for p in partials.iterdir())), (
+            "the transfer never started"
+        )
+    finally:
+        sender.kill()
+        sender.wait()
+
+    assert _wait(lambda: not any(partials.iterdir())), list(partials.iterdir())
+    assert dcmtk.echoscu(sqlite_server.dimse_port).returncode == 0
+    with sqlite_server.services() as services, services.index.unit_of_work() as repo:
+        assert repo.counts()[Level.IMAGE] == 0

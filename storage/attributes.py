@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
@@ -157,6 +158,8 @@ def _date(value: Any) -> str | None:
 def _integer(value: Any) -> int | None:
     if isinstance(value, MultiValue | list | tuple):
         value = value[0] if value else None
+    if isinstance(value, str):
+        value = value.split("\\", 1)[0].strip()
     if value is None or value == "":
         return None
     try:
@@ -168,6 +171,8 @@ def _integer(value: Any) -> int | None:
 def _decimal(value: Any) -> float | None:
     if isinstance(value, MultiValue | list | tuple):
         value = value[0] if value else None
+    if isinstance(value, str):
+        value = value.split("\\", 1)[0].strip()
     if value is None or value == "":
         return None
     try:
@@ -193,15 +198,18 @@ def column_value(attribute: Attribute, value: Any) -> Any:
 
 
 def extract(dataset: Dataset) -> dict[Level, dict[str, Any]]:
-    """Index values per level from a dataset (text already decoded by SpecificCharacterSet).
+    """Index values per level from a dataset (text decoded by SpecificCharacterSet).
 
     Absent and empty attributes become ``None``. PN attributes also fill their normalised
-    column (case- and accent-insensitive match form).
+    column (case- and accent-insensitive match form). Values still raw (as read) in a single
+    byte or UTF-8 character set are decoded here directly, which is several times cheaper than
+    pydicom's conversion; anything else is left to pydicom.
     """
+    codec = _simple_codec(dataset)
     values: dict[Level, dict[str, Any]] = {level: {} for level in Level}
     for attribute, tag in _TAGGED:
         # by tag, not keyword: this runs for every received instance
-        value = column_value(attribute, dataset[tag].value) if tag in dataset else None
+        value = _value(dataset, attribute, tag, codec) if tag in dataset else None
         row = values[attribute.level]
         row[attribute.column] = value
         if attribute.normalized:
@@ -209,7 +217,62 @@ def extract(dataset: Dataset) -> dict[Level, dict[str, Any]]:
     return values
 
 
+def extract_converted(dataset: Dataset) -> dict[Level, dict[str, Any]]:
+    """:func:`extract` through pydicom's own value conversion (the reference it must equal)."""
+    values: dict[Level, dict[str, Any]] = {level: {} for level in Level}
+    for attribute, tag in _TAGGED:
+        value = column_value(attribute, dataset[tag].value) if tag in dataset else None
+        values[attribute.level][attribute.column] = value
+        if attribute.normalized:
+            values[attribute.level][attribute.normalized] = normalize_text(value) if value else None
+    return values
+
+
+# Specific Character Set values whose bytes one Python codec decodes (PS3.3 C.12.1.1.2).
+_CODECS = {"": "latin_1", "ISO_IR 6": "latin_1", "ISO_IR 100": "latin_1", "ISO_IR 192": "utf_8"}
+_TEXT_VRS = frozenset({"PN", "LO", "SH", "LT", "ST", "UT", "UC"})
+_ASCII_VRS = frozenset({"UI", "CS", "DA", "TM", "DT", "IS", "DS", "AS", "AE"})
+
+
+def _simple_codec(dataset: Dataset) -> str | None:
+    raw = dataset.get_item(0x00080005, keep_deferred=True) if 0x00080005 in dataset else None
+    if raw is None:
+        return _CODECS[""]
+    value = raw.value
+    if isinstance(value, bytes | bytearray):
+        text = bytes(value).decode("ascii", "replace").strip(" \x00")
+    elif isinstance(value, str):
+        text = value.strip()
+    else:
+        return None  # multi-valued: code extensions (ISO 2022) are pydicom's job
+    return _CODECS.get(text)
+
+
+def _value(dataset: Dataset, attribute: Attribute, tag: int, codec: str | None) -> Any:
+    raw = dataset.get_item(tag, keep_deferred=True)
+    if (
+        codec is not None
+        and isinstance(raw, RawDataElement)
+        and isinstance(raw.value, bytes)
+        and raw.is_little_endian
+    ):
+        vr = attribute.vr
+        if vr in _TEXT_VRS:
+            return column_value(attribute, raw.value.decode(codec, "replace").rstrip(" \x00"))
+        if vr in _ASCII_VRS:
+            return column_value(attribute, raw.value.decode("latin_1").strip(" \x00"))
+        if vr == "US" and len(raw.value) >= 2:
+            return int.from_bytes(raw.value[:2], "little")
+    return column_value(attribute, dataset[tag].value)
+
+
 _TAGGED: tuple[tuple[Attribute, int], ...] = tuple((a, a.tag) for a in ATTRIBUTES)
+_REQUEST_ATTRIBUTES_SEQUENCE = 0x00400275
+
+# Every top-level tag extraction reads (a reader may skip all others).
+INDEXED_TAGS: frozenset[int] = frozenset(
+    {tag for _, tag in _TAGGED} | {_REQUEST_ATTRIBUTES_SEQUENCE}
+)
 
 
 def request_attributes(dataset: Dataset) -> list[dict[str, Any]]:

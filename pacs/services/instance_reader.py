@@ -1,11 +1,15 @@
 """Read what ingest needs from a Part 10 file: the header, checked complete, never the pixels.
 
-pydicom is lenient with truncated files (a short last value is silently accepted), so after
-parsing with large values deferred we check that every top-level value lies inside the file.
+Little endian data in memory (nearly everything received) goes through
+:mod:`pacs.services.element_walk`: tags and lengths only, the indexed elements kept raw for
+pydicom to decode. Anything else (big endian, deflated, a large file, an odd encoding) is parsed
+by pydicom with large values deferred; pydicom accepts a truncated last value silently, so we
+then check that every top-level value lies inside the file.
 """
 
 from __future__ import annotations
 
+import io
 import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -14,13 +18,19 @@ from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID
+from pydicom.tag import BaseTag
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from pacs.services import element_walk
 from pacs.services.errors import InvalidInstance, MissingAttribute, NotDicom
+from storage.attributes import INDEXED_TAGS
 
 _UNDEFINED = 0xFFFFFFFF
 _DEFER = 2048  # bytes: values larger than this are skipped, not read
 _REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+_TRANSFER_SYNTAX = 0x00020010
+_SPECIFIC_CHARACTER_SET = 0x00080005
+WANTED_TAGS = frozenset({_SPECIFIC_CHARACTER_SET, *INDEXED_TAGS})
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,77 @@ def read_header(source: BinaryIO, size: int) -> Header:
     if len(preamble) < 132 or preamble[128:] != b"DICM":
         raise NotDicom("not a DICOM Part 10 file (no DICM prefix after the 128-byte preamble)")
     source.seek(0)
+    if isinstance(source, io.BytesIO):
+        fast = _read_fast(source.getbuffer())
+        if fast is not None:
+            return fast
+    return _read_with_pydicom(source, size)
+
+
+def _read_fast(data: memoryview) -> Header | None:
+    """The element walk over little endian data; None when pydicom must do it."""
+    meta = _file_meta(data)
+    if meta is None:
+        return None
+    meta_end, transfer_syntax = meta
+    implicit = transfer_syntax == ImplicitVRLittleEndian
+    ts = UID(transfer_syntax)
+    body: bytes | memoryview = data
+    start = meta_end
+    if ts.is_deflated:  # PS3.5 A.5: the data set is deflated Explicit VR Little Endian
+        body, start = _inflate(data[meta_end:]), 0
+    elif not (implicit or ts == ExplicitVRLittleEndian or ts.is_encapsulated):
+        return None
+    try:
+        elements = element_walk.walk(body, start, implicit=implicit, wanted=WANTED_TAGS)
+    except element_walk.Truncated as exc:
+        raise InvalidInstance(f"truncated dataset: {exc}") from exc
+    except element_walk.Malformed:
+        return None  # let pydicom try: it is lenient with odd encodings
+    if not elements and meta_end >= len(data):
+        raise InvalidInstance("the dataset is empty or unreadable")
+    dataset = Dataset(elements)
+    dataset.set_original_encoding(implicit, True, None)
+    try:
+        uids = {keyword: _uid(dataset, keyword) for keyword in _REQUIRED_UIDS}
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InvalidInstance(f"corrupt dataset: {exc}") from exc
+    return _header(dataset, transfer_syntax, uids)
+
+
+def _file_meta(data: memoryview) -> tuple[int, str] | None:
+    """(end of the File Meta Information, Transfer Syntax UID), from its group length."""
+    if len(data) < 144 or bytes(data[132:138]) != b"\x02\x00\x00\x00UL":
+        return None
+    meta_end = 144 + int.from_bytes(data[140:144], "little")
+    if meta_end > len(data):
+        raise InvalidInstance("truncated File Meta Information")
+    try:
+        meta = element_walk.walk(data[:meta_end], 144, implicit=False, wanted=(_TRANSFER_SYNTAX,))
+    except (element_walk.Truncated, element_walk.Malformed):
+        return None
+    raw = meta.get(BaseTag(_TRANSFER_SYNTAX))
+    if raw is None or not raw.value:
+        raise InvalidInstance("File Meta Information has no Transfer Syntax UID")
+    transfer_syntax = raw.value.decode("ascii", "replace").strip("\x00 ")
+    if not UID(transfer_syntax).is_transfer_syntax:
+        raise InvalidInstance(f"unknown transfer syntax {transfer_syntax}")
+    return meta_end, transfer_syntax
+
+
+def _inflate(deflated: bytes | memoryview) -> bytes:
+    """The inflated data set; a deflate stream that does not end is a truncated file."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflated = inflater.decompress(deflated) + inflater.flush()
+    except zlib.error as exc:
+        raise InvalidInstance(f"corrupt deflated dataset: {exc}") from exc
+    if not inflater.eof:
+        raise InvalidInstance("truncated dataset: the deflate stream does not end")
+    return inflated
+
+
+def _read_with_pydicom(source: BinaryIO, size: int) -> Header:
     try:
         dataset = dcmread(source, defer_size=_DEFER)
         meta = dataset.file_meta
@@ -62,6 +143,10 @@ def read_header(source: BinaryIO, size: int) -> Header:
         raise InvalidInstance(f"truncated dataset: {exc}") from exc
     except (ValueError, TypeError, KeyError, IndexError, OverflowError, OSError) as exc:
         raise InvalidInstance(f"corrupt dataset: {exc}") from exc
+    return _header(dataset, transfer_syntax, uids)
+
+
+def _header(dataset: Dataset, transfer_syntax: str, uids: dict[str, str]) -> Header:
     return Header(
         dataset=dataset,
         transfer_syntax_uid=transfer_syntax,

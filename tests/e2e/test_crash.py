@@ -103,3 +103,24 @@ def test_sigterm_finishes_in_flight_stores_and_exits_0(
         for path in acknowledged:
             with services.index.unit_of_work() as repo:
                 assert repo.find_instance(sop_instance_uid(path)) is not None
+
+
+def test_sigterm_to_the_whole_process_group_stops_every_process(
+    tmp_path: Path, sqlite_url: str, five_hundred: list[Path]
+) -> None:
+    """A service manager signals the main process and its DIMSE workers together."""
+    running = PacsServer(data_dir=tmp_path / "data", database_url=sqlite_url,
+                         extra_args=["--dimse-processes", "3"]).start()
+    sender = _start_storescu(running, five_hundred, tmp_path)
+    _wait_for_instances(running, 50)
+    workers = running.children()
+    assert len(workers) >= 2
+
+    code = running.stop_group(signal.SIGTERM)
+    sender.communicate(timeout=120)
+
+    assert code == 0
+    assert wait_gone(workers) == []
+    with running.services() as services:
+        assert services.consistency.check().consistent
+        assert list(services.blobs.tmp.iterdir()) == []

@@ -54,7 +54,8 @@ class PacsServer:
         ]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.start_env}
+                args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.start_env},
+                start_new_session=True,  # its own process group, as under a service manager
             )
         self.wait_healthy()
         return self
@@ -110,6 +111,20 @@ class PacsServer:
             if int(fields[1]) == self.process.pid:
                 found.append(int(stat.parent.name))
         return found
+
+    def stop_group(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        """Signal every process of the server's group at once (what systemd does)."""
+        assert self.process is not None
+        os.killpg(self.process.pid, sig)
+        try:
+            self.process.wait(timeout)
+        finally:
+            if self.process.poll() is None:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        code = self.process.returncode
+        self.process = None
+        return code
 
     def kill9(self) -> None:
         assert self.process is not None

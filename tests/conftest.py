@@ -74,19 +74,21 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'index.sqlite'}"
 
 
-@pytest.fixture
-def server(tmp_path: Path, database_url: str) -> Iterator[PacsServer]:
-    running = PacsServer(data_dir=tmp_path / "data", database_url=database_url).start()
+def _running(tmp_path: Path, url: str) -> Iterator[PacsServer]:
+    running = PacsServer(data_dir=tmp_path / "data", database_url=url).start()
     try:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture
+def server(tmp_path: Path, database_url: str) -> Iterator[PacsServer]:
+    """A running ``pacs serve`` on SQLite and, when switched on, PostgreSQL."""
+    yield from _running(tmp_path, database_url)
 
 
 @pytest.fixture
 def sqlite_server(tmp_path: Path, sqlite_url: str) -> Iterator[PacsServer]:
-    running = PacsServer(data_dir=tmp_path / "data", database_url=sqlite_url).start()
-    try:
-        yield running
-    finally:
-        running.stop()
+    """A running ``pacs serve`` on SQLite only (for tests about DIMSE, not the database)."""
+    yield from _running(tmp_path, sqlite_url)

@@ -93,6 +93,7 @@ def configure_logging(level: str) -> None:
     # pynetdicom logs every association at INFO; keep its chatter at WARNING unless debugging.
     if level.upper() != "DEBUG":
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def _dimse_server(settings: Settings, services: Services) -> DimseServer:

@@ -137,7 +137,12 @@ def serve(settings: Settings) -> int:
         http = _Server(config, started=http_started)
         try:
             workers.start()
-            dimse.start(dispatcher=workers.dispatcher())
+            try:
+                dimse.start(dispatcher=workers.dispatcher())
+            except OSError as error:
+                log.error("cannot listen for DIMSE on %s:%d: %s", settings.dimse_host,
+                          settings.dimse_port, error.strerror or error)
+                return 1
             log.info(
                 "pacs serving: DIMSE %s on port %d (%d processes), HTTP on http://%s:%d "
                 "(index: %s, data: %s)",

@@ -122,3 +122,20 @@ def test_db_upgrade_builds_the_schema_of_the_models(tmp_path: Path, database_url
         assert pending_changes(index.engine) == []
     finally:
         index.dispose()
+
+
+def test_serve_on_a_dimse_port_in_use_exits_1_with_a_message(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = pacs("serve", "--data-dir", str(tmp_path / "d"), "--database-url", sqlite_url,
+                      "--dimse-port", str(port), "--http-port", "0")
+
+    assert result.returncode == 1
+    assert f"cannot listen for DIMSE on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr

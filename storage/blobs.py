@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 _CHUNK = 1 << 20
+IN_MEMORY_UP_TO = 16 << 20  # bytes: smaller staged blobs are parsed from memory
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -48,14 +49,17 @@ class StagedBlob:
     size: int
     sha256: str
     synced: Future[None] | None = None
+    content: bytes | None = None  # the bytes, when staging already had them in memory
 
     def open(self) -> BinaryIO:
         return self.path.open("rb")
 
-    def header_stream(self, in_memory_up_to: int = 16 << 20) -> BinaryIO:
+    def header_stream(self) -> BinaryIO:
         """A readable stream for parsing: the bytes in memory when small (a parser that seeks
         is much faster there), the file itself otherwise."""
-        if self.size <= in_memory_up_to:
+        if self.content is not None:
+            return io.BytesIO(self.content)
+        if self.size <= IN_MEMORY_UP_TO:
             return io.BytesIO(self.path.read_bytes())
         return self.open()
 
@@ -94,13 +98,19 @@ class FileStore:
     def stage_file(self, path: Path, *, move: bool) -> StagedBlob:
         """Stage an existing file: moved when it is already in :attr:`tmp`, copied otherwise."""
         if move and (path.parent == self.tmp or path.parent.resolve() == self._tmp_resolved):
+            if path.stat().st_size <= IN_MEMORY_UP_TO:  # read once: hash and parse the same bytes
+                content = path.read_bytes()
+                digest = hashlib.sha256(content).hexdigest()
+                return StagedBlob(path=path, size=len(content), sha256=digest, content=content)
             digest, size = _hash_file(path)
             return StagedBlob(path=path, size=size, sha256=digest)
         with path.open("rb") as source:
             return self.stage_stream(iter(lambda: source.read(_CHUNK), b""))
 
     def stage_bytes(self, data: bytes) -> StagedBlob:
-        return self.stage_stream([data])
+        staged = self.stage_stream([data])
+        staged.content = data
+        return staged
 
     def stage_stream(self, chunks: Iterable[bytes]) -> StagedBlob:
         """Write chunks to a new temporary file; removed again if the iterator raises."""

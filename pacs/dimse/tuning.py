@@ -32,11 +32,6 @@ def enable_chunked_receive() -> None:
     _config.STORE_RECV_CHUNKED_DATASET = True
 
 
-def enable_chunked_send() -> None:
-    """C-STORE SCU sends from the file without decoding it."""
-    _config.STORE_SEND_CHUNKED_DATASET = True
-
-
 def tune_association(assoc: Any) -> None:
     """TCP_NODELAY and a short reactor poll delay, before the association starts."""
     raw = assoc.dul.socket.socket

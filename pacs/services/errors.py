@@ -8,7 +8,10 @@
     │   └── MissingAttribute   a required UID is absent or not a valid UID
     ├── SopClassMismatch       the dataset is not what the request announced
     ├── OutOfResources         disk full, index unreachable or locked: try again later
-    └── NotFound               no such object
+    ├── NotFound               no such object
+    └── CannotTranscode        a stored instance cannot be converted to the transfer syntax
+                               a peer accepts (no decoder, corrupt codestream, or a
+                               compressed target)
 """
 
 from __future__ import annotations
@@ -40,3 +43,11 @@ class OutOfResources(PacsError):
 
 class NotFound(PacsError):
     """The requested object does not exist (or is not visible)."""
+
+
+class CannotTranscode(PacsError):
+    """A stored instance cannot be sent in the transfer syntax the peer accepted.
+
+    The message names the SOP Instance UID and the reason (no decoder for the stored transfer
+    syntax, a corrupt codestream, or a target that would need compressing).
+    """

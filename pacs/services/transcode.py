@@ -195,6 +195,8 @@ def _swap_byte_order(ds: Dataset, *, from_little_endian: bool) -> None:
 
 
 def _swap_pixel_data(ds: Dataset, element: DataElement, *, from_little_endian: bool) -> None:
+    if not element.value:
+        return
     bits_allocated = int(ds.get("BitsAllocated", 8))
     if bits_allocated <= 8:
         # 8-bit data as OW is in 16-bit words: in big endian the bytes of each pair are swapped

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import struct
 from pathlib import Path
@@ -133,6 +134,26 @@ def test_lossless_rgb_comes_back_as_rgb_pixel_interleaved(transfer_syntax: UID) 
     source = _part10(original, transfer_syntax)
 
     out = _read(transcode(source, ExplicitVRLittleEndian))
+
+    _assert_same_instance(out, original, ExplicitVRLittleEndian)
+    assert (out.PhotometricInterpretation, out.PlanarConfiguration) == ("RGB", 0)
+    np.testing.assert_array_equal(out.pixel_array, original.pixel_array)
+
+
+def test_jpeg_2000_with_reversible_colour_transform_becomes_rgb() -> None:
+    """YBR_RCT (PS3.5 8.2.4): the decoder undoes the component transform, so RGB it is."""
+    original = _with_private(f.us_instance(PatientID="PAT-TC-RCT"))
+    stored = copy.deepcopy(original)
+    stored.PhotometricInterpretation = "YBR_RCT"
+    stored.compress(
+        JPEG2000Lossless,
+        original.pixel_array,
+        photometric_interpretation="YBR_RCT",
+        use_mct=True,
+        generate_instance_uid=False,
+    )
+
+    out = _read(transcode(f.to_part10_bytes(stored), ExplicitVRLittleEndian))
 
     _assert_same_instance(out, original, ExplicitVRLittleEndian)
     assert (out.PhotometricInterpretation, out.PlanarConfiguration) == ("RGB", 0)

@@ -23,6 +23,7 @@ from pydicom.tag import Tag
 from pydicom.valuerep import PersonName
 
 from storage.normalize import normalize_text
+from storage.temporal import datetime_utc
 
 
 class Level(StrEnum):
@@ -36,7 +37,11 @@ class Level(StrEnum):
 
 @dataclass(frozen=True)
 class Attribute:
-    """An indexed attribute. ``normalized`` names the column holding the PN match form."""
+    """An indexed attribute. ``normalized`` names the column holding its match form.
+
+    PN: case- and accent-folded text (PS3.4 C.2.2.2.1); DT: the first instant in UTC
+    (:mod:`storage.temporal`), so values with different UTC offsets compare.
+    """
 
     keyword: str
     vr: str
@@ -49,8 +54,12 @@ class Attribute:
         return int(Tag(self.keyword))
 
 
+_MATCH_FORM_SUFFIX = {"PN": "_norm", "DT": "_utc"}
+
+
 def _a(keyword: str, vr: str, level: Level, column: str) -> Attribute:
-    return Attribute(keyword, vr, level, column, f"{column}_norm" if vr == "PN" else None)
+    suffix = _MATCH_FORM_SUFFIX.get(vr)
+    return Attribute(keyword, vr, level, column, f"{column}{suffix}" if suffix else None)
 
 
 P, ST, SE, IM = Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE
@@ -213,7 +222,7 @@ def extract(dataset: Dataset) -> dict[Level, dict[str, Any]]:
         row = values[attribute.level]
         row[attribute.column] = value
         if attribute.normalized:
-            row[attribute.normalized] = normalize_text(value) if value else None
+            row[attribute.normalized] = match_form(attribute, value)
     return values
 
 
@@ -224,8 +233,17 @@ def extract_converted(dataset: Dataset) -> dict[Level, dict[str, Any]]:
         value = column_value(attribute, dataset[tag].value) if tag in dataset else None
         values[attribute.level][attribute.column] = value
         if attribute.normalized:
-            values[attribute.level][attribute.normalized] = normalize_text(value) if value else None
+            values[attribute.level][attribute.normalized] = match_form(attribute, value)
     return values
+
+
+def match_form(attribute: Attribute, value: Any) -> str | None:
+    """The value of ``attribute.normalized``: folded PN text, or a DT as UTC."""
+    if not value:
+        return None
+    if attribute.vr == "DT":
+        return datetime_utc(value)
+    return normalize_text(value)
 
 
 # Specific Character Set values whose bytes one Python codec decodes (PS3.3 C.12.1.1.2).

@@ -51,3 +51,7 @@ class CannotTranscode(PacsError):
     The message names the SOP Instance UID and the reason (no decoder for the stored transfer
     syntax, a corrupt codestream, or a target that would need compressing).
     """
+
+
+class InvalidQuery(PacsError):
+    """A query the index cannot run: a malformed value or range, an unsupported key."""

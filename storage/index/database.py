@@ -2,7 +2,8 @@
 
 SQLite (the embedded default) runs in WAL mode with a busy timeout, and a write unit of work
 starts with ``BEGIN IMMEDIATE`` so concurrent writers queue on the lock instead of failing on
-a read-to-write upgrade. PostgreSQL runs through psycopg 3 at READ COMMITTED.
+a read-to-write upgrade. LIKE is case-sensitive, as on PostgreSQL. PostgreSQL runs through
+psycopg 3 at READ COMMITTED.
 """
 
 from __future__ import annotations
@@ -92,6 +93,9 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
         cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
+        # DICOM matching is case-sensitive except for PN (which compares a folded column);
+        # with the default BINARY collation this also lets LIKE 'abc%' use an index.
+        cursor.execute("PRAGMA case_sensitive_like=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -16,6 +16,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -66,18 +67,38 @@ def _type(attribute: Attribute) -> TypeEngine[Any]:
     return String(COLUMN_LENGTH.get(attribute.vr, 64))
 
 
-def _columns(attributes: tuple[Attribute, ...], *, skip: frozenset[str] = frozenset()) -> list[
-    Column[object]
-]:
-    """A column per attribute (indexed unless long text), plus the PN match-form column."""
-    columns: list[Column[object]] = []
+# Text that wildcard matching compares with LIKE 'abc%'. On PostgreSQL a plain b-tree index
+# serves such a prefix only under the C collation; the pattern operator class serves it under
+# any collation (and still serves '='). These columns are never range matched or sorted on.
+_PATTERN_VRS = frozenset({"PN", "LO", "SH", "CS", "AE"})
+
+
+def _pattern_index(table_name: str, column: str) -> Index:
+    return Index(
+        f"ix_{table_name}_{column}", column, postgresql_ops={column: "varchar_pattern_ops"}
+    )
+
+
+def _columns(
+    table_name: str,
+    attributes: tuple[Attribute, ...],
+    *,
+    skip: frozenset[str] = frozenset(),
+) -> list[Column[object] | Index]:
+    """A column per attribute (indexed unless long text), plus its match-form column."""
+    columns: list[Column[object] | Index] = []
     for attribute in attributes:
         if attribute.column in skip:
             continue
-        indexed = attribute.vr not in {"LT", "UT"}
+        pattern = attribute.vr in _PATTERN_VRS
+        indexed = attribute.vr not in {"LT", "UT"} and not pattern
         columns.append(Column(attribute.column, _type(attribute), index=indexed))
+        if pattern:
+            columns.append(_pattern_index(table_name, attribute.column))
         if attribute.normalized:
-            columns.append(Column(attribute.normalized, _type(attribute), index=True))
+            columns.append(Column(attribute.normalized, _type(attribute), index=not pattern))
+            if pattern:
+                columns.append(_pattern_index(table_name, attribute.normalized))
     return columns
 
 
@@ -91,9 +112,10 @@ patient = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     # Identity of a patient: PatientID + IssuerOfPatientID, '' when absent (NULLs never collide).
-    Column("patient_id", String(64), nullable=False, index=True),
+    Column("patient_id", String(64), nullable=False),
+    _pattern_index("patient", "patient_id"),
     Column("issuer_of_patient_id", String(64), nullable=False),
-    *_columns(BY_LEVEL[Level.PATIENT], skip=_KEYS),
+    *_columns("patient", BY_LEVEL[Level.PATIENT], skip=_KEYS),
     Column("created_at", DateTime(timezone=True), nullable=False, default=_now),
     UniqueConstraint("patient_id", "issuer_of_patient_id"),
 )
@@ -104,7 +126,7 @@ study = Table(
     Column("id", Integer, primary_key=True),
     Column("patient_fk", ForeignKey("patient.id", ondelete="CASCADE"), nullable=False, index=True),
     Column("study_instance_uid", String(64), nullable=False, unique=True),
-    *_columns(BY_LEVEL[Level.STUDY], skip=_KEYS),
+    *_columns("study", BY_LEVEL[Level.STUDY], skip=_KEYS),
     Column("state", String(16), nullable=False, index=True, default=StudyState.RECEIVED.value),
     Column("created_at", DateTime(timezone=True), nullable=False, default=_now),
 )
@@ -115,7 +137,7 @@ series = Table(
     Column("id", Integer, primary_key=True),
     Column("study_fk", ForeignKey("study.id", ondelete="CASCADE"), nullable=False, index=True),
     Column("series_instance_uid", String(64), nullable=False, unique=True),
-    *_columns(BY_LEVEL[Level.SERIES], skip=_KEYS),
+    *_columns("series", BY_LEVEL[Level.SERIES], skip=_KEYS),
     Column("created_at", DateTime(timezone=True), nullable=False, default=_now),
 )
 
@@ -124,7 +146,7 @@ request_attribute = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("series_fk", ForeignKey("series.id", ondelete="CASCADE"), nullable=False, index=True),
-    *_columns(REQUEST_ATTRIBUTES),
+    *_columns("request_attribute", REQUEST_ATTRIBUTES),
 )
 
 instance = Table(
@@ -133,7 +155,7 @@ instance = Table(
     Column("id", Integer, primary_key=True),
     Column("series_fk", ForeignKey("series.id", ondelete="CASCADE"), nullable=False, index=True),
     Column("sop_instance_uid", String(64), nullable=False, unique=True),
-    *_columns(BY_LEVEL[Level.IMAGE], skip=_KEYS),
+    *_columns("instance", BY_LEVEL[Level.IMAGE], skip=_KEYS),
     Column("transfer_syntax_uid", String(64), nullable=False),
     Column("blob_key", String(64), nullable=False, index=True),
     Column("blob_size", BigInteger, nullable=False),

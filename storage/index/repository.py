@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 
 from storage.attributes import Level
 from storage.blobs import BlobInfo
+from storage.index.matching import LIST_SEPARATOR, find_statement, instances_statement
 from storage.index.models import (
     TABLES,
     StudyState,
@@ -24,6 +25,7 @@ from storage.index.models import (
     series,
     study,
 )
+from storage.query import MULTI_VALUED_KEYS, UNIQUE_KEYS, Query, RetrieveItem
 
 
 class UpsertOutcome(StrEnum):
@@ -170,6 +172,49 @@ class Repository:
         ).scalar()
         return StudyState(state) if state is not None else None
 
+    def set_study_state(self, study_instance_uid: str, state: StudyState) -> bool:
+        """Move a study to ``state`` (the workflow decides which moves are allowed); False if
+        there is no such study."""
+        changed = self.connection.execute(
+            update(study)
+            .where(study.c.study_instance_uid == study_instance_uid)
+            .values(state=state.value)
+        )
+        return bool(changed.rowcount)
+
+    # -- query/retrieve (PS3.4 C.2.2.2 matching, archived studies only) -----------------
+    def find(self, query: Query) -> Iterator[dict[str, Any]]:
+        """One dict per entity at ``query.level``, in index order, fetched in batches.
+
+        Keys: the unique keys of the level and the levels above (``PatientID``,
+        ``StudyInstanceUID``, ...) and every ``query.return_keys`` entry, keyword → value:
+        ``str`` for text, dates, times and UIDs (UTF-8, as received, not the match form),
+        ``int`` for IS/US values and computed counts, ``float`` for DS, None when unknown or
+        not available at this level. ``ModalitiesInStudy`` and ``SOPClassesInStudy`` are a
+        sorted ``list[str]`` (empty when there is none; None in a PATIENT level query).
+        One SQL statement.
+        """
+        statement = find_statement(query, self._dialect).execution_options(yield_per=_BATCH)
+        keys = list(dict.fromkeys((*UNIQUE_KEYS[query.level], *query.return_keys)))
+        for row in self.connection.execute(statement):
+            yield _response(keys, row._mapping)
+
+    def instances_for(self, query: Query) -> list[RetrieveItem]:
+        """Every instance under the entities ``query`` matches, ordered by study, series,
+        InstanceNumber, then arrival; ``query.limit``/``offset`` count entities, not instances."""
+        return [
+            RetrieveItem(
+                sop_class_uid=row.sop_class_uid,
+                sop_instance_uid=row.sop_instance_uid,
+                transfer_syntax_uid=row.transfer_syntax_uid,
+                blob_key=row.blob_key,
+                blob_size=int(row.blob_size),
+                study_instance_uid=row.study_instance_uid,
+                series_instance_uid=row.series_instance_uid,
+            )
+            for row in self.connection.execute(instances_statement(query))
+        ]
+
     # -- consistency (pacs check) ---------------------------------------------------------
     def iter_instances(self) -> Iterator[StoredInstance]:
         for row in self.connection.execute(_stored_instance_select().order_by(instance.c.id)):
@@ -271,6 +316,23 @@ def _stored_instance_select() -> Any:
         .join(series, instance.c.series_fk == series.c.id)
         .join(study, series.c.study_fk == study.c.id)
     )
+
+
+_BATCH = 500
+_EMPTY_IS_UNKNOWN = frozenset({"PatientID", "IssuerOfPatientID"})  # stored as '' (NOT NULL)
+
+
+def _response(keys: list[str], row: Any) -> dict[str, Any]:
+    """A row as keyword → value; None for keys the statement could not return."""
+    response: dict[str, Any] = {}
+    for key in keys:
+        value = row.get(key)
+        if key in MULTI_VALUED_KEYS and key in row:
+            value = sorted(value.split(LIST_SEPARATOR)) if value else []
+        elif key in _EMPTY_IS_UNKNOWN and value == "":
+            value = None
+        response[key] = value
+    return response
 
 
 def _stored(row: Any) -> StoredInstance:

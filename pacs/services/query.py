@@ -1,0 +1,80 @@
+"""The query service: one Query model for C-FIND, QIDO-RS, C-MOVE and C-GET.
+
+Results are capped (``max_results``) and streamed: rows are read in short units of work of
+at most ``batch_size`` rows, so neither memory nor a read transaction grows with the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from pacs.services.errors import InvalidQuery, OutOfResources
+from storage.index import Index, IndexUnavailable
+from storage.query import InvalidQueryValue, Query, RetrieveItem
+
+__all__ = ["QueryService", "RetrieveItem"]
+
+log = logging.getLogger(__name__)
+
+
+class QueryService:
+    """Runs queries against the index; archived studies only (the index enforces it)."""
+
+    def __init__(self, *, index: Index, max_results: int = 1000, batch_size: int = 250) -> None:
+        if max_results < 1 or batch_size < 1:
+            raise ValueError("max_results and batch_size must be positive")
+        self.index = index
+        self.max_results = max_results
+        self.batch_size = batch_size
+
+    def find(self, query: Query) -> Iterator[dict[str, Any]]:
+        """The matches of ``query`` (see ``Repository.find`` for the shape of each dict).
+
+        At most ``min(query.limit, max_results)``; when the cap cuts the result short, a
+        WARNING "result capped at N" is logged. The first batch is read before this returns,
+        so an invalid query raises :class:`InvalidQuery` here, not while iterating.
+        """
+        wanted = self.max_results if query.limit is None else min(query.limit, self.max_results)
+        capped = query.limit is None or query.limit > self.max_results
+        first = self._batch(query, query.offset, min(self.batch_size, wanted + 1))
+        return self._stream(query, first, wanted, capped)
+
+    def _stream(
+        self, query: Query, first: list[dict[str, Any]], wanted: int, capped: bool
+    ) -> Iterator[dict[str, Any]]:
+        batch, sent, size = first, 0, len(first)
+        while True:
+            for row in batch:
+                if sent == wanted:
+                    if capped:
+                        log.warning("result capped at %d", self.max_results)
+                    return
+                sent += 1
+                yield row
+            if len(batch) < size:
+                return
+            size = min(self.batch_size, wanted + 1 - sent)
+            batch = self._batch(query, query.offset + sent, size)
+
+    def _batch(self, query: Query, offset: int, size: int) -> list[dict[str, Any]]:
+        page = dataclasses.replace(query, limit=size, offset=offset)
+        try:
+            with self.index.unit_of_work() as repository:
+                return list(repository.find(page))
+        except InvalidQueryValue as error:
+            raise InvalidQuery(str(error)) from error
+        except IndexUnavailable as error:
+            raise OutOfResources(str(error)) from error
+
+    def instances(self, query: Query) -> list[RetrieveItem]:
+        """Every instance under the matched entities, for C-MOVE, C-GET and WADO-RS."""
+        try:
+            with self.index.unit_of_work() as repository:
+                return repository.instances_for(query)
+        except InvalidQueryValue as error:
+            raise InvalidQuery(str(error)) from error
+        except IndexUnavailable as error:
+            raise OutOfResources(str(error)) from error

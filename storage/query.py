@@ -191,7 +191,7 @@ def vr_of(keyword: str) -> str | None:
         return BY_KEYWORD[LISTED_ATTRIBUTE[Computed(keyword)]].vr
     try:
         return str(dictionary_VR(keyword))
-    except KeyError:
+    except (KeyError, ValueError):
         return None
 
 
@@ -266,7 +266,10 @@ def _temporal(keyword: str, value: str, vr: str) -> Matcher:
         low, high = bounds
     elif "-" in value:
         if value.count("-") > 1:
-            raise InvalidQueryValue(f"{keyword}: {value!r} is not a {vr} range")
+            form = "YYYYMMDD" if vr == "DA" else "HHMMSS"
+            raise InvalidQueryValue(
+                f"{keyword}: {value!r} is not a {vr} value or range ({form}, {form}-{form})"
+            )
         low_text, high_text = value.split("-")
         low = _checked(keyword, low_text, vr) if low_text else None
         high = _checked(keyword, high_text, vr) if high_text else None

@@ -27,6 +27,8 @@ from pacs.dimse.server import DimseServer
 from pacs.services.bulk_import import ImportService
 from pacs.services.consistency import ConsistencyService
 from pacs.services.ingest import IngestService
+from pacs.services.query import QueryService
+from pacs.services.retrieve import Destination, RetrieveService
 from pacs.settings import Settings
 from storage.blobs import FileStore
 from storage.index import Index
@@ -44,6 +46,8 @@ class Services:
     ingest: IngestService
     consistency: ConsistencyService
     importer: ImportService
+    query: QueryService
+    retrieve: RetrieveService
 
 
 @contextmanager
@@ -63,6 +67,8 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
             blobs=blobs, index=index, overwrite=settings.overwrite,
             min_free_bytes=settings.min_free_space_mb * 1_000_000,
         )
+        query = QueryService(index=index, max_results=settings.max_query_results)
+        peers = [Destination(p.ae_title, p.host, p.port) for p in settings.peers]
         services = Services(
             settings=settings,
             blobs=blobs,
@@ -70,6 +76,8 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
             ingest=ingest,
             consistency=ConsistencyService(blobs=blobs, index=index),
             importer=ImportService(ingest),
+            query=query,
+            retrieve=RetrieveService(query=query, blobs=blobs, peers=peers),
         )
         yield services
     finally:
@@ -105,6 +113,9 @@ def _dimse_server(settings: Settings, services: Services) -> DimseServer:
         host=settings.dimse_host,
         port=settings.dimse_port,
         ingest=services.ingest,
+        query=services.query,
+        retrieve=services.retrieve,
+        fuzzy_person_names=settings.fuzzy_person_names,
         max_associations=settings.max_associations,
         max_pdu_size=settings.max_pdu_size,
     )

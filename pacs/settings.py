@@ -99,6 +99,13 @@ class Settings(BaseSettings):
     sqlite_synchronous: str = Field(
         default="FULL", description="SQLite PRAGMA synchronous (FULL: commit survives power loss)"
     )
+    max_query_results: int = Field(
+        default=1000, ge=1,
+        description="C-FIND / QIDO-RS answers at most this many matches (a warning is logged)",
+    )
+    fuzzy_person_names: bool = Field(
+        default=True, description="PN matching ignores case and accents (False: exact)"
+    )
     log_level: str = "INFO"
 
     @field_validator("ae_title")
@@ -119,7 +126,12 @@ class Settings(BaseSettings):
             return ()
         if isinstance(value, str):
             value = [item for item in value.split(",") if item.strip()]
-        peers = [item if isinstance(item, Peer) else Peer.parse(str(item)) for item in value]
+        peers = [
+            item if isinstance(item, Peer)
+            else Peer.model_validate(item) if isinstance(item, dict)  # a worker's model_dump()
+            else Peer.parse(str(item))
+            for item in value
+        ]
         titles = [peer.ae_title for peer in peers]
         duplicates = sorted({title for title in titles if titles.count(title) > 1})
         if duplicates:

@@ -171,6 +171,14 @@ class FileStore:
         with self.open(key) as source:
             yield from iter(lambda: source.read(chunk_size), b"")
 
+    def local_path(self, key: str) -> Path:
+        """The file of a committed blob, for senders that stream from a file (pynetdicom's
+        chunked C-STORE send). Read-only: never write to or move it."""
+        path = self._path(key)
+        if not path.is_file():
+            raise BlobNotFound(key)
+        return path
+
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 

@@ -51,10 +51,29 @@ class SharedContexts(list[PresentationContext]):
         return list(self)
 
 
-def storage_scp_contexts() -> SharedContexts:
+def scp_contexts() -> SharedContexts:
+    """Verification, Q/R (FIND, MOVE, GET) and every storage SOP class.
+
+    Storage contexts accept SCP/SCU role selection (PS3.7 D.3.3.4) either way: a C-GET
+    requestor proposes itself as the Storage SCP, so that we send on its association.
+    """
     syntaxes = transfer_syntaxes()
     contexts = [build_context(VERIFICATION, syntaxes[:4])]
-    contexts += [
-        build_context(str(cx.abstract_syntax), syntaxes) for cx in AllStoragePresentationContexts
-    ]
+    contexts += [build_context(sop_class, syntaxes[:4]) for sop_class in QUERY_RETRIEVE]
+    for cx in AllStoragePresentationContexts:
+        context = build_context(str(cx.abstract_syntax), syntaxes)
+        context.scu_role = True
+        context.scp_role = True
+        contexts.append(context)
     return SharedContexts(contexts)
+
+
+# Query/Retrieve SOP classes, PS3.4 C.6.1.3 and C.6.2.3 (identifiers in either little endian).
+QUERY_RETRIEVE = (
+    "1.2.840.10008.5.1.4.1.2.1.1",  # Patient Root FIND
+    "1.2.840.10008.5.1.4.1.2.1.2",  # Patient Root MOVE
+    "1.2.840.10008.5.1.4.1.2.1.3",  # Patient Root GET
+    "1.2.840.10008.5.1.4.1.2.2.1",  # Study Root FIND
+    "1.2.840.10008.5.1.4.1.2.2.2",  # Study Root MOVE
+    "1.2.840.10008.5.1.4.1.2.2.3",  # Study Root GET
+)

@@ -1,4 +1,4 @@
-"""The DIMSE listener: a pynetdicom AE with the Verification and Storage SCPs."""
+"""The DIMSE listener: a pynetdicom AE with the Verification, Storage and Q/R SCPs."""
 
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ from pynetdicom import AE
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs.dimse import tuning
-from pacs.dimse.contexts import storage_scp_contexts
+from pacs.dimse.contexts import scp_contexts
 from pacs.dimse.handlers import DimseHandlers
 from pacs.dimse.handoff import Dispatcher
 from pacs.dimse.inflight import InFlight
+from pacs.dimse.retrieve import install as install_retrieve
 from pacs.services.ingest import IngestService
+from pacs.services.query import QueryService
+from pacs.services.retrieve import RetrieveService
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,9 @@ class DimseServer:
         host: str,
         port: int,
         ingest: IngestService,
+        query: QueryService | None = None,
+        retrieve: RetrieveService | None = None,
+        fuzzy_person_names: bool = True,
         max_associations: int = 32,
         max_pdu_size: int = 0,
     ) -> None:
@@ -37,7 +43,11 @@ class DimseServer:
         self.host = host
         self.port = port
         self.inflight = InFlight()
-        self.handlers = DimseHandlers(ingest, self.inflight)
+        self.retrieve = retrieve
+        self.handlers = DimseHandlers(
+            ingest, self.inflight, query=query, ae_title=ae_title,
+            fuzzy_person_names=fuzzy_person_names,
+        )
         self.ae = AE(ae_title=ae_title)
         self.ae.maximum_associations = max_associations
         self.ae.maximum_pdu_size = max_pdu_size
@@ -49,11 +59,13 @@ class DimseServer:
         """Listen on ``host:port`` (handing connections to ``dispatcher`` when given), or, with
         ``listen=False`` (a worker process), only serve connections passed to :meth:`adopt`."""
         tuning.enable_chunked_receive()
+        if self.retrieve is not None:
+            install_retrieve(self.retrieve)
         server_class = _ListeningServer if listen else _AdoptingServer
         server: Any = self.ae.make_server(
             (self.host, self.port),
             ae_title=self.ae_title,
-            contexts=storage_scp_contexts(),
+            contexts=scp_contexts(),
             evt_handlers=self.handlers.bindings(),  # type: ignore[arg-type]
             server_class=server_class,
         )

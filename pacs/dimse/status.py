@@ -1,22 +1,33 @@
-"""The one error → DIMSE status table (PS3.4 B.2.3 Storage statuses, PS3.7 C)."""
+"""The one error → DIMSE status table per service (PS3.4 B.2.3 Storage, C.4.1.1.4 C-FIND,
+C.4.2.1.5 C-MOVE, C.4.3.1.4 C-GET; PS3.7 C)."""
 
 from __future__ import annotations
 
 from enum import IntEnum
 
+from pacs.dimse.identifiers import IdentifierMismatch
 from pacs.services.errors import (
     InvalidInstance,
+    InvalidQuery,
+    NotFound,
     OutOfResources,
     PacsError,
     SopClassMismatch,
+    UnknownPeer,
 )
 
 
 class Status(IntEnum):
     SUCCESS = 0x0000
+    PENDING = 0xFF00
+    CANCEL = 0xFE00
     OUT_OF_RESOURCES = 0xA700
-    DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-    CANNOT_UNDERSTAND = 0xC000
+    UNABLE_TO_CALCULATE_MATCHES = 0xA701
+    UNABLE_TO_PERFORM_SUBOPERATIONS = 0xA702
+    MOVE_DESTINATION_UNKNOWN = 0xA801
+    DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900  # C-FIND/MOVE/GET: identifier does not match
+    SUBOPERATIONS_WARNING = 0xB000
+    CANNOT_UNDERSTAND = 0xC000  # C-FIND/MOVE/GET: unable to process
 
 
 STORE_FAILURES: tuple[tuple[type[PacsError], Status], ...] = (
@@ -25,9 +36,27 @@ STORE_FAILURES: tuple[tuple[type[PacsError], Status], ...] = (
     (InvalidInstance, Status.CANNOT_UNDERSTAND),
 )
 
+# IdentifierMismatch (a subclass of InvalidQuery) is matched first: the order matters.
+QUERY_FAILURES: tuple[tuple[type[PacsError], Status], ...] = (
+    (UnknownPeer, Status.MOVE_DESTINATION_UNKNOWN),
+    (OutOfResources, Status.OUT_OF_RESOURCES),
+    (NotFound, Status.CANNOT_UNDERSTAND),
+    (InvalidQuery, Status.CANNOT_UNDERSTAND),
+)
+
 
 def store_status(error: PacsError) -> Status:
     for kind, status in STORE_FAILURES:
+        if isinstance(error, kind):
+            return status
+    return Status.CANNOT_UNDERSTAND
+
+
+def query_status(error: PacsError) -> Status:
+    """C-FIND, C-MOVE and C-GET failures; a hierarchy violation is 0xA900."""
+    if isinstance(error, IdentifierMismatch):
+        return Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+    for kind, status in QUERY_FAILURES:
         if isinstance(error, kind):
             return status
     return Status.CANNOT_UNDERSTAND

@@ -8,6 +8,9 @@
    temporary file behind when an association aborts mid-dataset; we remove it on close.
 4. ``ApplicationEntity._servers``: a server made with ``make_server`` (to choose its class)
    must be registered there, as ``start_server`` does, or its ``shutdown`` fails.
+5. ``pynetdicom.association.uid_to_service_class``: the one place an association picks the
+   service class of a request; C-MOVE and C-GET get ours (``retrieve.py``), which sends from
+   files instead of re-encoding decoded datasets.
 
 pynetdicom is pinned to 3.0.x in pyproject.toml; ``tests/dimse/test_tuning.py`` fails if any of
 these attributes disappears.
@@ -30,6 +33,25 @@ REACTOR_DELAY_S = 0.0001
 def enable_chunked_receive() -> None:
     """C-STORE datasets are written to a temporary file as they arrive, never held whole."""
     _config.STORE_RECV_CHUNKED_DATASET = True
+
+
+def enable_chunked_send() -> None:
+    """``send_c_store(path)`` streams the data set from the file (no decode, byte-identical)."""
+    _config.STORE_SEND_CHUNKED_DATASET = True
+
+
+def install_service_class(service_class: type[Any], sop_classes: frozenset[str]) -> None:
+    """Requests on ``sop_classes`` are served by ``service_class`` (see 5. above)."""
+    from pynetdicom import association
+
+    current: Any = getattr(association, "uid_to_service_class")  # noqa: B009 (not exported)
+    original = getattr(current, "__wrapped__", current)
+
+    def chosen(uid: str) -> type[Any]:
+        return service_class if uid in sop_classes else original(uid)
+
+    chosen.__wrapped__ = original  # type: ignore[attr-defined]
+    setattr(association, "uid_to_service_class", chosen)  # noqa: B010
 
 
 def tune_association(assoc: Any) -> None:

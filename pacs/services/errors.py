@@ -9,9 +9,11 @@
     ├── SopClassMismatch       the dataset is not what the request announced
     ├── OutOfResources         disk full, index unreachable or locked: try again later
     ├── NotFound               no such object
-    └── CannotTranscode        a stored instance cannot be converted to the transfer syntax
-                               a peer accepts (no decoder, corrupt codestream, or a
-                               compressed target)
+    ├── CannotTranscode        a stored instance cannot be converted to the transfer syntax
+    │                          a peer accepts (no decoder, corrupt codestream, or a
+    │                          compressed target)
+    ├── InvalidQuery           a query that cannot be run (malformed value, bad identifier)
+    └── UnknownPeer            a C-MOVE destination that is not registered with --peer
 """
 
 from __future__ import annotations
@@ -55,3 +57,7 @@ class CannotTranscode(PacsError):
 
 class InvalidQuery(PacsError):
     """A query the index cannot run: a malformed value or range, an unsupported key."""
+
+
+class UnknownPeer(PacsError):
+    """An AE title that is not a registered peer (a C-MOVE destination, PS3.4 C.4.2.1.5)."""

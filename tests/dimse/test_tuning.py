@@ -10,7 +10,7 @@ from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket
 
-from pacs.dimse.contexts import storage_scp_contexts, transfer_syntaxes
+from pacs.dimse.contexts import scp_contexts, transfer_syntaxes
 
 
 def test_pynetdicom_internals_we_tune_still_exist() -> None:
@@ -23,7 +23,7 @@ def test_pynetdicom_internals_we_tune_still_exist() -> None:
 
 
 def test_contexts_cover_every_storage_class_and_transfer_syntax_and_copy_cheaply() -> None:
-    contexts = storage_scp_contexts()
+    contexts = scp_contexts()
     syntaxes = transfer_syntaxes()
 
     assert len(contexts) == 1 + len(pynetdicom.AllStoragePresentationContexts)

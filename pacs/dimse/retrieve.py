@@ -1,0 +1,316 @@
+"""C-MOVE and C-GET SCPs (PS3.4 C.4.2, C.4.3): C-STORE sub-operations sent from files.
+
+pynetdicom's own Q/R service class hands every instance to ``send_c_store`` as a decoded
+``Dataset``, re-encoding it (slow, and not byte-identical). :class:`RetrieveServiceClass`
+replaces its C-MOVE and C-GET parts (C-FIND stays pynetdicom's, with the handler in
+``handlers.py``): each instance is sent from its stored file with pynetdicom's chunked send,
+or from a decoded copy when the peer did not accept the stored transfer syntax, with pending
+responses carrying the sub-operation counts and C-CANCEL honoured between sub-operations.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import TYPE_CHECKING, Any, cast
+
+from pydicom.dataset import Dataset
+from pynetdicom import build_context, evt
+from pynetdicom.dimse_primitives import C_GET, C_MOVE
+from pynetdicom.dsutils import decode, encode
+from pynetdicom.service_class import QueryRetrieveServiceClass
+from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
+
+from pacs.dimse import tuning
+from pacs.dimse.identifiers import GET_MODELS, MOVE_MODELS, retrieve_query
+from pacs.dimse.status import Status, query_status
+from pacs.services.errors import CannotTranscode, NotFound, PacsError
+from pacs.services.retrieve import RetrievePlan, RetrieveService
+
+if TYPE_CHECKING:
+    from pynetdicom.association import Association
+    from pynetdicom.presentation import PresentationContext
+
+    from storage.query import RetrieveItem
+
+log = logging.getLogger(__name__)
+
+_ERROR_COMMENT_MAX = 64
+
+
+@dataclass
+class _Counts:
+    """Sub-operation counts (PS3.4 C.4.2.1.6)."""
+
+    remaining: int
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    failed_uids: list[str] = field(default_factory=list)
+
+
+class RetrieveServiceClass(QueryRetrieveServiceClass):
+    """pynetdicom's Q/R service class with our C-MOVE and C-GET (see the module docstring)."""
+
+    retrieve: RetrieveService | None = None  # set by the server (one per process)
+
+    def SCP(self, req: Any, context: PresentationContext) -> None:  # noqa: N802 (pynetdicom)
+        service = type(self).retrieve
+        syntax = str(context.abstract_syntax)
+        if service is not None and isinstance(req, C_MOVE) and syntax in MOVE_MODELS:
+            _Retrieval(self, service, req, context).move()
+        elif service is not None and isinstance(req, C_GET) and syntax in GET_MODELS:
+            _Retrieval(self, service, req, context).get()
+        else:
+            super().SCP(req, context)
+
+
+class _Retrieval:
+    """One C-MOVE or C-GET request, from identifier to final response."""
+
+    def __init__(
+        self,
+        scp: RetrieveServiceClass,
+        service: RetrieveService,
+        request: C_MOVE | C_GET,
+        context: PresentationContext,
+    ) -> None:
+        self.scp = scp
+        self.service = service
+        self.request = request
+        self.context_id = cast(int, context.context_id)
+        self.syntax = context.transfer_syntax[0]
+        self.model = (MOVE_MODELS if isinstance(request, C_MOVE) else GET_MODELS)[
+            str(context.abstract_syntax)
+        ]
+        self.response: C_MOVE | C_GET = C_MOVE() if isinstance(request, C_MOVE) else C_GET()
+        self.response.MessageIDBeingRespondedTo = request.MessageID
+        self.response.AffectedSOPClassUID = request.AffectedSOPClassUID
+
+    # -- the two services ----------------------------------------------------------------
+    def move(self) -> None:
+        request = cast(C_MOVE, self.request)
+        try:
+            plan = self._plan()
+            destination = self.service.destination(str(request.MoveDestination))
+        except PacsError as error:
+            self._fail(query_status(error), str(error))
+            return
+        if not plan.items:
+            self._final(_Counts(remaining=0))
+            return
+        contexts = [build_context(cls, list(ts)) for cls, ts in plan.proposals()]
+        store = self.scp.ae.associate(
+            destination.host,
+            destination.port,
+            contexts=contexts,
+            ae_title=destination.ae_title,
+            evt_handlers=[(evt.EVT_CONN_OPEN, _tune)],
+        )
+        if not store.is_established:
+            self._fail(
+                Status.UNABLE_TO_PERFORM_SUBOPERATIONS,
+                f"cannot associate with {destination.ae_title} at "
+                f"{destination.host}:{destination.port}",
+            )
+            return
+        try:
+            counts = self._send(store, plan, as_scu_only=False)
+        finally:
+            if store.is_established:
+                store.release()
+        if counts is not None:
+            self._final(counts)
+
+    def get(self) -> None:
+        try:
+            plan = self._plan()
+        except PacsError as error:
+            self._fail(query_status(error), str(error))
+            return
+        counts = self._send(self.scp.assoc, plan, as_scu_only=True)
+        if counts is not None and self.scp.assoc.is_established:
+            self._final(counts)
+
+    # -- steps ---------------------------------------------------------------------------
+    def _plan(self) -> RetrievePlan:
+        identifier = decode(
+            cast(BytesIO, self.request.Identifier),
+            self.syntax.is_implicit_VR,
+            self.syntax.is_little_endian,
+            self.syntax.is_deflated,
+        )
+        query = retrieve_query(identifier, self.model)
+        plan = self.service.plan(query)
+        log.info(
+            "%s of %d instances (%s level) for %s",
+            "C-MOVE" if isinstance(self.request, C_MOVE) else "C-GET",
+            len(plan.items),
+            query.level,
+            str(self.scp.assoc.requestor.ae_title).strip(),
+        )
+        return plan
+
+    def _send(
+        self, store: Association, plan: RetrievePlan, *, as_scu_only: bool
+    ) -> _Counts | None:
+        """C-STORE every instance over ``store``, a pending response after each one; None
+        when cancelled (the final response is sent then)."""
+        counts = _Counts(remaining=len(plan.items))
+        accepted = _accepted(store, as_scu_only=as_scu_only)
+        originator = self.scp.ae.ae_title if isinstance(self.request, C_MOVE) else None
+        message_id = int(self.request.MessageID or 0)
+        for number, item in enumerate(plan.items, start=1):
+            if self.scp.is_cancelled(message_id):
+                self._cancelled(counts)
+                return None
+            if not store.is_established:
+                break
+            status = self._store_one(store, item, accepted, originator, message_id, number)
+            counts.remaining -= 1
+            if status is None or _category(status) == "Failure":
+                counts.failed += 1
+                counts.failed_uids.append(item.sop_instance_uid)
+            elif _category(status) == "Warning":
+                counts.warning += 1
+            else:
+                counts.completed += 1
+            if counts.remaining and self.scp.assoc.is_established:
+                self._pending(counts)
+        if counts.remaining:  # the destination went away: the rest cannot be sent
+            counts.failed += counts.remaining
+            counts.failed_uids += [i.sop_instance_uid for i in plan.items[-counts.remaining :]]
+            counts.remaining = 0
+        return counts
+
+    def _store_one(
+        self,
+        store: Association,
+        item: RetrieveItem,
+        accepted: dict[str, list[str]],
+        originator: str | None,
+        message_id: int,
+        number: int,
+    ) -> int | None:
+        try:
+            with self.service.prepared(item, accepted.get(item.sop_class_uid or "", [])) as ready:
+                answer = store.send_c_store(
+                    ready.path,
+                    msg_id=(message_id + number) % 65536,
+                    originator_aet=originator,
+                    originator_id=message_id if originator else None,
+                )
+        except (CannotTranscode, NotFound) as error:
+            log.warning("sub-operation for %s failed: %s", item.sop_instance_uid, error)
+            return None
+        except (ValueError, AttributeError, RuntimeError) as error:  # pynetdicom refusals
+            log.warning("sub-operation for %s failed: %s", item.sop_instance_uid, error)
+            return None
+        status = answer.get("Status")
+        if status is None:
+            log.warning("no C-STORE response for %s (the peer aborted?)", item.sop_instance_uid)
+            return None
+        if int(status) != 0:
+            log.warning("C-STORE of %s answered 0x%04X", item.sop_instance_uid, int(status))
+        return int(status)
+
+    # -- responses -----------------------------------------------------------------------
+    def _pending(self, counts: _Counts) -> None:
+        rsp = self.response
+        rsp.Status = int(Status.PENDING)
+        rsp.Identifier = None
+        rsp.NumberOfRemainingSuboperations = counts.remaining
+        rsp.NumberOfCompletedSuboperations = counts.completed
+        rsp.NumberOfFailedSuboperations = counts.failed
+        rsp.NumberOfWarningSuboperations = counts.warning
+        self.scp.dimse.send_msg(rsp, self.context_id)
+
+    def _cancelled(self, counts: _Counts) -> None:
+        log.info("retrieve cancelled with %d sub-operations remaining", counts.remaining)
+        rsp = self.response
+        rsp.Status = int(Status.CANCEL)
+        rsp.Identifier = self._failed_list(counts.failed_uids)
+        rsp.NumberOfRemainingSuboperations = counts.remaining
+        rsp.NumberOfCompletedSuboperations = counts.completed
+        rsp.NumberOfFailedSuboperations = counts.failed
+        rsp.NumberOfWarningSuboperations = counts.warning
+        self.scp.dimse.send_msg(rsp, self.context_id)
+
+    def _final(self, counts: _Counts) -> None:
+        """C.4.2.1.5: success, warning (some failed or warned) or failure (all failed)."""
+        rsp = self.response
+        total = counts.completed + counts.failed + counts.warning
+        if counts.failed == 0 and counts.warning == 0:
+            rsp.Status = int(Status.SUCCESS)
+            rsp.Identifier = None
+        elif counts.failed == total:
+            rsp.Status = int(Status.UNABLE_TO_PERFORM_SUBOPERATIONS)
+            rsp.Identifier = self._failed_list(counts.failed_uids)
+        else:
+            rsp.Status = int(Status.SUBOPERATIONS_WARNING)
+            rsp.Identifier = self._failed_list(counts.failed_uids)
+        rsp.NumberOfRemainingSuboperations = None
+        rsp.NumberOfCompletedSuboperations = counts.completed
+        rsp.NumberOfFailedSuboperations = counts.failed
+        rsp.NumberOfWarningSuboperations = counts.warning
+        log.info("retrieve done: %d completed, %d failed, %d warning", counts.completed,
+                 counts.failed, counts.warning)
+        self.scp.dimse.send_msg(rsp, self.context_id)
+
+    def _fail(self, status: Status, comment: str) -> None:
+        log.warning("retrieve refused (0x%04X): %s", int(status), comment)
+        rsp = self.response
+        rsp.Status = int(status)
+        rsp.ErrorComment = comment[:_ERROR_COMMENT_MAX]  # type: ignore[assignment]
+        rsp.Identifier = None
+        self.scp.dimse.send_msg(rsp, self.context_id)
+
+    def _failed_list(self, uids: list[str]) -> BytesIO | None:
+        if not uids:
+            return None
+        identifier = Dataset()
+        identifier.FailedSOPInstanceUIDList = uids
+        encoded = encode(
+            identifier,
+            self.syntax.is_implicit_VR,
+            self.syntax.is_little_endian,
+            self.syntax.is_deflated,
+        )
+        return BytesIO(cast(bytes, encoded))
+
+
+def _tune(event: Any) -> None:
+    tuning.tune_association(event.assoc)
+
+
+def _accepted(store: Association, *, as_scu_only: bool) -> dict[str, list[str]]:
+    """SOP class → transfer syntaxes the peer accepted for us to send in."""
+    accepted: dict[str, list[str]] = {}
+    for context in store.accepted_contexts:
+        if as_scu_only and not context.as_scu:
+            continue
+        accepted.setdefault(str(context.abstract_syntax), []).extend(
+            str(ts) for ts in context.transfer_syntax
+        )
+    return accepted
+
+
+def _category(status: int) -> str:
+    known = STORAGE_SERVICE_CLASS_STATUS.get(status)
+    if known is not None:
+        return str(known[0])
+    if status == 0x0000:
+        return "Success"
+    if 0xB000 <= status <= 0xBFFF or status == 0x0001:
+        return "Warning"
+    return "Failure"
+
+
+def install(service: RetrieveService) -> None:
+    """Make ``service`` answer C-MOVE and C-GET in this process."""
+    RetrieveServiceClass.retrieve = service
+    tuning.enable_chunked_send()
+    tuning.install_service_class(
+        RetrieveServiceClass, frozenset(MOVE_MODELS) | frozenset(GET_MODELS)
+    )

@@ -1,0 +1,134 @@
+"""The retrieve service: what C-MOVE and C-GET send, and in which transfer syntax.
+
+Protocol-neutral: it finds the instances under a query (archived studies only), says which
+(SOP class, transfer syntax) pairs are stored so a sender can propose exactly those, and
+prepares each instance for sending: the stored file unchanged when the peer accepted its
+transfer syntax, else a decoded copy (:mod:`pacs.services.transcode`) in a temporary file that
+is removed when the send is over. Senders stream from a file (pynetdicom's chunked send), so
+nothing is decoded or held in memory for an unchanged instance.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from pacs.services.errors import CannotTranscode, NotFound, UnknownPeer
+from pacs.services.query import QueryService
+from pacs.services.transcode import UNCOMPRESSED, choose_transfer_syntax, transcode
+from storage.blobs import BlobNotFound, FileStore
+from storage.query import Query, RetrieveItem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A registered remote AE (``--peer AE=HOST:PORT``)."""
+
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An instance ready to send: a Part 10 file in ``transfer_syntax``."""
+
+    item: RetrieveItem
+    path: Path
+    transfer_syntax: str
+    transcoded: bool
+
+
+@dataclass(frozen=True)
+class RetrievePlan:
+    """The instances to send, in order, and the presentation contexts they need."""
+
+    items: tuple[RetrieveItem, ...]
+
+    def stored_pairs(self) -> dict[str, tuple[str, ...]]:
+        """SOP class → stored transfer syntaxes (in first-seen order)."""
+        pairs: dict[str, list[str]] = {}
+        for item in self.items:
+            syntaxes = pairs.setdefault(item.sop_class_uid or "", [])
+            if item.transfer_syntax_uid not in syntaxes:
+                syntaxes.append(item.transfer_syntax_uid)
+        return {sop_class: tuple(ts) for sop_class, ts in pairs.items() if sop_class}
+
+    def proposals(self, limit: int = 128) -> list[tuple[str, tuple[str, ...]]]:
+        """Presentation contexts to propose to a C-STORE SCP: one per stored (SOP class,
+        transfer syntax) pair, plus one per SOP class with the uncompressed syntaxes to fall
+        back on (decoded). Over ``limit`` (pynetdicom's 128), one context per SOP class
+        offering its stored syntaxes and the uncompressed ones together."""
+        pairs = self.stored_pairs()
+        separate: list[tuple[str, tuple[str, ...]]] = []
+        for sop_class, syntaxes in pairs.items():
+            separate += [(sop_class, (ts,)) for ts in syntaxes if ts not in UNCOMPRESSED]
+            separate.append((sop_class, UNCOMPRESSED))
+        if len(separate) <= limit:
+            return separate
+        merged = [
+            (sop_class, tuple(dict.fromkeys((*syntaxes, *UNCOMPRESSED))))
+            for sop_class, syntaxes in pairs.items()
+        ]
+        if len(merged) > limit:
+            log.warning("%d SOP classes to send: only the first %d can be negotiated",
+                        len(merged), limit)
+        return merged[:limit]
+
+
+class RetrieveService:
+    def __init__(
+        self, *, query: QueryService, blobs: FileStore, peers: Sequence[Destination] = ()
+    ) -> None:
+        self.query = query
+        self.blobs = blobs
+        self.peers = {peer.ae_title: peer for peer in peers}
+
+    def destination(self, ae_title: str) -> Destination:
+        """The registered peer called ``ae_title``; :class:`UnknownPeer` otherwise."""
+        peer = self.peers.get(ae_title.strip())
+        if peer is None:
+            raise UnknownPeer(f"move destination {ae_title.strip()!r} is not a known peer")
+        return peer
+
+    def plan(self, query: Query) -> RetrievePlan:
+        return RetrievePlan(tuple(self.query.instances(query)))
+
+    @contextmanager
+    def prepared(self, item: RetrieveItem, accepted: Collection[str]) -> Iterator[Prepared]:
+        """``item`` as a file in a transfer syntax from ``accepted``.
+
+        Raises :class:`CannotTranscode` when no accepted syntax fits (or decoding fails) and
+        :class:`NotFound` when the stored file is gone.
+        """
+        target = choose_transfer_syntax(item.transfer_syntax_uid, accepted)
+        if target is None:
+            raise CannotTranscode(
+                f"SOP Instance {item.sop_instance_uid}: the peer accepted neither its stored "
+                f"transfer syntax {item.transfer_syntax_uid} nor an uncompressed one"
+            )
+        try:
+            stored = self.blobs.local_path(item.blob_key)
+        except BlobNotFound as error:
+            raise NotFound(f"SOP Instance {item.sop_instance_uid}: stored file missing") from error
+        if target == item.transfer_syntax_uid:
+            yield Prepared(item, stored, target, transcoded=False)
+            return
+        converted = transcode(stored.read_bytes(), target)
+        path = self.blobs.temp_path()
+        try:
+            with open(path, "xb") as out:
+                out.write(converted)
+            del converted
+            yield Prepared(item, path, target, transcoded=True)
+        finally:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass

@@ -39,13 +39,14 @@ class QueryService:
         """
         wanted = self.max_results if query.limit is None else min(query.limit, self.max_results)
         capped = query.limit is None or query.limit > self.max_results
-        first = self._batch(query, query.offset, min(self.batch_size, wanted + 1))
-        return self._stream(query, first, wanted, capped)
+        size = min(self.batch_size, wanted + 1)
+        first = self._batch(query, query.offset, size)
+        return self._stream(query, first, size, wanted, capped)
 
     def _stream(
-        self, query: Query, first: list[dict[str, Any]], wanted: int, capped: bool
+        self, query: Query, first: list[dict[str, Any]], size: int, wanted: int, capped: bool
     ) -> Iterator[dict[str, Any]]:
-        batch, sent, size = first, 0, len(first)
+        batch, sent = first, 0
         while True:
             for row in batch:
                 if sent == wanted:

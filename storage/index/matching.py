@@ -18,6 +18,7 @@ patient-level counts count archived studies alone.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
@@ -381,8 +382,12 @@ _COUNTED = {
 }
 
 
+@cache
 def _computed(key: Computed, dialect: str) -> ScalarSelect[Any]:
-    """A computed key of the outer row's entity (PS3.4 C.6.1.1, C.6.2.1), archived only."""
+    """A computed key of the outer row's entity (PS3.4 C.6.1.1, C.6.2.1), archived only.
+
+    Built once per key and dialect: aliases of the wide tables are costly to make.
+    """
     if key in LISTED_ATTRIBUTE:
         listed = BY_KEYWORD[LISTED_ATTRIBUTE[key]]
         source, where, aliases = _descendants(key.level, listed.level)

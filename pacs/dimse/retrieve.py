@@ -201,6 +201,8 @@ class _Retrieval:
                     originator_aet=originator,
                     originator_id=message_id if originator else None,
                 )
+                if store is not self.scp.assoc:  # C-MOVE: its reactor is another thread
+                    tuning.settle_after_send(store)
         except (CannotTranscode, NotFound) as error:
             log.warning("sub-operation for %s failed: %s", item.sop_instance_uid, error)
             return None

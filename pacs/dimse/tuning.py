@@ -8,6 +8,9 @@
    temporary file behind when an association aborts mid-dataset; we remove it on close.
 4. ``ApplicationEntity._servers``: a server made with ``make_server`` (to choose its class)
    must be registered there, as ``start_server`` does, or its ``shutdown`` fails.
+6. ``Association._is_paused``: pynetdicom's requestor reactor can take the response to a
+   C-STORE that follows another one at once (``send_c_store`` sees the stale paused flag of
+   the previous pause); :func:`settle_after_send` waits until the reactor has resumed.
 5. ``pynetdicom.association.uid_to_service_class``: the one place an association picks the
    service class of a request; C-MOVE and C-GET get ours (``retrieve.py``), which sends from
    files instead of re-encoding decoded datasets.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +56,14 @@ def install_service_class(service_class: type[Any], sop_classes: frozenset[str])
 
     chosen.__wrapped__ = original  # type: ignore[attr-defined]
     setattr(association, "uid_to_service_class", chosen)  # noqa: B010
+
+
+def settle_after_send(assoc: Any, timeout: float = 1.0) -> None:
+    """Wait until ``assoc``'s reactor has left its pause (see 6. above): call between
+    back-to-back requests on an association whose reactor runs in another thread."""
+    deadline = time.monotonic() + timeout
+    while assoc._is_paused and assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.00005)
 
 
 def tune_association(assoc: Any) -> None:

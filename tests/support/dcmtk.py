@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
+import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -69,3 +72,91 @@ def successes(result: subprocess.CompletedProcess[str]) -> int:
     """How many C-STORE responses with status Success storescu reported (-v)."""
     text = result.stdout + result.stderr
     return text.count("Received Store Response (Success)")
+
+
+def findscu(
+    port: int, keys: list[str], *, workdir: Path, model: str = "-S", extra: tuple[str, ...] = (),
+    aec: str = "PACS",
+) -> tuple[subprocess.CompletedProcess[str], list[pydicom.Dataset]]:
+    """C-FIND with ``-k`` keys; the response identifiers, read from the files findscu
+    extracts (``-X``), in the order they arrived."""
+    out = Path(tempfile.mkdtemp(prefix="findscu-", dir=workdir))
+    args = ["-v", model, "-aec", aec, "-X", "-od", str(out), *extra]
+    for key in keys:
+        args += ["-k", key]
+    result = run("findscu", *args, "127.0.0.1", str(port))
+    responses = [pydicom.dcmread(path) for path in sorted(out.glob("rsp*.dcm"))]
+    return result, responses
+
+
+def movescu(
+    port: int, keys: list[str], *, destination: str, model: str = "-S",
+    extra: tuple[str, ...] = (), aec: str = "PACS",
+) -> subprocess.CompletedProcess[str]:
+    args = ["-v", model, "-aec", aec, "-aem", destination, *extra]
+    for key in keys:
+        args += ["-k", key]
+    return run("movescu", *args, "127.0.0.1", str(port))
+
+
+def getscu(
+    port: int, keys: list[str], *, output: Path, model: str = "-S",
+    extra: tuple[str, ...] = (), aec: str = "PACS",
+) -> subprocess.CompletedProcess[str]:
+    output.mkdir(parents=True, exist_ok=True)
+    args = ["-v", model, "-aec", aec, "-od", str(output), *extra]
+    for key in keys:
+        args += ["-k", key]
+    return run("getscu", *args, "127.0.0.1", str(port))
+
+
+class Storescp:
+    """DCMTK ``storescp`` as a C-MOVE destination, writing what it receives unchanged (+B)."""
+
+    def __init__(self, output: Path, *, ae_title: str = "DEST", accept_all: bool = True) -> None:
+        self.output = output
+        self.ae_title = ae_title
+        self.accept_all = accept_all
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Storescp:
+        self.output.mkdir(parents=True, exist_ok=True)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = int(probe.getsockname()[1])
+        args = [tool("storescp"), "-aet", self.ae_title, "+B", "-od", str(self.output)]
+        if self.accept_all:
+            args.append("+xa")
+        self.process = subprocess.Popen(
+            [*args, str(self.port)], env=env(), stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.02)
+        raise RuntimeError("storescp did not start listening")
+
+    @property
+    def peer(self) -> str:
+        return f"{self.ae_title}=127.0.0.1:{self.port}"
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.output.rglob("*") if p.is_file())
+
+    def clear(self) -> None:
+        for path in self.files():
+            path.unlink()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+
+def status_lines(result: subprocess.CompletedProcess[str]) -> str:
+    return result.stdout + result.stderr

@@ -28,9 +28,12 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-## bench: ingest benchmark against DCMTK storescp, Orthanc and pacs (SQLite, PostgreSQL)
+## bench: ingest benchmark against DCMTK storescp, Orthanc and pacs (SQLite, PostgreSQL),
+## then the query/retrieve benchmark (C-FIND at 10k and 100k instances, C-MOVE, C-GET);
+## BENCH_QUERY_ARGS=--orthanc adds Orthanc to the latter (filling it takes minutes)
 bench: $(STAMP) dcmtk
 	$(PY) -m bench.ingest --rss-run 10000 $(BENCH_ARGS)
+	$(PY) -m bench.query $(BENCH_QUERY_ARGS)
 
 ## dcmtk: the DCMTK tools the tests talk to (apt-get when missing and root)
 dcmtk:

@@ -389,13 +389,22 @@ class _OrthancPoster:
         self.local = threading.local()
 
     def post(self, body: bytes) -> None:
-        conn = getattr(self.local, "conn", None)
-        if conn is None:
-            conn = http.client.HTTPConnection(LOOPBACK, self.port, timeout=60)
-            self.local.conn = conn
-        conn.request("POST", "/instances", body, {"Content-Type": "application/dicom"})
-        response = conn.getresponse()
-        data = response.read()
+        for attempt in range(3):
+            conn = getattr(self.local, "conn", None)
+            if conn is None:
+                conn = http.client.HTTPConnection(LOOPBACK, self.port, timeout=60)
+                self.local.conn = conn
+            try:
+                conn.request("POST", "/instances", body, {"Content-Type": "application/dicom"})
+                response = conn.getresponse()
+                data = response.read()
+                break
+            except (ConnectionError, http.client.HTTPException):
+                # Orthanc closes idle keep-alive connections: reconnect and send again
+                conn.close()
+                self.local.conn = None
+                if attempt == 2:
+                    raise
         if response.status != 200:
             raise RuntimeError(f"Orthanc POST /instances: HTTP {response.status} {data[:200]!r}")
 
@@ -407,7 +416,7 @@ def fill_orthanc(port: int, studies: Sequence[StudySpec], threads: int = 4) -> f
         chunk: list[bytes] = []
         for ds in instance_datasets(studies, pixels=True):
             chunk.append(file_bytes(ds))
-            if len(chunk) >= 2000:
+            if len(chunk) >= 200:
                 list(pool.map(poster.post, chunk))
                 chunk = []
         list(pool.map(poster.post, chunk))

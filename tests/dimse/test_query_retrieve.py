@@ -313,7 +313,7 @@ def test_cancel_stops_a_long_find(tmp_path: Path, sqlite_url: str) -> None:
         server.stop()
     text = dcmtk.status_lines(result)
     assert result.returncode == 0, text
-    assert "Received Final Find Response (Matching terminated due to Cancel" in text, text
+    assert "Received Final Find Response (Cancel" in text, text
     assert 5 <= len(responses) < 1000, text
     # without a cancel, the result is capped at 1,000 (the default cap) with a warning logged
     assert len(all_responses) == 1000

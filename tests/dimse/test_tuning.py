@@ -10,7 +10,7 @@ from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket
 
-from pacs.dimse.contexts import scp_contexts, transfer_syntaxes
+from pacs.dimse.contexts import QUERY_RETRIEVE, scp_contexts, transfer_syntaxes
 
 
 def test_pynetdicom_internals_we_tune_still_exist() -> None:
@@ -26,8 +26,14 @@ def test_contexts_cover_every_storage_class_and_transfer_syntax_and_copy_cheaply
     contexts = scp_contexts()
     syntaxes = transfer_syntaxes()
 
-    assert len(contexts) == 1 + len(pynetdicom.AllStoragePresentationContexts)
-    assert all(cx.transfer_syntax == syntaxes for cx in contexts[1:])
+    storage = contexts[1 + len(QUERY_RETRIEVE):]
+    assert len(contexts) == 1 + len(QUERY_RETRIEVE) + len(pynetdicom.AllStoragePresentationContexts)
+    assert all(cx.transfer_syntax == syntaxes for cx in storage)
+    # a C-GET requestor's SCP role for the storage classes is accepted (PS3.7 D.3.3.4)
+    assert all(cx.scu_role and cx.scp_role for cx in storage)
+    assert [str(cx.abstract_syntax) for cx in contexts[1:1 + len(QUERY_RETRIEVE)]] == list(
+        QUERY_RETRIEVE
+    )
     for needed in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2",
                    "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.70",
                    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",

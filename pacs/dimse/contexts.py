@@ -59,7 +59,8 @@ def scp_contexts() -> SharedContexts:
     """
     syntaxes = transfer_syntaxes()
     contexts = [build_context(VERIFICATION, syntaxes[:4])]
-    contexts += [build_context(sop_class, syntaxes[:4]) for sop_class in QUERY_RETRIEVE]
+    # identifiers in little endian only: the lean encoders (encoding.py) write those
+    contexts += [build_context(sop_class, syntaxes[:2]) for sop_class in QUERY_RETRIEVE]
     for cx in AllStoragePresentationContexts:
         context = build_context(str(cx.abstract_syntax), syntaxes)
         context.scu_role = True

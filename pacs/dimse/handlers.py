@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
-from pynetdicom.dimse_primitives import C_FIND, C_STORE
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from pacs.dimse import tuning
-from pacs.dimse.identifiers import FIND_MODELS, find_request, response
 from pacs.dimse.inflight import InFlight
-from pacs.dimse.status import Status, query_status, store_status
+from pacs.dimse.status import Status, store_status
 from pacs.services.errors import PacsError
 from pacs.services.ingest import Expected, Incoming, IngestService, Origin
-from pacs.services.query import QueryService
 
 log = logging.getLogger(__name__)
 
@@ -26,20 +23,9 @@ _ERROR_COMMENT_MAX = 64  # Error Comment (0000,0902) is LO
 class DimseHandlers:
     """One instance per server; pynetdicom calls these from one thread per association."""
 
-    def __init__(
-        self,
-        ingest: IngestService,
-        inflight: InFlight,
-        *,
-        query: QueryService | None = None,
-        ae_title: str = "PACS",
-        fuzzy_person_names: bool = True,
-    ) -> None:
+    def __init__(self, ingest: IngestService, inflight: InFlight) -> None:
         self.ingest = ingest
         self.inflight = inflight
-        self.query = query
-        self.ae_title = ae_title
-        self.fuzzy_person_names = fuzzy_person_names
 
     def bindings(self) -> list[tuple[Any, Any]]:
         from pynetdicom import evt
@@ -50,7 +36,6 @@ class DimseHandlers:
             (evt.EVT_ESTABLISHED, self.on_established),
             (evt.EVT_C_ECHO, self.on_echo),
             (evt.EVT_C_STORE, self.on_store),
-            (evt.EVT_C_FIND, self.on_find),
         ]
 
     def on_conn_open(self, event: Event) -> None:
@@ -89,36 +74,6 @@ class DimseHandlers:
                 return _failure(status, str(error))
         log.debug("C-STORE %s: %s", outcome.sop_instance_uid, outcome.status)
         return int(Status.SUCCESS)
-
-
-    def on_find(self, event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
-        """C-FIND (PS3.4 C.4.1): one pending response per match; C-CANCEL stops it."""
-        request = cast(C_FIND, event.request)
-        model = FIND_MODELS.get(str(request.AffectedSOPClassUID))
-        if model is None or self.query is None:
-            yield _failure(Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "not a Q/R FIND model"), None
-            return
-        try:
-            find = find_request(
-                event.identifier, model, fuzzy_person_names=self.fuzzy_person_names
-            )
-            matches = self.query.find(find.query)
-        except PacsError as error:
-            status = query_status(error)
-            log.warning("C-FIND from %s refused (0x%04X): %s", _calling_ae(event), status, error)
-            yield _failure(status, str(error)), None
-            return
-        count = 0
-        for row in matches:
-            if event.is_cancelled:
-                log.info("C-FIND cancelled after %d matches", count)
-                yield int(Status.CANCEL), None
-                return
-            count += 1
-            yield int(Status.PENDING), response(row, find, ae_title=self.ae_title)
-        log.info("C-FIND %s level from %s: %d matches", find.query.level, _calling_ae(event),
-                 count)
-        yield int(Status.SUCCESS), None
 
 
 def _calling_ae(event: Event) -> str:

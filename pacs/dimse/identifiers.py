@@ -16,7 +16,6 @@ from typing import Any
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.valuerep import DSfloat
 
 from pacs.services.errors import InvalidQuery
 from storage.attributes import BY_KEYWORD, Level
@@ -171,10 +170,11 @@ def retrieve_query(identifier: Dataset, model: InformationModel) -> Query:
 
 def response(
     row: dict[str, Any], request: FindRequest, *, ae_title: str
-) -> Dataset:
-    """The C-FIND response Identifier for one match (C.4.1.2.3): every requested key."""
-    answer = Dataset()
-    non_ascii = False
+) -> tuple[list[tuple[str, Any]], str | None]:
+    """The C-FIND response Identifier for one match (C.4.1.2.3) as (keyword, value) pairs,
+    and its Specific Character Set: ``ISO_IR 192`` when a value is not ASCII, else empty when
+    the request asked for it, else None (left out)."""
+    values: dict[str, Any] = {}
     for keyword in request.requested:
         if keyword == "SpecificCharacterSet":
             continue
@@ -187,31 +187,20 @@ def response(
         elif keyword in request.sequences:
             value = []
         else:
-            value = _value(keyword, row.get(keyword))
-        setattr(answer, keyword, value)
-        non_ascii = non_ascii or _is_non_ascii(value)
+            value = row.get(keyword)
+        values[keyword] = value
     for keyword in _unique_keys(request.query.level):
-        if keyword not in answer and row.get(keyword) is not None:
-            setattr(answer, keyword, row[keyword])
-    if "QueryRetrieveLevel" not in answer:
-        answer.QueryRetrieveLevel = str(request.query.level)
-    if non_ascii:
-        answer.SpecificCharacterSet = "ISO_IR 192"
-    return answer
+        if keyword not in values and row.get(keyword) is not None:
+            values[keyword] = row[keyword]
+    values.setdefault("QueryRetrieveLevel", str(request.query.level))
+    if any(_is_non_ascii(v) for v in values.values()):
+        return list(values.items()), "ISO_IR 192"
+    # asked for but not needed: present and empty (the default repertoire)
+    return list(values.items()), ("" if "SpecificCharacterSet" in request.requested else None)
 
 
 def _unique_keys(level: Level) -> list[str]:
     return [UNIQUE_KEY[upper] for upper in Level if _RANK[upper] <= _RANK[level]]
-
-
-def _value(keyword: str, value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, list | tuple):
-        return [str(v) for v in value]
-    if isinstance(value, float):
-        return DSfloat(value, auto_format=True)
-    return value
 
 
 def _is_non_ascii(value: Any) -> bool:

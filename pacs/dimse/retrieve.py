@@ -1,9 +1,8 @@
 """C-MOVE and C-GET SCPs (PS3.4 C.4.2, C.4.3): C-STORE sub-operations sent from files.
 
 pynetdicom's own Q/R service class hands every instance to ``send_c_store`` as a decoded
-``Dataset``, re-encoding it (slow, and not byte-identical). :class:`RetrieveServiceClass`
-replaces its C-MOVE and C-GET parts (C-FIND stays pynetdicom's, with the handler in
-``handlers.py``): each instance is sent from its stored file with pynetdicom's chunked send,
+``Dataset``, re-encoding it (slow, and not byte-identical). :class:`Retrieval` (called by
+``qr.QueryRetrieveSCP``) sends each instance from its stored file with pynetdicom's chunked send,
 or from a decoded copy when the peer did not accept the stored transfer syntax, with pending
 responses carrying the sub-operation counts and C-CANCEL honoured between sub-operations.
 """
@@ -15,14 +14,12 @@ from dataclasses import dataclass, field
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, cast
 
-from pydicom.dataset import Dataset
 from pynetdicom import build_context, evt
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
-from pynetdicom.dsutils import decode, encode
-from pynetdicom.service_class import QueryRetrieveServiceClass
+from pynetdicom.dsutils import decode
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 
-from pacs.dimse import tuning
+from pacs.dimse import encoding, tuning
 from pacs.dimse.identifiers import GET_MODELS, MOVE_MODELS, retrieve_query
 from pacs.dimse.status import Status, query_status
 from pacs.services.errors import CannotTranscode, NotFound, PacsError
@@ -31,12 +28,11 @@ from pacs.services.retrieve import RetrievePlan, RetrieveService
 if TYPE_CHECKING:
     from pynetdicom.association import Association
     from pynetdicom.presentation import PresentationContext
+    from pynetdicom.service_class import ServiceClass
 
     from storage.query import RetrieveItem
 
 log = logging.getLogger(__name__)
-
-_ERROR_COMMENT_MAX = 64
 
 
 @dataclass
@@ -50,28 +46,12 @@ class _Counts:
     failed_uids: list[str] = field(default_factory=list)
 
 
-class RetrieveServiceClass(QueryRetrieveServiceClass):
-    """pynetdicom's Q/R service class with our C-MOVE and C-GET (see the module docstring)."""
-
-    retrieve: RetrieveService | None = None  # set by the server (one per process)
-
-    def SCP(self, req: Any, context: PresentationContext) -> None:  # noqa: N802 (pynetdicom)
-        service = type(self).retrieve
-        syntax = str(context.abstract_syntax)
-        if service is not None and isinstance(req, C_MOVE) and syntax in MOVE_MODELS:
-            _Retrieval(self, service, req, context).move()
-        elif service is not None and isinstance(req, C_GET) and syntax in GET_MODELS:
-            _Retrieval(self, service, req, context).get()
-        else:
-            super().SCP(req, context)
-
-
-class _Retrieval:
+class Retrieval:
     """One C-MOVE or C-GET request, from identifier to final response."""
 
     def __init__(
         self,
-        scp: RetrieveServiceClass,
+        scp: ServiceClass,
         service: RetrieveService,
         request: C_MOVE | C_GET,
         context: PresentationContext,
@@ -84,9 +64,6 @@ class _Retrieval:
         self.model = (MOVE_MODELS if isinstance(request, C_MOVE) else GET_MODELS)[
             str(context.abstract_syntax)
         ]
-        self.response: C_MOVE | C_GET = C_MOVE() if isinstance(request, C_MOVE) else C_GET()
-        self.response.MessageIDBeingRespondedTo = request.MessageID
-        self.response.AffectedSOPClassUID = request.AffectedSOPClassUID
 
     # -- the two services ----------------------------------------------------------------
     def move(self) -> None:
@@ -217,69 +194,63 @@ class _Retrieval:
             log.warning("C-STORE of %s answered 0x%04X", item.sop_instance_uid, int(status))
         return int(status)
 
-    # -- responses -----------------------------------------------------------------------
+    # -- responses (encoded by ``encoding``, not pynetdicom's pydicom round trip) ----------
     def _pending(self, counts: _Counts) -> None:
-        rsp = self.response
-        rsp.Status = int(Status.PENDING)
-        rsp.Identifier = None
-        rsp.NumberOfRemainingSuboperations = counts.remaining
-        rsp.NumberOfCompletedSuboperations = counts.completed
-        rsp.NumberOfFailedSuboperations = counts.failed
-        rsp.NumberOfWarningSuboperations = counts.warning
-        self.scp.dimse.send_msg(rsp, self.context_id)
+        self._respond(Status.PENDING, counts=(counts.remaining, counts.completed, counts.failed,
+                                           counts.warning))
 
     def _cancelled(self, counts: _Counts) -> None:
         log.info("retrieve cancelled with %d sub-operations remaining", counts.remaining)
-        rsp = self.response
-        rsp.Status = int(Status.CANCEL)
-        rsp.Identifier = self._failed_list(counts.failed_uids)
-        rsp.NumberOfRemainingSuboperations = counts.remaining
-        rsp.NumberOfCompletedSuboperations = counts.completed
-        rsp.NumberOfFailedSuboperations = counts.failed
-        rsp.NumberOfWarningSuboperations = counts.warning
-        self.scp.dimse.send_msg(rsp, self.context_id)
+        self._respond(
+            Status.CANCEL,
+            counts=(counts.remaining, counts.completed, counts.failed, counts.warning),
+            failed=counts.failed_uids,
+        )
 
     def _final(self, counts: _Counts) -> None:
         """C.4.2.1.5: success, warning (some failed or warned) or failure (all failed)."""
-        rsp = self.response
         total = counts.completed + counts.failed + counts.warning
         if counts.failed == 0 and counts.warning == 0:
-            rsp.Status = int(Status.SUCCESS)
-            rsp.Identifier = None
+            status = Status.SUCCESS
         elif counts.failed == total:
-            rsp.Status = int(Status.UNABLE_TO_PERFORM_SUBOPERATIONS)
-            rsp.Identifier = self._failed_list(counts.failed_uids)
+            status = Status.UNABLE_TO_PERFORM_SUBOPERATIONS
         else:
-            rsp.Status = int(Status.SUBOPERATIONS_WARNING)
-            rsp.Identifier = self._failed_list(counts.failed_uids)
-        rsp.NumberOfRemainingSuboperations = None
-        rsp.NumberOfCompletedSuboperations = counts.completed
-        rsp.NumberOfFailedSuboperations = counts.failed
-        rsp.NumberOfWarningSuboperations = counts.warning
+            status = Status.SUBOPERATIONS_WARNING
         log.info("retrieve done: %d completed, %d failed, %d warning", counts.completed,
                  counts.failed, counts.warning)
-        self.scp.dimse.send_msg(rsp, self.context_id)
+        self._respond(status, counts=(None, counts.completed, counts.failed, counts.warning),
+                   failed=counts.failed_uids)
 
     def _fail(self, status: Status, comment: str) -> None:
         log.warning("retrieve refused (0x%04X): %s", int(status), comment)
-        rsp = self.response
-        rsp.Status = int(status)
-        rsp.ErrorComment = comment[:_ERROR_COMMENT_MAX]  # type: ignore[assignment]
-        rsp.Identifier = None
-        self.scp.dimse.send_msg(rsp, self.context_id)
+        self._respond(status, comment=comment)
 
-    def _failed_list(self, uids: list[str]) -> BytesIO | None:
-        if not uids:
-            return None
-        identifier = Dataset()
-        identifier.FailedSOPInstanceUIDList = uids
-        encoded = encode(
-            identifier,
-            self.syntax.is_implicit_VR,
-            self.syntax.is_little_endian,
-            self.syntax.is_deflated,
+    def _respond(
+        self,
+        status: Status,
+        *,
+        counts: tuple[int | None, int, int, int] | None = None,
+        failed: list[str] | None = None,
+        comment: str = "",
+    ) -> None:
+        data = None
+        if failed:
+            data = encoding.identifier([("FailedSOPInstanceUIDList", failed)],
+                                       implicit_vr=self.syntax.is_implicit_VR)
+        command = encoding.command_set(
+            sop_class_uid=str(self.request.AffectedSOPClassUID),
+            command_field=(encoding.C_MOVE_RSP if isinstance(self.request, C_MOVE)
+                           else encoding.C_GET_RSP),
+            message_id_responded_to=int(self.request.MessageID or 0),
+            status=int(status),
+            data_set=data is not None,
+            error_comment=comment or None,
+            counts=counts,
         )
-        return BytesIO(cast(bytes, encoded))
+        max_pdu = int(self.scp.dimse.maximum_pdu_size or 0)
+        tuning.send_when_drained(
+            self.scp.assoc, encoding.p_data(self.context_id, command, data, max_pdu)
+        )
 
 
 def _tune(event: Any) -> None:
@@ -307,12 +278,3 @@ def _category(status: int) -> str:
     if 0xB000 <= status <= 0xBFFF or status == 0x0001:
         return "Warning"
     return "Failure"
-
-
-def install(service: RetrieveService) -> None:
-    """Make ``service`` answer C-MOVE and C-GET in this process."""
-    RetrieveServiceClass.retrieve = service
-    tuning.enable_chunked_send()
-    tuning.install_service_class(
-        RetrieveServiceClass, frozenset(MOVE_MODELS) | frozenset(GET_MODELS)
-    )

@@ -15,7 +15,8 @@ from pacs.dimse.contexts import scp_contexts
 from pacs.dimse.handlers import DimseHandlers
 from pacs.dimse.handoff import Dispatcher
 from pacs.dimse.inflight import InFlight
-from pacs.dimse.retrieve import install as install_retrieve
+from pacs.dimse.qr import QueryRetrieveServices
+from pacs.dimse.qr import install as install_service_classes
 from pacs.services.ingest import IngestService
 from pacs.services.query import QueryService
 from pacs.services.retrieve import RetrieveService
@@ -43,11 +44,11 @@ class DimseServer:
         self.host = host
         self.port = port
         self.inflight = InFlight()
-        self.retrieve = retrieve
-        self.handlers = DimseHandlers(
-            ingest, self.inflight, query=query, ae_title=ae_title,
-            fuzzy_person_names=fuzzy_person_names,
+        self.query_retrieve = (
+            QueryRetrieveServices(query, retrieve, ae_title, fuzzy_person_names)
+            if query is not None and retrieve is not None else None
         )
+        self.handlers = DimseHandlers(ingest, self.inflight)
         self.ae = AE(ae_title=ae_title)
         self.ae.maximum_associations = max_associations
         self.ae.maximum_pdu_size = max_pdu_size
@@ -59,8 +60,7 @@ class DimseServer:
         """Listen on ``host:port`` (handing connections to ``dispatcher`` when given), or, with
         ``listen=False`` (a worker process), only serve connections passed to :meth:`adopt`."""
         tuning.enable_chunked_receive()
-        if self.retrieve is not None:
-            install_retrieve(self.retrieve)
+        install_service_classes(self.query_retrieve)
         server_class = _ListeningServer if listen else _AdoptingServer
         server: Any = self.ae.make_server(
             (self.host, self.port),

@@ -19,6 +19,7 @@ from pacs.services.errors import (
 
 class Status(IntEnum):
     SUCCESS = 0x0000
+    PROCESSING_FAILURE = 0x0110  # PS3.7 C.4.2: a handler failed unexpectedly
     PENDING = 0xFF00
     CANCEL = 0xFE00
     OUT_OF_RESOURCES = 0xA700

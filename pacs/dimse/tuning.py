@@ -11,6 +11,9 @@
 6. ``Association._is_paused``: pynetdicom's requestor reactor can take the response to a
    C-STORE that follows another one at once (``send_c_store`` sees the stale paused flag of
    the previous pause); :func:`settle_after_send` waits until the reactor has resumed.
+7. ``DULServiceProvider.to_provider_queue``: responses written by ``encoding.py`` go straight
+   to the DUL's queue; :func:`send_when_drained` keeps it short, so a C-CANCEL still finds
+   matches left to cancel and a large answer is not queued whole in memory.
 5. ``pynetdicom.association.uid_to_service_class``: the one place an association picks the
    service class of a request; C-MOVE and C-GET get ours (``retrieve.py``), which sends from
    files instead of re-encoding decoded datasets.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +48,32 @@ def enable_chunked_send() -> None:
     _config.STORE_SEND_CHUNKED_DATASET = True
 
 
-def install_service_class(service_class: type[Any], sop_classes: frozenset[str]) -> None:
-    """Requests on ``sop_classes`` are served by ``service_class`` (see 5. above)."""
+def install_service_class(choose: Callable[[str], type[Any] | None]) -> None:
+    """Requests are served by ``choose(uid)`` when it names a class (see 5. above), else by
+    pynetdicom's choice."""
     from pynetdicom import association
 
     current: Any = getattr(association, "uid_to_service_class")  # noqa: B009 (not exported)
     original = getattr(current, "__wrapped__", current)
 
     def chosen(uid: str) -> type[Any]:
-        return service_class if uid in sop_classes else original(uid)
+        return choose(uid) or original(uid)
 
     chosen.__wrapped__ = original  # type: ignore[attr-defined]
     setattr(association, "uid_to_service_class", chosen)  # noqa: B010
+
+
+MAX_QUEUED_PDUS = 8
+
+
+def send_when_drained(assoc: Any, primitives: list[Any]) -> None:
+    """Queue P-DATA primitives for the DUL once fewer than ``MAX_QUEUED_PDUS`` wait (see 7.)."""
+    dul = assoc.dul
+    queue = dul.to_provider_queue
+    while queue.qsize() >= MAX_QUEUED_PDUS and assoc.is_established:
+        time.sleep(0.0001)
+    for primitive in primitives:
+        dul.send_pdu(primitive)
 
 
 def settle_after_send(assoc: Any, timeout: float = 1.0) -> None:

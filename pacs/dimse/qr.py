@@ -1,0 +1,119 @@
+"""The service classes this SCP uses instead of pynetdicom's for its hot paths.
+
+pynetdicom picks a service class per request (``tuning.install_service_class``); these keep
+its event model where it is cheap and replace what is not:
+
+* :class:`QueryRetrieveSCP`: C-FIND (``find.py``) and C-MOVE / C-GET (``retrieve.py``), with
+  responses written by ``encoding.py``, instances sent from their files;
+* :class:`StorageSCP`: pynetdicom's Storage SCP, its C-STORE response written by ``encoding.py``
+  (the handler, ``handlers.DimseHandlers.on_store``, is unchanged).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE, C_STORE
+from pynetdicom.service_class import QueryRetrieveServiceClass, StorageServiceClass
+from pynetdicom.sop_class import uid_to_service_class
+
+from pacs.dimse import encoding, tuning
+from pacs.dimse.find import Find
+from pacs.dimse.identifiers import FIND_MODELS, GET_MODELS, MOVE_MODELS
+from pacs.dimse.retrieve import Retrieval
+from pacs.dimse.status import Status
+from pacs.services.query import QueryService
+from pacs.services.retrieve import RetrieveService
+
+if TYPE_CHECKING:
+    from pynetdicom.presentation import PresentationContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QueryRetrieveServices:
+    query: QueryService
+    retrieve: RetrieveService
+    ae_title: str
+    fuzzy_person_names: bool = True
+
+
+class QueryRetrieveSCP(QueryRetrieveServiceClass):
+    """C-FIND, C-MOVE and C-GET of the Patient Root and Study Root models."""
+
+    services: ClassVar[QueryRetrieveServices | None] = None  # one per process, see install()
+
+    def SCP(self, req: Any, context: PresentationContext) -> None:  # noqa: N802 (pynetdicom)
+        services = type(self).services
+        syntax = str(context.abstract_syntax)
+        if services is None:
+            super().SCP(req, context)
+        elif isinstance(req, C_FIND) and syntax in FIND_MODELS:
+            Find(self, services.query, req, context, ae_title=services.ae_title,
+                 fuzzy_person_names=services.fuzzy_person_names).run()
+        elif isinstance(req, C_MOVE) and syntax in MOVE_MODELS:
+            Retrieval(self, services.retrieve, req, context).move()
+        elif isinstance(req, C_GET) and syntax in GET_MODELS:
+            Retrieval(self, services.retrieve, req, context).get()
+        else:
+            super().SCP(req, context)
+
+
+class StorageSCP(StorageServiceClass):
+    """pynetdicom's Storage SCP with a lean C-STORE response (PS3.4 B.2.3)."""
+
+    def SCP(self, req: C_STORE, context: PresentationContext) -> None:  # noqa: N802
+        context_id = cast(int, context.context_id)
+        try:
+            answer = evt.trigger(self.assoc, evt.EVT_C_STORE,
+                                 {"request": req, "context": context.as_tuple})
+        except Exception:  # a handler bug must not kill the association (as pynetdicom does)
+            log.exception("C-STORE handler failed")
+            answer = int(Status.PROCESSING_FAILURE)
+        finally:
+            if req._dataset_file:
+                req._dataset_file.close()
+                try:
+                    os.unlink(req._dataset_file.name)
+                except OSError:
+                    pass
+        if not self.assoc.is_established:
+            return
+        if isinstance(answer, Dataset):
+            status, comment = int(answer.Status), str(answer.get("ErrorComment", "") or "")
+        else:
+            status, comment = int(cast(int, answer)), ""
+        command = encoding.command_set(
+            sop_class_uid=str(req.AffectedSOPClassUID),
+            command_field=encoding.C_STORE_RSP,
+            message_id_responded_to=int(req.MessageID or 0),
+            status=status,
+            sop_instance_uid=str(req.AffectedSOPInstanceUID),
+            error_comment=comment or None,
+        )
+        tuning.send_when_drained(
+            self.assoc,
+            encoding.p_data(context_id, command, None, int(self.dimse.maximum_pdu_size or 0)),
+        )
+
+
+def install(services: QueryRetrieveServices | None) -> None:
+    """Serve Q/R (when ``services`` is given) and storage requests with the classes above."""
+    QueryRetrieveSCP.services = services
+    tuning.enable_chunked_send()
+    query_retrieve = frozenset(FIND_MODELS) | frozenset(MOVE_MODELS) | frozenset(GET_MODELS)
+
+    def choose(uid: str) -> type[Any] | None:
+        if uid in query_retrieve:
+            return QueryRetrieveSCP
+        if uid_to_service_class(uid) is StorageServiceClass:
+            return StorageSCP
+        return None
+
+    tuning.install_service_class(choose)

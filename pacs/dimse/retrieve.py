@@ -254,7 +254,7 @@ class Retrieval:
 
 
 def _tune(event: Any) -> None:
-    tuning.tune_association(event.assoc)
+    tuning.tune_association(event.assoc, acceptor=False)
 
 
 def _accepted(store: Association, *, as_scu_only: bool) -> dict[str, list[str]]:

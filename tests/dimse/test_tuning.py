@@ -5,11 +5,15 @@ from __future__ import annotations
 import copy
 
 import pynetdicom
-from pynetdicom import _config
+from pynetdicom import _config, association
+from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.service_class import VerificationServiceClass
 from pynetdicom.transport import AssociationSocket
 
+from pacs.dimse import tuning
 from pacs.dimse.contexts import QUERY_RETRIEVE, scp_contexts, transfer_syntaxes
 
 
@@ -20,6 +24,24 @@ def test_pynetdicom_internals_we_tune_still_exist() -> None:
     assert "_run_loop_delay" in DULServiceProvider.__init__.__code__.co_names
     assert "socket" in AssociationSocket.__init__.__code__.co_names
     assert "_data_set_file" in DIMSEMessage.__init__.__code__.co_names
+    assert "to_provider_queue" in DULServiceProvider.__init__.__code__.co_names
+    assert "msg_queue" in DIMSEServiceProvider.__init__.__code__.co_names
+    assert "_is_paused" in Association.__init__.__code__.co_names
+    assert callable(getattr(association, "uid_to_service_class"))  # noqa: B009
+    # our acceptor reactor is pynetdicom's loop with another wait: it uses what that loop uses
+    theirs = set(Association._run_reactor.__code__.co_names)
+    ours = set(tuning._acceptor_reactor.__code__.co_names) - {"_wait_for_message", "log"}
+    assert ours <= theirs | {"error"}, ours - theirs
+
+
+def test_service_classes_are_ours_once_installed() -> None:
+    from pacs.dimse import qr
+
+    qr.install(None)
+    chosen = getattr(association, "uid_to_service_class")  # noqa: B009
+    assert chosen("1.2.840.10008.5.1.4.1.2.2.1") is qr.QueryRetrieveSCP  # Study Root FIND
+    assert chosen("1.2.840.10008.5.1.4.1.1.2") is qr.StorageSCP  # CT Image Storage
+    assert chosen("1.2.840.10008.1.1") is VerificationServiceClass
 
 
 def test_contexts_cover_every_storage_class_and_transfer_syntax_and_copy_cheaply() -> None:

@@ -44,6 +44,8 @@ class DimseServer:
         self.host = host
         self.port = port
         self.inflight = InFlight()
+        self.receive_folder = ingest.temp_dir()
+        self._receive_files: Any = None
         self.query_retrieve = (
             QueryRetrieveServices(query, retrieve, ae_title, fuzzy_person_names)
             if query is not None and retrieve is not None else None
@@ -59,7 +61,7 @@ class DimseServer:
     def start(self, *, listen: bool = True, dispatcher: Dispatcher | None = None) -> None:
         """Listen on ``host:port`` (handing connections to ``dispatcher`` when given), or, with
         ``listen=False`` (a worker process), only serve connections passed to :meth:`adopt`."""
-        tuning.enable_chunked_receive()
+        self._receive_files = tuning.enable_chunked_receive(self.receive_folder)
         install_service_classes(self.query_retrieve)
         server_class = _ListeningServer if listen else _AdoptingServer
         server: Any = self.ae.make_server(
@@ -103,6 +105,8 @@ class DimseServer:
             log.warning(
                 "%d DIMSE requests still running after %.0f s", self.inflight.count, timeout
             )
+        if self._receive_files is not None:
+            self._receive_files.stop()
 
 
 class _ListeningServer(ThreadedAssociationServer):

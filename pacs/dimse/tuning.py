@@ -17,6 +17,9 @@
 8. ``Association._run_reactor``: an acceptor's reactor polls for DIMSE messages with a fixed
    1 ms sleep, so each request waits 0.5 ms on average before it is served; ours waits on the
    message queue instead (:func:`_acceptor_reactor`, the same loop otherwise).
+9. ``pynetdicom.dimse_messages.NamedTemporaryFile``, ``create_file_meta`` and
+   ``write_file_meta_info``: the chunked receive's file and its File Meta Information, made
+   ahead of time / written from bytes by ``receive_files.py``.
 5. ``pynetdicom.association.uid_to_service_class``: the one place an association picks the
    service class of a request; C-MOVE and C-GET get ours (``retrieve.py``), which sends from
    files instead of re-encoding decoded datasets.
@@ -42,9 +45,22 @@ log = logging.getLogger(__name__)
 REACTOR_DELAY_S = 0.0001
 
 
-def enable_chunked_receive() -> None:
-    """C-STORE datasets are written to a temporary file as they arrive, never held whole."""
+def enable_chunked_receive(folder: Path | None = None) -> Any:
+    """C-STORE datasets are written to a temporary file as they arrive, never held whole; with
+    ``folder``, into files made ahead of time there (see 9. above). Returns the maker of those
+    files (``stop()`` it before sweeping ``folder``), or None."""
     _config.STORE_RECV_CHUNKED_DATASET = True
+    if folder is None:
+        return None
+    from pynetdicom import dimse_messages
+
+    from pacs.dimse.receive_files import ReceiveFiles, file_meta, write_file_meta
+
+    files = ReceiveFiles(folder)
+    setattr(dimse_messages, "NamedTemporaryFile", files)  # noqa: B010
+    setattr(dimse_messages, "create_file_meta", file_meta)  # noqa: B010
+    setattr(dimse_messages, "write_file_meta_info", write_file_meta)  # noqa: B010
+    return files
 
 
 def enable_chunked_send() -> None:

@@ -45,7 +45,8 @@ def _nothing_left(server: PacsServer, expected_instances: int) -> None:
         with services.index.unit_of_work() as repo:
             assert repo.counts()[Level.IMAGE] == expected_instances
         assert len(list(services.blobs.keys())) == expected_instances
-        assert list(services.blobs.tmp.iterdir()) == []
+        # nothing half-written; the empty files made ahead for the next receives may be there
+        assert [p for p in services.blobs.tmp.iterdir() if p.stat().st_size] == []
 
 
 def _write(tmp_path: Path, name: str, data: bytes) -> Path:

@@ -1,0 +1,39 @@
+"""Receive files made ahead of time, and the File Meta Information written from bytes."""
+
+from __future__ import annotations
+
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+from pydicom.filewriter import write_file_meta_info
+from pynetdicom.dsutils import create_file_meta
+
+from pacs.dimse.receive_files import ReceiveFiles, file_meta, write_file_meta
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def test_file_meta_equals_pynetdicoms() -> None:
+    values = {"sop_class_uid": CT, "sop_instance_uid": "1.2.3.4.5",
+              "transfer_syntax": "1.2.840.10008.1.2.4.90"}
+    ours, theirs = BytesIO(), BytesIO()
+    write_file_meta(ours, file_meta(**values))
+    write_file_meta_info(theirs, create_file_meta(**values))  # type: ignore[arg-type]
+    assert ours.getvalue() == theirs.getvalue()
+
+
+def test_receive_files_are_ready_and_writable(tmp_path: Path) -> None:
+    files = ReceiveFiles(tmp_path, ready=4)
+    handles = [files(delete=False, mode="wb", suffix=".dcm") for _ in range(10)]  # beyond stock
+    for number, handle in enumerate(handles):
+        handle.write(b"\x00" * 128 + b"DICM")
+        write_file_meta(handle, file_meta(sop_class_uid=CT, sop_instance_uid=f"1.2.{number}",
+                                          transfer_syntax="1.2.840.10008.1.2.1"))
+        handle.file.flush()
+        handle.close()
+    names = {handle.name for handle in handles}
+    assert len(names) == 10 and all(Path(name).parent == tmp_path for name in names)
+    meta = pydicom.dcmread(handles[3].name, force=True).file_meta
+    assert meta.MediaStorageSOPInstanceUID == "1.2.3"
+    assert meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"

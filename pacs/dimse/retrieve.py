@@ -93,7 +93,8 @@ class Retrieval:
             )
             return
         try:
-            counts = self._send(store, plan, as_scu_only=False)
+            with tuning.reactor_paused(store):
+                counts = self._send(store, plan, as_scu_only=False)
         finally:
             if store.is_established:
                 store.release()
@@ -172,14 +173,13 @@ class Retrieval:
     ) -> int | None:
         try:
             with self.service.prepared(item, accepted.get(item.sop_class_uid or "", [])) as ready:
-                answer = store.send_c_store(
-                    ready.path,
-                    msg_id=(message_id + number) % 65536,
-                    originator_aet=originator,
-                    originator_id=message_id if originator else None,
-                )
-                if store is not self.scp.assoc:  # C-MOVE: its reactor is another thread
-                    tuning.settle_after_send(store)
+                if store is self.scp.assoc:  # C-GET: on the requestor's association
+                    answer = store.send_c_store(ready.path, msg_id=(message_id + number) % 65536)
+                else:  # C-MOVE: our association to the destination, its reactor held paused
+                    answer = tuning.send_file(
+                        store, ready.path, msg_id=(message_id + number) % 65536,
+                        originator_aet=originator, originator_id=message_id,
+                    )
         except (CannotTranscode, NotFound) as error:
             log.warning("sub-operation for %s failed: %s", item.sop_instance_uid, error)
             return None

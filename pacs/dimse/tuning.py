@@ -8,9 +8,11 @@
    temporary file behind when an association aborts mid-dataset; we remove it on close.
 4. ``ApplicationEntity._servers``: a server made with ``make_server`` (to choose its class)
    must be registered there, as ``start_server`` does, or its ``shutdown`` fails.
-6. ``Association._is_paused``: pynetdicom's requestor reactor can take the response to a
-   C-STORE that follows another one at once (``send_c_store`` sees the stale paused flag of
-   the previous pause); :func:`settle_after_send` waits until the reactor has resumed.
+6. ``Association._reactor_checkpoint``, ``_is_paused``, ``_get_valid_context``,
+   ``_check_received_status``, ``_handle_no_response``: C-MOVE sub-operations are sent with
+   the requestor's reactor held paused for the whole batch (:func:`reactor_paused`,
+   :func:`send_file`); pynetdicom's per-request pause costs a reactor turn each, and its
+   reactor could take the response to a C-STORE that follows another one at once.
 7. ``DULServiceProvider.to_provider_queue``: responses written by ``encoding.py`` go straight
    to the DUL's queue; :func:`send_when_drained` keeps it short, so a C-CANCEL still finds
    matches left to cancel and a large answer is not queued whole in memory.
@@ -34,7 +36,8 @@ import logging
 import socket
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -96,12 +99,50 @@ def send_when_drained(assoc: Any, primitives: list[Any]) -> None:
         dul.send_pdu(primitive)
 
 
-def settle_after_send(assoc: Any, timeout: float = 1.0) -> None:
-    """Wait until ``assoc``'s reactor has left its pause (see 6. above): call between
-    back-to-back requests on an association whose reactor runs in another thread."""
-    deadline = time.monotonic() + timeout
-    while assoc._is_paused and assoc.is_established and time.monotonic() < deadline:
-        time.sleep(0.00005)
+@contextmanager
+def reactor_paused(assoc: Any) -> Iterator[None]:
+    """Hold a requestor association's reactor paused for a batch of requests (see 6. above):
+    pynetdicom pauses it around each ``send_c_store``, which costs up to one reactor turn
+    (1 ms) per request and races with the previous request's resume."""
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused and assoc.is_established:
+        time.sleep(0.0001)
+    try:
+        yield
+    finally:
+        assoc._reactor_checkpoint.set()
+
+
+def send_file(
+    assoc: Any, path: Path, *, msg_id: int, originator_aet: str | None,
+    originator_id: int | None,
+) -> Any:
+    """``send_c_store(path)`` with the chunked send, for use inside :func:`reactor_paused`:
+    the data set streams from the file unchanged. Returns the response's status Dataset
+    (empty when the peer did not answer)."""
+    from pydicom.dataset import Dataset
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.dsutils import split_dataset
+
+    file_meta, offset = split_dataset(path)
+    request = C_STORE()
+    request.MessageID = msg_id
+    request.Priority = 2
+    request.MoveOriginatorApplicationEntityTitle = originator_aet
+    request.MoveOriginatorMessageID = originator_id
+    request.AffectedSOPClassUID = file_meta.MediaStorageSOPClassUID
+    request.AffectedSOPInstanceUID = file_meta.MediaStorageSOPInstanceUID
+    request._dataset_path = (path, offset)
+    context = assoc._get_valid_context(
+        file_meta.MediaStorageSOPClassUID, file_meta.TransferSyntaxUID, "scu",
+        allow_conversion=False,
+    )
+    assoc.dimse.send_msg(request, context.context_id)
+    _, response = assoc.dimse.get_msg(block=True)
+    if response is None:
+        assoc._handle_no_response()
+        return Dataset()
+    return assoc._check_received_status(response)
 
 
 def tune_association(assoc: Any, *, acceptor: bool = True) -> None:

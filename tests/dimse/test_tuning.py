@@ -27,6 +27,9 @@ def test_pynetdicom_internals_we_tune_still_exist() -> None:
     assert "to_provider_queue" in DULServiceProvider.__init__.__code__.co_names
     assert "msg_queue" in DIMSEServiceProvider.__init__.__code__.co_names
     assert "_is_paused" in Association.__init__.__code__.co_names
+    assert "_reactor_checkpoint" in Association.__init__.__code__.co_names
+    for method in ("_get_valid_context", "_check_received_status", "_handle_no_response"):
+        assert callable(getattr(Association, method))
     assert callable(getattr(association, "uid_to_service_class"))  # noqa: B009
     # our acceptor reactor is pynetdicom's loop with another wait: it uses what that loop uses
     theirs = set(Association._run_reactor.__code__.co_names)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from pacs.services.errors import InvalidQuery, OutOfResources
+from storage.attributes import Level
 from storage.index import Index, IndexUnavailable
 from storage.query import InvalidQueryValue, Query, RetrieveItem
 
@@ -19,26 +20,41 @@ __all__ = ["QueryService", "RetrieveItem"]
 
 log = logging.getLogger(__name__)
 
+_UNCAPPED = 2**62
+
 
 class QueryService:
     """Runs queries against the index; archived studies only (the index enforces it)."""
 
-    def __init__(self, *, index: Index, max_results: int = 1000, batch_size: int = 250) -> None:
+    def __init__(
+        self,
+        *,
+        index: Index,
+        max_results: int = 1000,
+        batch_size: int = 250,
+        capped_levels: frozenset[Level] = frozenset({Level.PATIENT, Level.STUDY}),
+    ) -> None:
         if max_results < 1 or batch_size < 1:
             raise ValueError("max_results and batch_size must be positive")
         self.index = index
         self.max_results = max_results
         self.batch_size = batch_size
+        # Only broad searches are capped: a SERIES or IMAGE query names its study, and a
+        # viewer asking for the images of a 2,000-slice series needs all of them (the rows
+        # are streamed in batches either way, so memory stays bounded).
+        self.capped_levels = capped_levels
 
     def find(self, query: Query) -> Iterator[dict[str, Any]]:
         """The matches of ``query`` (see ``Repository.find`` for the shape of each dict).
 
-        At most ``min(query.limit, max_results)``; when the cap cuts the result short, a
-        WARNING "result capped at N" is logged. The first batch is read before this returns,
-        so an invalid query raises :class:`InvalidQuery` here, not while iterating.
+        At most ``min(query.limit, max_results)`` at the capped levels (PATIENT, STUDY); when
+        the cap cuts the result short, a WARNING "result capped at N" is logged. The first
+        batch is read before this returns, so an invalid query raises :class:`InvalidQuery`
+        here, not while iterating.
         """
-        wanted = self.max_results if query.limit is None else min(query.limit, self.max_results)
-        capped = query.limit is None or query.limit > self.max_results
+        cap = self.max_results if query.level in self.capped_levels else _UNCAPPED
+        wanted = cap if query.limit is None else min(query.limit, cap)
+        capped = cap != _UNCAPPED and (query.limit is None or query.limit > cap)
         size = min(self.batch_size, wanted + 1)
         first = self._batch(query, query.offset, size)
         return self._stream(query, first, size, wanted, capped)

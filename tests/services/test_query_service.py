@@ -84,3 +84,17 @@ def test_instances_lists_what_to_retrieve(index: Index) -> None:
     items = service.instances(Query(Level.PATIENT, (condition("PatientName", "doe^3"),)))
 
     assert [(i.sop_class_uid, i.blob_size) for i in items] == [(f.CT_IMAGE, 10)]
+
+
+def test_series_and_image_queries_are_not_capped(
+    index: Index, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = QueryService(index=index, max_results=2, batch_size=2)
+
+    with caplog.at_level(logging.WARNING, logger="pacs.services.query"):
+        images = list(service.find(Query(Level.IMAGE)))
+        studies = list(service.find(Query(Level.STUDY)))
+
+    assert len(images) == 7  # every instance, though the cap is 2
+    assert len(studies) == 2
+    assert [r.getMessage() for r in caplog.records] == ["result capped at 2"]

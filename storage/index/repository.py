@@ -194,7 +194,11 @@ class Repository:
         sorted ``list[str]`` (empty when there is none; None in a PATIENT level query).
         One SQL statement.
         """
-        statement = find_statement(query, self._dialect).execution_options(yield_per=_BATCH)
+        statement = find_statement(query, self._dialect)
+        if query.limit is None or query.limit > _BATCH:
+            # a large page streams (a server-side cursor on PostgreSQL); a small one is read in
+            # one round trip, which is what QueryService's batches are
+            statement = statement.execution_options(yield_per=_BATCH)
         keys = list(dict.fromkeys((*UNIQUE_KEYS[query.level], *query.return_keys)))
         for row in self.connection.execute(statement):
             yield _response(keys, row._mapping)

@@ -474,3 +474,34 @@ def test_get_of_a_quarantined_study_sends_nothing(archive: Archive) -> None:
     )
     assert result.returncode == 0, dcmtk.status_lines(result)
     assert list(output.iterdir()) == []
+
+
+def test_move_patient_level_in_patient_root_sends_every_archived_study(archive: Archive) -> None:
+    archive.destination.clear()
+    result = dcmtk.movescu(
+        archive.server.dimse_port, ["QueryRetrieveLevel=PATIENT", "PatientID=P-DOE-1"],
+        destination="DEST", model="-P",
+    )
+    assert "Final Move Response (Success)" in dcmtk.status_lines(result), dcmtk.status_lines(
+        result
+    )
+    received = _dataset_bytes_by_uid(archive.destination.files())
+    assert len(received) == 3  # the CT pair and the MR of Doe^John's one study
+
+
+def test_get_image_level_with_a_uid_list(archive: Archive) -> None:
+    series = archive.find("SERIES", f"StudyInstanceUID={DOE_STUDY}", "SeriesInstanceUID",
+                          "Modality")
+    ct = next(s for s in series if s.Modality == "CT")
+    images = archive.find("IMAGE", f"StudyInstanceUID={DOE_STUDY}",
+                          f"SeriesInstanceUID={ct.SeriesInstanceUID}", "SOPInstanceUID")
+    uids = sorted(str(i.SOPInstanceUID) for i in images)
+    output = archive.workdir / "get-images"
+    result = dcmtk.getscu(
+        archive.server.dimse_port,
+        ["QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={DOE_STUDY}",
+         f"SeriesInstanceUID={ct.SeriesInstanceUID}", "SOPInstanceUID=" + "\\".join(uids)],
+        output=output,
+    )
+    assert result.returncode == 0, dcmtk.status_lines(result)
+    assert sorted(_dataset_bytes_by_uid(sorted(output.iterdir()))) == uids

@@ -95,9 +95,18 @@ class FileStore:
             (self.objects / f"{prefix:02x}").mkdir(parents=True, exist_ok=True)
 
     # -- staging -------------------------------------------------------------------------
-    def stage_file(self, path: Path, *, move: bool) -> StagedBlob:
-        """Stage an existing file: moved when it is already in :attr:`tmp`, copied otherwise."""
-        if move and (path.parent == self.tmp or path.parent.resolve() == self._tmp_resolved):
+    def stage_file(
+        self, path: Path, *, move: bool, digest: tuple[str, int] | None = None
+    ) -> StagedBlob:
+        """Stage an existing file: moved when it is already in :attr:`tmp`, copied otherwise.
+        ``digest`` (SHA-256, size), when the writer of a file in :attr:`tmp` hashed it."""
+        in_tmp = path.parent == self.tmp or path.parent.resolve() == self._tmp_resolved
+        if move and in_tmp and digest is not None and path.stat().st_size == digest[1]:
+            return StagedBlob(path=path, size=digest[1], sha256=digest[0])
+        return self._stage_existing(path, move=move and in_tmp)
+
+    def _stage_existing(self, path: Path, *, move: bool) -> StagedBlob:
+        if move:
             if path.stat().st_size <= IN_MEMORY_UP_TO:  # read once: hash and parse the same bytes
                 content = path.read_bytes()
                 digest = hashlib.sha256(content).hexdigest()

@@ -26,6 +26,7 @@ class DimseHandlers:
     def __init__(self, ingest: IngestService, inflight: InFlight) -> None:
         self.ingest = ingest
         self.inflight = inflight
+        self.receive_files: Any = None  # the receive-file maker, once the server started
 
     def bindings(self) -> list[tuple[Any, Any]]:
         from pynetdicom import evt
@@ -49,6 +50,8 @@ class DimseHandlers:
     def on_conn_close(self, event: Event) -> None:
         partial = tuning.partial_dataset_file(event.assoc)
         if partial is not None:
+            if self.receive_files is not None:
+                self.receive_files.forget(partial)
             partial.unlink(missing_ok=True)
             log.info("removed the partial dataset of an interrupted C-STORE")
 
@@ -64,8 +67,10 @@ class DimseHandlers:
         )
         with self.inflight:
             try:
+                path = event.dataset_path
+                digest = self.receive_files.written(path) if self.receive_files else None
                 outcome = self.ingest.store(
-                    Incoming.received_file(event.dataset_path), _origin(event), expected
+                    Incoming.received_file(path, digest), _origin(event), expected
                 )
             except PacsError as error:
                 status = store_status(error)

@@ -12,6 +12,7 @@ File Meta Information against pydicom's.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import struct
@@ -27,13 +28,18 @@ READY = 32  # files kept ready per process
 
 
 class ReceiveFile:
-    """The part of ``NamedTemporaryFile`` pynetdicom's chunked receive uses."""
+    """The part of ``NamedTemporaryFile`` pynetdicom's chunked receive uses; it also hashes
+    what it writes, so the store need not read the file again to find its content address."""
 
     def __init__(self, path: Path) -> None:
         self.name = str(path)
         self.file: IO[bytes] = open(path, "r+b")  # noqa: SIM115 (closed by pynetdicom)
+        self.sha256 = hashlib.sha256()
+        self.size = 0
 
     def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
         return self.file.write(data)
 
     def close(self) -> None:
@@ -47,6 +53,7 @@ class ReceiveFiles:
         self.folder = folder
         self.ready = ready
         self._stock: deque[Path] = deque()
+        self._open: dict[str, ReceiveFile] = {}  # by name, until the store takes the digest
         self._wanted = threading.Event()
         self._wanted.set()
         self._stopped = False
@@ -68,9 +75,22 @@ class ReceiveFiles:
             path = self._create()  # stock ran out: create on the spot
         self._wanted.set()
         try:
-            return ReceiveFile(path)
+            opened = ReceiveFile(path)
         except FileNotFoundError:  # swept meanwhile (shutdown, restart)
-            return ReceiveFile(self._create())
+            opened = ReceiveFile(self._create())
+        self._open[opened.name] = opened
+        return opened
+
+    def written(self, path: Path) -> tuple[str, int] | None:
+        """(SHA-256, size) of everything written to ``path`` (once; None if unknown)."""
+        opened = self._open.pop(str(path), None)
+        if opened is None:
+            return None
+        opened.file.flush()
+        return opened.sha256.hexdigest(), opened.size
+
+    def forget(self, path: Path) -> None:
+        self._open.pop(str(path), None)
 
     def _create(self) -> Path:
         path = self.folder / f"{uuid.uuid4().hex}.rcv"

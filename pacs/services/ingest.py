@@ -77,9 +77,10 @@ class Incoming:
         self._stage = stage
 
     @classmethod
-    def received_file(cls, path: Path) -> Incoming:
-        """A file already in the blob store's temporary area (DIMSE chunked receive): moved."""
-        return cls(lambda blobs: blobs.stage_file(path, move=True))
+    def received_file(cls, path: Path, digest: tuple[str, int] | None = None) -> Incoming:
+        """A file already in the blob store's temporary area (DIMSE chunked receive): moved.
+        ``digest``: its (SHA-256, size) when the receiver hashed it while writing."""
+        return cls(lambda blobs: blobs.stage_file(path, move=True, digest=digest))
 
     @classmethod
     def external_file(cls, path: Path) -> Incoming:

@@ -37,3 +37,17 @@ def test_receive_files_are_ready_and_writable(tmp_path: Path) -> None:
     meta = pydicom.dcmread(handles[3].name, force=True).file_meta
     assert meta.MediaStorageSOPInstanceUID == "1.2.3"
     assert meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+
+
+def test_receive_files_hash_what_they_write(tmp_path: Path) -> None:
+    import hashlib
+
+    files = ReceiveFiles(tmp_path, ready=2)
+    handle = files(delete=False, mode="wb", suffix=".dcm")
+    for chunk in (b"\x00" * 128, b"DICM", b"x" * 100_001):
+        handle.write(chunk)
+    written = files.written(Path(handle.name))
+    handle.close()
+    content = Path(handle.name).read_bytes()
+    assert written == (hashlib.sha256(content).hexdigest(), len(content))
+    assert files.written(Path(handle.name)) is None  # handed out once

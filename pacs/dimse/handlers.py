@@ -48,6 +48,7 @@ class DimseHandlers:
                  requestor.port)
 
     def on_conn_close(self, event: Event) -> None:
+        tuning.release_association(event.assoc)
         partial = tuning.partial_dataset_file(event.assoc)
         if partial is not None:
             if self.receive_files is not None:

@@ -22,6 +22,11 @@
 9. ``pynetdicom.dimse_messages.NamedTemporaryFile``, ``create_file_meta`` and
    ``write_file_meta_info``: the chunked receive's file and its File Meta Information, made
    ahead of time / written from bytes by ``receive_files.py``.
+10. ``pynetdicom.dul.time`` and ``DULServiceProvider.send_pdu``: the DUL reactor of an
+   acceptor polls its socket every 0.1 ms (``_run_loop_delay``), which costs a fifth of a core
+   per idle association and starves concurrent ones; ours sleeps in ``select`` on the socket
+   and a wake-up pipe written by ``send_pdu`` (:class:`_DulClock`), so it wakes for data either
+   way and idles for free.
 5. ``pynetdicom.association.uid_to_service_class``: the one place an association picks the
    service class of a request; C-MOVE and C-GET get ours (``retrieve.py``), which sends from
    files instead of re-encoding decoded datasets.
@@ -33,7 +38,10 @@ these attributes disappears.
 from __future__ import annotations
 
 import logging
+import os
+import select
 import socket
+import threading
 import time
 import types
 from collections.abc import Callable, Iterator
@@ -147,13 +155,101 @@ def send_file(
 
 def tune_association(assoc: Any, *, acceptor: bool = True) -> None:
     """TCP_NODELAY and a short reactor poll delay, before the association starts; an
-    acceptor's association reactor wakes when a message arrives (see 8. above)."""
+    acceptor's reactors wake when there is work instead of polling (see 8. and 10. above)."""
     raw = assoc.dul.socket.socket
     if raw is not None:
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     assoc.dul._run_loop_delay = REACTOR_DELAY_S
     if acceptor:
         assoc._run_reactor = types.MethodType(_acceptor_reactor, assoc)
+        _wake_on_work(assoc.dul)
+
+
+def release_association(assoc: Any) -> None:
+    """Free what :func:`tune_association` gave an association (its waker's pipe)."""
+    waker = getattr(assoc.dul, "_pacs_waker", None)
+    if waker is not None:
+        assoc.dul._pacs_waker = None
+        waker.close()
+
+
+DUL_IDLE_WAIT_S = 0.005  # timers (ARTIM, idle, kill) are checked at least this often
+
+
+class _Waker:
+    """A pipe the DUL reactor sleeps on: a byte written means "a primitive is queued"."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self.write_fd, False)
+
+    def wake(self) -> None:
+        try:
+            os.write(self.write_fd, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full (already woken) or closed
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.read_fd, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def close(self) -> None:
+        for fd in (self.read_fd, self.write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _wake_on_work(dul: Any) -> None:
+    """Give ``dul`` a waker, signalled by every ``send_pdu`` (see 10. above)."""
+    global _CLOCK_INSTALLED
+    waker = _Waker()
+    dul._pacs_waker = waker
+    queue_primitive = dul.send_pdu
+
+    def send_pdu(primitive: Any) -> None:
+        queue_primitive(primitive)
+        waker.wake()
+
+    dul.send_pdu = send_pdu
+    if not _CLOCK_INSTALLED:
+        from pynetdicom import dul as dul_module
+
+        setattr(dul_module, "time", _DulClock())  # noqa: B010
+        _CLOCK_INSTALLED = True
+
+
+_CLOCK_INSTALLED = False
+
+
+class _DulClock:
+    """Stands in for the ``time`` module inside ``pynetdicom.dul``: ``sleep`` in a DUL thread
+    that has a waker waits in ``select`` for its socket or its waker instead."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        dul = threading.current_thread()
+        waker = getattr(dul, "_pacs_waker", None)
+        transport = getattr(dul, "socket", None)
+        raw = getattr(transport, "socket", None) if transport is not None else None
+        if waker is None or raw is None or getattr(dul, "_kill_thread", False):
+            time.sleep(seconds)
+            return
+        try:
+            ready, _, _ = select.select([waker.read_fd, raw], [], [], DUL_IDLE_WAIT_S)
+        except (OSError, ValueError):  # the socket was closed under us
+            time.sleep(seconds)
+            return
+        if waker.read_fd in ready:
+            waker.drain()
 
 
 def _wait_for_message(assoc: Any, timeout: float) -> None:

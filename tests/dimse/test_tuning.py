@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import time
+from pathlib import Path
 
 import pynetdicom
 from pynetdicom import _config, association
@@ -15,6 +17,8 @@ from pynetdicom.transport import AssociationSocket
 
 from pacs.dimse import tuning
 from pacs.dimse.contexts import QUERY_RETRIEVE, scp_contexts, transfer_syntaxes
+from tests.support import dcmtk
+from tests.support.server import PacsServer
 
 
 def test_pynetdicom_internals_we_tune_still_exist() -> None:
@@ -31,6 +35,10 @@ def test_pynetdicom_internals_we_tune_still_exist() -> None:
     for method in ("_get_valid_context", "_check_received_status", "_handle_no_response"):
         assert callable(getattr(Association, method))
     assert callable(getattr(association, "uid_to_service_class"))  # noqa: B009
+    from pynetdicom import dul
+
+    assert dul.time is not None and "sleep" in DULServiceProvider.run_reactor.__code__.co_names
+    assert callable(DULServiceProvider.send_pdu)
     # our acceptor reactor is pynetdicom's loop with another wait: it uses what that loop uses
     theirs = set(Association._run_reactor.__code__.co_names)
     ours = set(tuning._acceptor_reactor.__code__.co_names) - {"_wait_for_message", "log"}
@@ -67,3 +75,22 @@ def test_contexts_cover_every_storage_class_and_transfer_syntax_and_copy_cheaply
     assert syntaxes.index("1.2.840.10008.1.2.4.91") > syntaxes.index("1.2.840.10008.1.2.4.90")
     copied = copy.deepcopy(contexts)
     assert copied is not contexts and copied[5] is contexts[5]
+
+
+def test_associations_leave_no_descriptors_behind(tmp_path: Path, sqlite_url: str) -> None:
+    """Each acceptor association gets a wake-up pipe (tuning 10.): it is closed with it."""
+    server = PacsServer(data_dir=tmp_path / "data", database_url=sqlite_url,
+                        extra_args=["--dimse-processes", "1"]).start()
+    try:
+        assert server.process is not None
+        descriptors = Path(f"/proc/{server.process.pid}/fd")
+        dcmtk.echoscu(server.dimse_port)
+        before = len(list(descriptors.iterdir()))
+        for _ in range(30):
+            assert dcmtk.echoscu(server.dimse_port).returncode == 0
+        deadline = time.monotonic() + 10
+        while len(list(descriptors.iterdir())) > before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(list(descriptors.iterdir())) <= before
+    finally:
+        server.stop()

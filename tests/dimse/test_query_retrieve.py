@@ -36,7 +36,7 @@ from tests.factories.datasets import (
 )
 from tests.support import dcmtk
 from tests.support.files import comparable
-from tests.support.server import PacsServer
+from tests.support.server import PacsServer, free_port
 
 BIG_STUDY = make_uid("qr", "big-study")
 J2K_STUDY = make_uid("qr", "j2k-study")
@@ -102,7 +102,8 @@ def archive(
     plain = dcmtk.Storescp(root / "plain", ae_title="PLAIN", accept_all=False).start()
     server = PacsServer(
         data_dir=root / "data", database_url=module_database_url,
-        extra_args=["--peer", destination.peer, "--peer", plain.peer],
+        extra_args=["--peer", destination.peer, "--peer", plain.peer,
+                    "--peer", f"DEAD=127.0.0.1:{free_port()}"],
     )
     try:
         server.start()
@@ -505,3 +506,15 @@ def test_get_image_level_with_a_uid_list(archive: Archive) -> None:
     )
     assert result.returncode == 0, dcmtk.status_lines(result)
     assert sorted(_dataset_bytes_by_uid(sorted(output.iterdir()))) == uids
+
+
+def test_move_to_a_peer_that_is_down_fails_with_a_comment(archive: Archive) -> None:
+    result = dcmtk.movescu(
+        archive.server.dimse_port, ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={DOE_STUDY}"],
+        destination="DEAD", extra=("-d",),
+    )
+    text = dcmtk.status_lines(result)
+    final = text.split("Received Final Move Response")[1]
+    assert "DIMSE Status                  : 0xa702" in final, final
+    assert "cannot associate with DEAD" in final, final
+    assert dcmtk.echoscu(archive.server.dimse_port).returncode == 0  # still serving

@@ -58,11 +58,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.ingest import (
+    CACHE_DIR,
     DEFAULT_POSTGRES,
+    REPO,
+    RESULTS_DIR,
     Corpus,
     Shape,
     _first_line,
     fresh_database,
+    log,
     pacs_command,
     pacs_problem,
     port_listening,
@@ -84,9 +88,6 @@ from bench.orthanc import (
     wait_until,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-CACHE_DIR = REPO / "bench" / ".cache"
-RESULTS_DIR = REPO / "bench" / "results"
 CALLING_AET = "BENCHSCU"
 DEST_AET = "DEST"
 PACS_AET = "PACS"
@@ -126,10 +127,6 @@ SERIES_RETURN_KEYS = (
     "StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription",
     "BodyPartExamined", "NumberOfSeriesRelatedInstances",
 )
-
-
-def log(message: str) -> None:
-    print(message, flush=True)
 
 
 # ------------------------------------------------------------------------------ population

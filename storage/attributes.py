@@ -35,6 +35,10 @@ class Level(StrEnum):
     IMAGE = "IMAGE"
 
 
+DEPTH: dict[Level, int] = {Level.PATIENT: 0, Level.STUDY: 1, Level.SERIES: 2, Level.IMAGE: 3}
+"""How far down the hierarchy a level is (PATIENT 0 ... IMAGE 3)."""
+
+
 @dataclass(frozen=True)
 class Attribute:
     """An indexed attribute. ``normalized`` names the column holding its match form.

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from storage.index import Index
 from tests.support.server import PacsServer
 
 POSTGRES_ENV = "PACS_TEST_DATABASE_URL"
@@ -89,6 +90,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'index.sqlite'}"
     return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def index(database_url: str) -> Iterator[Index]:
+    """An empty index with the newest schema, on each database backend."""
+    built = Index(database_url)
+    built.upgrade()
+    try:
+        yield built
+    finally:
+        built.dispose()
 
 
 @pytest.fixture

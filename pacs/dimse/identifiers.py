@@ -18,9 +18,10 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from pacs.services.errors import InvalidQuery
-from storage.attributes import BY_KEYWORD, Level
+from storage.attributes import BY_KEYWORD, DEPTH, Level
 from storage.query import (
     SEQUENCES,
+    UNIQUE_KEYS,
     Computed,
     Condition,
     InvalidQueryValue,
@@ -62,14 +63,8 @@ LEVELS: dict[InformationModel, tuple[Level, ...]] = {
     InformationModel.STUDY_ROOT: (Level.STUDY, Level.SERIES, Level.IMAGE),
 }
 
-# The unique key of each level (C.6.1.1.1, C.6.2.1.1).
-UNIQUE_KEY = {
-    Level.PATIENT: "PatientID",
-    Level.STUDY: "StudyInstanceUID",
-    Level.SERIES: "SeriesInstanceUID",
-    Level.IMAGE: "SOPInstanceUID",
-}
-_RANK = {Level.PATIENT: 0, Level.STUDY: 1, Level.SERIES: 2, Level.IMAGE: 3}
+# The unique key of each level (C.6.1.1.1, C.6.2.1.1): the last of its chain of unique keys.
+UNIQUE_KEY = {level: keys[-1] for level, keys in UNIQUE_KEYS.items()}
 
 # Keys that describe the response, not the entities (never matched).
 _RESPONSE_ONLY = frozenset(
@@ -189,7 +184,7 @@ def response(
         else:
             value = row.get(keyword)
         values[keyword] = value
-    for keyword in _unique_keys(request.query.level):
+    for keyword in UNIQUE_KEYS[request.query.level]:
         if keyword not in values and row.get(keyword) is not None:
             values[keyword] = row[keyword]
     values.setdefault("QueryRetrieveLevel", str(request.query.level))
@@ -197,10 +192,6 @@ def response(
         return list(values.items()), "ISO_IR 192"
     # asked for but not needed: present and empty (the default repertoire)
     return list(values.items()), ("" if "SpecificCharacterSet" in request.requested else None)
-
-
-def _unique_keys(level: Level) -> list[str]:
-    return [UNIQUE_KEY[upper] for upper in Level if _RANK[upper] <= _RANK[level]]
 
 
 def _is_non_ascii(value: Any) -> bool:
@@ -263,7 +254,7 @@ def _level_of_key(keyword: str, model: InformationModel) -> Level | None:
 
 def _check_not_below(keyword: str, key_level: Level | None, level: Level) -> None:
     """C.4.1.2.1: no matching keys below the query level (empty ones are ignored)."""
-    if key_level is not None and _RANK[key_level] > _RANK[level]:
+    if key_level is not None and DEPTH[key_level] > DEPTH[level]:
         raise IdentifierMismatch(f"{keyword} is a {key_level} key, below the {level} level")
 
 
@@ -272,7 +263,7 @@ def _check_unique_keys_above(
 ) -> None:
     """C.4.1.2.1: each level above the query level is named by its unique key, one value."""
     for upper in LEVELS[model]:
-        if _RANK[upper] >= _RANK[level]:
+        if DEPTH[upper] >= DEPTH[level]:
             break
         keyword = UNIQUE_KEY[upper]
         text = _text(identifier[keyword]).strip() if keyword in identifier else ""

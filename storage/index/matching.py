@@ -39,7 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.expression import ScalarSelect
 
-from storage.attributes import BY_KEYWORD, REQUEST_ATTRIBUTES, Attribute, Level
+from storage.attributes import BY_KEYWORD, DEPTH, REQUEST_ATTRIBUTES, Attribute, Level
 from storage.index.models import (
     TABLES,
     StudyState,
@@ -67,7 +67,6 @@ from storage.query import (
 )
 from storage.temporal import format_utc, parse_datetime, time_upper_bound
 
-DEPTH = {Level.PATIENT: 0, Level.STUDY: 1, Level.SERIES: 2, Level.IMAGE: 3}
 _BY_DEPTH = sorted(DEPTH, key=DEPTH.__getitem__)
 # The foreign key of a level's table to the table of the level above.
 _PARENT_FK = {Level.STUDY: "patient_fk", Level.SERIES: "study_fk", Level.IMAGE: "series_fk"}

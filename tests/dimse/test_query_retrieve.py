@@ -7,8 +7,6 @@ must stay invisible.
 
 from __future__ import annotations
 
-import hashlib
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +17,8 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from storage.attributes import extract, request_attributes
-from storage.blobs import BlobInfo
 from storage.index import Index
 from storage.index.models import StudyState
-from storage.index.repository import InstanceRow
 from tests.factories.datasets import (
     EncodingUnavailable,
     ct_instance,
@@ -31,11 +26,11 @@ from tests.factories.datasets import (
     make_uid,
     mr_instance,
     non_ascii_instance,
-    to_part10_bytes,
     write_part10,
 )
 from tests.support import dcmtk
 from tests.support.files import comparable
+from tests.support.index import index_datasets
 from tests.support.server import PacsServer, free_port
 
 BIG_STUDY = make_uid("qr", "big-study")
@@ -285,14 +280,7 @@ def _index_directly(database_url: str, datasets: list[Dataset]) -> None:
     index = Index(database_url)
     index.upgrade()
     try:
-        with index.unit_of_work(write=True) as repository:
-            for original in datasets:
-                ds = pydicom.dcmread(io.BytesIO(to_part10_bytes(original)))
-                key = hashlib.sha256(str(ds.SOPInstanceUID).encode()).hexdigest()
-                row = InstanceRow(extract(ds), request_attributes(ds),
-                                  str(ds.file_meta.TransferSyntaxUID), BlobInfo(key, 100, key))
-                repository.upsert_instance(row, initial_state=StudyState.ARCHIVED,
-                                           overwrite=False)
+        index_datasets(index, datasets)
     finally:
         index.dispose()
 

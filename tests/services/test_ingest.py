@@ -29,16 +29,6 @@ def lenient_reading() -> Iterator[None]:
         pydicom.config.settings.reading_validation_mode = previous
 
 
-@pytest.fixture
-def index(database_url: str) -> Iterator[Index]:
-    built = Index(database_url)
-    built.upgrade()
-    try:
-        yield built
-    finally:
-        built.dispose()
-
-
 def _service(tmp_path: Path, index: Index, *, overwrite: bool = False) -> IngestService:
     return IngestService(blobs=FileStore(tmp_path / "data"), index=index, overwrite=overwrite)
 

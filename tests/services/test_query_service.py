@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterator
 
@@ -10,30 +9,21 @@ import pytest
 
 from pacs.services.errors import InvalidQuery
 from pacs.services.query import QueryService
-from storage.attributes import Level, extract, request_attributes
-from storage.blobs import BlobInfo
-from storage.index import Index, InstanceRow, StudyState
+from storage.attributes import Level
+from storage.index import Index
 from storage.query import Condition, Query, SingleValue, condition
 from tests.factories import datasets as f
+from tests.support.index import index_datasets
 
 
 @pytest.fixture
-def index(database_url: str) -> Iterator[Index]:
-    built = Index(database_url)
-    built.upgrade()
-    with built.unit_of_work(write=True) as repo:
-        for i in range(7):
-            ds = f.ct_instance(PatientID=f"P{i}", PatientName=f"DOE^{i}", Rows=8, Columns=8)
-            key = hashlib.sha256(str(ds.SOPInstanceUID).encode()).hexdigest()
-            repo.upsert_instance(
-                InstanceRow(extract(ds), request_attributes(ds), "1.2.840.10008.1.2.1",
-                            BlobInfo(key, 10, key)),
-                initial_state=StudyState.ARCHIVED, overwrite=False,
-            )
-    try:
-        yield built
-    finally:
-        built.dispose()
+def index(index: Index) -> Index:
+    """Seven archived patients, one CT study each."""
+    index_datasets(index, [
+        f.ct_instance(PatientID=f"P{i}", PatientName=f"DOE^{i}", Rows=8, Columns=8)
+        for i in range(7)
+    ], blob_size=10)
+    return index
 
 
 def _ids(rows: Iterator[dict[str, object]]) -> list[object]:

@@ -6,18 +6,14 @@ viewers see archived studies only.
 
 from __future__ import annotations
 
-import hashlib
-import io
-from collections.abc import Iterator
 from typing import Any
 
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from storage.attributes import Level, extract, request_attributes
-from storage.blobs import BlobInfo
-from storage.index import Index, InstanceRow, StudyState
+from storage.attributes import Level
+from storage.index import Index, StudyState
 from storage.index.matching import find_statement
 from storage.query import (
     Computed,
@@ -30,29 +26,13 @@ from storage.query import (
     sequence_condition,
 )
 from tests.factories import datasets as f
+from tests.support.index import index_datasets
 
 ARCHIVED = StudyState.ARCHIVED
 
 
-@pytest.fixture
-def index(database_url: str) -> Iterator[Index]:
-    built = Index(database_url)
-    built.upgrade()
-    try:
-        yield built
-    finally:
-        built.dispose()
-
-
 def store(index: Index, *datasets: Dataset, state: StudyState = ARCHIVED) -> None:
-    """Index datasets as ingest does (read back from Part 10 bytes, then extract)."""
-    with index.unit_of_work(write=True) as repo:
-        for original in datasets:
-            ds = pydicom.dcmread(io.BytesIO(f.to_part10_bytes(original)))
-            key = hashlib.sha256(str(ds.SOPInstanceUID).encode()).hexdigest()
-            row = InstanceRow(extract(ds), request_attributes(ds),
-                              str(ds.file_meta.TransferSyntaxUID), BlobInfo(key, 100, key))
-            repo.upsert_instance(row, initial_state=state, overwrite=False)
+    index_datasets(index, datasets, state=state)
 
 
 def conditions(**values: str) -> tuple[Condition, ...]:

@@ -1,4 +1,8 @@
-"""``create_app()``: the FastAPI application, built by the composition root; no globals."""
+"""``create_app()``: the FastAPI application, built by the composition root; no globals.
+
+Routes: ``/health``; DICOMweb (PS3.18) under ``/dicom-web``: QIDO-RS (:mod:`dicomweb.qido`),
+WADO-RS (:mod:`dicomweb.wado`), STOW-RS (:mod:`dicomweb.stow`); WADO-URI at ``/wado``.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,34 @@ from collections.abc import Callable
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.gzip import GZipMiddleware
 
+from dicomweb import errors, qido, stow, wado
+from dicomweb.context import Web
 from pacs import __version__
 
+BASE = "/dicom-web"
 
-def create_app(*, is_ready: Callable[[], bool]) -> FastAPI:
+# Bulk answers are compressed already or are streamed files: gzip only the JSON and text.
+_NOT_COMPRESSED = (
+    "text/event-stream", "multipart/related", "application/dicom", "application/octet-stream",
+    "image/jpeg", "image/png", "image/gif", "image/jp2", "image/jls", "image/jpx",
+    "image/dicom-rle", "video/mpeg", "video/mp4", "application/pdf",
+)
+
+
+def create_app(*, web: Web, is_ready: Callable[[], bool]) -> FastAPI:
     """The HTTP front end. ``is_ready`` tells whether every listener accepts connections."""
     app = FastAPI(
         title="pacs",
         version=__version__,
-        description="DICOM PACS mini-server: DICOMweb (PS3.18), QA and administration.",
+        description=(
+            "DICOM PACS mini-server: DICOMweb (PS3.18: QIDO-RS, WADO-RS, STOW-RS, WADO-URI) "
+            "over the same archive as DIMSE. Only archived studies are visible."
+        ),
     )
+    errors.install(app)
 
     @app.get("/health", summary="200 once the DIMSE and HTTP listeners accept connections")
     def health() -> JSONResponse:
@@ -24,4 +45,20 @@ def create_app(*, is_ready: Callable[[], bool]) -> FastAPI:
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "starting"}, status_code=503)
 
+    app.include_router(qido.router(web), prefix=BASE)
+    app.include_router(wado.router(web), prefix=BASE)
+    app.include_router(stow.router(web), prefix=BASE)
+    app.include_router(wado.uri_router(web))
+
+    app.add_middleware(
+        GZipMiddleware, minimum_size=1000, exclude_content_types=_NOT_COMPRESSED
+    )
+    if web.options.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(web.options.cors_origins),
+            allow_methods=list(web.options.cors_methods),
+            allow_headers=["*"],
+            expose_headers=["Warning", "ETag", "Content-Location", "Content-Length", "Location"],
+        )
     return app

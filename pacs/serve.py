@@ -22,6 +22,7 @@ import pydicom
 import uvicorn
 
 from dicomweb.app import create_app
+from dicomweb.context import Web, WebOptions
 from pacs.dimse.handoff import Dispatcher, channel_pair, receive_forever
 from pacs.dimse.server import DimseServer
 from pacs.services.bulk_import import ImportService
@@ -121,6 +122,21 @@ def _dimse_server(settings: Settings, services: Services) -> DimseServer:
     )
 
 
+def _web(settings: Settings, services: Services) -> Web:
+    origins, methods = settings.effective_cors
+    return Web(
+        query=services.query,
+        retrieve=services.retrieve,
+        ingest=services.ingest,
+        options=WebOptions(
+            fuzzy_person_names=settings.fuzzy_person_names,
+            max_request_bytes=settings.max_request_mb * 1_000_000,
+            cors_origins=origins,
+            cors_methods=methods,
+        ),
+    )
+
+
 def serve(settings: Settings) -> int:
     """Run the DIMSE listener and the HTTP server in this process until SIGINT/SIGTERM, with
     ``dimse_processes - 1`` worker processes serving a share of the associations."""
@@ -136,7 +152,7 @@ def serve(settings: Settings) -> int:
         def is_ready() -> bool:
             return http_started.is_set() and dimse.port != 0 and workers.ready()
 
-        app = create_app(is_ready=is_ready)
+        app = create_app(web=_web(settings, services), is_ready=is_ready)
         config = uvicorn.Config(
             app,
             host=settings.http_host,

@@ -106,6 +106,14 @@ class Settings(BaseSettings):
     fuzzy_person_names: bool = Field(
         default=True, description="PN matching ignores case and accents (False: exact)"
     )
+    cors_origins: Annotated[tuple[str, ...] | None, NoDecode] = Field(
+        default=None,
+        description="origins allowed to call the HTTP API from a browser (comma separated; "
+        "'*' for any); default: any origin for GET when HTTP listens on loopback, else none",
+    )
+    max_request_mb: int = Field(
+        default=1024, ge=1, description="STOW-RS request bodies above this answer 413"
+    )
     log_level: str = "INFO"
 
     @field_validator("ae_title")
@@ -138,6 +146,15 @@ class Settings(BaseSettings):
             raise ValueError(f"peer AE title registered twice: {', '.join(duplicates)}")
         return tuple(peers)
 
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = value.split(",")
+        return tuple(origin.strip() for origin in value if origin.strip())
+
     @field_validator("sqlite_synchronous")
     @classmethod
     def _synchronous(cls, value: str) -> str:
@@ -151,6 +168,16 @@ class Settings(BaseSettings):
         if self.dimse_processes:
             return self.dimse_processes
         return max(1, min(os.cpu_count() or 1, 4))
+
+    @property
+    def effective_cors(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(allowed origins, allowed methods). Unset: any origin may GET from a server bound
+        to loopback (a viewer on the same machine), none from other binds; set: those origins
+        may also POST (STOW-RS) and use the REST API."""
+        if self.cors_origins is None:
+            loopback = self.http_host in {"127.0.0.1", "localhost", "::1"}
+            return (("*",) if loopback else ()), ("GET", "HEAD", "OPTIONS")
+        return self.cors_origins, ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE")
 
     @property
     def effective_database_url(self) -> str:

@@ -1,0 +1,32 @@
+"""What the DICOMweb routes are given: the services they call and a few plain options.
+
+Built by the composition root (``pacs.serve``); routes never read settings themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pacs.services.ingest import IngestService
+from pacs.services.query import QueryService
+from pacs.services.retrieve import RetrieveService
+
+
+@dataclass(frozen=True)
+class WebOptions:
+    """Plain values from ``Settings`` that shape HTTP behaviour."""
+
+    fuzzy_person_names: bool = True
+    max_request_bytes: int = 1024 * 1_000_000  # STOW-RS bodies above this answer 413
+    cors_origins: tuple[str, ...] = ()  # empty: no CORS headers at all
+    cors_methods: tuple[str, ...] = ("GET", "HEAD", "OPTIONS")
+
+
+@dataclass(frozen=True)
+class Web:
+    """The services behind the DICOMweb routes."""
+
+    query: QueryService
+    retrieve: RetrieveService
+    ingest: IngestService
+    options: WebOptions = field(default_factory=WebOptions)

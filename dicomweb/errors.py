@@ -1,0 +1,84 @@
+"""The one table from service errors to HTTP statuses, and the JSON error body.
+
+Every error answer is ``{"error": <message>}`` with the status below, so a viewer or script
+gets the reason, not only a code. Front-end errors (a malformed query parameter, a wrong
+content type) raise :class:`HttpError` with their own status.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from pacs.services.errors import (
+    CannotTranscode,
+    InvalidInstance,
+    InvalidQuery,
+    NotFound,
+    OutOfResources,
+    PacsError,
+    SopClassMismatch,
+    UnknownPeer,
+)
+
+log = logging.getLogger(__name__)
+
+
+class HttpError(Exception):
+    """An answer decided by a route: ``status`` with ``message`` (and optional headers)."""
+
+    def __init__(
+        self, status: int, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+# Most specific first: the first class an error is an instance of decides.
+STATUS: tuple[tuple[type[PacsError], int], ...] = (
+    (NotFound, 404),
+    (InvalidQuery, 400),
+    (SopClassMismatch, 409),
+    (InvalidInstance, 400),
+    (CannotTranscode, 406),  # no acceptable representation (PS3.18 8.7.3)
+    (UnknownPeer, 404),
+    (OutOfResources, 503),
+)
+
+
+def status_of(error: PacsError) -> int:
+    for kind, status in STATUS:
+        if isinstance(error, kind):
+            return status
+    return 500
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None
+                   ) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn errors into JSON answers."""
+
+    @app.exception_handler(HttpError)
+    async def _http_error(_request: Request, error: HttpError) -> JSONResponse:
+        return error_response(error.status, error.message, error.headers)
+
+    @app.exception_handler(PacsError)
+    async def _pacs_error(request: Request, error: PacsError) -> JSONResponse:
+        status = status_of(error)
+        if status >= 500:
+            log.warning("%s %s: %s", request.method, request.url.path, error)
+        return error_response(status, str(error))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0] if error.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "query")
+        return error_response(400, f"{where}: {first.get('msg', 'invalid request')}")

@@ -1,0 +1,71 @@
+"""A running ``pacs serve`` per test module (SQLite, and PostgreSQL when switched on), with
+helpers to fill it by C-STORE and to move a study out of the archived state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from storage.index import Index
+from storage.index.models import StudyState
+from tests.factories.datasets import write_part10
+from tests.support import dcmtk
+from tests.support.server import PacsServer
+
+
+@dataclass
+class WebArchive:
+    server: PacsServer
+    workdir: Path
+    http: httpx.Client
+    sent: dict[str, Path] = field(default_factory=dict)  # SOP Instance UID → file sent
+    _count: int = 0
+
+    @property
+    def url(self) -> str:
+        """The DICOMweb base URL."""
+        return f"{self.server.base_url}/dicom-web"
+
+    def store(self, datasets: Iterable[Dataset]) -> list[Path]:
+        """C-STORE ``datasets`` with DCMTK storescu; every one must succeed."""
+        folder = self.workdir / "files"
+        folder.mkdir(exist_ok=True)
+        files = []
+        for ds in datasets:
+            self._count += 1
+            files.append(write_part10(ds, folder / f"{self._count:05d}.dcm"))
+        result = dcmtk.storescu(self.server.dimse_port, files, workdir=self.workdir)
+        assert dcmtk.successes(result) == len(files), dcmtk.status_lines(result)
+        for path in files:
+            uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            self.sent[uid] = path
+        return files
+
+    def set_state(self, study_instance_uid: str, state: StudyState) -> None:
+        index = Index(self.server.database_url)
+        try:
+            with index.unit_of_work(write=True) as repository:
+                assert repository.set_study_state(study_instance_uid, state)
+        finally:
+            index.dispose()
+
+
+@pytest.fixture(scope="module")
+def web_archive(
+    module_database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WebArchive]:
+    """An empty running server for the module; tests fill it with ``store``."""
+    root = tmp_path_factory.mktemp("web")
+    server = PacsServer(data_dir=root / "data", database_url=module_database_url)
+    server.start()
+    try:
+        with httpx.Client(timeout=60) as http:
+            yield WebArchive(server, root, http)
+    finally:
+        server.stop()

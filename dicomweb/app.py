@@ -14,10 +14,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 
 from dicomweb import errors, qido, stow, wado
-from dicomweb.context import Web
+from dicomweb.context import BASE_PATH, Web
 from pacs import __version__
-
-BASE = "/dicom-web"
 
 # Bulk answers are compressed already or are streamed files: gzip only the JSON and text.
 _NOT_COMPRESSED = (
@@ -45,9 +43,9 @@ def create_app(*, web: Web, is_ready: Callable[[], bool]) -> FastAPI:
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "starting"}, status_code=503)
 
-    app.include_router(qido.router(web), prefix=BASE)
-    app.include_router(wado.router(web), prefix=BASE)
-    app.include_router(stow.router(web), prefix=BASE)
+    app.include_router(qido.router(web), prefix=BASE_PATH)
+    app.include_router(wado.router(web), prefix=BASE_PATH)
+    app.include_router(stow.router(web), prefix=BASE_PATH)
     app.include_router(wado.uri_router(web))
 
     app.add_middleware(

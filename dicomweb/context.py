@@ -7,9 +7,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from starlette.requests import Request
+
 from pacs.services.ingest import IngestService
 from pacs.services.query import QueryService
 from pacs.services.retrieve import RetrieveService
+
+BASE_PATH = "/dicom-web"
+"""Where the DICOMweb resources live (PS3.18 base URL: ``http://HOST:PORT/dicom-web``)."""
+
+
+def base_url(request: Request) -> str:
+    """The absolute DICOMweb base URL as this client reached the server (for RetrieveURL)."""
+    return str(request.base_url).rstrip("/") + BASE_PATH
 
 
 @dataclass(frozen=True)

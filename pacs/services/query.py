@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from pacs.services.errors import InvalidQuery, OutOfResources
@@ -16,11 +17,19 @@ from storage.attributes import Level
 from storage.index import Index, IndexUnavailable
 from storage.query import InvalidQueryValue, Query, RetrieveItem
 
-__all__ = ["QueryService", "RetrieveItem"]
+__all__ = ["QueryService", "RetrieveItem", "SearchResult"]
 
 log = logging.getLogger(__name__)
 
 _UNCAPPED = 2**62
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """A whole (capped) result: ``capped`` tells that the server's cap cut it short."""
+
+    rows: list[dict[str, Any]]
+    capped: bool
 
 
 class QueryService:
@@ -58,6 +67,32 @@ class QueryService:
         size = min(self.batch_size, wanted + 1)
         first = self._batch(query, query.offset, size)
         return self._stream(query, first, size, wanted, capped)
+
+    def search(self, query: Query, *, capped: bool | None = None) -> SearchResult:
+        """The matches of ``query`` read at once (QIDO-RS answers with one JSON array).
+
+        ``capped`` says whether ``max_results`` applies (default: at the capped levels); one
+        row more than the cap is read to tell whether the cap cut the result short.
+        """
+        if capped is None:
+            capped = query.level in self.capped_levels
+        wanted = query.limit
+        if capped and (wanted is None or wanted > self.max_results):
+            page = dataclasses.replace(query, limit=self.max_results + 1)
+            rows = self._batch(page, query.offset, self.max_results + 1)
+            if len(rows) > self.max_results:
+                log.warning("result capped at %d", self.max_results)
+                return SearchResult(rows[: self.max_results], True)
+            return SearchResult(rows, False)
+        if wanted is None:
+            try:
+                with self.index.unit_of_work() as repository:
+                    return SearchResult(list(repository.find(query)), False)
+            except InvalidQueryValue as error:
+                raise InvalidQuery(str(error)) from error
+            except IndexUnavailable as error:
+                raise OutOfResources(str(error)) from error
+        return SearchResult(self._batch(query, query.offset, wanted), False)
 
     def _stream(
         self, query: Query, first: list[dict[str, Any]], size: int, wanted: int, capped: bool

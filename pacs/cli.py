@@ -82,6 +82,14 @@ def serve(
         str | None,
         typer.Option("--dimse-processes", help="processes serving associations [CPU cores, max 4]"),
     ] = None,
+    cors_origins: Annotated[
+        str | None,
+        typer.Option("--cors-origins", help="browser origins allowed, comma separated "
+                     "[any origin, GET only, when HTTP listens on loopback]"),
+    ] = None,
+    max_request_mb: Annotated[
+        str | None, typer.Option("--max-request-mb", help="STOW-RS body limit in MB [1024]")
+    ] = None,
     log_level: Annotated[str | None, typer.Option("--log-level", help="[INFO]")] = None,
 ) -> None:
     """Run the DIMSE SCP and the HTTP server (DICOMweb, /health) in one process."""
@@ -89,6 +97,7 @@ def serve(
         data_dir=data_dir, ae_title=ae_title, dimse_port=dimse_port, dimse_host=dimse_host,
         http_host=http_host, http_port=http_port, database_url=database_url, peers=peer, qa=qa,
         overwrite=overwrite, log_level=log_level, dimse_processes=dimse_processes,
+        cors_origins=cors_origins, max_request_mb=max_request_mb,
     )
     raise typer.Exit(root.serve(settings))
 

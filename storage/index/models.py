@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.sql.expression import false
 from sqlalchemy.types import TypeEngine
 
 from storage.attributes import (
@@ -129,6 +131,11 @@ study = Table(
     *_columns("study", BY_LEVEL[Level.STUDY], skip=_KEYS),
     Column("state", String(16), nullable=False, index=True, default=StudyState.RECEIVED.value),
     Column("created_at", DateTime(timezone=True), nullable=False, default=_now),
+    # QA workflow: when the state last changed, why a study was rejected, and when it became
+    # stable (no instance for the stability period; NULL while instances may still arrive).
+    Column("state_changed_at", DateTime(timezone=True)),
+    Column("rejection_reason", Text),
+    Column("stable_at", DateTime(timezone=True), index=True),
 )
 
 series = Table(
@@ -139,6 +146,8 @@ series = Table(
     Column("series_instance_uid", String(64), nullable=False, unique=True),
     *_columns("series", BY_LEVEL[Level.SERIES], skip=_KEYS),
     Column("created_at", DateTime(timezone=True), nullable=False, default=_now),
+    # rejected from a viewer (KOS "113001^DCM"): hidden from every read path like its study
+    Column("rejected", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 request_attribute = Table(
@@ -163,6 +172,59 @@ instance = Table(
     Column("source_ae", String(16)),
     Column("received_at", DateTime(timezone=True), nullable=False, default=_now),
 )
+
+finding = Table(
+    "finding",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("study_fk", ForeignKey("study.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("code", String(40), nullable=False),
+    Column("severity", String(8), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("sop_instance_uid", String(64)),
+    Column("created_at", DateTime(timezone=True), nullable=False, default=_now),
+)
+"""The open QA findings of a study (cleared when it is accepted or re-checked clean)."""
+
+audit_event = Table(
+    "audit_event",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False, default=_now, index=True),
+    Column("actor", String(200), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("study_instance_uid", String(64), index=True),
+    Column("outcome", String(16), nullable=False),
+    Column("detail", Text),
+)
+"""Append-only: who did what to which study, and how it ended (never updated or deleted)."""
+
+route_job = Table(
+    "route_job",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("study_instance_uid", String(64), nullable=False, index=True),
+    Column("destination", String(16), nullable=False),
+    Column("rule", String(80), nullable=False),
+    Column("state", String(16), nullable=False, index=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", DateTime(timezone=True), index=True),
+    Column("last_error", Text),
+    Column("sent", Integer, nullable=False, default=0),
+    Column("created_at", DateTime(timezone=True), nullable=False, default=_now),
+    Column("updated_at", DateTime(timezone=True), nullable=False, default=_now),
+)
+"""Routing jobs: send one archived study to one peer (pending → running → done | failed)."""
+
+retired_blob = Table(
+    "retired_blob",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("blob_key", String(64), nullable=False, index=True),
+    Column("study_instance_uid", String(64), nullable=False, index=True),
+    Column("retired_at", DateTime(timezone=True), nullable=False, default=_now),
+)
+"""Files replaced by a correction: kept (not referenced by an instance) until the purge."""
 
 TABLES: dict[Level, Table] = {
     Level.PATIENT: patient,

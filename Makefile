@@ -34,6 +34,7 @@ lint: $(STAMP)
 bench: $(STAMP) dcmtk
 	$(PY) -m bench.ingest --rss-run 10000 $(BENCH_ARGS)
 	$(PY) -m bench.query $(BENCH_QUERY_ARGS)
+	$(PY) -m bench.dicomweb $(BENCH_DICOMWEB_ARGS)
 
 ## dcmtk: the DCMTK tools the tests talk to (apt-get when missing and root)
 dcmtk:

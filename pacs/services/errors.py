@@ -7,6 +7,7 @@
     │   ├── NotDicom           no DICOM Part 10 preamble and prefix at all
     │   └── MissingAttribute   a required UID is absent or not a valid UID
     ├── SopClassMismatch       the dataset is not what the request announced
+    │   └── StudyMismatch      it belongs to another study than the request's target (STOW-RS)
     ├── OutOfResources         disk full, index unreachable or locked: try again later
     ├── NotFound               no such object
     ├── CannotTranscode        a stored instance cannot be converted to the transfer syntax
@@ -37,6 +38,16 @@ class MissingAttribute(InvalidInstance):
 
 class SopClassMismatch(PacsError):
     """The dataset's SOP Class or Instance UID differs from the request's (PS3.4 B.2.3)."""
+
+
+class StudyMismatch(SopClassMismatch):
+    """The instance's Study Instance UID differs from the study a request targets
+    (STOW-RS ``POST /studies/{study}``, PS3.18 10.5.1). Names the instance, which is known."""
+
+    def __init__(self, message: str, *, sop_class_uid: str, sop_instance_uid: str) -> None:
+        super().__init__(message)
+        self.sop_class_uid = sop_class_uid
+        self.sop_instance_uid = sop_instance_uid
 
 
 class OutOfResources(PacsError):

@@ -17,7 +17,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 
-from pacs.services.errors import InvalidInstance, OutOfResources, SopClassMismatch
+from pacs.services.errors import (
+    InvalidInstance,
+    OutOfResources,
+    SopClassMismatch,
+    StudyMismatch,
+)
 from pacs.services.instance_reader import Header, read_header
 from storage.attributes import extract, request_attributes
 from storage.blobs import FileStore, StagedBlob
@@ -53,10 +58,12 @@ class Origin:
 
 @dataclass(frozen=True)
 class Expected:
-    """What the request announced (C-STORE Affected SOP Class/Instance UID)."""
+    """What the request announced: C-STORE's Affected SOP Class/Instance UID, STOW-RS's
+    target study. ``None`` is not announced, so not checked."""
 
-    sop_class_uid: str
-    sop_instance_uid: str
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+    study_instance_uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -206,16 +213,31 @@ def _outcome(status: StoreStatus, header: Header, state: StudyState) -> StoreOut
 
 
 def _check_expected(header: Header, expected: Expected) -> None:
-    """The dataset must be what the C-STORE request announced (PS3.4 B.2.3, 0xA900)."""
-    if header.sop_class_uid != expected.sop_class_uid:
+    """The dataset must be what the request announced: C-STORE's SOP Class and Instance
+    (PS3.4 B.2.3, 0xA900), STOW-RS's target study (PS3.18 10.5.1). Checked before the blob
+    is committed, so nothing of a mismatching instance is written."""
+    if expected.sop_class_uid is not None and header.sop_class_uid != expected.sop_class_uid:
         raise SopClassMismatch(
             f"dataset SOP Class UID {header.sop_class_uid} differs from the request's "
             f"{expected.sop_class_uid}"
         )
-    if header.sop_instance_uid != expected.sop_instance_uid:
+    if (
+        expected.sop_instance_uid is not None
+        and header.sop_instance_uid != expected.sop_instance_uid
+    ):
         raise SopClassMismatch(
             f"dataset SOP Instance UID {header.sop_instance_uid} differs from the request's "
             f"{expected.sop_instance_uid}"
+        )
+    if (
+        expected.study_instance_uid is not None
+        and header.study_instance_uid != expected.study_instance_uid
+    ):
+        raise StudyMismatch(
+            f"instance {header.sop_instance_uid} belongs to study {header.study_instance_uid}, "
+            f"not to the request's study {expected.study_instance_uid}",
+            sop_class_uid=header.sop_class_uid,
+            sop_instance_uid=header.sop_instance_uid,
         )
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from pacs.services.errors import InvalidInstance, MissingAttribute, NotDicom
-from pacs.services.ingest import Incoming, IngestService, Origin, StoreStatus
+from pacs.services.errors import InvalidInstance, MissingAttribute, NotDicom, StudyMismatch
+from pacs.services.ingest import Expected, Incoming, IngestService, Origin, StoreStatus
 from storage.attributes import Level
 from storage.blobs import FileStore
 from storage.index import Index, StudyState
@@ -113,6 +113,26 @@ def test_bad_input_is_refused_and_leaves_nothing(
 
     assert _rows(index)[Level.IMAGE] == 0
     assert list(service.blobs.keys()) == []
+    assert list(service.blobs.tmp.iterdir()) == []
+
+
+def test_an_instance_of_another_study_than_expected_is_refused_and_leaves_nothing(
+    tmp_path: Path, index: Index
+) -> None:
+    """STOW-RS ``POST /studies/{study}``: the check comes before anything is written."""
+    service = _service(tmp_path, index)
+    mine, other = f.ct_instance(PatientID="ING-6"), f.ct_instance(PatientID="ING-7")
+    expected = Expected(study_instance_uid=str(mine.StudyInstanceUID))
+
+    stored = service.store(Incoming.data(f.to_part10_bytes(mine)), ORIGIN, expected)
+    with pytest.raises(StudyMismatch) as refused:
+        service.store(Incoming.data(f.to_part10_bytes(other)), ORIGIN, expected)
+
+    assert stored.status is StoreStatus.STORED
+    assert refused.value.sop_instance_uid == other.SOPInstanceUID
+    assert refused.value.sop_class_uid == other.SOPClassUID
+    assert _rows(index)[Level.IMAGE] == 1
+    assert len(list(service.blobs.keys())) == 1
     assert list(service.blobs.tmp.iterdir()) == []
 
 

@@ -3,6 +3,7 @@
 from storage.index.database import Index, IndexDataError, IndexUnavailable
 from storage.index.models import StudyState
 from storage.index.repository import (
+    FiledPatient,
     InstanceRow,
     Repository,
     StoredInstance,
@@ -11,6 +12,7 @@ from storage.index.repository import (
 )
 
 __all__ = [
+    "FiledPatient",
     "Index",
     "IndexDataError",
     "IndexUnavailable",

@@ -25,6 +25,7 @@ from storage.index.models import (
     series,
     study,
 )
+from storage.index.workflow import WorkflowRecords
 from storage.query import MULTI_VALUED_KEYS, UNIQUE_KEYS, Query, RetrieveItem
 
 
@@ -46,6 +47,20 @@ class InstanceRow:
 
 
 @dataclass(frozen=True)
+class FiledPatient:
+    """The patient row a study is filed under, as the index had it before this instance."""
+
+    patient_id: str
+    issuer_of_patient_id: str
+    patient_name: str | None
+    patient_name_norm: str | None
+    patient_birth_date: str | None
+    patient_sex: str | None
+    existed: bool  # the row was there before this instance (False: created by it)
+    archived_studies: int  # archived studies of this patient other than the instance's own
+
+
+@dataclass(frozen=True)
 class UpsertResult:
     outcome: UpsertOutcome
     study_instance_uid: str
@@ -53,6 +68,7 @@ class UpsertResult:
     new_study: bool
     existing_blob_key: str | None = None
     replaced_blob_key: str | None = None
+    patient: FiledPatient | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,7 @@ class Repository:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self._dialect = connection.dialect.name
+        self.workflow = WorkflowRecords(connection)
 
     # -- ingest --------------------------------------------------------------------------
     def find_instance(self, sop_instance_uid: str) -> StoredInstance | None:
@@ -94,8 +111,16 @@ class Repository:
         known = self.connection.execute(_SERIES_BY_UID, {"uid": series_uid}).first()
         if known is not None:
             series_id, study_uid, state, new_study = known.id, known.study_uid, known.state, False
+            filed = _filed(known, existed=True, archived_studies=0)
+            if known.stable_at is not None:  # an instance after stability: unstable again
+                self.connection.execute(
+                    update(study).where(study.c.study_instance_uid == study_uid)
+                    .values(stable_at=None)
+                )
         else:
-            series_id, study_uid, state, new_study = self._create_series(row, initial_state)
+            series_id, study_uid, state, new_study, filed = self._create_series(
+                row, initial_state
+            )
         instance_values = {
             **values[Level.IMAGE],
             "series_fk": series_id,
@@ -109,32 +134,35 @@ class Repository:
         study_state = StudyState(state)
         inserted = self.connection.execute(self._insert_ignore(instance), instance_values)
         if inserted.first() is not None:
-            return UpsertResult(UpsertOutcome.INSERTED, study_uid, study_state, new_study)
+            return UpsertResult(UpsertOutcome.INSERTED, study_uid, study_state, new_study,
+                                patient=filed)
         existing = self.connection.execute(
             _INSTANCE_BLOB, {"uid": instance_values["sop_instance_uid"]}
         ).one()
         if not overwrite:
             return UpsertResult(
-                UpsertOutcome.ALREADY_PRESENT, study_uid, study_state, new_study, existing.blob_key
+                UpsertOutcome.ALREADY_PRESENT, study_uid, study_state, new_study, existing.blob_key,
+                patient=filed,
             )
         self.connection.execute(
             update(instance).where(instance.c.id == existing.id).values(instance_values)
         )
         old_key = existing.blob_key if existing.blob_key != row.blob.key else None
         return UpsertResult(
-            UpsertOutcome.REPLACED, study_uid, study_state, new_study, existing.blob_key, old_key
+            UpsertOutcome.REPLACED, study_uid, study_state, new_study, existing.blob_key, old_key,
+            patient=filed,
         )
 
     def _create_series(
         self, row: InstanceRow, initial_state: StudyState
-    ) -> tuple[int, str, str, bool]:
+    ) -> tuple[int, str, str, bool, FiledPatient]:
         values = row.values
         patient_values = dict(values[Level.PATIENT])
         patient_values["patient_id"] = patient_values.get("patient_id") or ""
         patient_values["issuer_of_patient_id"] = patient_values.get("issuer_of_patient_id") or ""
-        patient_id, _ = self._get_or_create(patient, patient_values)
+        patient_id, patient_created = self._get_or_create(patient, patient_values)
         study_values = {**values[Level.STUDY], "patient_fk": patient_id,
-                        "state": initial_state.value}
+                        "state": initial_state.value, "state_changed_at": datetime.now(UTC)}
         study_id, new_study = self._get_or_create(study, study_values)
         series_id, new_series = self._get_or_create(
             series, {**values[Level.SERIES], "study_fk": study_id}
@@ -144,10 +172,23 @@ class Repository:
                 insert(request_attribute),
                 [{**item, "series_fk": series_id} for item in row.request_attributes],
             )
-        state = self.connection.execute(
-            select(study.c.state).where(study.c.id == study_id)
-        ).scalar_one()
-        return series_id, str(study_values["study_instance_uid"]), state, new_study
+        filed_row = self.connection.execute(_STUDY_PATIENT, {"study_id": study_id}).one()
+        if not new_study and filed_row.stable_at is not None:
+            self.connection.execute(
+                update(study).where(study.c.id == study_id).values(stable_at=None)
+            )
+        archived = 0
+        if not patient_created:
+            archived = int(self.connection.execute(
+                select(func.count()).select_from(study).where(
+                    study.c.patient_fk == filed_row.patient_pk, study.c.id != study_id,
+                    study.c.state == StudyState.ARCHIVED.value,
+                )
+            ).scalar_one())
+        filed = _filed(filed_row, existed=not (patient_created and new_study),
+                       archived_studies=archived)
+        return (series_id, str(study_values["study_instance_uid"]), filed_row.state, new_study,
+                filed)
 
     def _get_or_create(self, table: Table, values: Mapping[str, Any]) -> tuple[int, bool]:
         """The id of the row with these natural keys, inserted if missing; and if it was."""
@@ -225,9 +266,8 @@ class Repository:
             yield _stored(row)
 
     def blob_referenced(self, key: str) -> bool:
-        return self.connection.execute(
-            select(exists().where(instance.c.blob_key == key))
-        ).scalar_one()
+        """An instance's file, or a file a correction replaced (kept until the purge)."""
+        return self.workflow.blob_in_use(key)
 
     def delete_instances(self, sop_instance_uids: list[str]) -> int:
         """Delete instances, then any series, study and patient left empty."""
@@ -280,11 +320,35 @@ _BY_NAME: dict[str, Table] = {"patient": patient, "study": study, "series": seri
                               "instance": instance}
 
 # Built once: executing a prebuilt statement skips most of SQLAlchemy's per-call construction.
+_PATIENT_FACTS = (
+    patient.c.patient_id, patient.c.issuer_of_patient_id, patient.c.patient_name,
+    patient.c.patient_name_norm, patient.c.patient_birth_date, patient.c.patient_sex,
+)
 _SERIES_BY_UID = (
-    select(series.c.id, study.c.study_instance_uid.label("study_uid"), study.c.state)
+    select(series.c.id, study.c.study_instance_uid.label("study_uid"), study.c.state,
+           study.c.stable_at, *_PATIENT_FACTS)
     .join(study, series.c.study_fk == study.c.id)
+    .join(patient, study.c.patient_fk == patient.c.id)
     .where(series.c.series_instance_uid == bindparam("uid"))
 )
+_STUDY_PATIENT = (
+    select(study.c.state, study.c.stable_at, patient.c.id.label("patient_pk"), *_PATIENT_FACTS)
+    .join(patient, study.c.patient_fk == patient.c.id)
+    .where(study.c.id == bindparam("study_id"))
+)
+
+
+def _filed(row: Any, *, existed: bool, archived_studies: int) -> FiledPatient:
+    return FiledPatient(
+        patient_id=row.patient_id,
+        issuer_of_patient_id=row.issuer_of_patient_id,
+        patient_name=row.patient_name,
+        patient_name_norm=row.patient_name_norm,
+        patient_birth_date=row.patient_birth_date,
+        patient_sex=row.patient_sex,
+        existed=existed,
+        archived_studies=archived_studies,
+    )
 _INSTANCE_BLOB = select(instance.c.id, instance.c.blob_key).where(
     instance.c.sop_instance_uid == bindparam("uid")
 )

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
+from dicomweb.wado_services import WadoServices
 from pacs.services.ingest import IngestService
 from pacs.services.query import QueryService
 from pacs.services.retrieve import RetrieveService
@@ -40,3 +41,4 @@ class Web:
     retrieve: RetrieveService
     ingest: IngestService
     options: WebOptions = field(default_factory=WebOptions)
+    wado: WadoServices | None = None  # WADO-RS/URI; None: built from ``retrieve``, no disk cache

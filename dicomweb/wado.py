@@ -1,15 +1,481 @@
-"""WADO-RS (PS3.18 10.4) and WADO-URI (PS3.18 9): being built."""
+"""WADO-RS (PS3.18 10.4) and WADO-URI (PS3.18 9) routes: parse, one service call, format.
+
+Accept negotiation for instances (PS3.18 8.7.3): ``multipart/related; type="application/dicom"``
+with ``transfer-syntax=*`` gives the stored files unchanged; without a transfer-syntax
+parameter, Explicit VR Little Endian (1.2.840.10008.1.2.1, the standard's default: compressed
+instances are decoded); an explicit uncompressed UID decodes to it, a compressed one is served
+only by instances stored in it. Ranges are tried by q-value, client order among equals; none
+acceptable → 406. A single instance may be asked as a bare ``application/dicom`` body.
+Stored files are streamed in chunks with a ``Content-Length`` when every part is sent as stored.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import gzip
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import chain
+from typing import Annotated, Any
 
-from dicomweb.context import Web
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response, StreamingResponse
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dicomweb import multipart, rendering
+from dicomweb.accept import MediaRange, parse_accept
+from dicomweb.context import Web, base_url
+from dicomweb.errors import HttpError
+from dicomweb.metadata import with_base
+from dicomweb.wado_services import WadoServices, wado_services
+from pacs.services.frames import OCTET_STREAM, FramePart, Offer
+from pacs.services.wado import InstanceFile
+from storage.query import RetrieveItem
+
+DICOM = "application/dicom"
+DICOM_JSON = "application/dicom+json"
+_MULTIPART = "multipart/related"
+_INSTANCE = "/studies/{study}/series/{series}/instances/{instance}"
+
+Responses = dict[int | str, dict[str, Any]]
+_DICOM_RESPONSES: Responses = {200: {"content": {_MULTIPART: {}, DICOM: {}}}}
+_JSON_RESPONSES: Responses = {
+    200: {"content": {DICOM_JSON: {}}}, 304: {"description": "Not Modified (ETag)"}
+}
+_MULTIPART_RESPONSES: Responses = {200: {"content": {_MULTIPART: {}}}}
+_IMAGE_RESPONSES: Responses = {200: {"content": {rendering.JPEG: {}, rendering.PNG: {}}}}
+
+Viewport = Annotated[str | None, Query(description="vw,vh: fit inside this many pixels")]
+WindowParam = Annotated[
+    str | None, Query(description="center,width[,linear|linear_exact|sigmoid]")
+]
+Quality = Annotated[str | None, Query(description="JPEG quality 1-100")]
 
 
+def services_of(web: Web) -> WadoServices:
+    return web.wado if web.wado is not None else wado_services(web.retrieve)
+
+
+# -- Accept ----------------------------------------------------------------------------------
+def dicom_offers(ranges: Sequence[MediaRange]) -> list[tuple[bool, str]]:
+    """(multipart?, transfer syntax or ``*``) for each acceptable range, in order."""
+    offers: list[tuple[bool, str]] = []
+    for media in ranges:
+        syntax = media.transfer_syntax or ExplicitVRLittleEndian
+        if media.media_type == _MULTIPART:
+            if media.params.get("type", DICOM) in (DICOM, "*/*"):
+                offers.append((True, syntax))
+        elif media.media_type == DICOM:
+            offers.append((False, syntax))
+        elif media.matches(_MULTIPART):
+            offers.append((True, ExplicitVRLittleEndian))
+    return offers
+
+
+def frame_offers(ranges: Sequence[MediaRange]) -> list[tuple[bool, Offer]]:
+    """(multipart?, offer) for frames and bulk data; the default type is octet-stream."""
+    offers: list[tuple[bool, Offer]] = []
+    for media in ranges:
+        if media.media_type == _MULTIPART:
+            kind = media.params.get("type", OCTET_STREAM)
+            kind = OCTET_STREAM if kind in ("*/*", "*") else kind
+            offers.append((True, Offer(kind, media.transfer_syntax)))
+        elif media.media_type in ("*/*", "*", "multipart/*"):
+            offers.append((True, Offer(OCTET_STREAM, media.transfer_syntax)))
+        elif media.media_type != DICOM_JSON and "/" in media.media_type:
+            offers.append((False, Offer(media.media_type, media.transfer_syntax)))
+    return offers
+
+
+def _not_acceptable(accept: str | None, what: str) -> HttpError:
+    return HttpError(406, f"Accept {accept!r}: {what}")
+
+
+def _image_type(request: Request) -> str:
+    for media in parse_accept(request.headers.get("accept")):
+        for media_type in rendering.MEDIA_TYPES:
+            if media.matches(media_type):
+                return media_type
+    raise _not_acceptable(request.headers.get("accept"), "rendered images are image/jpeg or "
+                          "image/png")
+
+
+# -- formatting ------------------------------------------------------------------------------
+def _primed(chunks: Iterator[bytes], count: int = 2) -> Iterator[bytes]:
+    """Reads the first chunks now, so that an error in the first instance (a decoder failure,
+    a missing file) is an HTTP error answer rather than a broken stream."""
+    head = []
+    for chunk in chunks:
+        head.append(chunk)
+        if len(head) == count:
+            break
+    return chain(head, chunks)
+
+
+def _multipart_response(parts: Sequence[multipart.Part], part_type: str) -> Response:
+    boundary = multipart.new_boundary()
+    headers = {}
+    length = multipart.total_length(boundary, parts)
+    if length is not None:
+        headers["Content-Length"] = str(length)
+    return StreamingResponse(
+        _primed(multipart.stream(boundary, parts)),
+        media_type=multipart.content_type(boundary, part_type),
+        headers=headers,
+    )
+
+
+def _instance_parts(files: Iterable[InstanceFile], base: str) -> list[multipart.Part]:
+    return [
+        multipart.Part(
+            content_type=f"{DICOM}; transfer-syntax={f.transfer_syntax}",
+            chunks=f.chunks(),
+            size=f.size,
+            location=f"{base}/studies/{f.item.study_instance_uid}/series/"
+            f"{f.item.series_instance_uid}/instances/{f.item.sop_instance_uid}",
+        )
+        for f in files
+    ]
+
+
+def _frame_response(frames: Sequence[FramePart], multipart_wanted: bool) -> Response:
+    if not multipart_wanted:
+        (frame,) = frames
+        return Response(
+            frame.data, media_type=f"{frame.media_type}; transfer-syntax={frame.transfer_syntax}"
+        )
+    parts = [
+        multipart.Part(
+            f"{f.media_type}; transfer-syntax={f.transfer_syntax}", (f.data,), len(f.data)
+        )
+        for f in frames
+    ]
+    return _multipart_response(parts, frames[0].media_type if frames else OCTET_STREAM)
+
+
+def _etag_matches(request: Request, etag: str) -> bool:
+    header = request.headers.get("if-none-match")
+    if header is None:
+        return False
+    candidates = {c.strip().removeprefix("W/") for c in header.split(",")}
+    return "*" in candidates or f'"{etag}"' in candidates
+
+
+def parse_frame_list(text: str) -> list[int]:
+    """``1,3,5`` (PS3.18 10.4.1.1.4): positive frame numbers; 400 when malformed."""
+    numbers = []
+    for piece in text.split(","):
+        piece = piece.strip()
+        if not piece.isdigit() or int(piece) < 1:
+            raise HttpError(400, f"frame list {text!r}: frames are numbers from 1, comma separated")
+        numbers.append(int(piece))
+    return numbers
+
+
+def parse_bulk_path(text: str) -> tuple[int, ...]:
+    """``7FE00010`` or ``00540016/0/00181072``: tags (8 hex digits) and item indexes."""
+    steps: list[int] = []
+    for depth, piece in enumerate(text.strip("/").split("/")):
+        try:
+            if depth % 2 == 0:
+                if len(piece) != 8:
+                    raise ValueError(piece)
+                steps.append(int(piece, 16))
+            else:
+                steps.append(int(piece))
+        except ValueError:
+            raise HttpError(404, f"no bulk data at {text!r}") from None
+    if len(steps) % 2 == 0:
+        raise HttpError(404, f"no bulk data at {text!r}")
+    return tuple(steps)
+
+
+class _GzipCache:
+    """Compressed metadata answers, by (ETag, base URL): the JSON middleware would spend tens
+    of milliseconds on a large series at each request."""
+
+    def __init__(self, entries: int = 64) -> None:
+        self.entries: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self.limit = entries
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple[str, str], body: Iterator[bytes] | bytes) -> bytes:
+        with self.lock:
+            found = self.entries.get(key)
+            if found is not None:
+                self.entries.move_to_end(key)
+                return found
+        data = body if isinstance(body, bytes) else b"".join(body)
+        compressed = gzip.compress(data, compresslevel=1, mtime=0)
+        with self.lock:
+            self.entries[key] = compressed
+            while len(self.entries) > self.limit:
+                self.entries.popitem(last=False)
+        return compressed
+
+
+# -- WADO-RS ---------------------------------------------------------------------------------
 def router(web: Web) -> APIRouter:
-    return APIRouter(tags=["WADO-RS"])
+    api = APIRouter(tags=["WADO-RS"])
+    wado = services_of(web)
+    compressed = _GzipCache()
+
+    def retrieve(
+        request: Request, study: str, series: str | None = None, instance: str | None = None
+    ) -> Response:
+        accept = request.headers.get("accept")
+        offers = dicom_offers(parse_accept(accept))
+        if not offers:
+            raise _not_acceptable(accept, 'instances are multipart/related; '
+                                  'type="application/dicom"')
+        single = instance is not None and not offers[0][0]
+        preferences = [syntax for part, syntax in offers if part != single]
+        if not preferences:
+            raise _not_acceptable(accept, "a study or series is multipart/related")
+        items = wado.instances.instances(study, series, instance)
+        files = wado.instances.files(items, preferences)
+        if single:
+            (file,) = files
+            headers = {} if file.size is None else {"Content-Length": str(file.size)}
+            return StreamingResponse(
+                _primed(file.chunks(), 1),
+                media_type=f"{DICOM}; transfer-syntax={file.transfer_syntax}",
+                headers=headers,
+            )
+        return _multipart_response(_instance_parts(files, base_url(request)), DICOM)
+
+    @api.get("/studies/{study}", summary="Retrieve a study's instances (multipart DICOM)",
+             responses=_DICOM_RESPONSES, response_class=Response)
+    def retrieve_study(request: Request, study: str) -> Response:
+        return retrieve(request, study)
+
+    @api.get("/studies/{study}/series/{series}", response_class=Response,
+             summary="Retrieve a series' instances (multipart DICOM)", responses=_DICOM_RESPONSES)
+    def retrieve_series(request: Request, study: str, series: str) -> Response:
+        return retrieve(request, study, series)
+
+    @api.get(_INSTANCE, summary="Retrieve an instance (multipart or single DICOM)",
+             responses=_DICOM_RESPONSES, response_class=Response)
+    def retrieve_instance(request: Request, study: str, series: str, instance: str) -> Response:
+        return retrieve(request, study, series, instance)
+
+    def metadata(
+        request: Request, study: str, series: str | None = None, instance: str | None = None
+    ) -> Response:
+        accept = request.headers.get("accept")
+        if not any(m.matches(DICOM_JSON) or m.matches("application/json")
+                   for m in parse_accept(accept)):
+            raise _not_acceptable(accept, "metadata is application/dicom+json")
+        items = wado.metadata.items(study, series, instance)
+        etag = wado.metadata.etag(items)
+        headers = {"ETag": f'"{etag}"', "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
+        if _etag_matches(request, etag):
+            return Response(status_code=304, headers=headers)
+        base = base_url(request)
+        parts = wado.metadata.metadata(items).parts
+        body = with_base(b"[" + b",".join(parts) + b"]", base)
+        if "gzip" in request.headers.get("accept-encoding", "") and len(body) > 1000:
+            headers["Content-Encoding"] = "gzip"
+            body = compressed.get((etag, base), body)
+        return Response(body, media_type=DICOM_JSON, headers=headers)
+
+    @api.get("/studies/{study}/metadata", summary="Metadata of a study's instances (DICOM JSON)",
+             responses=_JSON_RESPONSES, response_class=Response)
+    def study_metadata(request: Request, study: str) -> Response:
+        return metadata(request, study)
+
+    @api.get("/studies/{study}/series/{series}/metadata", response_class=Response,
+             summary="Metadata of a series' instances (DICOM JSON)", responses=_JSON_RESPONSES)
+    def series_metadata(request: Request, study: str, series: str) -> Response:
+        return metadata(request, study, series)
+
+    @api.get(_INSTANCE + "/metadata", summary="Metadata of an instance (DICOM JSON)",
+             responses=_JSON_RESPONSES, response_class=Response)
+    def instance_metadata(request: Request, study: str, series: str, instance: str) -> Response:
+        return metadata(request, study, series, instance)
+
+    def frames_answer(request: Request, item: RetrieveItem, numbers: list[int]) -> Response:
+        accept = request.headers.get("accept")
+        offers = frame_offers(parse_accept(accept))
+        single = len(numbers) == 1 and bool(offers) and not offers[0][0]
+        usable = [offer for part, offer in offers if part != single]
+        if not usable:
+            raise _not_acceptable(accept, 'frames are multipart/related; '
+                                  'type="application/octet-stream" (or the stored image type)')
+        return _frame_response(wado.frames.frames(item, numbers, usable), not single)
+
+    @api.get(_INSTANCE + "/frames/{frames}", summary="Frames of an instance (pixel data)",
+             responses=_MULTIPART_RESPONSES, response_class=Response)
+    def frames(request: Request, study: str, series: str, instance: str, frames: str) -> Response:
+        numbers = parse_frame_list(frames)
+        item = wado.instances.instance(study, series, instance)
+        return frames_answer(request, item, numbers)
+
+    @api.get(_INSTANCE + "/bulk/{path:path}", summary="A bulk data value of an instance",
+             responses=_MULTIPART_RESPONSES, response_class=Response)
+    def bulk(request: Request, study: str, series: str, instance: str, path: str) -> Response:
+        steps = parse_bulk_path(path)
+        item = wado.instances.instance(study, series, instance)
+        value = wado.frames.bulk(item, steps)
+        if value is None:  # Pixel Data: its frames
+            count = wado.frames.frame_count(item)
+            return frames_answer(request, item, list(range(1, count + 1)))
+        accept = request.headers.get("accept")
+        offers = frame_offers(parse_accept(accept))
+        if not offers or offers[0][1].media_type != OCTET_STREAM:
+            raise _not_acceptable(accept, "bulk data is application/octet-stream")
+        if not offers[0][0]:
+            return StreamingResponse(value.chunks, media_type=OCTET_STREAM,
+                                     headers={"Content-Length": str(value.size)})
+        part = multipart.Part(OCTET_STREAM, value.chunks, value.size)
+        return _multipart_response([part], OCTET_STREAM)
+
+    def rendered(
+        request: Request, item: RetrieveItem, frame: int, viewport: str | None,
+        window: str | None, quality: str | None, thumbnail: bool,
+    ) -> Response:
+        media_type = _image_type(request)
+        try:
+            size = rendering.parse_viewport(viewport)
+            options = rendering.Rendering(
+                media_type=media_type,
+                window=rendering.parse_window(window),
+                viewport=rendering.thumbnail_viewport(size) if thumbnail else size,
+                quality=rendering.parse_quality(quality),
+            )
+        except rendering.RenderingError as error:
+            raise HttpError(400, str(error)) from None
+        decoded = wado.frames.decoded(item, frame)
+        return Response(rendering.render(decoded, options), media_type=media_type)
+
+    @api.get(_INSTANCE + "/rendered", summary="An instance rendered (first frame) as JPEG/PNG",
+             responses=_IMAGE_RESPONSES, response_class=Response)
+    def rendered_instance(
+        request: Request, study: str, series: str, instance: str, viewport: Viewport = None,
+        window: WindowParam = None, quality: Quality = None,
+    ) -> Response:
+        item = wado.instances.instance(study, series, instance)
+        return rendered(request, item, 1, viewport, window, quality, thumbnail=False)
+
+    @api.get(_INSTANCE + "/frames/{frame}/rendered", response_class=Response,
+             summary="A frame rendered as JPEG/PNG", responses=_IMAGE_RESPONSES)
+    def rendered_frame(
+        request: Request, study: str, series: str, instance: str, frame: str,
+        viewport: Viewport = None, window: WindowParam = None, quality: Quality = None,
+    ) -> Response:
+        numbers = parse_frame_list(frame)
+        if len(numbers) != 1:
+            raise HttpError(400, "a rendered frame is one frame number")
+        item = wado.instances.instance(study, series, instance)
+        return rendered(request, item, numbers[0], viewport, window, quality, thumbnail=False)
+
+    def thumbnail(request: Request, items: Sequence[RetrieveItem], frame: int,
+                  viewport: str | None) -> Response:
+        representative = items[len(items) // 2]
+        return rendered(request, representative, frame, viewport, None, None, thumbnail=True)
+
+    @api.get("/studies/{study}/thumbnail", summary="A study thumbnail (a representative image)",
+             responses=_IMAGE_RESPONSES, response_class=Response)
+    def study_thumbnail(request: Request, study: str, viewport: Viewport = None) -> Response:
+        items = wado.instances.instances(study)
+        first_series = [i for i in items if i.series_instance_uid == items[0].series_instance_uid]
+        return thumbnail(request, first_series, 1, viewport)
+
+    @api.get("/studies/{study}/series/{series}/thumbnail", response_class=Response,
+             summary="A series thumbnail (its middle image)", responses=_IMAGE_RESPONSES)
+    def series_thumbnail(
+        request: Request, study: str, series: str, viewport: Viewport = None
+    ) -> Response:
+        return thumbnail(request, wado.instances.instances(study, series), 1, viewport)
+
+    @api.get(_INSTANCE + "/thumbnail", summary="An instance thumbnail",
+             responses=_IMAGE_RESPONSES, response_class=Response)
+    def instance_thumbnail(
+        request: Request, study: str, series: str, instance: str, viewport: Viewport = None
+    ) -> Response:
+        return thumbnail(request, wado.instances.instances(study, series, instance), 1, viewport)
+
+    @api.get(_INSTANCE + "/frames/{frame}/thumbnail", summary="A frame thumbnail",
+             responses=_IMAGE_RESPONSES, response_class=Response)
+    def frame_thumbnail(
+        request: Request, study: str, series: str, instance: str, frame: str,
+        viewport: Viewport = None,
+    ) -> Response:
+        numbers = parse_frame_list(frame)
+        if len(numbers) != 1:
+            raise HttpError(400, "a thumbnail is of one frame")
+        items = wado.instances.instances(study, series, instance)
+        return thumbnail(request, items, numbers[0], viewport)
+
+    return api
 
 
+# -- WADO-URI --------------------------------------------------------------------------------
 def uri_router(web: Web) -> APIRouter:
-    return APIRouter(tags=["WADO-URI"])
+    api = APIRouter(tags=["WADO-URI"])
+    wado = services_of(web)
+
+    @api.get(
+        "/wado",
+        summary="WADO-URI (PS3.18 9): an instance as DICOM, JPEG or PNG",
+        responses={200: {"content": {DICOM: {}, rendering.JPEG: {}, rendering.PNG: {}}}},
+        response_class=Response,
+    )
+    def wado_uri(
+        requestType: str | None = None,  # noqa: N803 - the standard's parameter names
+        studyUID: str | None = None,  # noqa: N803
+        seriesUID: str | None = None,  # noqa: N803
+        objectUID: str | None = None,  # noqa: N803
+        contentType: str | None = None,  # noqa: N803
+        transferSyntax: str | None = None,  # noqa: N803
+        rows: str | None = None,
+        columns: str | None = None,
+        windowCenter: str | None = None,  # noqa: N803
+        windowWidth: str | None = None,  # noqa: N803
+        frameNumber: str | None = None,  # noqa: N803
+        imageQuality: str | None = None,  # noqa: N803
+    ) -> Response:
+        if requestType != "WADO":
+            raise HttpError(400, "requestType must be WADO")
+        if not (studyUID and seriesUID and objectUID):
+            raise HttpError(400, "studyUID, seriesUID and objectUID are required")
+        wanted = [t.split(";")[0].strip().lower() for t in (contentType or "image/jpeg").split(",")]
+        item = wado.instances.instance(studyUID, seriesUID, objectUID)
+        for media_type in wanted:
+            if media_type == DICOM:
+                syntax = (transferSyntax or ExplicitVRLittleEndian).strip()
+                (file,) = wado.instances.files([item], [syntax])
+                headers = {} if file.size is None else {"Content-Length": str(file.size)}
+                return StreamingResponse(_primed(file.chunks(), 1), media_type=DICOM,
+                                         headers=headers)
+            if media_type in rendering.MEDIA_TYPES or media_type in ("image/*", "*/*"):
+                return _uri_image(wado, item, media_type, rows, columns, windowCenter,
+                                  windowWidth, frameNumber, imageQuality)
+        raise HttpError(406, f"contentType {contentType!r}: application/dicom, image/jpeg or "
+                             "image/png")
+
+    return api
+
+
+def _uri_image(
+    wado: WadoServices, item: RetrieveItem, media_type: str, rows: str | None,
+    columns: str | None, center: str | None, width: str | None, frame: str | None,
+    quality: str | None,
+) -> Response:
+    media_type = media_type if media_type in rendering.MEDIA_TYPES else rendering.JPEG
+    try:
+        window = None
+        if center not in (None, "") or width not in (None, ""):
+            window = rendering.parse_window(f"{center},{width}")
+        options = rendering.Rendering(
+            media_type=media_type,
+            window=window,
+            viewport=rendering.parse_size(columns, rows),
+            quality=rendering.parse_quality(quality),
+        )
+    except rendering.RenderingError as error:
+        raise HttpError(400, str(error)) from None
+    number = parse_frame_list(frame)[0] if frame else 1
+    decoded = wado.frames.decoded(item, number)
+    return Response(rendering.render(decoded, options), media_type=media_type)
+

@@ -23,6 +23,7 @@ import uvicorn
 
 from dicomweb.app import create_app
 from dicomweb.context import Web, WebOptions
+from dicomweb.wado_services import wado_services
 from pacs.dimse.handoff import Dispatcher, channel_pair, receive_forever
 from pacs.dimse.server import DimseServer
 from pacs.services.bulk_import import ImportService
@@ -134,6 +135,7 @@ def _web(settings: Settings, services: Services) -> Web:
             cors_origins=origins,
             cors_methods=methods,
         ),
+        wado=wado_services(services.retrieve, cache_dir=settings.data_dir / "cache" / "metadata"),
     )
 
 

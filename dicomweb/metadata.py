@@ -1,0 +1,174 @@
+"""DICOM JSON (PS3.18 Annex F) of a stored instance, with BulkDataURIs for its large values.
+
+Built straight from the raw elements (:mod:`pacs.services.element_tree`), not through pydicom
+``DataElement`` objects (about ten times faster, which is what makes a cold 600-instance series
+answer in a fraction of a second). Encoding per Annex F.2:
+
+- strings are decoded with the Specific Character Set (F.2.2), split on ``\\`` into values,
+  padding removed; an empty value in a list is ``null``; an empty element has no ``Value``;
+- PN values are ``{"Alphabetic", "Ideographic", "Phonetic"}`` objects (F.2.2);
+- IS, DS and the binary numbers are JSON numbers (F.2.3); a malformed IS/DS stays a string,
+  a NaN or infinite float is given as a string (JSON has no such numbers);
+- AT values are ``"GGGGEEEE"``;
+- OB, OD, OF, OL, OV, OW and UN values up to :data:`INLINE_UP_TO` bytes are ``InlineBinary``
+  (base64), longer ones (and Pixel Data always) ``BulkDataURI`` (F.2.6);
+- sequences are arrays of item objects; group lengths and Data Set Trailing Padding are left
+  out. ``AvailableTransferSyntaxUID`` (0008,3002) tells the stored transfer syntax.
+
+The BulkDataURI of a value is ``{base}/studies/{study}/series/{series}/instances/{instance}/
+bulk/{path}``, ``path`` being its tag, or tag/item/tag... inside sequences. As the base URL
+depends on how a client reached the server, the encoded bytes carry :data:`BASE_PLACEHOLDER`
+instead, replaced per answer (:func:`with_base`), so that cached metadata serves any host name.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import struct
+from typing import Any
+
+from pydicom.charset import convert_encodings, decode_bytes
+
+from pacs.services.element_tree import BINARY_VRS, PIXEL_DATA, Element
+from storage.query import RetrieveItem
+
+INLINE_UP_TO = 1024  # bytes: longer binary values become BulkDataURIs
+ENCODING_VERSION = "annex-f-1"  # change when the encoding changes: cached metadata is redone
+BASE_PLACEHOLDER = "\x00base\x00"
+_PLACEHOLDER_JSON = json.dumps(BASE_PLACEHOLDER)[1:-1].encode("ascii")
+_SPECIFIC_CHARACTER_SET = 0x00080005
+_AVAILABLE_TRANSFER_SYNTAX_UID = 0x00083002
+_TRAILING_PADDING = 0xFFFCFFFC
+_SINGLE_VALUED = frozenset({"LT", "ST", "UT", "UR"})  # a backslash is text there
+_TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})  # use the character set
+_STRUCTS = {
+    "US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "SV": "q", "UV": "Q",
+}
+_DEFAULT_CODECS: tuple[str, ...] = ("iso8859",)
+
+
+def with_base(encoded: bytes, base: str) -> bytes:
+    """Encoded metadata with the placeholder replaced by the DICOMweb base URL."""
+    return encoded.replace(_PLACEHOLDER_JSON, json.dumps(base)[1:-1].encode("utf-8"))
+
+
+def encode_instance(item: RetrieveItem, elements: list[Element]) -> bytes:
+    """One instance's DICOM JSON object, UTF-8, with :data:`BASE_PLACEHOLDER` in its URIs."""
+    prefix = (
+        f"{BASE_PLACEHOLDER}/studies/{item.study_instance_uid}/series/"
+        f"{item.series_instance_uid}/instances/{item.sop_instance_uid}/bulk/"
+    )
+    codecs = _DEFAULT_CODECS
+    for element in elements:
+        if element.tag == _SPECIFIC_CHARACTER_SET and element.value:
+            terms = [t.strip() for t in element.value.decode("ascii", "replace").split("\\")]
+            codecs = tuple(convert_encodings(terms or [""]))
+            break
+    obj = _Encoder(prefix, codecs).dataset(elements, "")
+    obj[f"{_AVAILABLE_TRANSFER_SYNTAX_UID:08X}"] = {
+        "vr": "UI", "Value": [item.transfer_syntax_uid],
+    }
+    ordered = dict(sorted(obj.items()))
+    return json.dumps(ordered, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+class _Encoder:
+    def __init__(self, prefix: str, codecs: tuple[str, ...]) -> None:
+        self.prefix = prefix
+        self.codecs = codecs
+
+    def dataset(self, elements: list[Element], path: str) -> dict[str, Any]:
+        obj: dict[str, Any] = {}
+        for element in elements:
+            tag = element.tag
+            if tag & 0xFFFF == 0 or tag == _TRAILING_PADDING:
+                continue
+            key = f"{tag:08X}"
+            obj[key] = self.element(element, f"{path}{key}")
+        return obj
+
+    def element(self, element: Element, path: str) -> dict[str, Any]:
+        vr = element.vr
+        out: dict[str, Any] = {"vr": vr}
+        if vr == "SQ":
+            if element.items:
+                out["Value"] = [
+                    self.dataset(item, f"{path}/{index}/")
+                    for index, item in enumerate(element.items)
+                ]
+            return out
+        value = element.value
+        if value is None or element.tag == PIXEL_DATA:
+            if element.length:
+                out["BulkDataURI"] = self.prefix + path
+            return out
+        if not value:
+            return out
+        if vr in BINARY_VRS:
+            out["InlineBinary"] = base64.b64encode(value).decode("ascii")
+            return out
+        values = self.values(vr, value)
+        if values:
+            out["Value"] = values
+        return out
+
+    def values(self, vr: str, raw: bytes) -> list[Any]:
+        if vr in _STRUCTS:
+            code = _STRUCTS[vr]
+            count = len(raw) // struct.calcsize(code)
+            numbers = list(struct.unpack(f"<{count}{code}", raw[: count * struct.calcsize(code)]))
+            if vr in ("FL", "FD"):
+                return [n if math.isfinite(n) else str(n) for n in numbers]
+            return numbers
+        if vr == "AT":
+            count = len(raw) // 4
+            pairs = struct.unpack(f"<{count * 2}H", raw[: count * 4])
+            return [f"{pairs[i]:04X}{pairs[i + 1]:04X}" for i in range(0, len(pairs), 2)]
+        text = self.text(vr, raw)
+        if vr in _SINGLE_VALUED:
+            text = text.rstrip(" \x00")
+            return [text] if text else []
+        pieces = [p.strip(" \x00") for p in text.split("\\")]
+        if len(pieces) == 1 and not pieces[0]:
+            return []
+        if vr == "PN":
+            return [_person_name(p) for p in pieces]
+        if vr == "IS":
+            return [_number(p, integer=True) for p in pieces]
+        if vr == "DS":
+            return [_number(p, integer=False) for p in pieces]
+        return [p or None for p in pieces]
+
+    def text(self, vr: str, raw: bytes) -> str:
+        if vr not in _TEXT_VRS or self.codecs == _DEFAULT_CODECS:
+            return raw.decode("latin-1")
+        if len(self.codecs) == 1:
+            return raw.decode(self.codecs[0], "replace")
+        delimiters = {0x5C, 0x3D, 0x5E} if vr == "PN" else {0x5C}
+        return str(decode_bytes(raw, list(self.codecs), delimiters))
+
+
+def _person_name(text: str) -> dict[str, str] | None:
+    if not text:
+        return None
+    groups = text.split("=")
+    names = ("Alphabetic", "Ideographic", "Phonetic")
+    return {name: group for name, group in zip(names, groups, strict=False) if group}
+
+
+def _number(text: str, *, integer: bool) -> int | float | str | None:
+    if not text:
+        return None
+    try:
+        if integer:
+            return int(text)
+        number = float(text)
+    except ValueError:
+        return text  # malformed: kept as the stored text rather than lost
+    if not math.isfinite(number):
+        return text
+    if number.is_integer() and "." not in text and "e" not in text.lower():
+        return int(number)
+    return number

@@ -14,7 +14,7 @@ from __future__ import annotations
 import gzip
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain
 from typing import Annotated, Any
 
@@ -190,35 +190,41 @@ def parse_bulk_path(text: str) -> tuple[int, ...]:
     return tuple(steps)
 
 
-class _GzipCache:
-    """Compressed metadata answers, by (ETag, base URL): the JSON middleware would spend tens
-    of milliseconds on a large series at each request."""
+class _Bodies:
+    """Finished metadata answers by (ETag, base URL, content coding), bounded by bytes: a warm
+    600-instance series is then one index look-up and a send. (The JSON gzip middleware would
+    spend tens of milliseconds compressing it at each request; here it is done once, fast.)"""
 
-    def __init__(self, entries: int = 64) -> None:
-        self.entries: OrderedDict[tuple[str, str], bytes] = OrderedDict()
-        self.limit = entries
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        self.entries: OrderedDict[tuple[str, str, bool], bytes] = OrderedDict()
+        self.size = 0
+        self.max_bytes = max_bytes
         self.lock = threading.Lock()
 
-    def get(self, key: tuple[str, str], body: Iterator[bytes] | bytes) -> bytes:
+    def get(self, key: tuple[str, str, bool], make: Callable[[], bytes]) -> bytes:
         with self.lock:
             found = self.entries.get(key)
             if found is not None:
                 self.entries.move_to_end(key)
                 return found
-        data = body if isinstance(body, bytes) else b"".join(body)
-        compressed = gzip.compress(data, compresslevel=1, mtime=0)
+        body = make()
+        if key[2]:
+            body = gzip.compress(body, compresslevel=1, mtime=0)
         with self.lock:
-            self.entries[key] = compressed
-            while len(self.entries) > self.limit:
-                self.entries.popitem(last=False)
-        return compressed
+            if key not in self.entries and len(body) <= self.max_bytes:
+                self.entries[key] = body
+                self.size += len(body)
+                while self.size > self.max_bytes:
+                    _, dropped = self.entries.popitem(last=False)
+                    self.size -= len(dropped)
+        return body
 
 
 # -- WADO-RS ---------------------------------------------------------------------------------
 def router(web: Web) -> APIRouter:
     api = APIRouter(tags=["WADO-RS"])
     wado = services_of(web)
-    compressed = _GzipCache()
+    bodies = _Bodies()
 
     def retrieve(
         request: Request, study: str, series: str | None = None, instance: str | None = None
@@ -268,15 +274,19 @@ def router(web: Web) -> APIRouter:
             raise _not_acceptable(accept, "metadata is application/dicom+json")
         items = wado.metadata.items(study, series, instance)
         etag = wado.metadata.etag(items)
-        headers = {"ETag": f'"{etag}"', "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
+        headers = {"ETag": f'W/"{etag}"', "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
         if _etag_matches(request, etag):
             return Response(status_code=304, headers=headers)
         base = base_url(request)
-        parts = wado.metadata.metadata(items).parts
-        body = with_base(b"[" + b",".join(parts) + b"]", base)
-        if "gzip" in request.headers.get("accept-encoding", "") and len(body) > 1000:
+        zipped = "gzip" in request.headers.get("accept-encoding", "")
+
+        def make() -> bytes:
+            parts = wado.metadata.metadata(items).parts
+            return with_base(b"[" + b",".join(parts) + b"]", base)
+
+        body = bodies.get((etag, base, zipped), make)
+        if zipped:
             headers["Content-Encoding"] = "gzip"
-            body = compressed.get((etag, base), body)
         return Response(body, media_type=DICOM_JSON, headers=headers)
 
     @api.get("/studies/{study}/metadata", summary="Metadata of a study's instances (DICOM JSON)",

@@ -40,7 +40,7 @@ _LONG_VRS = frozenset(
     {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
 )
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
-_WINDOW = 1 << 16
+_WINDOW = 1 << 14  # bytes read at a time: most headers fit in one read
 _TAG_VR = struct.Struct("<HH2s")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -94,7 +94,7 @@ class Window:
 @lru_cache(maxsize=4096)
 def implicit_vr(tag: int) -> str:
     """The VR of ``tag`` in Implicit VR data (PS3.5 A.1): the dictionary's, else UN; private
-    creators are LO, group lengths UL; ambiguous ones take their first (US, OW)."""
+    creators are LO, group lengths UL; ambiguous ones take OW or their first (US)."""
     group, element = tag >> 16, tag & 0xFFFF
     if element == 0:
         return "UL"
@@ -104,6 +104,8 @@ def implicit_vr(tag: int) -> str:
         vr = str(dictionary_VR(tag))
     except KeyError:
         return "UN"
+    if vr == "OB or OW":
+        return "OW"  # PS3.5 A.1: Pixel Data and the overlays are OW in Implicit VR
     return vr.split(" or ")[0] if " or " in vr else vr
 
 
@@ -115,19 +117,27 @@ class _Parser:
 
     def elements(self, position: int, end: int, *, in_item: bool) -> tuple[list[Element], int]:
         """Elements from ``position`` to ``end`` (or an item delimiter when ``in_item`` and
-        the item has undefined length); returns them and the position after."""
+        the item has undefined length); returns them and the position after.
+
+        The common case (a short value inside the current buffer) is handled inline: this loop
+        runs for every element of every instance of a cold series' metadata.
+        """
+        window = self.window
         found: list[Element] = []
+        append = found.append
+        implicit = self.implicit
+        inline_up_to = self.inline_up_to
         while position < end:
-            data, at = self.window.at(position, 8)
+            data = window.data
+            at = position - window.base
+            if at < 0 or at + 12 > len(data):
+                data, at = window.at(position, 8)
             group, number, vr_bytes = _TAG_VR.unpack_from(data, at)
             tag = group << 16 | number
-            if tag == _ITEM_END:
-                if not in_item:
-                    raise Unreadable("an item delimiter outside an item")
-                return found, position + 8
             if group == 0xFFFE:
+                if tag == _ITEM_END and in_item:
+                    return found, position + 8
                 raise Unreadable(f"unexpected item tag at {position}")
-            implicit = self.implicit
             if implicit:
                 vr = implicit_vr(tag)
                 (length,) = _U32.unpack_from(data, at + 4)
@@ -135,14 +145,31 @@ class _Parser:
             else:
                 vr = vr_bytes.decode("ascii", "replace")
                 if vr in _LONG_VRS:
-                    data, at = self.window.at(position, 12)
+                    data, at = window.at(position, 12)
                     (length,) = _U32.unpack_from(data, at + 8)
                     value_at = position + 12
                 else:
                     (length,) = _U16.unpack_from(data, at + 6)
                     value_at = position + 8
+            after = value_at + length
+            if (
+                length != UNDEFINED
+                and vr != "SQ"
+                and tag != PIXEL_DATA
+                and (length <= inline_up_to or vr not in BINARY_VRS)
+            ):
+                start = value_at - window.base
+                if after > window.size:
+                    raise Unreadable(f"element ({group:04X},{number:04X}) is truncated")
+                if start + length <= len(window.data):
+                    value = window.data[start : start + length]
+                else:
+                    value = window.read(value_at, length)
+                append(Element(tag, vr, length, value_at, after, value))
+                position = after
+                continue
             element, position = self._value(tag, vr, length, value_at, implicit)
-            found.append(element)
+            append(element)
         if position > end:
             raise Unreadable("an element extends beyond its item")
         return found, position

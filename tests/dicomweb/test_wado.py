@@ -379,6 +379,10 @@ def test_metadata_bulk_data_uris(web_archive: WebArchive, filled: Filled) -> Non
     raw = get(web_archive, private["BulkDataURI"], "application/octet-stream")
     assert raw.status_code == 200
     assert raw.content == bytes(range(256)) * 8
+    client = DICOMwebClient(url=web_archive.url)
+    assert client.retrieve_bulkdata(private["BulkDataURI"]) == [bytes(range(256)) * 8]
+    pixels = client.retrieve_bulkdata(obj["7FE00010"]["BulkDataURI"])
+    assert pixels == [sent_dataset(web_archive, filled.ct[2]).PixelData]
     assert obj["00280030"] == {"vr": "DS", "Value": [0.5, 0.5]}
     assert obj["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "DOE^JOHN"}]}
     assert obj["00281050"]["Value"] == [40]

@@ -24,10 +24,12 @@ client can simply send it again.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -62,7 +64,13 @@ log = logging.getLogger(__name__)
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
 MULTIPART_RELATED = "multipart/related"
+# Parts stored at once, each by its own thread: a store mostly waits on fsync and the index
+# commit, which overlap (300 small CT in POSTs of 50: about 110/s one at a time, 270-330/s
+# with 8 on this machine's SQLite and PostgreSQL). The answer keeps the parts' order.
+STORE_WORKERS = 8
 _FLUSH_BYTES = 1 << 20  # a part's content is written to its file in pieces of about this
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_WARNINGS_MAX = 10  # failures told in the Warning header; the body lists them all
 
 
 class FailureReason(IntEnum):
@@ -222,8 +230,9 @@ class _Spool:
 async def _receive(request: Request, boundary: str, web: Web) -> list[_Part]:
     """Read the whole body, spooling each DICOM part to its own temporary file.
 
-    Raises :class:`HttpError` (400 malformed or truncated, 413 too large) after removing
-    every file it wrote; a client that goes away gets no answer and leaves nothing either.
+    Raises :class:`HttpError` (400 malformed or truncated, 413 too large) or
+    :class:`OutOfResources` (disk full: 503) after removing every file it wrote; a client that
+    goes away gets no answer and leaves nothing either.
     """
     limit = web.options.max_request_bytes
     temp_dir = web.ingest.temp_dir()
@@ -253,6 +262,12 @@ async def _receive(request: Request, boundary: str, web: Web) -> list[_Part]:
     except MalformedMultipart as exc:
         _discard(parts, spool)
         raise HttpError(400, str(exc)) from exc
+    except OSError as exc:
+        _discard(parts, spool)
+        if exc.errno in _NO_SPACE:
+            raise OutOfResources(f"no space left to receive the request: {exc.strerror}"
+                                 ) from exc
+        raise
     except ClientDisconnect:
         _discard(parts, spool)
         log.info("STOW-RS client went away after %d bytes: nothing stored", received)
@@ -295,29 +310,36 @@ class _Failure:
 def _store_parts(
     ingest: IngestService, parts: list[_Part], origin: Origin, study: str | None
 ) -> list[StoreOutcome | _Failure]:
-    """Store each part in order (blocking: runs in a worker thread)."""
+    """Store the parts, up to :data:`STORE_WORKERS` at once; the results in the parts' order
+    (blocking: runs in a worker thread). Ingest is thread-safe, and two parts of the same new
+    study (or the same instance twice) meet in the index's ``ON CONFLICT`` upserts."""
     expected = Expected(study_instance_uid=study) if study is not None else None
-    return [_store_part(ingest, part, origin, expected) for part in parts]
+    if len(parts) == 1:
+        return [_store_part(ingest, parts[0], origin, expected)]
+    with ThreadPoolExecutor(max_workers=min(STORE_WORKERS, len(parts)),
+                            thread_name_prefix="stow") as pool:
+        return list(pool.map(lambda part: _store_part(ingest, part, origin, expected), parts))
 
 
 def _store_part(
     ingest: IngestService, part: _Part, origin: Origin, expected: Expected | None
 ) -> StoreOutcome | _Failure:
+    said = f"part {part.number}"
     if part.refused is not None or part.path is None:
-        return _Failure(FailureReason.CANNOT_UNDERSTAND, part.refused or "empty part")
+        return _Failure(FailureReason.CANNOT_UNDERSTAND, f"{said}: {part.refused}")
     try:
         return ingest.store(Incoming.received_file(part.path, part.digest), origin, expected)
     except PacsError as error:
         reason = failure_reason(error)
-        log.warning("STOW-RS part %d from %s failed (0x%04X): %s", part.number,
-                    origin.address, reason, error)
+        log.warning("STOW-RS %s from %s failed (0x%04X): %s", said, origin.address, reason,
+                    error)
         if isinstance(error, StudyMismatch):
-            return _Failure(reason, str(error), error.sop_class_uid, error.sop_instance_uid)
-        return _Failure(reason, str(error))
+            return _Failure(reason, f"{said}: {error}", error.sop_class_uid,
+                            error.sop_instance_uid)
+        return _Failure(reason, f"{said}: {error}")
     except Exception as error:  # one part's bug must not lose the others' answers
-        log.exception("STOW-RS part %d from %s: unexpected failure", part.number,
-                      origin.address)
-        return _Failure(FailureReason.PROCESSING_FAILURE, f"processing failure: {error}")
+        log.exception("STOW-RS %s from %s: unexpected failure", said, origin.address)
+        return _Failure(FailureReason.PROCESSING_FAILURE, f"{said}: processing failure: {error}")
 
 
 # -- the answer -----------------------------------------------------------------------------
@@ -337,7 +359,20 @@ def _answer(
     if stored:
         body["00081199"] = {"vr": "SQ", "Value": [_stored_item(s, studies_url) for s in stored]}
     status = 200 if not failed else 202 if stored else 409
-    return JSONResponse(body, status_code=status, media_type=DICOM_JSON)
+    headers = {"Warning": _warning(failed)} if failed else None
+    return JSONResponse(body, status_code=status, media_type=DICOM_JSON, headers=headers)
+
+
+def _warning(failed: list[_Failure]) -> str:
+    """The failures in words (the Failure Reason is only a code): ``299 pacs "..."`` values
+    (RFC 7234 5.5), printable ASCII only."""
+    values = []
+    for failure in failed[:_WARNINGS_MAX]:
+        text = "".join(c if " " <= c <= "~" and c not in '"\\' else " " for c in failure.message)
+        values.append(f'299 pacs "{text[:300]}"')
+    if len(failed) > _WARNINGS_MAX:
+        values.append(f'299 pacs "{len(failed) - _WARNINGS_MAX} more failures"')
+    return ", ".join(values)
 
 
 def _stored_item(outcome: StoreOutcome, studies_url: str) -> dict[str, Any]:

@@ -95,7 +95,7 @@ def test_dicomweb_client_stores_instances_found_by_c_find_and_kept_byte_for_byte
 ) -> None:
     series = [f.ct_instance(PatientID="STOW-1", InstanceNumber=n) for n in (1, 2, 3)]
     files = [f.to_part10_bytes(ds) for ds in series] + [
-        f.to_part10_bytes(f.mr_instance(PatientID="STOW-1",
+        f.to_part10_bytes(f.mr_instance(PatientID="STOW-1", PatientName="DOE^JOHN",
                                         StudyInstanceUID=series[0].StudyInstanceUID))
     ]
     before = _state(web_archive.server)[0]
@@ -152,6 +152,31 @@ def test_resending_is_idempotent_and_a_success(web_archive: WebArchive) -> None:
     assert _state(web_archive.server)[:2] == counts
 
 
+def test_many_parts_of_one_new_study_and_a_repeated_one_are_all_stored_in_order(
+    web_archive: WebArchive,
+) -> None:
+    """Parts are stored several at once: the new study is created once, the answer keeps the
+    parts' order, and an instance sent twice in one request is a success twice."""
+    series = [f.ct_instance(PatientID="STOW-2B", InstanceNumber=n) for n in range(1, 31)]
+    files = [f.to_part10_bytes(ds) for ds in series]
+    before = _state(web_archive.server)[0]
+
+    response = _post(web_archive, _multipart([*files, files[0]]))
+
+    assert response.status_code == 200
+    assert [_value(i, SOP_INSTANCE) for i in _items(response.json(), REFERENCED_SOP)] == [
+        ds.SOPInstanceUID for ds in [*series, series[0]]
+    ]
+    assert _state(web_archive.server)[0] == before + 30
+    _, [study] = dcmtk.findscu(
+        web_archive.server.dimse_port,
+        ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={series[0].StudyInstanceUID}",
+         "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"],
+        workdir=web_archive.workdir,
+    )
+    assert (study.NumberOfStudyRelatedSeries, study.NumberOfStudyRelatedInstances) == (1, 30)
+
+
 def test_one_corrupt_part_fails_alone_with_202(web_archive: WebArchive) -> None:
     good = [f.to_part10_bytes(f.ct_instance(PatientID="STOW-3", InstanceNumber=n))
             for n in (1, 2)]
@@ -166,6 +191,7 @@ def test_one_corrupt_part_fails_alone_with_202(web_archive: WebArchive) -> None:
     assert _value(failed[0], FAILURE_REASON) == CANNOT_UNDERSTAND
     assert failed[0][FAILURE_REASON]["vr"] == "US"
     assert len(_items(answer, REFERENCED_SOP)) == 2
+    assert response.headers["warning"].startswith('299 pacs "part 2: ')
     assert _state(web_archive.server)[0] == before + 2
     _answers_health(web_archive)
 

@@ -12,6 +12,7 @@ Stored files are streamed in chunks with a ``Content-Length`` when every part is
 from __future__ import annotations
 
 import gzip
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -28,9 +29,12 @@ from dicomweb.context import Web, base_url
 from dicomweb.errors import HttpError
 from dicomweb.metadata import with_base
 from dicomweb.wado_services import WadoServices, wado_services
+from pacs.services.errors import CannotTranscode, NotFound
 from pacs.services.frames import OCTET_STREAM, FramePart, Offer
 from pacs.services.wado import InstanceFile
 from storage.query import RetrieveItem
+
+log = logging.getLogger(__name__)
 
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
@@ -87,16 +91,27 @@ def frame_offers(ranges: Sequence[MediaRange]) -> list[tuple[bool, Offer]]:
     return offers
 
 
+def accept_of(request: Request) -> str | None:
+    """The ``accept`` query parameter when given (PS3.18 8.3.3.1: it overrides the header, for
+    clients that cannot set headers), else the Accept header."""
+    return request.query_params.get("accept") or request.headers.get("accept")
+
+
 def _not_acceptable(accept: str | None, what: str) -> HttpError:
     return HttpError(406, f"Accept {accept!r}: {what}")
 
 
 def _image_type(request: Request) -> str:
-    for media in parse_accept(request.headers.get("accept")):
+    for media in parse_accept(accept_of(request)):
+        if media.media_type == _MULTIPART:  # rendered series/study: the parts' type
+            kind = media.params.get("type", rendering.JPEG)
+            if kind in rendering.MEDIA_TYPES:
+                return kind
+            continue
         for media_type in rendering.MEDIA_TYPES:
             if media.matches(media_type):
                 return media_type
-    raise _not_acceptable(request.headers.get("accept"), "rendered images are image/jpeg or "
+    raise _not_acceptable(accept_of(request), "rendered images are image/jpeg or "
                           "image/png")
 
 
@@ -159,6 +174,22 @@ def _etag_matches(request: Request, etag: str) -> bool:
         return False
     candidates = {c.strip().removeprefix("W/") for c in header.split(",")}
     return "*" in candidates or f'"{etag}"' in candidates
+
+
+def _rendering(
+    media_type: str, viewport: str | None, window: str | None, quality: str | None,
+    thumbnail: bool,
+) -> rendering.Rendering:
+    try:
+        size = rendering.parse_viewport(viewport)
+        return rendering.Rendering(
+            media_type=media_type,
+            window=rendering.parse_window(window),
+            viewport=rendering.thumbnail_viewport(size) if thumbnail else size,
+            quality=rendering.parse_quality(quality),
+        )
+    except rendering.RenderingError as error:
+        raise HttpError(400, str(error)) from None
 
 
 def parse_frame_list(text: str) -> list[int]:
@@ -229,7 +260,7 @@ def router(web: Web) -> APIRouter:
     def retrieve(
         request: Request, study: str, series: str | None = None, instance: str | None = None
     ) -> Response:
-        accept = request.headers.get("accept")
+        accept = accept_of(request)
         offers = dicom_offers(parse_accept(accept))
         if not offers:
             raise _not_acceptable(accept, 'instances are multipart/related; '
@@ -268,7 +299,7 @@ def router(web: Web) -> APIRouter:
     def metadata(
         request: Request, study: str, series: str | None = None, instance: str | None = None
     ) -> Response:
-        accept = request.headers.get("accept")
+        accept = accept_of(request)
         if not any(m.matches(DICOM_JSON) or m.matches("application/json")
                    for m in parse_accept(accept)):
             raise _not_acceptable(accept, "metadata is application/dicom+json")
@@ -305,7 +336,7 @@ def router(web: Web) -> APIRouter:
         return metadata(request, study, series, instance)
 
     def frames_answer(request: Request, item: RetrieveItem, numbers: list[int]) -> Response:
-        accept = request.headers.get("accept")
+        accept = accept_of(request)
         offers = frame_offers(parse_accept(accept))
         single = len(numbers) == 1 and bool(offers) and not offers[0][0]
         usable = [offer for part, offer in offers if part != single]
@@ -330,7 +361,7 @@ def router(web: Web) -> APIRouter:
         if value is None:  # Pixel Data: its frames
             count = wado.frames.frame_count(item)
             return frames_answer(request, item, list(range(1, count + 1)))
-        accept = request.headers.get("accept")
+        accept = accept_of(request)
         offers = frame_offers(parse_accept(accept))
         if not offers or offers[0][1].media_type != OCTET_STREAM:
             raise _not_acceptable(accept, "bulk data is application/octet-stream")
@@ -344,19 +375,54 @@ def router(web: Web) -> APIRouter:
         request: Request, item: RetrieveItem, frame: int, viewport: str | None,
         window: str | None, quality: str | None, thumbnail: bool,
     ) -> Response:
-        media_type = _image_type(request)
-        try:
-            size = rendering.parse_viewport(viewport)
-            options = rendering.Rendering(
-                media_type=media_type,
-                window=rendering.parse_window(window),
-                viewport=rendering.thumbnail_viewport(size) if thumbnail else size,
-                quality=rendering.parse_quality(quality),
-            )
-        except rendering.RenderingError as error:
-            raise HttpError(400, str(error)) from None
+        options = _rendering(_image_type(request), viewport, window, quality, thumbnail)
         decoded = wado.frames.decoded(item, frame)
-        return Response(rendering.render(decoded, options), media_type=media_type)
+        return Response(rendering.render(decoded, options), media_type=options.media_type)
+
+    def rendered_many(
+        request: Request, items: Sequence[RetrieveItem], viewport: str | None,
+        window: str | None, quality: str | None,
+    ) -> Response:
+        """Each instance's first frame rendered, as one multipart answer (PS3.18 10.4.1.1.3);
+        instances without pixels (reports, documents) or that cannot be decoded are left out."""
+        options = _rendering(_image_type(request), viewport, window, quality, thumbnail=False)
+        base = base_url(request)
+
+        def images() -> Iterator[multipart.Part]:
+            for item in items:
+                try:
+                    image = rendering.render(wado.frames.decoded(item, 1), options)
+                except (NotFound, CannotTranscode) as error:
+                    log.info("rendered %s: %s left out: %s", item.series_instance_uid,
+                             item.sop_instance_uid, error)
+                    continue
+                location = (f"{base}/studies/{item.study_instance_uid}/series/"
+                            f"{item.series_instance_uid}/instances/{item.sop_instance_uid}")
+                yield multipart.Part(options.media_type, (image,), len(image), location)
+
+        boundary = multipart.new_boundary()
+        return StreamingResponse(
+            _primed(multipart.stream(boundary, images())),
+            media_type=multipart.content_type(boundary, options.media_type),
+        )
+
+    @api.get("/studies/{study}/rendered", summary="A study's images rendered (multipart)",
+             responses=_MULTIPART_RESPONSES, response_class=Response)
+    def rendered_study(
+        request: Request, study: str, viewport: Viewport = None, window: WindowParam = None,
+        quality: Quality = None,
+    ) -> Response:
+        items = wado.instances.instances(study)
+        return rendered_many(request, items, viewport, window, quality)
+
+    @api.get("/studies/{study}/series/{series}/rendered", response_class=Response,
+             summary="A series' images rendered (multipart)", responses=_MULTIPART_RESPONSES)
+    def rendered_series(
+        request: Request, study: str, series: str, viewport: Viewport = None,
+        window: WindowParam = None, quality: Quality = None,
+    ) -> Response:
+        items = wado.instances.instances(study, series)
+        return rendered_many(request, items, viewport, window, quality)
 
     @api.get(_INSTANCE + "/rendered", summary="An instance rendered (first frame) as JPEG/PNG",
              responses=_IMAGE_RESPONSES, response_class=Response)

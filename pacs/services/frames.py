@@ -25,7 +25,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, get_frame
 from pydicom.tag import BaseTag
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pacs.services.element_tree import PIXEL_DATA, Element, Readable, Window, find
 from pacs.services.errors import CannotTranscode, NotFound
@@ -34,6 +34,8 @@ from pacs.services.wado import AS_STORED, WadoService
 from storage.query import RetrieveItem
 
 OCTET_STREAM = "application/octet-stream"
+# Native frames are given little endian; Implicit and Explicit VR frames are the same bytes.
+_LITTLE_ENDIAN = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 _CHUNK = 1 << 20
 
 #: PS3.18 Table 8.7.3-5 (and 8.7.4): the media type of frames in each compressed syntax.
@@ -97,7 +99,7 @@ def frame_choice(stored: str, offers: Sequence[Offer]) -> tuple[str, str] | None
     for offer in offers:
         wanted = offer.transfer_syntax
         if offer.media_type == OCTET_STREAM:
-            if wanted is None or wanted in UNCOMPRESSED:
+            if wanted is None or wanted in _LITTLE_ENDIAN:
                 return OCTET_STREAM, ExplicitVRLittleEndian
             if wanted in (AS_STORED, stored):
                 if native:

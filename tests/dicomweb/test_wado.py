@@ -556,6 +556,35 @@ def test_rendered_frame_rgb_and_thumbnails(web_archive: WebArchive, filled: Fill
         assert _image(get(web_archive, path + "?viewport=50,50"), "image/jpeg").size == (50, 50)
 
 
+def test_rendered_series_and_study(web_archive: WebArchive, filled: Filled) -> None:
+    study, series, _ = uids(filled.ct[0])
+    response = get(web_archive, f"/studies/{study}/series/{series}/rendered?viewport=16,16",
+                   "multipart/related; type=image/png")
+    got = parts(response)
+    assert len(got) == 3
+    for (headers, body), ds in zip(got, filled.ct, strict=True):
+        assert headers["content-type"] == "image/png"
+        assert headers["content-location"].endswith(instance_path(ds))
+        assert Image.open(io.BytesIO(body)).size == (16, 16)
+    assert len(parts(get(web_archive, f"/studies/{study}/rendered"))) == 5
+    report = get(web_archive, f"/studies/{filled.sr.StudyInstanceUID}/rendered")
+    assert response.status_code == 200 and parts(report) == []
+
+
+def test_accept_query_parameter(web_archive: WebArchive, filled: Filled) -> None:
+    response = web_archive.http.get(
+        web_archive.url + instance_path(filled.ct[0]) + "/rendered",
+        params={"accept": "image/png"}, headers={"Accept": "image/jpeg"},
+    )
+    assert response.headers["content-type"] == "image/png"
+
+
+def test_big_endian_frames_are_not_offered(web_archive: WebArchive, filled: Filled) -> None:
+    response = get(web_archive, instance_path(filled.multiframe) + "/frames/1",
+                   f"{OCTET}; transfer-syntax={ExplicitVRBigEndian}")
+    assert response.status_code == 406
+
+
 def test_rendered_not_acceptable_or_impossible(web_archive: WebArchive, filled: Filled) -> None:
     path = instance_path(filled.ct[0]) + "/rendered"
     assert get(web_archive, path, "application/dicom").status_code == 406
@@ -611,7 +640,7 @@ def test_every_wado_route_has_a_summary(web_archive: WebArchive) -> None:
                 "/dicom-web/studies/{study}/series/{series}/instances/{instance}")
     wado_paths = [p for p in schema["paths"] if p in retrieve or p == "/wado" or any(
         word in p for word in ("/metadata", "/frames", "/rendered", "/thumbnail", "/bulk"))]
-    assert len(wado_paths) == 15
+    assert len(wado_paths) == 17
     for path in wado_paths:
         operation = schema["paths"][path]["get"]
         assert operation.get("summary"), path

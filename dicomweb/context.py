@@ -13,6 +13,8 @@ from dicomweb.wado_services import WadoServices
 from pacs.services.ingest import IngestService
 from pacs.services.query import QueryService
 from pacs.services.retrieve import RetrieveService
+from pacs.services.routing import RoutingService
+from pacs.services.workflow import WorkflowService
 
 BASE_PATH = "/dicom-web"
 """Where the DICOMweb resources live (PS3.18 base URL: ``http://HOST:PORT/dicom-web``)."""
@@ -42,3 +44,5 @@ class Web:
     ingest: IngestService
     options: WebOptions = field(default_factory=WebOptions)
     wado: WadoServices | None = None  # WADO-RS/URI; None: built from ``retrieve``, no disk cache
+    workflow: WorkflowService | None = None  # the QA API under /api (None: not served)
+    routing: RoutingService | None = None

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 
 from pacs.services.errors import (
     CannotTranscode,
+    IllegalTransition,
     InvalidInstance,
     InvalidQuery,
     NotFound,
@@ -42,6 +43,7 @@ class HttpError(Exception):
 # Most specific first: the first class an error is an instance of decides.
 STATUS: tuple[tuple[type[PacsError], int], ...] = (
     (NotFound, 404),
+    (IllegalTransition, 409),
     (InvalidQuery, 400),
     (SopClassMismatch, 409),
     (InvalidInstance, 400),
@@ -69,6 +71,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(HttpError)
     async def _http_error(_request: Request, error: HttpError) -> JSONResponse:
         return error_response(error.status, error.message, error.headers)
+
+    @app.exception_handler(IllegalTransition)
+    async def _conflict(_request: Request, error: IllegalTransition) -> JSONResponse:
+        return JSONResponse({"error": str(error), "state": error.current_state},
+                            status_code=409)
 
     @app.exception_handler(PacsError)
     async def _pacs_error(request: Request, error: PacsError) -> JSONResponse:

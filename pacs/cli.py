@@ -90,6 +90,23 @@ def serve(
     max_request_mb: Annotated[
         str | None, typer.Option("--max-request-mb", help="STOW-RS body limit in MB [1024]")
     ] = None,
+    route: Annotated[
+        list[str] | None,
+        typer.Option("--route", help="MODALITY=PEER or *=PEER: forward archived studies "
+                     "(repeatable; PEER must be a --peer)"),
+    ] = None,
+    modality: Annotated[
+        list[str] | None,
+        typer.Option("--modality", help="AE title of a known modality (repeatable; QA check)"),
+    ] = None,
+    stable_seconds: Annotated[
+        str | None, typer.Option("--stable-seconds", help="quiet time before a study is "
+                                 "stable (study checks, routing) [30]"),
+    ] = None,
+    retention_days: Annotated[
+        str | None, typer.Option("--retention-days", help="rejected studies are purged "
+                                 "after this many days [30]"),
+    ] = None,
     log_level: Annotated[str | None, typer.Option("--log-level", help="[INFO]")] = None,
 ) -> None:
     """Run the DIMSE SCP and the HTTP server (DICOMweb, /health) in one process."""
@@ -97,7 +114,8 @@ def serve(
         data_dir=data_dir, ae_title=ae_title, dimse_port=dimse_port, dimse_host=dimse_host,
         http_host=http_host, http_port=http_port, database_url=database_url, peers=peer, qa=qa,
         overwrite=overwrite, log_level=log_level, dimse_processes=dimse_processes,
-        cors_origins=cors_origins, max_request_mb=max_request_mb,
+        cors_origins=cors_origins, max_request_mb=max_request_mb, routes=route,
+        modalities=modality, stable_seconds=stable_seconds, retention_days=retention_days,
     )
     raise typer.Exit(root.serve(settings))
 
@@ -178,6 +196,45 @@ def check(
         raise typer.Exit(1 if remaining else 0)
     out.print("consistent" if report.consistent else "INCONSISTENT")
     raise typer.Exit(0 if report.consistent else 1)
+
+
+@app.command()
+def purge(
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    retention_days: Annotated[
+        str | None, typer.Option("--retention-days", help="purge studies rejected longer "
+                                 "ago than this [30; 0: every rejected study]"),
+    ] = None,
+) -> None:
+    """Delete rejected studies past the retention period: index rows, then files."""
+    settings = _settings(data_dir=data_dir, database_url=database_url,
+                         retention_days=retention_days)
+    with root.open_services(settings) as services:
+        purged = services.workflow.purge(who="cli:purge")
+    for uid in purged:
+        out.print(f"purged: {uid}", soft_wrap=True)
+    out.print(f"{len(purged)} rejected studies purged")
+
+
+@app.command()
+def audit(
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    study: Annotated[str | None, typer.Option("--study", help="one study's events")] = None,
+    action: Annotated[str | None, typer.Option("--action", help="e.g. store, accept")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1)] = 100,
+) -> None:
+    """Print the audit trail, newest first."""
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    with root.open_services(settings, upgrade=False) as services:
+        events = services.workflow.audit_events(study_instance_uid=study, action=action,
+                                                limit=limit)
+    for event in events:
+        detail = " ".join(f"{k}={v}" for k, v in event.detail.items())
+        out.print(f"{event.at:%Y-%m-%d %H:%M:%S} {event.actor} {event.action} "
+                  f"{event.study_instance_uid or '-'} {event.outcome} {detail}".rstrip(),
+                  soft_wrap=True, markup=False)
 
 
 @db_app.command("upgrade")

@@ -5,6 +5,7 @@ Nothing else reads settings or the environment, and nothing is built at import t
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import multiprocessing
 import multiprocessing.process
@@ -25,13 +26,16 @@ from dicomweb.app import create_app
 from dicomweb.context import Web, WebOptions
 from dicomweb.wado_services import wado_services
 from pacs.dimse.handoff import Dispatcher, channel_pair, receive_forever
+from pacs.dimse.sender import StudySender
 from pacs.dimse.server import DimseServer
 from pacs.services.bulk_import import ImportService
 from pacs.services.consistency import ConsistencyService
 from pacs.services.ingest import IngestService
 from pacs.services.query import QueryService
 from pacs.services.retrieve import Destination, RetrieveService
-from pacs.settings import Settings
+from pacs.services.routing import RoutingService, Worker
+from pacs.services.workflow import QaGate, RouteRule, WorkflowService
+from pacs.settings import QaMode, Settings
 from storage.blobs import FileStore
 from storage.index import Index
 
@@ -50,6 +54,8 @@ class Services:
     importer: ImportService
     query: QueryService
     retrieve: RetrieveService
+    workflow: WorkflowService
+    routing: RoutingService
 
 
 @contextmanager
@@ -65,12 +71,15 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
     try:
         if upgrade:
             index.upgrade()
+        gate = QaGate(manual=settings.qa is QaMode.MANUAL, modalities=settings.modalities)
         ingest = IngestService(
             blobs=blobs, index=index, overwrite=settings.overwrite,
-            min_free_bytes=settings.min_free_space_mb * 1_000_000,
+            min_free_bytes=settings.min_free_space_mb * 1_000_000, gate=gate,
         )
         query = QueryService(index=index, max_results=settings.max_query_results)
         peers = [Destination(p.ae_title, p.host, p.port) for p in settings.peers]
+        retrieve = RetrieveService(query=query, blobs=blobs, peers=peers)
+        rules = [RouteRule(*route.split("=", 1)) for route in settings.routes]
         services = Services(
             settings=settings,
             blobs=blobs,
@@ -79,7 +88,17 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
             consistency=ConsistencyService(blobs=blobs, index=index),
             importer=ImportService(ingest),
             query=query,
-            retrieve=RetrieveService(query=query, blobs=blobs, peers=peers),
+            retrieve=retrieve,
+            workflow=WorkflowService(
+                index=index, blobs=blobs, gate=gate, rules=rules,
+                stable_after=dt.timedelta(seconds=settings.stable_seconds),
+                retention=dt.timedelta(days=settings.retention_days),
+            ),
+            routing=RoutingService(
+                index=index, retrieve=retrieve, sender=StudySender(settings.ae_title),
+                retry_base=dt.timedelta(seconds=settings.route_retry_seconds),
+                max_attempts=settings.route_max_attempts,
+            ),
         )
         yield services
     finally:
@@ -135,8 +154,30 @@ def _web(settings: Settings, services: Services) -> Web:
             cors_origins=origins,
             cors_methods=methods,
         ),
+        workflow=services.workflow,
+        routing=services.routing,
         wado=wado_services(services.retrieve, cache_dir=settings.data_dir / "cache" / "metadata"),
     )
+
+
+def _background(settings: Settings, services: Services) -> list[Worker]:
+    """The QA workflow's background tasks, in the listening process only: stability (study
+    checks and routing plans), purge of rejected studies, and the routing jobs. Their state is
+    in the index, so a restart resumes them."""
+    resumed = services.routing.resume()
+    if resumed:
+        log.info("resuming %d routing jobs left running", resumed)
+    settle_every = min(max(settings.stable_seconds / 4, 0.2), 5.0)
+    purge_every = 60.0
+
+    def purge() -> None:
+        services.workflow.purge()
+
+    return [
+        Worker("qa-stability", services.workflow.settle, settle_every),
+        Worker("qa-purge", purge, purge_every),
+        Worker("routing", services.routing.run_due, 0.5),
+    ]
 
 
 def serve(settings: Settings) -> int:
@@ -164,6 +205,7 @@ def serve(settings: Settings) -> int:
             lifespan="on",
         )
         http = _Server(config, started=http_started)
+        background = _background(settings, services)
         try:
             workers.start()
             try:
@@ -178,9 +220,13 @@ def serve(settings: Settings) -> int:
                 settings.ae_title, dimse.port, workers.count + 1, settings.http_host,
                 settings.http_port, services.index.describe(), settings.data_dir,
             )
+            for worker in background:
+                worker.start()
             http.run()
         finally:
             log.info("shutting down: finishing in-flight stores")
+            for worker in background:
+                worker.stop()
             dimse.stop()
             workers.stop()
             services.blobs.sweep_tmp()  # partial receives of aborted associations

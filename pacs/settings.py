@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # PS3.5 6.2: an AE title is at most 16 characters of the Default Character Repertoire,
@@ -114,6 +114,22 @@ class Settings(BaseSettings):
     max_request_mb: int = Field(
         default=1024, ge=1, description="STOW-RS request bodies above this answer 413"
     )
+    modalities: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="AE titles of known modalities (QA check; empty: any)"
+    )
+    stable_seconds: float = Field(
+        default=30.0, ge=0, description="a study is stable after this long without an instance"
+    )
+    retention_days: float = Field(
+        default=30.0, ge=0, description="rejected studies are purged after this many days"
+    )
+    routes: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="MODALITY=PEER or *=PEER: forward archived, stable studies"
+    )
+    route_retry_seconds: float = Field(
+        default=10.0, gt=0, description="first retry delay of a failed routing job (doubles)"
+    )
+    route_max_attempts: int = Field(default=10, ge=1)
     log_level: str = "INFO"
 
     @field_validator("ae_title")
@@ -154,6 +170,35 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = value.split(",")
         return tuple(origin.strip() for origin in value if origin.strip())
+
+    @field_validator("modalities", mode="before")
+    @classmethod
+    def _modalities(cls, value: Any) -> tuple[str, ...]:
+        if value is None or value == "":
+            return ()
+        if isinstance(value, str):
+            value = value.split(",")
+        return tuple(check_ae_title(str(item)) for item in value if str(item).strip())
+
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _routes(cls, value: Any, info: ValidationInfo) -> tuple[str, ...]:
+        if value is None or value == "":
+            return ()
+        known = {peer.ae_title for peer in info.data.get("peers", ())}
+        if isinstance(value, str):
+            value = value.split(",")
+        routes = []
+        for item in value:
+            text = str(item).strip()
+            selector, _, peer = text.partition("=")
+            if not selector.strip() or not peer.strip():
+                raise ValueError(f"route {text!r} is not MODALITY=PEER (or *=PEER)")
+            peer = check_ae_title(peer)
+            if peer not in known:
+                raise ValueError(f"route {text!r}: {peer} is not a registered --peer")
+            routes.append(f"{selector.strip().upper()}={peer}")
+        return tuple(routes)
 
     @field_validator("sqlite_synchronous")
     @classmethod

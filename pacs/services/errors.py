@@ -14,7 +14,8 @@
     │                          a peer accepts (no decoder, corrupt codestream, or a
     │                          compressed target)
     ├── InvalidQuery           a query that cannot be run (malformed value, bad identifier)
-    └── UnknownPeer            a C-MOVE destination that is not registered with --peer
+    ├── UnknownPeer            a C-MOVE destination that is not registered with --peer
+    └── IllegalTransition      a workflow action the study's current state does not allow
 """
 
 from __future__ import annotations
@@ -72,3 +73,11 @@ class InvalidQuery(PacsError):
 
 class UnknownPeer(PacsError):
     """An AE title that is not a registered peer (a C-MOVE destination, PS3.4 C.4.2.1.5)."""
+
+
+class IllegalTransition(PacsError):
+    """A QA action that the study's state does not allow (accepting a rejected study, ...)."""
+
+    def __init__(self, message: str, *, current_state: str) -> None:
+        super().__init__(message)
+        self.current_state = current_state

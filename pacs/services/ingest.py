@@ -24,6 +24,7 @@ from pacs.services.errors import (
     StudyMismatch,
 )
 from pacs.services.instance_reader import Header, read_header
+from pacs.services.workflow import QaGate, actor
 from storage.attributes import extract, request_attributes
 from storage.blobs import FileStore, StagedBlob
 from storage.index import (
@@ -117,12 +118,15 @@ class IngestService:
         overwrite: bool = False,
         new_study_state: StudyState = StudyState.ARCHIVED,
         min_free_bytes: int = 0,
+        gate: QaGate | None = None,
     ) -> None:
         self.blobs = blobs
         self.index = index
         self.overwrite = overwrite
         self.min_free_bytes = min_free_bytes
-        self.new_study_state = new_study_state
+        self.gate = gate
+        # the QA gate decides where new studies start (archived in auto mode, held in manual)
+        self.new_study_state = gate.initial_state if gate is not None else new_study_state
 
     def temp_dir(self) -> Path:
         """Where a front end may let its receiver write (same file system as the store)."""
@@ -149,7 +153,7 @@ class IngestService:
             # No look-up first: an identical re-send finds its blob in place (content address)
             # and the index keeps the first copy; a differing re-send's blob is deleted below.
             committed = _guard_space(lambda: self.blobs.commit(staged))
-            outcome = self._index(header, row, committed.created)
+            outcome = self._index(header, row, committed.created, origin)
             _guard_space(committed.wait_durable)
             return outcome
         finally:
@@ -166,13 +170,19 @@ class IngestService:
                 f"{self.min_free_bytes // 1_000_000} MB"
             )
 
-    def _index(self, header: Header, row: InstanceRow, created: bool) -> StoreOutcome:
+    def _index(
+        self, header: Header, row: InstanceRow, created: bool, origin: Origin
+    ) -> StoreOutcome:
         key = row.blob.key
         try:
             with self._unit_of_work(write=True) as repo:
                 result = repo.upsert_instance(
                     row, initial_state=self.new_study_state, overwrite=self.overwrite
                 )
+                state = result.study_state
+                if self.gate is not None:
+                    who = actor(origin.protocol, origin.ae_title, origin.address)
+                    state = self.gate.after_store(repo, row, result, who)
         except BaseException:
             if created:
                 self.blobs.delete(key)
@@ -180,13 +190,13 @@ class IngestService:
         if result.outcome is UpsertOutcome.ALREADY_PRESENT:
             if created and result.existing_blob_key != key:
                 self.blobs.delete(key)
-            return _outcome(StoreStatus.ALREADY_PRESENT, header, result.study_state)
+            return _outcome(StoreStatus.ALREADY_PRESENT, header, state)
         if result.replaced_blob_key:
             self.blobs.delete(result.replaced_blob_key)
         status = (
             StoreStatus.REPLACED if result.outcome is UpsertOutcome.REPLACED else StoreStatus.STORED
         )
-        return _outcome(status, header, result.study_state)
+        return _outcome(status, header, state)
 
     @contextmanager
     def _unit_of_work(self, *, write: bool) -> Iterator[Repository]:

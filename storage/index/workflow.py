@@ -378,8 +378,8 @@ class WorkflowRecords:
                                        patient.c.issuer_of_patient_id == target_issuer)
         ).scalar()
         if existing is not None and existing != row.patient_fk:
-            self.connection.execute(update(patient).where(patient.c.id == existing)
-                                    .values(values))
+            # the corrected PatientID is another patient's: the study joins that patient as
+            # archived (its values are not overwritten; the re-check compares them)
             self.connection.execute(update(study).where(study.c.id == row.id)
                                     .values(patient_fk=existing))
             if not shared:

@@ -1,0 +1,84 @@
+"""The C-STORE SCU of routing: one association per job, every instance sent from its file.
+
+Contexts as for C-MOVE (the stored pairs plus uncompressed fall-backs); each instance goes out
+unchanged when its transfer syntax was accepted, decoded otherwise (``RetrieveService.prepared``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pynetdicom import AE, build_context, evt
+
+from pacs.dimse import tuning
+from pacs.services.errors import CannotTranscode, NotFound
+from pacs.services.retrieve import Destination, RetrievePlan, RetrieveService
+from pacs.services.routing import SendReport
+
+log = logging.getLogger(__name__)
+
+
+class StudySender:
+    def __init__(self, ae_title: str, *, timeout: float = 30.0) -> None:
+        self.ae_title = ae_title
+        self.timeout = timeout
+
+    def __call__(self, destination: Destination, plan: RetrievePlan,
+                 retrieve: RetrieveService) -> SendReport:
+        ae = AE(ae_title=self.ae_title)
+        ae.acse_timeout = self.timeout
+        ae.dimse_timeout = self.timeout
+        ae.network_timeout = self.timeout
+        contexts = [build_context(cls, list(ts)) for cls, ts in plan.proposals()]
+        assoc = ae.associate(destination.host, destination.port, contexts=contexts,
+                             ae_title=destination.ae_title,
+                             evt_handlers=[(evt.EVT_CONN_OPEN, _tune)])
+        if not assoc.is_established:
+            return SendReport(0, len(plan.items),
+                              f"cannot associate with {destination.ae_title} at "
+                              f"{destination.host}:{destination.port}")
+        accepted: dict[str, list[str]] = {}
+        for context in assoc.accepted_contexts:
+            accepted.setdefault(str(context.abstract_syntax), []).extend(
+                str(ts) for ts in context.transfer_syntax)
+        sent, failed, error = 0, 0, None
+        try:
+            with tuning.reactor_paused(assoc):
+                for number, item in enumerate(plan.items, start=1):
+                    if not assoc.is_established:
+                        failed += len(plan.items) - number + 1
+                        error = error or "the peer closed the association"
+                        break
+                    problem = _store(assoc, item, accepted, retrieve, number)
+                    if problem is None:
+                        sent += 1
+                    else:
+                        failed += 1
+                        error = error or problem
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return SendReport(sent, failed, error)
+
+
+def _store(assoc: Any, item: Any, accepted: dict[str, list[str]], retrieve: RetrieveService,
+           number: int) -> str | None:
+    try:
+        with retrieve.prepared(item, accepted.get(item.sop_class_uid or "", [])) as ready:
+            answer = tuning.send_file(assoc, ready.path, msg_id=number % 65536,
+                                      originator_aet=None, originator_id=None)
+    except (CannotTranscode, NotFound) as problem:
+        return str(problem)
+    except (ValueError, AttributeError, RuntimeError) as problem:
+        return f"{item.sop_instance_uid}: {problem}"
+    status = answer.get("Status")
+    if status is None:
+        return f"{item.sop_instance_uid}: no C-STORE response"
+    if int(status) not in (0x0000, 0x0001) and not 0xB000 <= int(status) <= 0xBFFF:
+        return f"{item.sop_instance_uid}: C-STORE answered 0x{int(status):04X}"
+    return None
+
+
+def _tune(event: Any) -> None:
+    tuning.tune_association(event.assoc, acceptor=False)

@@ -1,0 +1,171 @@
+"""Routing: archived studies forwarded to workstations by C-STORE, as jobs in the index.
+
+A job (one study to one peer) is planned by the workflow when a study is archived and stable.
+The :class:`RoutingService` worker claims due jobs one at a time, sends the study through the
+injected :class:`Sender` (a C-STORE SCU, ``pacs.dimse.sender``), and records the outcome:
+``done``, or ``failed`` with the error and the time of the next attempt (exponential backoff,
+``max_attempts`` in all). Jobs left ``running`` by a stopped server are resumed at start. A
+peer that is down costs only its own jobs' retries: ingest and other routes go on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from pacs.services.errors import (
+    IllegalTransition,
+    NotFound,
+    OutOfResources,
+    PacsError,
+    UnknownPeer,
+)
+from pacs.services.retrieve import Destination, RetrievePlan, RetrieveService
+from storage.attributes import Level
+from storage.index import Index, IndexUnavailable
+from storage.index.workflow import JobRecord
+from storage.query import Condition, Query, SingleValue
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SendReport:
+    """What a send achieved: instances acknowledged, and the first error (None: all sent)."""
+
+    sent: int
+    failed: int
+    error: str | None
+
+
+class Sender(Protocol):
+    def __call__(self, destination: Destination, plan: RetrievePlan,
+                 retrieve: RetrieveService) -> SendReport: ...
+
+
+class RoutingService:
+    def __init__(
+        self,
+        *,
+        index: Index,
+        retrieve: RetrieveService,
+        sender: Sender | None,
+        retry_base: dt.timedelta = dt.timedelta(seconds=10),
+        retry_max: dt.timedelta = dt.timedelta(minutes=10),
+        max_attempts: int = 10,
+    ) -> None:
+        self.index = index
+        self.retrieve = retrieve
+        self.sender = sender
+        self.retry_base = retry_base
+        self.retry_max = retry_max
+        self.max_attempts = max_attempts
+
+    def jobs(self, study_instance_uid: str | None = None, limit: int = 200) -> list[JobRecord]:
+        with self.index.unit_of_work() as repository:
+            return repository.workflow.jobs(study_instance_uid=study_instance_uid, limit=limit)
+
+    def retry(self, job_id: int, who: str) -> JobRecord:
+        with self.index.unit_of_work(write=True) as repository:
+            records = repository.workflow
+            job = records.job(job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id}")
+            if not records.retry_job(job_id):
+                raise IllegalTransition(f"job {job_id} is {job.state}: only a failed or done "
+                                        "job can be retried", current_state=job.state)
+            records.audit(actor=who, action="route", outcome="retry requested",
+                          study_instance_uid=job.study_instance_uid, detail={"job": job_id})
+            again = records.job(job_id)
+        assert again is not None
+        return again
+
+    def resume(self) -> int:
+        """At start: jobs a stopped server left running become due again."""
+        with self.index.unit_of_work(write=True) as repository:
+            return repository.workflow.resume_jobs()
+
+    def run_due(self, now: dt.datetime | None = None) -> JobRecord | None:
+        """Claim and run one due job; None when nothing is due."""
+        if self.sender is None:
+            return None
+        now = now or dt.datetime.now(dt.UTC)
+        try:
+            with self.index.unit_of_work(write=True) as repository:
+                job = repository.workflow.claim_job(now)
+        except IndexUnavailable as error:
+            raise OutOfResources(str(error)) from error
+        if job is None:
+            return None
+        report = self._send(job)
+        with self.index.unit_of_work(write=True) as repository:
+            records = repository.workflow
+            if report.error is None:
+                records.finish_job(job.id, report.sent)
+                outcome = "sent"
+            else:
+                retry = None
+                if job.attempts < self.max_attempts:
+                    delay = min(self.retry_base * (2 ** (job.attempts - 1)), self.retry_max)
+                    retry = dt.datetime.now(dt.UTC) + delay
+                records.fail_job(job.id, report.error, retry, report.sent)
+                outcome = "failed" if retry is None else "failed, will retry"
+            records.audit(actor=f"pacs:route:{job.destination}", action="route",
+                          outcome=outcome, study_instance_uid=job.study_instance_uid,
+                          detail={"job": job.id, "attempt": job.attempts, "sent": report.sent,
+                                  "error": report.error})
+            return records.job(job.id)
+
+    def _send(self, job: JobRecord) -> SendReport:
+        assert self.sender is not None
+        try:
+            destination = self.retrieve.destination(job.destination)
+            plan = self.retrieve.plan(Query(
+                level=Level.STUDY,
+                conditions=(Condition("StudyInstanceUID", SingleValue(job.study_instance_uid)),),
+            ))
+        except UnknownPeer as error:
+            return SendReport(0, 0, str(error))
+        except PacsError as error:
+            return SendReport(0, 0, f"cannot plan the send: {error}")
+        if not plan.items:
+            return SendReport(0, 0, "the study is not archived (or has no instances)")
+        try:
+            return self.sender(destination, plan, self.retrieve)
+        except Exception as error:  # a sender bug must not stop the worker
+            log.exception("routing job %d", job.id)
+            return SendReport(0, len(plan.items), f"{type(error).__name__}: {error}")
+
+
+class Worker:
+    """A daemon thread calling ``step`` every ``interval`` seconds until stopped."""
+
+    def __init__(self, name: str, step: Callable[[], object], interval: float) -> None:
+        self._step = step
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            busy = False
+            try:
+                busy = bool(self._step())
+            except PacsError as error:
+                log.warning("%s: %s", self._thread.name, error)
+            except Exception:
+                log.exception("%s failed; going on", self._thread.name)
+            if not busy:
+                self._stop.wait(self._interval)

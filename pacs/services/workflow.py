@@ -1,0 +1,574 @@
+"""The QA workflow: one transition table for study states, the gate every ingest passes, and
+the review actions (accept, reject, correct, merge), stability, routing jobs and purge.
+
+States and actions (``TRANSITIONS`` is the only place that says which moves are legal)::
+
+    received ──archive──▶ archived ──reject──▶ rejected ──purge──▶ (deleted)
+        │                 ▲  │   ▲                 ▲
+        └─quarantine─▶ quarantined ─accept─┘       │
+                          │  └──────reject─────────┘
+                          └─correct (re-checked, stays quarantined until accepted)
+
+A study that is archived and fails a later instance's check goes to ``quarantined``. An
+instance sent for a ``rejected`` study is stored and logged, but the study stays rejected (the
+rejection is sticky until the purge).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import pydicom
+
+from pacs.services.errors import (
+    IllegalTransition,
+    InvalidQuery,
+    NotFound,
+    OutOfResources,
+)
+from pacs.services.qa_checks import (
+    INSTANCE_CHECKS,
+    MANUAL_REVIEW,
+    Finding,
+    InstanceCheck,
+    InstanceFacts,
+    Severity,
+    known_modality,
+    run_instance_checks,
+    undecodable_pixel_data,
+)
+from pacs.services.rewrite import rewrite_attributes
+from storage.attributes import BY_KEYWORD, Level, column_value, match_form
+from storage.blobs import BlobNotFound, FileStore
+from storage.index import (
+    Index,
+    IndexDataError,
+    IndexUnavailable,
+    InstanceRow,
+    Repository,
+    StudyState,
+    UpsertOutcome,
+    UpsertResult,
+)
+from storage.index.workflow import AuditRecord, FindingRecord, JobRecord, StudyRecord
+
+log = logging.getLogger(__name__)
+
+
+class Action(StrEnum):
+    ARCHIVE = "archive"  # every check passed (auto mode)
+    QUARANTINE = "quarantine"  # a check failed, or manual mode
+    ACCEPT = "accept"
+    REJECT = "reject"
+    CORRECT = "correct"
+    PURGE = "purge"
+
+
+R, Q, A, X = (StudyState.RECEIVED, StudyState.QUARANTINED, StudyState.ARCHIVED,
+              StudyState.REJECTED)
+TRANSITIONS: dict[tuple[StudyState, Action], StudyState | None] = {
+    (R, Action.ARCHIVE): A,
+    (R, Action.QUARANTINE): Q,
+    (A, Action.QUARANTINE): Q,
+    (Q, Action.QUARANTINE): Q,
+    (Q, Action.ACCEPT): A,
+    (Q, Action.REJECT): X,
+    (A, Action.REJECT): X,
+    (Q, Action.CORRECT): Q,
+    (A, Action.CORRECT): A,
+    (X, Action.PURGE): None,  # the study and its files are deleted
+}
+
+
+def next_state(current: StudyState, action: Action) -> StudyState | None:
+    """The state ``action`` leads to; :class:`IllegalTransition` if it is not allowed."""
+    key = (current, action)
+    if key not in TRANSITIONS:
+        raise IllegalTransition(f"cannot {action} a study that is {current}",
+                                current_state=current.value)
+    return TRANSITIONS[key]
+
+
+@dataclass(frozen=True)
+class RouteRule:
+    """``MODALITY=PEER`` (or ``*=PEER``): archived studies with that modality go to PEER."""
+
+    selector: str
+    destination: str
+
+    def matches(self, modalities: Sequence[str]) -> bool:
+        return self.selector == "*" or self.selector in modalities
+
+    def __str__(self) -> str:
+        return f"{self.selector}={self.destination}"
+
+
+def actor(protocol: str, ae_title: str | None = None, address: str | None = None) -> str:
+    """Who did something, for the audit trail: ``dimse:MODALITY@10.0.0.5``, ``http:1.2.3.4``."""
+    who = f"{protocol}:{ae_title or ''}"
+    if address:
+        who += f"@{address}" if ae_title else address
+    return who.rstrip(":")
+
+
+class QaGate:
+    """The checks of one instance, run inside its ingest transaction."""
+
+    def __init__(self, *, manual: bool = False, modalities: Sequence[str] = ()) -> None:
+        self.manual = manual
+        checks: list[InstanceCheck] = list(INSTANCE_CHECKS)
+        if modalities:
+            checks.append(known_modality(frozenset(modalities)))
+        self.checks = tuple(checks)
+
+    @property
+    def initial_state(self) -> StudyState:
+        """New studies are archived at once in auto mode (quarantined by the first failing
+        check, in the same transaction), held for review in manual mode."""
+        return StudyState.QUARANTINED if self.manual else StudyState.ARCHIVED
+
+    def after_store(
+        self, repository: Repository, row: InstanceRow, result: UpsertResult, who: str
+    ) -> StudyState:
+        """Check the stored instance; quarantine its study on an error; audit the store.
+        Returns the study's state after this instance."""
+        records = repository.workflow
+        state = result.study_state
+        study_uid = result.study_instance_uid
+        sop_uid = str(row.values[Level.IMAGE].get("sop_instance_uid"))
+        outcome = {UpsertOutcome.INSERTED: "stored", UpsertOutcome.REPLACED: "replaced",
+                   UpsertOutcome.ALREADY_PRESENT: "already present"}[result.outcome]
+        if state is StudyState.REJECTED:
+            outcome += "; study rejected, stays rejected"
+        found: list[Finding] = []
+        if result.outcome is not UpsertOutcome.ALREADY_PRESENT and state is not X:
+            facts = InstanceFacts(row.values, row.source_ae, result.new_study, result.patient)
+            found = run_instance_checks(facts, self.checks)
+            if result.new_study and self.manual:
+                found.append(MANUAL_REVIEW)
+        if found:
+            records.add_findings(study_uid, _finding_rows(found))
+            errors = [f for f in found if f.severity is Severity.ERROR]
+            if errors and state in (R, A):
+                new = next_state(state, Action.QUARANTINE)
+                assert new is not None
+                records.set_state(study_uid, new)
+                records.audit(actor=who, action="quarantine", outcome="quarantined",
+                              study_instance_uid=study_uid,
+                              detail={"from": state.value, "findings": [f.code for f in errors],
+                                      "sop_instance_uid": sop_uid})
+                state = new
+        records.audit(actor=who, action="store", outcome=outcome, study_instance_uid=study_uid,
+                      detail={"sop_instance_uid": sop_uid})
+        return state
+
+
+def _finding_rows(found: Sequence[Finding]) -> list[tuple[str, str, str, str | None]]:
+    return [(f.code, f.severity.value, f.message, f.sop_instance_uid) for f in found]
+
+
+@dataclass(frozen=True)
+class StudyReview:
+    """A study with its open findings (and, for the study page, its history and jobs)."""
+
+    study: StudyRecord
+    findings: list[FindingRecord]
+    history: list[AuditRecord] = field(default_factory=list)
+    jobs: list[JobRecord] = field(default_factory=list)
+
+
+CORRECTABLE: dict[str, Level] = {
+    "PatientName": Level.PATIENT,
+    "PatientID": Level.PATIENT,
+    "PatientBirthDate": Level.PATIENT,
+    "PatientSex": Level.PATIENT,
+    "AccessionNumber": Level.STUDY,
+    "StudyDescription": Level.STUDY,
+}
+# Findings a correction of patient/study attributes cannot resolve.
+_KEPT_ON_RECHECK = frozenset({"pixel-data-undecodable", "unknown-modality", "invalid-uid",
+                              "manual-review"})
+
+
+class WorkflowService:
+    """Review actions, stability, routing jobs and purge. Thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        index: Index,
+        blobs: FileStore,
+        gate: QaGate,
+        rules: Sequence[RouteRule] = (),
+        stable_after: dt.timedelta = dt.timedelta(seconds=30),
+        retention: dt.timedelta = dt.timedelta(days=30),
+    ) -> None:
+        self.index = index
+        self.blobs = blobs
+        self.gate = gate
+        self.rules = tuple(rules)
+        self.stable_after = stable_after
+        self.retention = retention
+
+    @contextmanager
+    def _unit_of_work(self, *, write: bool = False) -> Iterator[Repository]:
+        try:
+            with self.index.unit_of_work(write=write) as repository:
+                yield repository
+        except IndexUnavailable as error:
+            raise OutOfResources(f"index unavailable: {error}") from error
+        except IndexDataError as error:
+            raise InvalidQuery(f"the index refused the change: {error}") from error
+
+    # -- reading ---------------------------------------------------------------------------
+    def queue(self, limit: int = 200) -> list[StudyReview]:
+        """Quarantined studies, newest first, with their findings (the QA queue)."""
+        with self._unit_of_work() as repository:
+            studies = repository.workflow.studies(states=[Q], limit=limit)
+            findings = repository.workflow.findings_of([s.study_instance_uid for s in studies])
+        return [StudyReview(s, findings.get(s.study_instance_uid, [])) for s in studies]
+
+    def studies(self, **filters: Any) -> list[StudyReview]:
+        with self._unit_of_work() as repository:
+            studies = repository.workflow.studies(**filters)
+            findings = repository.workflow.findings_of([s.study_instance_uid for s in studies])
+        return [StudyReview(s, findings.get(s.study_instance_uid, [])) for s in studies]
+
+    def study(self, study_instance_uid: str) -> StudyReview:
+        with self._unit_of_work() as repository:
+            records = repository.workflow
+            found = records.study(study_instance_uid)
+            if found is None:
+                raise NotFound(f"no study {study_instance_uid}")
+            return StudyReview(
+                found, records.findings(study_instance_uid),
+                records.audit_events(study_instance_uid=study_instance_uid),
+                records.jobs(study_instance_uid=study_instance_uid),
+            )
+
+    def audit_events(self, *, study_instance_uid: str | None = None,
+                     action: str | None = None, limit: int = 500) -> list[AuditRecord]:
+        with self._unit_of_work() as repository:
+            return repository.workflow.audit_events(
+                study_instance_uid=study_instance_uid, action=action, limit=limit)
+
+    def record(self, *, who: str, action: str, outcome: str,
+               study_instance_uid: str | None = None, detail: dict[str, Any] | None = None
+               ) -> None:
+        """Append an audit event of a front end (a retrieval, say)."""
+        with self._unit_of_work(write=True) as repository:
+            repository.workflow.audit(actor=who, action=action, outcome=outcome,
+                                      study_instance_uid=study_instance_uid, detail=detail)
+
+    # -- review actions --------------------------------------------------------------------
+    def accept(self, study_instance_uid: str, who: str) -> StudyReview:
+        with self._unit_of_work(write=True) as repository:
+            records = repository.workflow
+            current = self._state(repository, study_instance_uid)
+            new = next_state(current, Action.ACCEPT)
+            assert new is not None
+            open_findings = [f.code for f in records.findings(study_instance_uid)]
+            records.set_state(study_instance_uid, new)
+            records.clear_findings(study_instance_uid)
+            records.audit(actor=who, action="accept", outcome=new.value,
+                          study_instance_uid=study_instance_uid,
+                          detail={"from": current.value, "findings": open_findings})
+            study = records.study(study_instance_uid)
+            if study is not None and study.stable_at is not None:
+                self._plan_routes(repository, study, who)
+        return self.study(study_instance_uid)
+
+    def reject(self, study_instance_uid: str, reason: str, who: str) -> StudyReview:
+        reason = reason.strip()
+        if not reason:
+            raise InvalidQuery("a rejection needs a reason")
+        with self._unit_of_work(write=True) as repository:
+            records = repository.workflow
+            current = self._state(repository, study_instance_uid)
+            new = next_state(current, Action.REJECT)
+            assert new is not None
+            records.set_state(study_instance_uid, new, reason=reason)
+            records.audit(actor=who, action="reject", outcome=new.value,
+                          study_instance_uid=study_instance_uid,
+                          detail={"from": current.value, "reason": reason})
+        return self.study(study_instance_uid)
+
+    def _state(self, repository: Repository, study_instance_uid: str) -> StudyState:
+        state = repository.workflow.lock_study(study_instance_uid)
+        if state is None:
+            raise NotFound(f"no study {study_instance_uid}")
+        return state
+
+    def correct(
+        self, study_instance_uid: str, changes: Mapping[str, str | None], who: str
+    ) -> StudyReview:
+        """Correct patient/study attributes in the index and in every stored file (rewritten
+        as new files; the originals are kept until the purge), then re-check the study."""
+        changes = _checked_changes(changes)
+        with self._unit_of_work() as repository:
+            current = self._state(repository, study_instance_uid)
+            next_state(current, Action.CORRECT)
+            before = repository.workflow.study(study_instance_uid)
+            files = repository.workflow.instance_files(study_instance_uid)
+        assert before is not None
+        rewritten: list[tuple[str, str, Any]] = []  # (sop uid, old key, committed blob)
+        try:
+            for file in files:
+                data = self._read(file.blob_key, file.sop_instance_uid)
+                staged = self.blobs.stage_bytes(rewrite_attributes(data, changes))
+                try:
+                    committed = self.blobs.commit(staged)
+                finally:
+                    self.blobs.discard(staged)
+                committed.wait_durable()
+                rewritten.append((file.sop_instance_uid, file.blob_key, committed))
+            with self._unit_of_work(write=True) as repository:
+                records = repository.workflow
+                current = self._state(repository, study_instance_uid)
+                next_state(current, Action.CORRECT)
+                for sop_uid, old_key, committed in rewritten:
+                    info = committed.info
+                    records.replace_blob(sop_uid, study_instance_uid, old_key=old_key,
+                                         key=info.key, size=info.size, sha256=info.sha256)
+                patient_values, study_values = _column_values(changes)
+                if patient_values:
+                    records.refile_patient(study_instance_uid, patient_values)
+                records.update_study(study_instance_uid, study_values)
+                state = self._recheck(repository, study_instance_uid, current, who, changes)
+                records.audit(
+                    actor=who, action="correct", outcome=state.value,
+                    study_instance_uid=study_instance_uid,
+                    detail={"changes": {k: {"old": _old_value(before, k), "new": v}
+                                        for k, v in changes.items()},
+                            "files_rewritten": len(rewritten)},
+                )
+        except BaseException:
+            for _, old_key, committed in rewritten:
+                if committed.created and committed.info.key != old_key:
+                    self.blobs.delete(committed.info.key)
+            raise
+        return self.study(study_instance_uid)
+
+    def merge(self, study_instance_uid: str, patient_id: str, who: str,
+              issuer_of_patient_id: str | None = None) -> StudyReview:
+        """File the study under another (existing) patient: a correction of the patient
+        attributes to that patient's."""
+        with self._unit_of_work() as repository:
+            target = repository.workflow.studies(patient_id=patient_id.replace("*", ""),
+                                                 limit=50)
+        match = [s for s in target if s.patient_id == patient_id and (
+            issuer_of_patient_id is None or s.issuer_of_patient_id == issuer_of_patient_id)]
+        if not match:
+            raise NotFound(f"no patient {patient_id!r} in the archive")
+        patient = match[0]
+        changes = {"PatientID": patient.patient_id, "PatientName": patient.patient_name,
+                   "PatientBirthDate": patient.patient_birth_date,
+                   "PatientSex": patient.patient_sex}
+        return self.correct(study_instance_uid, changes, who)
+
+    def _read(self, key: str, sop_instance_uid: str) -> bytes:
+        try:
+            with self.blobs.open(key) as source:
+                return source.read()
+        except BlobNotFound as error:
+            raise NotFound(f"stored file of {sop_instance_uid} is missing") from error
+
+    def _recheck(self, repository: Repository, study_instance_uid: str, current: StudyState,
+                 who: str, changes: Mapping[str, str | None]) -> StudyState:
+        """Findings after a correction: the patient and study checks again, on the index."""
+        records = repository.workflow
+        kept = [f for f in records.findings(study_instance_uid) if f.code in _KEPT_ON_RECHECK]
+        study = records.study(study_instance_uid)
+        assert study is not None
+        found = _study_findings(study, changes)
+        records.clear_findings(study_instance_uid)
+        records.add_findings(study_instance_uid,
+                             [(f.code, f.severity, f.message, f.sop_instance_uid) for f in kept])
+        records.add_findings(study_instance_uid, _finding_rows(found))
+        errors = [f for f in found if f.severity is Severity.ERROR] + [
+            f for f in kept if f.severity == Severity.ERROR.value]
+        if errors and current is A:
+            records.set_state(study_instance_uid, Q)
+            records.audit(actor=who, action="quarantine", outcome=Q.value,
+                          study_instance_uid=study_instance_uid,
+                          detail={"from": A.value, "after": "correction"})
+            return Q
+        return current
+
+    # -- stability, routing, purge ---------------------------------------------------------
+    def settle(self, now: dt.datetime | None = None) -> list[str]:
+        """Mark studies stable that received nothing for the stability period; run the study
+        checks on them and plan their routing. Returns the UIDs that became stable."""
+        now = now or dt.datetime.now(dt.UTC)
+        with self._unit_of_work() as repository:
+            quiet = repository.workflow.quiet_studies(now - self.stable_after)
+        settled = []
+        for study_instance_uid in quiet:
+            try:
+                if self._settle(study_instance_uid):
+                    settled.append(study_instance_uid)
+            except (OutOfResources, NotFound) as error:
+                log.warning("stability of %s: %s", study_instance_uid, error)
+        return settled
+
+    def _settle(self, study_instance_uid: str) -> bool:
+        with self._unit_of_work() as repository:
+            firsts = repository.workflow.first_instances_of_series(study_instance_uid)
+        found = [f for f in (self._decodable(file.blob_key, file.sop_instance_uid)
+                             for file in firsts) if f is not None]
+        who = "pacs:stability"
+        with self._unit_of_work(write=True) as repository:
+            records = repository.workflow
+            if not records.mark_stable(study_instance_uid):
+                return False  # another instance arrived, or another process settled it
+            state = self._state(repository, study_instance_uid)
+            if found:
+                records.add_findings(study_instance_uid, _finding_rows(found))
+                if state in (R, A):
+                    records.set_state(study_instance_uid, Q)
+                    records.audit(actor=who, action="quarantine", outcome=Q.value,
+                                  study_instance_uid=study_instance_uid,
+                                  detail={"from": state.value,
+                                          "findings": [f.code for f in found]})
+                    state = Q
+            records.audit(actor=who, action="stable", outcome=state.value,
+                          study_instance_uid=study_instance_uid)
+            study = records.study(study_instance_uid)
+            if state is A and study is not None:
+                self._plan_routes(repository, study, who)
+        return True
+
+    def _decodable(self, key: str, sop_instance_uid: str) -> Finding | None:
+        """The study check on pixel data: decode the first frame of the file."""
+        try:
+            with self.blobs.open(key) as source:
+                ds = pydicom.dcmread(source)
+                if "PixelData" not in ds and "FloatPixelData" not in ds:
+                    return None
+                ds.pixel_array  # noqa: B018 (decoding is the check)
+        except BlobNotFound:
+            return undecodable_pixel_data(sop_instance_uid, "the stored file is missing")
+        except Exception as error:  # any decoder failure is the finding
+            return undecodable_pixel_data(sop_instance_uid, f"{type(error).__name__}: {error}")
+        return None
+
+    def _plan_routes(self, repository: Repository, study: StudyRecord, who: str) -> None:
+        records = repository.workflow
+        for rule in self.rules:
+            if not rule.matches(study.modalities):
+                continue
+            if records.open_job_exists(study.study_instance_uid, rule.destination):
+                continue
+            job_id = records.add_job(study.study_instance_uid, rule.destination, str(rule))
+            records.audit(actor=who, action="route", outcome="planned",
+                          study_instance_uid=study.study_instance_uid,
+                          detail={"job": job_id, "destination": rule.destination,
+                                  "rule": str(rule)})
+
+    def purge(self, now: dt.datetime | None = None, *, who: str = "pacs:purge") -> list[str]:
+        """Delete rejected studies older than the retention period, rows then files."""
+        now = now or dt.datetime.now(dt.UTC)
+        with self._unit_of_work() as repository:
+            due = repository.workflow.purgeable(now - self.retention)
+        purged = []
+        for study_instance_uid in due:
+            with self._unit_of_work(write=True) as repository:
+                records = repository.workflow
+                state = records.lock_study(study_instance_uid)
+                if state is None or next_state(state, Action.PURGE) is not None:
+                    continue
+                keys = records.delete_study(study_instance_uid)
+                records.audit(actor=who, action="delete", outcome="purged",
+                              study_instance_uid=study_instance_uid,
+                              detail={"files": len(keys)})
+            for key in dict.fromkeys(keys):
+                with self._unit_of_work() as repository:
+                    in_use = repository.workflow.blob_in_use(key)
+                if not in_use:
+                    self.blobs.delete(key)
+            purged.append(study_instance_uid)
+        return purged
+
+
+def _study_findings(study: StudyRecord, changes: Mapping[str, str | None]) -> list[Finding]:
+    """Patient and study checks on what the index holds after a correction: required values,
+    dates, and whether the patient the study is now filed under has the corrected values (a
+    corrected PatientID may name a patient archived with another name)."""
+    facts = InstanceFacts(
+        values={
+            Level.PATIENT: {"patient_id": study.patient_id, "patient_name": study.patient_name,
+                            "patient_birth_date": study.patient_birth_date},
+            Level.STUDY: {"study_instance_uid": study.study_instance_uid,
+                          "study_date": study.study_date},
+            Level.SERIES: {"series_instance_uid": "-", "modality": ",".join(study.modalities)},
+            Level.IMAGE: {"sop_instance_uid": "-"},
+        },
+        calling_ae=None, new_study=False, filed=None,
+    )
+    found = [f for f in run_instance_checks(facts) if f.code in
+             {"missing-attribute", "invalid-date"}]
+    filed = {"PatientName": study.patient_name, "PatientBirthDate": study.patient_birth_date,
+             "PatientSex": study.patient_sex}
+    differ = [f"{keyword} {value!r} (archived: {filed[keyword]!r})"
+              for keyword, value in changes.items()
+              if keyword in filed and value and filed[keyword] and value != filed[keyword]]
+    if differ:
+        found.append(Finding(
+            "patient-mismatch",
+            f"PatientID {study.patient_id!r} is archived with other values: {'; '.join(differ)}",
+        ))
+    return found
+
+
+def _checked_changes(changes: Mapping[str, str | None]) -> dict[str, str | None]:
+    if not changes:
+        raise InvalidQuery("nothing to correct: give at least one of "
+                           + ", ".join(CORRECTABLE))
+    checked: dict[str, str | None] = {}
+    for keyword, value in changes.items():
+        if keyword not in CORRECTABLE:
+            raise InvalidQuery(f"{keyword} cannot be corrected (only {', '.join(CORRECTABLE)})")
+        text = None if value is None else str(value).strip()
+        if keyword == "PatientID" and not text:
+            raise InvalidQuery("PatientID cannot be empty")
+        if keyword == "PatientBirthDate" and text:
+            try:
+                dt.datetime.strptime(text, "%Y%m%d")
+            except ValueError:
+                raise InvalidQuery(f"PatientBirthDate {text!r} is not YYYYMMDD") from None
+        if keyword == "PatientSex" and text and text not in {"M", "F", "O"}:
+            raise InvalidQuery(f"PatientSex {text!r} is not M, F or O")
+        limit = {"PatientName": 324, "PatientID": 64, "AccessionNumber": 16,
+                 "StudyDescription": 64}.get(keyword)
+        if text and limit and len(text) > limit:
+            raise InvalidQuery(f"{keyword} is longer than {limit} characters")
+        if text and "\\" in text:
+            raise InvalidQuery(f"{keyword} must be a single value (no backslash)")
+        checked[keyword] = text
+    return checked
+
+
+def _column_values(changes: Mapping[str, str | None]
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+    by_level: dict[Level, dict[str, Any]] = {Level.PATIENT: {}, Level.STUDY: {}}
+    for keyword, value in changes.items():
+        attribute = BY_KEYWORD[keyword]
+        converted = column_value(attribute, value) if value else None
+        if keyword == "PatientID":
+            converted = converted or ""
+        by_level[CORRECTABLE[keyword]][attribute.column] = converted
+        if attribute.normalized:
+            by_level[CORRECTABLE[keyword]][attribute.normalized] = match_form(attribute,
+                                                                              converted)
+    return by_level[Level.PATIENT], by_level[Level.STUDY]
+
+
+def _old_value(study: StudyRecord, keyword: str) -> Any:
+    return getattr(study, BY_KEYWORD[keyword].column, None)
+

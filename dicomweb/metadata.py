@@ -47,6 +47,13 @@ _STRUCTS = {
     "US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "SV": "q", "UV": "Q",
 }
 _DEFAULT_CODECS: tuple[str, ...] = ("iso8859",)
+_AVAILABLE_KEY = f"{_AVAILABLE_TRANSFER_SYNTAX_UID:08X}"
+_KEYS: dict[int, str] = {}
+# Strings whose values are plain text once decoded: the default repertoire ones, and the
+# character-set ones when no Specific Character Set is given (LT, ST, UT, UR and PN excluded:
+# one value with backslashes, or a structured name).
+_ASCII_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI"})
+_TEXT_LIST_VRS = frozenset({"LO", "SH", "UC"})
 
 
 def with_base(encoded: bytes, base: str) -> bytes:
@@ -66,12 +73,19 @@ def encode_instance(item: RetrieveItem, elements: list[Element]) -> bytes:
             terms = [t.strip() for t in element.value.decode("ascii", "replace").split("\\")]
             codecs = tuple(convert_encodings(terms or [""]))
             break
-    obj = _Encoder(prefix, codecs).dataset(elements, "")
-    obj[f"{_AVAILABLE_TRANSFER_SYNTAX_UID:08X}"] = {
-        "vr": "UI", "Value": [item.transfer_syntax_uid],
-    }
-    ordered = dict(sorted(obj.items()))
-    return json.dumps(ordered, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    available = {"vr": "UI", "Value": [item.transfer_syntax_uid]}
+    obj = _Encoder(prefix, codecs).dataset(elements, "", (_AVAILABLE_KEY, available))
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _key(tag: int) -> str:
+    """``GGGGEEEE``, remembered (formatting is a measurable share of a cold series)."""
+    key = _KEYS.get(tag)
+    if key is None:
+        key = f"{tag:08X}"
+        if len(_KEYS) < 65536:
+            _KEYS[tag] = key
+    return key
 
 
 class _Encoder:
@@ -79,30 +93,50 @@ class _Encoder:
         self.prefix = prefix
         self.codecs = codecs
 
-    def dataset(self, elements: list[Element], path: str) -> dict[str, Any]:
+    def dataset(
+        self, elements: list[Element], path: str, extra: tuple[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The item's object; ``extra`` is an element to add in its place (keys ascending)."""
         obj: dict[str, Any] = {}
+        plain = self.codecs == _DEFAULT_CODECS
         for element in elements:
             tag = element.tag
-            if tag & 0xFFFF == 0 or tag == _TRAILING_PADDING:
+            if not tag & 0xFFFF or tag == _TRAILING_PADDING:
                 continue
-            key = f"{tag:08X}"
-            obj[key] = self.element(element, f"{path}{key}")
+            key = _key(tag)
+            if extra is not None and key >= extra[0]:
+                obj[extra[0]] = extra[1]
+                extra = None
+                if key == _AVAILABLE_KEY:
+                    continue  # ours replaces a stored one
+            vr = element.vr
+            value = element.value
+            if value and (vr in _ASCII_VRS or (plain and vr in _TEXT_LIST_VRS)):
+                # the common case: one value of a plain string VR
+                text = value.decode("latin-1")
+                if "\\" not in text:
+                    text = text.strip(" \x00")
+                    obj[key] = {"vr": vr, "Value": [text]} if text else {"vr": vr}
+                    continue
+            obj[key] = self.element(element, path, key)
+        if extra is not None:
+            obj[extra[0]] = extra[1]
         return obj
 
-    def element(self, element: Element, path: str) -> dict[str, Any]:
+    def element(self, element: Element, path: str, key: str) -> dict[str, Any]:
         vr = element.vr
         out: dict[str, Any] = {"vr": vr}
         if vr == "SQ":
             if element.items:
                 out["Value"] = [
-                    self.dataset(item, f"{path}/{index}/")
+                    self.dataset(item, f"{path}{key}/{index}/")
                     for index, item in enumerate(element.items)
                 ]
             return out
         value = element.value
         if value is None or element.tag == PIXEL_DATA:
             if element.length:
-                out["BulkDataURI"] = self.prefix + path
+                out["BulkDataURI"] = f"{self.prefix}{path}{key}"
             return out
         if not value:
             return out

@@ -123,10 +123,10 @@ class WadoService:
         """The open stored file (as little endian data) and its element tree; binary values
         over ``inline_up_to`` bytes and Pixel Data are located, not read."""
         try:
-            path = self.retrieve.blobs.local_path(item.blob_key)
+            file = self.retrieve.blobs.open(item.blob_key)
         except BlobNotFound as error:
             raise NotFound(f"SOP Instance {item.sop_instance_uid}: stored file missing") from error
-        with open(path, "rb") as file:
+        with file:
             try:
                 source = readable(file, item.blob_size, item.transfer_syntax_uid)
                 elements = walk(source, inline_up_to=inline_up_to)

@@ -18,6 +18,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
+from io import BytesIO
 from typing import BinaryIO
 
 from pydicom.datadict import dictionary_VR
@@ -246,8 +247,6 @@ class Readable:
 def readable(file: BinaryIO, size: int, transfer_syntax: str) -> Readable:
     """``file`` (a Part 10 file in ``transfer_syntax``) as little endian data to walk: deflated
     data is inflated and big endian converted, in memory; the rest is read in place."""
-    from io import BytesIO
-
     head = file.read(min(size, _WINDOW))
     if transfer_syntax == ExplicitVRBigEndian:
         file.seek(0)

@@ -2,13 +2,15 @@
 
 ``POST /studies`` and ``POST /studies/{study}`` take ``multipart/related;
 type="application/dicom"``: every part is one Part 10 instance, stored through the ingest
-service exactly as a C-STORE is. The answer is one ``application/dicom+json`` object (the Store
-Instances Response Module, PS3.18 10.5.3): ReferencedSOPSequence for the stored instances,
-FailedSOPSequence for the others, and the status:
+service exactly as a C-STORE is. The answer is the Store Instances Response Module (PS3.18
+10.5.3) as one ``application/dicom+json`` object (or ``application/dicom+xml`` when Accept
+prefers it): ReferencedSOPSequence for the stored instances, FailedSOPSequence for the others
+(their reasons in words in a ``Warning`` header), and the status:
 
 - 200 every instance stored (or already there: a re-send is a success, as in Orthanc);
 - 202 some stored, some failed; 409 none stored, the body still lists why;
 - 400 a malformed body (no boundary, no part, ended before its closing delimiter);
+- 406 an Accept that allows neither DICOM JSON nor DICOM XML (before reading the body);
 - 413 a body over ``max_request_bytes`` (by Content-Length before reading, or while reading);
 - 415 not ``multipart/related``, or its ``type`` is not ``application/dicom``.
 
@@ -36,11 +38,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from dicomweb.accept import parse_accept
 from dicomweb.context import Web
+from dicomweb.dicom_xml import to_native_xml
 from dicomweb.errors import HttpError
 from dicomweb.multipart_reader import (
     MalformedMultipart,
@@ -63,6 +67,8 @@ log = logging.getLogger(__name__)
 
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
+DICOM_XML = "application/dicom+xml"
+ANSWER_TYPES = (DICOM_JSON, DICOM_XML, "application/json", "application/xml")
 MULTIPART_RELATED = "multipart/related"
 # Parts stored at once, each by its own thread: a store mostly waits on fsync and the index
 # commit, which overlap (300 small CT in POSTs of 50: about 110/s one at a time, 270-330/s
@@ -109,7 +115,7 @@ _REQUEST_BODY = {
         f'{MULTIPART_RELATED}; type="{DICOM}"': {"schema": {"type": "string", "format": "binary"}}
     },
 }
-_ANSWER: dict[str, Any] = {"content": {DICOM_JSON: {}}}
+_ANSWER: dict[str, Any] = {"content": {DICOM_JSON: {}, DICOM_XML: {}}}
 _OPENAPI: dict[str, Any] = {
     "requestBody": _REQUEST_BODY,
     "responses": {
@@ -118,6 +124,7 @@ _OPENAPI: dict[str, Any] = {
         "400": {"description": "malformed or truncated multipart body"},
         "409": {"description": "no instance stored; FailedSOPSequence says why", **_ANSWER},
         "413": {"description": "request body larger than the server accepts"},
+        "406": {"description": f"Accept allows neither {DICOM_JSON} nor {DICOM_XML}"},
         "415": {"description": f'not {MULTIPART_RELATED}; type="{DICOM}"'},
     },
 }
@@ -128,22 +135,23 @@ def router(web: Web) -> APIRouter:
 
     @routes.post(
         "/studies", name="stow_studies", summary="Store instances (STOW-RS)",
-        response_class=JSONResponse, openapi_extra=_OPENAPI,
+        response_class=Response, openapi_extra=_OPENAPI,
     )
-    async def store_instances(request: Request) -> JSONResponse:
+    async def store_instances(request: Request) -> Response:
         return await _store(web, request, study=None)
 
     @routes.post(
         "/studies/{study}", summary="Store instances of one study (STOW-RS)",
-        response_class=JSONResponse, openapi_extra=_OPENAPI,
+        response_class=Response, openapi_extra=_OPENAPI,
     )
-    async def store_study_instances(study: str, request: Request) -> JSONResponse:
+    async def store_study_instances(study: str, request: Request) -> Response:
         return await _store(web, request, study=study)
 
     return routes
 
 
-async def _store(web: Web, request: Request, *, study: str | None) -> JSONResponse:
+async def _store(web: Web, request: Request, *, study: str | None) -> Response:
+    answer_type = _answer_type(request)
     boundary = _boundary(request, web.options.max_request_bytes)
     parts = await _receive(request, boundary, web)
     try:
@@ -153,10 +161,20 @@ async def _store(web: Web, request: Request, *, study: str | None) -> JSONRespon
         for part in parts:
             part.discard()
     studies_url = str(request.url_for("stow_studies"))
-    return _answer(results, studies_url, study)
+    return _answer(results, studies_url, study, answer_type)
 
 
 # -- the request ----------------------------------------------------------------------------
+def _answer_type(request: Request) -> str:
+    """The response's media type from Accept (PS3.18 10.5.2): DICOM JSON unless XML is
+    preferred; 406 before the body is read when neither is acceptable."""
+    for media_range in parse_accept(request.headers.get("accept")):
+        for media_type in ANSWER_TYPES:
+            if media_range.matches(media_type):
+                return media_type
+    raise HttpError(406, f"the answer is {DICOM_JSON} or {DICOM_XML}; Accept allows neither")
+
+
 def _boundary(request: Request, max_bytes: int) -> str:
     """The multipart boundary, once the headers show a body this route accepts."""
     length = request.headers.get("content-length")
@@ -344,9 +362,11 @@ def _store_part(
 
 # -- the answer -----------------------------------------------------------------------------
 def _answer(
-    results: list[StoreOutcome | _Failure], studies_url: str, study: str | None
-) -> JSONResponse:
-    """The Store Instances Response Module as DICOM JSON (PS3.18 10.5.3, Annex F)."""
+    results: list[StoreOutcome | _Failure], studies_url: str, study: str | None,
+    media_type: str,
+) -> Response:
+    """The Store Instances Response Module (PS3.18 10.5.3) in DICOM JSON (Annex F) or the
+    Native DICOM Model XML (PS3.19)."""
     stored = [r for r in results if isinstance(r, StoreOutcome)]
     failed = [r for r in results if isinstance(r, _Failure)]
     body: dict[str, Any] = {}
@@ -360,7 +380,10 @@ def _answer(
         body["00081199"] = {"vr": "SQ", "Value": [_stored_item(s, studies_url) for s in stored]}
     status = 200 if not failed else 202 if stored else 409
     headers = {"Warning": _warning(failed)} if failed else None
-    return JSONResponse(body, status_code=status, media_type=DICOM_JSON, headers=headers)
+    if media_type.endswith("xml"):
+        return Response(to_native_xml(body), status_code=status, media_type=media_type,
+                         headers=headers)
+    return JSONResponse(body, status_code=status, media_type=media_type, headers=headers)
 
 
 def _warning(failed: list[_Failure]) -> str:

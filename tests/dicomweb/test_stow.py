@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import httpx
 import pydicom
@@ -231,6 +232,42 @@ def test_all_parts_failing_is_409_with_the_reasons(web_archive: WebArchive) -> N
     ]
     assert _state(web_archive.server) == before
     _answers_health(web_archive)
+
+
+def test_answer_in_dicom_xml_when_accept_prefers_it(web_archive: WebArchive) -> None:
+    good = f.ct_instance(PatientID="STOW-XML")
+    response = web_archive.http.post(
+        f"{web_archive.url}/studies", content=_multipart([f.to_part10_bytes(good), b"junk"]),
+        headers={"Content-Type": MULTIPART,
+                 "Accept": "application/dicom+json; q=0.5, application/dicom+xml"},
+    )
+
+    assert response.status_code == 202
+    assert response.headers["content-type"] == "application/dicom+xml"
+    ns = {"d": "http://dicom.nema.org/PS3.19/models/NativeDICOM"}
+    root = ElementTree.fromstring(response.content)
+    referenced = root.find("d:DicomAttribute[@keyword='ReferencedSOPSequence']", ns)
+    assert referenced is not None and referenced.get("vr") == "SQ"
+    instance = referenced.find(
+        "d:Item/d:DicomAttribute[@tag='00081155']/d:Value[@number='1']", ns)
+    assert instance is not None and instance.text == good.SOPInstanceUID
+    reason = root.find("d:DicomAttribute[@tag='00081198']/d:Item/"
+                       "d:DicomAttribute[@keyword='FailureReason']/d:Value", ns)
+    assert reason is not None and reason.text == str(CANNOT_UNDERSTAND)
+
+
+def test_accept_without_dicom_json_or_xml_is_406_before_reading(
+    web_archive: WebArchive,
+) -> None:
+    before = _state(web_archive.server)
+    response = web_archive.http.post(
+        f"{web_archive.url}/studies",
+        content=_multipart([f.to_part10_bytes(f.ct_instance(PatientID="STOW-406"))]),
+        headers={"Content-Type": MULTIPART, "Accept": "text/html"},
+    )
+
+    assert response.status_code == 406
+    assert _state(web_archive.server) == before
 
 
 def test_instance_of_another_study_fails_for_a_study_target(web_archive: WebArchive) -> None:

@@ -78,8 +78,13 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
         )
         query = QueryService(index=index, max_results=settings.max_query_results)
         peers = [Destination(p.ae_title, p.host, p.port) for p in settings.peers]
-        retrieve = RetrieveService(query=query, blobs=blobs, peers=peers)
         rules = [RouteRule(*route.split("=", 1)) for route in settings.routes]
+        workflow = WorkflowService(
+            index=index, blobs=blobs, gate=gate, rules=rules,
+            stable_after=dt.timedelta(seconds=settings.stable_seconds),
+            retention=dt.timedelta(days=settings.retention_days),
+        )
+        retrieve = RetrieveService(query=query, blobs=blobs, peers=peers, audit=workflow.record)
         services = Services(
             settings=settings,
             blobs=blobs,
@@ -89,11 +94,7 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
             importer=ImportService(ingest),
             query=query,
             retrieve=retrieve,
-            workflow=WorkflowService(
-                index=index, blobs=blobs, gate=gate, rules=rules,
-                stable_after=dt.timedelta(seconds=settings.stable_seconds),
-                retention=dt.timedelta(days=settings.retention_days),
-            ),
+            workflow=workflow,
             routing=RoutingService(
                 index=index, retrieve=retrieve, sender=StudySender(settings.ae_title),
                 retry_base=dt.timedelta(seconds=settings.route_retry_seconds),

@@ -24,6 +24,7 @@ from pacs.dimse.identifiers import GET_MODELS, MOVE_MODELS, retrieve_query
 from pacs.dimse.status import Status, query_status
 from pacs.services.errors import CannotTranscode, NotFound, PacsError
 from pacs.services.retrieve import RetrievePlan, RetrieveService
+from pacs.services.workflow import actor
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -120,7 +121,15 @@ class Retrieval:
             self.syntax.is_deflated,
         )
         query = retrieve_query(identifier, self.model)
-        plan = self.service.plan(query)
+        assoc = self.scp.assoc
+        calling = str(assoc.requestor.ae_title).strip()
+        if isinstance(self.request, C_MOVE):
+            how = f"C-MOVE to {str(self.request.MoveDestination).strip()}"
+        else:
+            how = "C-GET"
+        plan = self.service.plan(
+            query, who=actor("dimse", calling, assoc.requestor.address), how=how
+        )
         log.info(
             "%s of %d instances (%s level) for %s",
             "C-MOVE" if isinstance(self.request, C_MOVE) else "C-GET",

@@ -16,6 +16,7 @@ from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from pacs.services.errors import CannotTranscode, NotFound, UnknownPeer
 from pacs.services.query import QueryService
@@ -82,13 +83,21 @@ class RetrievePlan:
         return merged[:limit]
 
 
+class AuditSink(Protocol):
+    def __call__(self, *, who: str, action: str, outcome: str,
+                 study_instance_uid: str | None = None,
+                 detail: dict[str, Any] | None = None) -> None: ...
+
+
 class RetrieveService:
     def __init__(
-        self, *, query: QueryService, blobs: FileStore, peers: Sequence[Destination] = ()
+        self, *, query: QueryService, blobs: FileStore, peers: Sequence[Destination] = (),
+        audit: AuditSink | None = None,
     ) -> None:
         self.query = query
         self.blobs = blobs
         self.peers = {peer.ae_title: peer for peer in peers}
+        self.audit = audit
 
     def destination(self, ae_title: str) -> Destination:
         """The registered peer called ``ae_title``; :class:`UnknownPeer` otherwise."""
@@ -97,8 +106,19 @@ class RetrieveService:
             raise UnknownPeer(f"move destination {ae_title.strip()!r} is not a known peer")
         return peer
 
-    def plan(self, query: Query) -> RetrievePlan:
-        return RetrievePlan(tuple(self.query.instances(query)))
+    def plan(self, query: Query, *, who: str | None = None, how: str = "") -> RetrievePlan:
+        """The instances under ``query``; with ``who``, each study retrieved is audited
+        (``how``: C-MOVE to X, C-GET, WADO-RS ...)."""
+        plan = RetrievePlan(tuple(self.query.instances(query)))
+        if who is not None and self.audit is not None:
+            counts: dict[str, int] = {}
+            for item in plan.items:
+                counts[item.study_instance_uid] = counts.get(item.study_instance_uid, 0) + 1
+            for study_uid, count in counts.items():
+                self.audit(who=who, action="retrieve", outcome=f"{count} instances",
+                           study_instance_uid=study_uid, detail={"how": how,
+                                                                 "level": query.level.value})
+        return plan
 
     @contextmanager
     def prepared(self, item: RetrieveItem, accepted: Collection[str]) -> Iterator[Prepared]:

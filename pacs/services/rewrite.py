@@ -19,12 +19,16 @@ from pacs.services.errors import InvalidInstance
 _UTF8 = "ISO_IR 192"
 
 
-def rewrite_attributes(data: bytes, changes: Mapping[str, str | None]) -> bytes:
-    """``data`` with each keyword of ``changes`` set (None or '' empties it)."""
+def rewrite_attributes(
+    data: bytes, changes: Mapping[str, str | None]
+) -> tuple[bytes, dict[str, str]]:
+    """``data`` with each keyword of ``changes`` set (None or '' empties it), and the values
+    the file had before."""
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=False)
     except (InvalidDicomError, EOFError, ValueError) as error:
         raise InvalidInstance(f"stored file cannot be read: {error}") from error
+    before = {keyword: str(ds.get(keyword, "") or "") for keyword in changes}
     needs_utf8 = any(value and not value.isascii() for value in changes.values())
     charset = ds.get("SpecificCharacterSet")
     if needs_utf8 and (not charset or str(charset).strip() != _UTF8):
@@ -34,4 +38,4 @@ def rewrite_attributes(data: bytes, changes: Mapping[str, str | None]) -> bytes:
         setattr(ds, keyword, value or "")
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
+    return out.getvalue(), before

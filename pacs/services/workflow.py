@@ -318,10 +318,15 @@ class WorkflowService:
             files = repository.workflow.instance_files(study_instance_uid)
         assert before is not None
         rewritten: list[tuple[str, str, Any]] = []  # (sop uid, old key, committed blob)
+        old: dict[str, str] = {}  # the values in the files (first file that has one)
         try:
             for file in files:
                 data = self._read(file.blob_key, file.sop_instance_uid)
-                staged = self.blobs.stage_bytes(rewrite_attributes(data, changes))
+                new_data, had = rewrite_attributes(data, changes)
+                for keyword, value in had.items():
+                    if value and not old.get(keyword):
+                        old[keyword] = value
+                staged = self.blobs.stage_bytes(new_data)
                 try:
                     committed = self.blobs.commit(staged)
                 finally:
@@ -344,8 +349,8 @@ class WorkflowService:
                 records.audit(
                     actor=who, action="correct", outcome=state.value,
                     study_instance_uid=study_instance_uid,
-                    detail={"changes": {k: {"old": _old_value(before, k), "new": v}
-                                        for k, v in changes.items()},
+                    detail={"changes": {k: {"old": old.get(k, _old_value(before, k)),
+                                            "new": v} for k, v in changes.items()},
                             "files_rewritten": len(rewritten)},
                 )
         except BaseException:

@@ -194,7 +194,7 @@ audit_event = Table(
     Column("actor", String(200), nullable=False),
     Column("action", String(32), nullable=False),
     Column("study_instance_uid", String(64), index=True),
-    Column("outcome", String(16), nullable=False),
+    Column("outcome", String(120), nullable=False),
     Column("detail", Text),
 )
 """Append-only: who did what to which study, and how it ended (never updated or deleted)."""

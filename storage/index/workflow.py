@@ -283,7 +283,7 @@ class WorkflowRecords:
         detail: dict[str, Any] | None = None,
     ) -> None:
         self.connection.execute(insert(audit_event).values(
-            at=_now(), actor=actor[:200], action=action, outcome=outcome,
+            at=_now(), actor=actor[:200], action=action, outcome=outcome[:120],
             study_instance_uid=study_instance_uid,
             detail=json.dumps(detail, ensure_ascii=False, default=str) if detail else None,
         ))

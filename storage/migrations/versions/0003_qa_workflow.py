@@ -31,7 +31,7 @@ def upgrade() -> None:
     sa.Column('actor', sa.String(length=200), nullable=False),
     sa.Column('action', sa.String(length=32), nullable=False),
     sa.Column('study_instance_uid', sa.String(length=64), nullable=True),
-    sa.Column('outcome', sa.String(length=16), nullable=False),
+    sa.Column('outcome', sa.String(length=120), nullable=False),
     sa.Column('detail', sa.Text(), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_audit_event'))
     )

@@ -1,0 +1,272 @@
+"""The QA gate end to end with real peers: storescu pushes, findscu / getscu / QIDO / WADO read,
+the review API quarantines, corrects, accepts, rejects and purges, with an audit trail."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from tests.factories.datasets import ct_instance, make_uid, write_part10
+from tests.support import dcmtk
+from tests.support.server import PacsServer
+
+
+@dataclass
+class Archive:
+    server: PacsServer
+    workdir: Path
+    http: httpx.Client
+    count: int = 0
+
+    def store(self, *datasets: Dataset) -> list[Path]:
+        folder = self.workdir / "sent"
+        folder.mkdir(exist_ok=True)
+        files = []
+        for ds in datasets:
+            self.count += 1
+            files.append(write_part10(ds, folder / f"{self.count:04d}.dcm"))
+        result = dcmtk.storescu(self.server.dimse_port, files, workdir=self.workdir)
+        assert dcmtk.successes(result) == len(files), dcmtk.status_lines(result)
+        return files
+
+    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return self.http.request(method, f"{self.server.base_url}/api{path}", **kwargs)
+
+    def state(self, study: str) -> str:
+        response = self.api("GET", f"/studies/{study}")
+        assert response.status_code == 200, response.text
+        return str(response.json()["state"])
+
+    def find(self, study: str) -> list[Dataset]:
+        result, responses = dcmtk.findscu(
+            self.server.dimse_port,
+            ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}", "PatientName"],
+            workdir=self.workdir,
+        )
+        assert result.returncode == 0, dcmtk.status_lines(result)
+        return responses
+
+    def qido(self, study: str) -> list[dict[str, Any]]:
+        response = self.http.get(f"{self.server.base_url}/dicom-web/studies",
+                                 params={"StudyInstanceUID": study})
+        assert response.status_code == 200
+        found: list[dict[str, Any]] = response.json()
+        return found
+
+    def get(self, study: str, name: str) -> list[Dataset]:
+        output = self.workdir / f"get-{name}"
+        result = dcmtk.getscu(self.server.dimse_port,
+                              ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}"],
+                              output=output)
+        assert result.returncode == 0, dcmtk.status_lines(result)
+        return [pydicom.dcmread(path) for path in sorted(output.iterdir())]
+
+    def audit(self, study: str) -> list[dict[str, Any]]:
+        response = self.api("GET", "/audit", params={"study": study})
+        assert response.status_code == 200
+        events: list[dict[str, Any]] = response.json()
+        return events
+
+
+def _name(qido_item: dict[str, Any]) -> str:
+    return str(qido_item["00100010"]["Value"][0]["Alphabetic"])
+
+
+@pytest.fixture(scope="module")
+def archive(module_database_url: str, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[Archive]:
+    root = tmp_path_factory.mktemp("qa")
+    server = PacsServer(data_dir=root / "data", database_url=module_database_url,
+                        extra_args=["--stable-seconds", "3600"]).start()
+    try:
+        with httpx.Client(timeout=60) as http:
+            yield Archive(server, root, http)
+    finally:
+        server.stop()
+
+
+def test_auto_mode_makes_a_clean_study_visible_at_once(archive: Archive) -> None:
+    study = make_uid("qa", "auto")
+    archive.store(*(ct_instance(PatientID="QA-AUTO", PatientName="Auto^Clean",
+                                StudyInstanceUID=study, InstanceNumber=n) for n in (1, 2)))
+    # no waiting: visible as soon as the C-STORE succeeded
+    assert [str(r.PatientName) for r in archive.find(study)] == ["Auto^Clean"]
+    assert [_name(item) for item in archive.qido(study)] == ["Auto^Clean"]
+    assert archive.state(study) == "archived"
+    stores = [e for e in archive.audit(study) if e["action"] == "store"]
+    assert len(stores) == 2
+    assert all(e["outcome"] == "stored" and e["actor"].startswith("dimse:STORESCU@127.0.0.1")
+               for e in stores)
+
+
+def test_patient_mismatch_is_quarantined_corrected_and_accepted(archive: Archive) -> None:
+    first = make_uid("qa", "mismatch", "archived")
+    second = make_uid("qa", "mismatch", "new")
+    archive.store(ct_instance(PatientID="QA-P1", PatientName="Doe^Jane", StudyInstanceUID=first,
+                              PatientBirthDate="19800202"))
+    assert archive.state(first) == "archived"
+    archive.store(*(ct_instance(PatientID="QA-P1", PatientName="Smith^Wrong",
+                                PatientBirthDate="19800202", StudyInstanceUID=second,
+                                InstanceNumber=n) for n in (1, 2)))
+
+    assert archive.state(second) == "quarantined"
+    queue = archive.api("GET", "/qa").json()
+    held = [item for item in queue if item["study_instance_uid"] == second]
+    assert len(held) == 1
+    codes = {finding["code"] for finding in held[0]["findings"]}
+    assert "patient-mismatch" in codes
+    assert any("Smith^Wrong" in f["message"] for f in held[0]["findings"])
+    # invisible to every read path
+    assert archive.find(second) == []
+    assert archive.qido(second) == []
+    assert archive.http.get(
+        f"{archive.server.base_url}/dicom-web/studies/{second}/metadata").status_code == 404
+    assert archive.get(second, "quarantined") == []
+
+    corrected = archive.api("PATCH", f"/studies/{second}", json={"PatientName": "Doe^Jane"})
+    assert corrected.status_code == 200, corrected.text
+    assert corrected.json()["state"] == "quarantined"  # waits for the reviewer
+    assert corrected.json()["findings"] == []  # re-checked clean
+    accepted = archive.api("POST", f"/studies/{second}/accept")
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["state"] == "archived"
+
+    assert [str(r.PatientName) for r in archive.find(second)] == ["Doe^Jane"]
+    assert [_name(item) for item in archive.qido(second)] == ["Doe^Jane"]
+    retrieved = archive.get(second, "corrected")
+    assert len(retrieved) == 2
+    assert {str(ds.PatientName) for ds in retrieved} == {"Doe^Jane"}
+    actions = [e["action"] for e in archive.audit(second)]
+    for action in ("store", "quarantine", "correct", "accept", "retrieve"):
+        assert action in actions, actions
+    correction = next(e for e in archive.audit(second) if e["action"] == "correct")
+    assert correction["detail"]["changes"]["PatientName"] == {"old": "Smith^Wrong",
+                                                              "new": "Doe^Jane"}
+    assert correction["detail"]["files_rewritten"] == 2
+
+
+def test_same_study_with_other_patient_attributes_is_quarantined(archive: Archive) -> None:
+    study = make_uid("qa", "study-mismatch")
+    archive.store(ct_instance(PatientID="QA-S1", PatientName="First^Patient",
+                              StudyInstanceUID=study, InstanceNumber=1))
+    assert archive.state(study) == "archived"
+    archive.store(ct_instance(PatientID="QA-S2", PatientName="Other^Patient",
+                              StudyInstanceUID=study, InstanceNumber=2))
+    assert archive.state(study) == "quarantined"
+    codes = {f["code"] for f in archive.api("GET", f"/studies/{study}").json()["findings"]}
+    assert codes == {"study-patient-mismatch"}
+    assert archive.find(study) == []
+
+
+def test_missing_attributes_are_a_finding(archive: Archive) -> None:
+    study = make_uid("qa", "missing")
+    ds = ct_instance(PatientID="QA-M1", PatientName="", StudyInstanceUID=study)
+    del ds.StudyDate
+    archive.store(ds)
+    review = archive.api("GET", f"/studies/{study}").json()
+    assert review["state"] == "quarantined"
+    messages = " ".join(f["message"] for f in review["findings"])
+    assert "PatientName" in messages and "StudyDate" in messages
+
+
+def test_a_rejected_study_stays_rejected_and_invisible(archive: Archive) -> None:
+    study = make_uid("qa", "rejected")
+    archive.store(ct_instance(PatientID="QA-R1", PatientName="Test^Shot",
+                              StudyInstanceUID=study, InstanceNumber=1))
+    rejected = archive.api("POST", f"/studies/{study}/reject", json={"reason": "test shot"})
+    assert rejected.status_code == 200, rejected.text
+    assert rejected.json()["state"] == "rejected"
+    assert rejected.json()["rejection_reason"] == "test shot"
+    assert archive.find(study) == [] and archive.qido(study) == []
+
+    archive.store(ct_instance(PatientID="QA-R1", PatientName="Test^Shot",
+                              StudyInstanceUID=study, InstanceNumber=2))  # answered success
+    assert archive.state(study) == "rejected"
+    assert archive.find(study) == [] and archive.qido(study) == []
+    stores = [e for e in archive.audit(study) if e["action"] == "store"]
+    assert any("stays rejected" in e["outcome"] for e in stores)
+
+
+def test_illegal_transitions_and_unknown_uids_change_nothing(archive: Archive) -> None:
+    study = make_uid("qa", "illegal")
+    archive.store(ct_instance(PatientID="QA-I1", PatientName="Legal^Only",
+                              StudyInstanceUID=study))
+    again = archive.api("POST", f"/studies/{study}/accept")
+    assert again.status_code == 409
+    assert again.json()["state"] == "archived" and "error" in again.json()
+    assert archive.api("POST", f"/studies/{study}/reject", json={"reason": "  "}
+                       ).status_code == 400
+    assert archive.api("POST", f"/studies/{study}/reject", json={}).status_code == 400
+    bad_patch = archive.api("PATCH", f"/studies/{study}", json={"Modality": "MR"})
+    assert bad_patch.status_code == 400
+    bad_date = archive.api("PATCH", f"/studies/{study}", json={"PatientBirthDate": "1980"})
+    assert bad_date.status_code == 400 and "YYYYMMDD" in bad_date.json()["error"]
+    assert archive.state(study) == "archived"
+    assert [_name(i) for i in archive.qido(study)] == ["Legal^Only"]
+
+    archive.api("POST", f"/studies/{study}/reject", json={"reason": "wrong patient"})
+    for action in ("accept", "reject"):
+        late = archive.api("POST", f"/studies/{study}/{action}", json={"reason": "again"})
+        assert late.status_code == 409 and late.json()["state"] == "rejected"
+    unknown = make_uid("qa", "nobody")
+    for method, path, body in (("GET", "", None), ("POST", "/accept", None),
+                               ("POST", "/reject", {"reason": "x"}),
+                               ("PATCH", "", {"PatientName": "X^Y"})):
+        answer = archive.api(method, f"/studies/{unknown}{path}", json=body)
+        assert answer.status_code == 404, (method, path, answer.text)
+        assert "error" in answer.json()
+
+
+def test_purge_deletes_rejected_studies_and_their_files(archive: Archive) -> None:
+    study = make_uid("qa", "purge")
+    archive.store(ct_instance(PatientID="QA-PURGE", PatientName="Purge^Me",
+                              StudyInstanceUID=study))
+    objects = archive.server.data_dir / "objects"
+    before = sum(1 for p in objects.rglob("*") if p.is_file())
+    archive.api("POST", f"/studies/{study}/reject", json={"reason": "duplicate"})
+    result = archive.server.cli("purge", "--retention-days", "0")
+    assert result.returncode == 0, result.stderr
+    assert f"purged: {study}" in result.stdout
+    assert archive.api("GET", f"/studies/{study}").status_code == 404
+    after = sum(1 for p in objects.rglob("*") if p.is_file())
+    assert after <= before - 1
+    deleted = [e for e in archive.audit(study) if e["action"] == "delete"]
+    assert len(deleted) == 1 and deleted[0]["outcome"] == "purged"
+
+
+def test_pacs_audit_prints_the_trail(archive: Archive) -> None:
+    study = make_uid("qa", "auto")
+    result = archive.server.cli("audit", "--study", study)
+    assert result.returncode == 0, result.stderr
+    assert "store" in result.stdout and study in result.stdout
+
+
+@pytest.fixture
+def manual_server(tmp_path: Path, sqlite_url: str) -> Iterator[PacsServer]:
+    server = PacsServer(data_dir=tmp_path / "data", database_url=sqlite_url,
+                        extra_args=["--qa", "manual"]).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_manual_mode_holds_every_new_study(manual_server: PacsServer, tmp_path: Path) -> None:
+    with httpx.Client(timeout=60) as http:
+        archive = Archive(manual_server, tmp_path, http)
+        study = make_uid("qa", "manual")
+        archive.store(ct_instance(PatientID="QA-MAN", PatientName="Held^Back",
+                                  StudyInstanceUID=study))
+        assert archive.state(study) == "quarantined"
+        assert archive.find(study) == [] and archive.qido(study) == []
+        queue = archive.api("GET", "/qa").json()
+        assert [f["code"] for f in queue[0]["findings"]] == ["manual-review"]
+        assert archive.api("POST", f"/studies/{study}/accept").status_code == 200
+        assert [_name(i) for i in archive.qido(study)] == ["Held^Back"]

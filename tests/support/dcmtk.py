@@ -113,18 +113,20 @@ def getscu(
 class Storescp:
     """DCMTK ``storescp`` as a C-MOVE destination, writing what it receives unchanged (+B)."""
 
-    def __init__(self, output: Path, *, ae_title: str = "DEST", accept_all: bool = True) -> None:
+    def __init__(self, output: Path, *, ae_title: str = "DEST", accept_all: bool = True,
+                 port: int = 0) -> None:
         self.output = output
         self.ae_title = ae_title
         self.accept_all = accept_all
-        self.port = 0
+        self.port = port  # 0: a free one at each start
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Storescp:
         self.output.mkdir(parents=True, exist_ok=True)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = int(probe.getsockname()[1])
+        if not self.port:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                self.port = int(probe.getsockname()[1])
         args = [tool("storescp"), "-aet", self.ae_title, "+B", "-od", str(self.output)]
         if self.accept_all:
             args.append("+xa")

@@ -1,0 +1,44 @@
+"""Schema upgrades keep the data: an index filled at an older revision, upgraded to head."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+from storage.index import Index
+from storage.index.migrate import pending_changes, upgrade
+
+
+def test_upgrade_from_0002_keeps_every_row(database_url: str) -> None:
+    index = Index(database_url)
+    try:
+        upgrade(index.engine, "0002")
+        with index.engine.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO patient (id, patient_id, issuer_of_patient_id, created_at) "
+                "VALUES (1, 'P1', '', CURRENT_TIMESTAMP)"))
+            connection.execute(text(
+                "INSERT INTO study (id, patient_fk, study_instance_uid, state, created_at) "
+                "VALUES (1, 1, '1.2.3', 'archived', CURRENT_TIMESTAMP)"))
+            connection.execute(text(
+                "INSERT INTO series (id, study_fk, series_instance_uid, created_at) "
+                "VALUES (1, 1, '1.2.3.4', CURRENT_TIMESTAMP)"))
+            for n in range(3):
+                connection.execute(text(
+                    "INSERT INTO instance (series_fk, sop_instance_uid, transfer_syntax_uid, "
+                    "blob_key, blob_size, blob_sha256, received_at) VALUES "
+                    f"(1, '1.2.3.4.{n}', '1.2.840.10008.1.2.1', 'k{n}', 1, 'k{n}', "
+                    "CURRENT_TIMESTAMP)"))
+        index.upgrade()
+        with index.engine.connect() as connection:
+            counts = [connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+                      for table in ("patient", "study", "series", "instance")]
+            study = connection.execute(text(
+                "SELECT state, stable_at, state_changed_at FROM study")).one()
+            rejected = connection.execute(text("SELECT rejected FROM series")).scalar_one()
+        assert counts == [1, 1, 1, 3]
+        assert study.state == "archived"
+        assert study.stable_at is not None and study.state_changed_at is not None
+        assert not rejected
+        assert pending_changes(index.engine) == []
+    finally:
+        index.dispose()

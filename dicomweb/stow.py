@@ -12,6 +12,8 @@ prefers it): ReferencedSOPSequence for the stored instances, FailedSOPSequence f
 - 400 a malformed body (no boundary, no part, ended before its closing delimiter);
 - 406 an Accept that allows neither DICOM JSON nor DICOM XML (before reading the body);
 - 413 a body over ``max_request_bytes`` (by Content-Length before reading, or while reading);
+- 503 a Content-Length that would bring the disk below the store's reserve (before reading),
+  or a disk that fills while receiving;
 - 415 not ``multipart/related``, or its ``type`` is not ``application/dicom``.
 
 Parts of the metadata-and-bulk-data form (``application/dicom+json``, ``application/
@@ -153,6 +155,9 @@ def router(web: Web) -> APIRouter:
 async def _store(web: Web, request: Request, *, study: str | None) -> Response:
     answer_type = _answer_type(request)
     boundary = _boundary(request, web.options.max_request_bytes)
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit():
+        await run_in_threadpool(web.ingest.check_room, int(length))  # else 503 before reading
     parts = await _receive(request, boundary, web)
     try:
         origin = Origin(protocol="dicomweb", address=_client(request))

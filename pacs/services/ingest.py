@@ -159,6 +159,17 @@ class IngestService:
         finally:
             self.blobs.discard(staged)
 
+    def check_room(self, size: int) -> None:
+        """Refuse ``size`` bytes that would bring the store's disk below its reserve
+        (:class:`OutOfResources`): for a front end to ask before it receives a large request
+        whose length it knows (a STOW-RS Content-Length), rather than filling the disk first."""
+        free = self.blobs.free_bytes()
+        if free - size < self.min_free_bytes:
+            raise OutOfResources(
+                f"no room for {size // 1_000_000} MB: {free // 1_000_000} MB free, reserve is "
+                f"{self.min_free_bytes // 1_000_000} MB"
+            )
+
     def _check_reserve(self) -> None:
         """Refuse while the store's disk is below its reserve: the index and the temporary
         files of instances being received need room too (a full disk corrupts nothing, but

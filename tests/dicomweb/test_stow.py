@@ -476,3 +476,27 @@ def test_chunked_body_over_the_limit_is_413_and_leaves_nothing(
     assert _state(small_archive.server) == before
     small = f.to_part10_bytes(f.ct_instance(PatientID="STOW-13C"))
     assert _post(small_archive, _multipart([small])).status_code == 200
+
+
+def test_a_body_that_would_eat_into_the_disk_reserve_is_503_before_reading(
+    module_database_url: str, tmp_path: Path
+) -> None:
+    """The reserve is set far above the disk's size: every known length is refused."""
+    server = PacsServer(data_dir=tmp_path / "data",
+                        database_url=_other_database(module_database_url, tmp_path),
+                        start_env={"PACS_MIN_FREE_SPACE_MB": str(10**9)})
+    server.start()
+    try:
+        with httpx.Client(timeout=60) as http:
+            archive = WebArchive(server, tmp_path, http)
+            before = _state(server)
+            data = f.to_part10_bytes(f.ct_instance(PatientID="STOW-14"))
+
+            response = _post(archive, _multipart([data]))
+
+            assert response.status_code == 503
+            assert "no room" in response.json()["error"]
+            assert _state(server) == before
+            _answers_health(archive)
+    finally:
+        server.stop()

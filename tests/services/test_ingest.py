@@ -8,7 +8,13 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from pacs.services.errors import InvalidInstance, MissingAttribute, NotDicom, StudyMismatch
+from pacs.services.errors import (
+    InvalidInstance,
+    MissingAttribute,
+    NotDicom,
+    OutOfResources,
+    StudyMismatch,
+)
 from pacs.services.ingest import Expected, Incoming, IngestService, Origin, StoreStatus
 from storage.attributes import Level
 from storage.blobs import FileStore
@@ -134,6 +140,18 @@ def test_an_instance_of_another_study_than_expected_is_refused_and_leaves_nothin
     assert _rows(index)[Level.IMAGE] == 1
     assert len(list(service.blobs.keys())) == 1
     assert list(service.blobs.tmp.iterdir()) == []
+
+
+def test_check_room_refuses_what_would_eat_into_the_reserve(
+    tmp_path: Path, index: Index
+) -> None:
+    blobs = FileStore(tmp_path / "data")
+    free = blobs.free_bytes()
+    service = IngestService(blobs=blobs, index=index, min_free_bytes=free // 2)
+
+    service.check_room(free // 4)
+    with pytest.raises(OutOfResources, match="no room"):
+        service.check_room(free // 4 * 3)
 
 
 def test_a_failed_index_commit_removes_the_new_file(tmp_path: Path, index: Index) -> None:

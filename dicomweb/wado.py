@@ -32,6 +32,7 @@ from dicomweb.wado_services import WadoServices, wado_services
 from pacs.services.errors import CannotTranscode, NotFound
 from pacs.services.frames import OCTET_STREAM, FramePart, Offer
 from pacs.services.wado import InstanceFile
+from pacs.services.workflow import actor
 from storage.query import RetrieveItem
 
 log = logging.getLogger(__name__)
@@ -252,6 +253,10 @@ class _Bodies:
 
 
 # -- WADO-RS ---------------------------------------------------------------------------------
+def _who(request: Request) -> str:
+    return actor("http", address=request.client.host if request.client else None)
+
+
 def router(web: Web) -> APIRouter:
     api = APIRouter(tags=["WADO-RS"])
     wado = services_of(web)
@@ -269,7 +274,7 @@ def router(web: Web) -> APIRouter:
         preferences = [syntax for part, syntax in offers if part != single]
         if not preferences:
             raise _not_acceptable(accept, "a study or series is multipart/related")
-        items = wado.instances.instances(study, series, instance)
+        items = wado.instances.instances(study, series, instance, who=_who(request))
         files = wado.instances.files(items, preferences)
         if single:
             (file,) = files
@@ -498,6 +503,7 @@ def uri_router(web: Web) -> APIRouter:
         response_class=Response,
     )
     def wado_uri(
+        request: Request,
         requestType: str | None = None,  # noqa: N803 - the standard's parameter names
         studyUID: str | None = None,  # noqa: N803
         seriesUID: str | None = None,  # noqa: N803
@@ -516,15 +522,17 @@ def uri_router(web: Web) -> APIRouter:
         if not (studyUID and seriesUID and objectUID):
             raise HttpError(400, "studyUID, seriesUID and objectUID are required")
         wanted = [t.split(";")[0].strip().lower() for t in (contentType or "image/jpeg").split(",")]
-        item = wado.instances.instance(studyUID, seriesUID, objectUID)
         for media_type in wanted:
             if media_type == DICOM:
+                (item,) = wado.instances.instances(studyUID, seriesUID, objectUID,
+                                                   who=_who(request), how="WADO-URI")
                 syntax = (transferSyntax or ExplicitVRLittleEndian).strip()
                 (file,) = wado.instances.files([item], [syntax])
                 headers = {} if file.size is None else {"Content-Length": str(file.size)}
                 return StreamingResponse(_primed(file.chunks(), 1), media_type=DICOM,
                                          headers=headers)
             if media_type in rendering.MEDIA_TYPES or media_type in ("image/*", "*/*"):
+                item = wado.instances.instance(studyUID, seriesUID, objectUID)
                 return _uri_image(wado, item, media_type, rows, columns, windowCenter,
                                   windowWidth, frameNumber, imageQuality)
         raise HttpError(406, f"contentType {contentType!r}: application/dicom, image/jpeg or "

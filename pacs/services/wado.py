@@ -72,10 +72,12 @@ class WadoService:
         self.retrieve = retrieve
 
     def instances(
-        self, study: str, series: str | None = None, instance: str | None = None
+        self, study: str, series: str | None = None, instance: str | None = None,
+        *, who: str | None = None, how: str = "WADO-RS",
     ) -> tuple[RetrieveItem, ...]:
         """The instances of a study, series or one instance, in series/InstanceNumber order;
-        :class:`NotFound` when there are none (unknown, not archived, or in another study)."""
+        :class:`NotFound` when there are none (unknown, not archived, or in another study).
+        With ``who``, the retrieval is audited."""
         conditions = [condition("StudyInstanceUID", study)]
         level = Level.STUDY
         if series is not None:
@@ -87,7 +89,7 @@ class WadoService:
         if any(c is None for c in conditions):
             raise NotFound("an empty UID names nothing")
         query = Query(level=level, conditions=tuple(c for c in conditions if c is not None))
-        items = self.retrieve.plan(query).items
+        items = self.retrieve.plan(query, who=who, how=how).items
         if not items:
             raise NotFound(f"no such {level.value.lower()}: {instance or series or study}")
         return items

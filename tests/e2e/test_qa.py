@@ -143,6 +143,12 @@ def test_patient_mismatch_is_quarantined_corrected_and_accepted(archive: Archive
     retrieved = archive.get(second, "corrected")
     assert len(retrieved) == 2
     assert {str(ds.PatientName) for ds in retrieved} == {"Doe^Jane"}
+    wado = archive.http.get(
+        f"{archive.server.base_url}/dicom-web/studies/{second}",
+        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+    assert wado.status_code == 200
+    hows = {e["detail"].get("how") for e in archive.audit(second) if e["action"] == "retrieve"}
+    assert {"C-GET", "WADO-RS"} <= hows
     actions = [e["action"] for e in archive.audit(second)]
     for action in ("store", "quarantine", "correct", "accept", "retrieve"):
         assert action in actions, actions

@@ -15,9 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dicomweb.context import Web
 from pacs.services.routing import RoutingService
-from pacs.services.workflow import StudyReview, WorkflowService, actor
-from storage.index import StudyState
-from storage.index.workflow import AuditRecord, FindingRecord, JobRecord
+from pacs.services.workflow import (
+    AuditRecord,
+    FindingRecord,
+    JobRecord,
+    StudyReview,
+    StudyState,
+    WorkflowService,
+    actor,
+)
 
 
 class FindingOut(BaseModel):

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 
-from dicomweb import api, errors, qido, stow, wado
+from dicomweb import api, errors, qido, reject, stow, wado
 from dicomweb.context import BASE_PATH, Web
 from pacs import __version__
 
@@ -46,6 +46,7 @@ def create_app(*, web: Web, is_ready: Callable[[], bool]) -> FastAPI:
     app.include_router(qido.router(web), prefix=BASE_PATH)
     app.include_router(wado.router(web), prefix=BASE_PATH)
     app.include_router(stow.router(web), prefix=BASE_PATH)
+    app.include_router(reject.router(web), prefix=BASE_PATH)
     app.include_router(wado.uri_router(web))
     app.include_router(api.router(web))
 

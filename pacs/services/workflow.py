@@ -60,6 +60,10 @@ from storage.index.workflow import AuditRecord, FindingRecord, JobRecord, StudyR
 
 log = logging.getLogger(__name__)
 
+# The records front ends format (they never import the index themselves).
+__all__ = ["AuditRecord", "FindingRecord", "JobRecord", "StudyRecord", "StudyState",
+           "WorkflowService", "QaGate", "RouteRule", "StudyReview", "actor", "next_state"]
+
 
 class Action(StrEnum):
     ARCHIVE = "archive"  # every check passed (auto mode)
@@ -297,6 +301,29 @@ class WorkflowService:
             records.audit(actor=who, action="reject", outcome=new.value,
                           study_instance_uid=study_instance_uid,
                           detail={"from": current.value, "reason": reason})
+        return self.study(study_instance_uid)
+
+    def reject_series(self, study_instance_uid: str, series_instance_uid: str, reason: str,
+                      who: str) -> StudyReview:
+        """Hide one series from every read path (a viewer's IOCM-style rejection); a study
+        left with no visible series is rejected as a whole."""
+        with self._unit_of_work(write=True) as repository:
+            records = repository.workflow
+            current = self._state(repository, study_instance_uid)
+            next_state(current, Action.REJECT)  # the study itself must allow a rejection
+            left = records.reject_series(study_instance_uid, series_instance_uid)
+            if left is None:
+                raise NotFound(f"no series {series_instance_uid} in study {study_instance_uid}")
+            records.audit(actor=who, action="reject-series", outcome="rejected",
+                          study_instance_uid=study_instance_uid,
+                          detail={"series": series_instance_uid, "reason": reason,
+                                  "series_left": left})
+            if left == 0:
+                records.set_state(study_instance_uid, X, reason=reason)
+                records.audit(actor=who, action="reject", outcome=X.value,
+                              study_instance_uid=study_instance_uid,
+                              detail={"from": current.value, "reason": reason,
+                                      "after": "its last series was rejected"})
         return self.study(study_instance_uid)
 
     def _state(self, repository: Repository, study_instance_uid: str) -> StudyState:

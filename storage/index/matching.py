@@ -121,7 +121,7 @@ def instances_statement(query: Query) -> Select[Any]:
             .join(study, _parent_join(Level.STUDY))
             .join(patient, _parent_join(Level.PATIENT))
         )
-        .where(_archived(study))
+        .where(_archived(study), _series_visible(series))
         .order_by(study.c.id, series.c.id, instance.c.instance_number, instance.c.id)
     )
     paged = query.limit is not None or query.offset
@@ -162,6 +162,11 @@ def _archived(table: TableLike) -> ColumnElement[bool]:
     return table.c.state.concat("") == _ARCHIVED
 
 
+def _series_visible(table: TableLike) -> ColumnElement[bool]:
+    """The series was not rejected from a viewer (KOS 113001^DCM and the like)."""
+    return table.c.rejected == false()
+
+
 def _returned_keys(query: Query) -> list[str]:
     return list(dict.fromkeys((*UNIQUE_KEYS[query.level], *query.return_keys)))
 
@@ -193,6 +198,8 @@ def _where(query: Query, level: Level) -> list[ColumnElement[bool]]:
         where.append(_exists_below(Level.PATIENT, Level.STUDY, lambda _: true()))
     else:
         where.append(_archived(study))
+    if DEPTH[level] >= DEPTH[Level.SERIES]:
+        where.append(_series_visible(series))
     for condition in query.conditions:
         where.append(_condition(condition, level, query.fuzzy_person_names))
     return where
@@ -278,6 +285,8 @@ def _descendants(
     where = [link]
     if Level.STUDY in aliases:
         where.append(_archived(aliases[Level.STUDY]))
+    if Level.SERIES in aliases:
+        where.append(_series_visible(aliases[Level.SERIES]))
     return source, where, aliases
 
 

@@ -214,6 +214,22 @@ class WorkflowRecords:
         )
         return bool(changed.rowcount)
 
+    def reject_series(self, study_instance_uid: str, series_instance_uid: str) -> int | None:
+        """Hide a series of a study; returns how many series of the study are left visible,
+        None when the study has no such series."""
+        study_id = self._study_id(study_instance_uid)
+        if study_id is None:
+            return None
+        changed = self.connection.execute(
+            update(series).where(series.c.study_fk == study_id,
+                                 series.c.series_instance_uid == series_instance_uid)
+            .values(rejected=True))
+        if not changed.rowcount:
+            return None
+        return int(self.connection.execute(
+            select(func.count()).select_from(series)
+            .where(series.c.study_fk == study_id, series.c.rejected.is_(False))).scalar_one())
+
     def lock_study(self, study_instance_uid: str) -> StudyState | None:
         """The study's state, with its row locked for this transaction (PostgreSQL)."""
         statement = select(study.c.state).where(study.c.study_instance_uid == study_instance_uid)

@@ -276,3 +276,33 @@ def test_manual_mode_holds_every_new_study(manual_server: PacsServer, tmp_path: 
         assert [f["code"] for f in queue[0]["findings"]] == ["manual-review"]
         assert archive.api("POST", f"/studies/{study}/accept").status_code == 200
         assert [_name(i) for i in archive.qido(study)] == ["Held^Back"]
+
+
+def test_a_viewer_rejects_a_series_and_then_the_study_by_iocm_code(archive: Archive) -> None:
+    study = make_uid("qa", "series-reject")
+    keep, drop = make_uid("qa", "series-keep"), make_uid("qa", "series-drop")
+    archive.store(
+        ct_instance(PatientID="QA-SR", PatientName="Series^Reject", StudyInstanceUID=study,
+                    SeriesInstanceUID=drop, SeriesNumber=1, InstanceNumber=1),
+        ct_instance(PatientID="QA-SR", PatientName="Series^Reject", StudyInstanceUID=study,
+                    SeriesInstanceUID=keep, SeriesNumber=2, InstanceNumber=1),
+    )
+    web = f"{archive.server.base_url}/dicom-web/studies/{study}"
+    answer = archive.http.post(f"{web}/series/{drop}/reject/113001%5EDCM")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["state"] == "archived"
+    series = archive.http.get(f"{web}/series").json()
+    assert [s["0020000E"]["Value"][0] for s in series] == [keep]
+    assert archive.qido(study)[0]["00201206"]["Value"] == [1]  # NumberOfStudyRelatedSeries
+    assert archive.http.get(f"{web}/series/{drop}/metadata").status_code == 404
+    assert {str(ds.SeriesInstanceUID) for ds in archive.get(study, "series-left")} == {keep}
+
+    assert archive.http.post(f"{web}/series/{keep}/reject/999^XYZ").status_code == 400
+    assert archive.http.post(f"{web}/series/{make_uid('nope')}/reject/113001%5EDCM"
+                             ).status_code == 404
+    last = archive.http.post(f"{web}/series/{keep}/reject/113037%5EDCM")
+    assert last.status_code == 200 and last.json()["state"] == "rejected"
+    assert archive.qido(study) == []
+    assert "Patient Safety" in archive.api("GET", f"/studies/{study}").json()["rejection_reason"]
+    actions = [e["action"] for e in archive.audit(study)]
+    assert actions.count("reject-series") == 2 and "reject" in actions

@@ -1,0 +1,57 @@
+"""Rejection from a viewer, as dcm4chee and OHIF do it (IOCM, PS3.3 KOS document titles):
+``POST /dicom-web/studies/{s}/series/{se}/reject/113001^DCM`` hides a series from every read
+path; ``POST /dicom-web/studies/{s}/reject/{code}`` rejects the whole study (QA state
+``rejected``). The code names the reason (PS3.16 CID 7011)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from dicomweb.context import Web
+from dicomweb.errors import HttpError
+from pacs.services.workflow import actor
+
+# PS3.16 CID 7011 "Rejected for ..." document titles (code ^ coding scheme)
+REASONS = {
+    "113001^DCM": "Rejected for Quality Reasons",
+    "113037^DCM": "Rejected for Patient Safety Reasons",
+    "113038^DCM": "Incorrect Modality Worklist Entry",
+    "113039^DCM": "Data Retention Policy Expired",
+}
+
+
+def router(web: Web) -> APIRouter:
+    api = APIRouter(tags=["Rejection (IOCM)"])
+    workflow = web.workflow
+    if workflow is None:
+        return api
+
+    @api.post("/studies/{study}/series/{series}/reject/{code}",
+              summary="Reject a series from a viewer (e.g. 113001^DCM)")
+    def reject_series(request: Request, study: str, series: str, code: str) -> JSONResponse:
+        reason = _reason(code)
+        review = workflow.reject_series(study, series, reason, _who(request))
+        return JSONResponse({"StudyInstanceUID": study, "SeriesInstanceUID": series,
+                             "reason": reason, "state": review.study.state.value})
+
+    @api.post("/studies/{study}/reject/{code}",
+              summary="Reject a study from a viewer (e.g. 113001^DCM)")
+    def reject_study(request: Request, study: str, code: str) -> JSONResponse:
+        reason = _reason(code)
+        review = workflow.reject(study, reason, _who(request))
+        return JSONResponse({"StudyInstanceUID": study, "reason": reason,
+                             "state": review.study.state.value})
+
+    return api
+
+
+def _reason(code: str) -> str:
+    meaning = REASONS.get(code.strip().upper())
+    if meaning is None:
+        raise HttpError(400, f"rejection code {code!r} is not one of {', '.join(REASONS)}")
+    return f"{meaning} ({code})"
+
+
+def _who(request: Request) -> str:
+    return actor("http", address=request.client.host if request.client else None)

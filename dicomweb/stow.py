@@ -81,6 +81,15 @@ _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _WARNINGS_MAX = 10  # failures told in the Warning header; the body lists them all
 
 
+# Attributes of the Store Instances Response Module (PS3.18 10.5.3), as Annex F JSON keys.
+RETRIEVE_URL = "00081190"
+FAILED_SOP_SEQUENCE = "00081198"
+REFERENCED_SOP_SEQUENCE = "00081199"
+REFERENCED_SOP_CLASS_UID = "00081150"
+REFERENCED_SOP_INSTANCE_UID = "00081155"
+FAILURE_REASON = "00081197"
+
+
 class FailureReason(IntEnum):
     """Failure Reason (0008,1197) values of a Store Instances Response (PS3.18 10.5.3,
     the C-STORE statuses of PS3.4 B.2.3)."""
@@ -125,9 +134,10 @@ _OPENAPI: dict[str, Any] = {
         "202": {"description": "some instances stored, others failed", **_ANSWER},
         "400": {"description": "malformed or truncated multipart body"},
         "409": {"description": "no instance stored; FailedSOPSequence says why", **_ANSWER},
-        "413": {"description": "request body larger than the server accepts"},
         "406": {"description": f"Accept allows neither {DICOM_JSON} nor {DICOM_XML}"},
+        "413": {"description": "request body larger than the server accepts"},
         "415": {"description": f'not {MULTIPART_RELATED}; type="{DICOM}"'},
+        "503": {"description": "no room on the store's disk for the body"},
     },
 }
 
@@ -378,11 +388,13 @@ def _answer(
     studies = {s.study_instance_uid for s in stored}
     target = study if study is not None else (next(iter(studies)) if len(studies) == 1 else None)
     if stored and target is not None:
-        body["00081190"] = _element("UR", f"{studies_url}/{target}")
+        body[RETRIEVE_URL] = _element("UR", f"{studies_url}/{target}")
     if failed:
-        body["00081198"] = {"vr": "SQ", "Value": [_failed_item(f) for f in failed]}
+        body[FAILED_SOP_SEQUENCE] = {"vr": "SQ", "Value": [_failed_item(f) for f in failed]}
     if stored:
-        body["00081199"] = {"vr": "SQ", "Value": [_stored_item(s, studies_url) for s in stored]}
+        body[REFERENCED_SOP_SEQUENCE] = {
+            "vr": "SQ", "Value": [_stored_item(s, studies_url) for s in stored]
+        }
     status = 200 if not failed else 202 if stored else 409
     headers = {"Warning": _warning(failed)} if failed else None
     if media_type.endswith("xml"):
@@ -407,19 +419,19 @@ def _stored_item(outcome: StoreOutcome, studies_url: str) -> dict[str, Any]:
     url = (f"{studies_url}/{outcome.study_instance_uid}/series/"
            f"{outcome.series_instance_uid}/instances/{outcome.sop_instance_uid}")
     return {
-        "00081150": _element("UI", outcome.sop_class_uid),
-        "00081155": _element("UI", outcome.sop_instance_uid),
-        "00081190": _element("UR", url),
+        REFERENCED_SOP_CLASS_UID: _element("UI", outcome.sop_class_uid),
+        REFERENCED_SOP_INSTANCE_UID: _element("UI", outcome.sop_instance_uid),
+        RETRIEVE_URL: _element("UR", url),
     }
 
 
 def _failed_item(failure: _Failure) -> dict[str, Any]:
     item: dict[str, Any] = {}
     if failure.sop_class_uid:
-        item["00081150"] = _element("UI", failure.sop_class_uid)
+        item[REFERENCED_SOP_CLASS_UID] = _element("UI", failure.sop_class_uid)
     if failure.sop_instance_uid:
-        item["00081155"] = _element("UI", failure.sop_instance_uid)
-    item["00081197"] = _element("US", int(failure.reason))
+        item[REFERENCED_SOP_INSTANCE_UID] = _element("UI", failure.sop_instance_uid)
+    item[FAILURE_REASON] = _element("US", int(failure.reason))
     return item
 
 

@@ -298,11 +298,11 @@ class WorkflowRecords:
         study_instance_uid: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> None:
-        self.connection.execute(insert(audit_event).values(
-            at=_now(), actor=actor[:200], action=action, outcome=outcome[:120],
-            study_instance_uid=study_instance_uid,
-            detail=json.dumps(detail, ensure_ascii=False, default=str) if detail else None,
-        ))
+        self.connection.execute(_AUDIT_INSERT, {
+            "at": _now(), "actor": actor[:200], "action": action, "outcome": outcome[:120],
+            "study_instance_uid": study_instance_uid,
+            "detail": json.dumps(detail, ensure_ascii=False, default=str) if detail else None,
+        })
 
     def audit_events(
         self, *, study_instance_uid: str | None = None, action: str | None = None,
@@ -535,6 +535,9 @@ class WorkflowRecords:
                 route_job.c.destination == destination,
                 route_job.c.state.in_([JobState.PENDING, JobState.RUNNING]),
             ))).scalar_one())
+
+
+_AUDIT_INSERT = insert(audit_event)  # built once: one runs for every stored instance
 
 
 def _job(row: Any) -> JobRecord:

@@ -299,6 +299,7 @@ COMPARED = QIDO_KEYS + ("meta_cold", "meta_warm", "meta_304", "qido_tput")  # �
 class Results:
     metrics: dict[tuple[str, str], Metric] = field(default_factory=dict)
     fills: dict[str, tuple[int, float]] = field(default_factory=dict)
+    loads: dict[str, list[float]] = field(default_factory=dict)  # 1-min load average
     failures: list[str] = field(default_factory=list)
 
     def put(self, target: str, key: str, metric: Metric) -> Metric:
@@ -772,6 +773,7 @@ def measure_target(
     log(f"    series: {len(data.real.corpus.files)} in {seconds:.1f} s")
     seconds = store(data.move, dicom_port, aet, work, "ct300")
     log(f"    CT study: {len(data.move.files)} in {seconds:.1f} s")
+    res.loads[target] = [os.getloadavg()[0]]
     client = Client(http_port)
     try:
         # cold first: nothing has asked for these series' metadata yet
@@ -796,6 +798,7 @@ def measure_target(
                      for q in queries[key]]
         _logged(res, target, "qido_tput",
                 measure_throughput(http_port, available, args.throughput_seconds))
+    res.loads[target].append(os.getloadavg()[0])
 
 
 def _logged(res: Results, target: str, key: str, metric: Metric) -> None:
@@ -946,10 +949,14 @@ def render(res: Results, targets: Sequence[str], meta: dict[str, str]) -> str:
     out += ["", "Ratios pacs / Orthanc: of medians; for ms rows ≤ 1 means pacs is at least as "
             "fast, for rates (MB/s, inst/s, q/s) ≥ 1 does."]
     out += _goals(res, pacs, orthanc)
-    out += ["", "## Fill", "", "| target | instances | seconds | instances/s |",
-            "|---|---:|---:|---:|"]
+    out += ["", "## Fill, and the machine's load", "",
+            "| target | instances | fill seconds | instances/s | 1-min load average before / "
+            "after the measurements |", "|---|---:|---:|---:|---|"]
     for t, (n, s) in res.fills.items():
-        out.append(f"| {t} | {n:,} | {s:.1f} | {n / s:.0f} |")
+        loads = " / ".join(f"{v:.1f}" for v in res.loads.get(t, []))
+        out.append(f"| {t} | {n:,} | {s:.1f} | {n / s:.0f} | {loads or 'n/a'} |")
+    out += ["", f"A load average above the {os.cpu_count()} CPUs means other work shared the "
+            "machine during the run: compare ratios of one run, not absolute figures."]
     if res.failures:
         out += ["", "## Failed runs", ""] + [f"- {f}" for f in res.failures]
     return "\n".join(out) + "\n"

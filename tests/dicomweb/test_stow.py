@@ -218,6 +218,23 @@ def test_bad_instances_fail_with_cannot_understand(web_archive: WebArchive, bad:
     ]
 
 
+def test_a_data_set_without_the_part_10_header_fails_and_says_why(
+    web_archive: WebArchive,
+) -> None:
+    """What dicomweb-client sends for a data set built in memory (pydicom 3 writes no preamble
+    unless asked): not a PS3.10 file, so not application/dicom; refused, not patched up."""
+    out = io.BytesIO()
+    pydicom.dcmwrite(out, f.ct_instance(PatientID="STOW-NO-P10"))
+
+    response = _post(web_archive, _multipart([out.getvalue()]))
+
+    assert response.status_code == 409
+    assert [_value(i, FAILURE_REASON) for i in _items(response.json(), FAILED_SOP)] == [
+        CANNOT_UNDERSTAND
+    ]
+    assert "DICM" in response.headers["warning"]
+
+
 def test_all_parts_failing_is_409_with_the_reasons(web_archive: WebArchive) -> None:
     before = _state(web_archive.server)
 

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: run test lint bench dcmtk clean
+.PHONY: run test lint bench dcmtk browser clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ run: $(STAMP)
 
 ## test: lint, then the whole suite against real DCMTK peers (PostgreSQL too when
 ## PACS_TEST_DATABASE_URL is set, as .ci/run does)
-test: $(STAMP) dcmtk lint
+test: $(STAMP) dcmtk browser lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## lint: ruff, mypy --strict, import-linter layer contracts
@@ -42,6 +42,14 @@ dcmtk:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk; \
 	  else echo "DCMTK is missing: install the 'dcmtk' package (apt-get install dcmtk)"; exit 1; fi; }
+
+## browser: Debian's chromium for the UI tests (Playwright drives /usr/bin/chromium; no
+## `playwright install`, nothing downloaded at test time); apt-get when missing and root
+browser:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "chromium is missing: install the 'chromium' package (apt-get install chromium)"; exit 1; fi; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

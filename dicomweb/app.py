@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 
-from dicomweb import api, errors, qido, reject, stow, wado
+from dicomweb import api, errors, qido, reject, stow, ui, wado
 from dicomweb.context import BASE_PATH, Web
 from pacs import __version__
 
@@ -49,6 +49,8 @@ def create_app(*, web: Web, is_ready: Callable[[], bool]) -> FastAPI:
     app.include_router(reject.router(web), prefix=BASE_PATH)
     app.include_router(wado.uri_router(web))
     app.include_router(api.router(web))
+    app.include_router(ui.router(web))
+    app.mount(ui.STATIC_PATH, ui.static_files(), name="ui-static")
 
     app.add_middleware(
         GZipMiddleware, minimum_size=1000, exclude_content_types=_NOT_COMPRESSED

@@ -1,0 +1,281 @@
+"""The web UI of the QA gate: server-rendered pages over the same services as ``/api``.
+
+Pages (``GET``): ``/`` (redirects to the study list), ``/ui/studies`` (search), ``/ui/qa``
+(the review queue), ``/ui/studies/{study}`` (one study), ``/ui/jobs`` (routing jobs),
+``/ui/audit`` (the trail). Actions are plain HTML forms (``POST``) answered by Post/Redirect/Get:
+a ``303`` back to the page the form was on, with ``?flash=`` (done) or ``?error=`` (the
+service's message for a 404, 409 or 400). No page or action decides anything itself: the
+workflow and routing services do, and their transition table says which buttons are shown.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from dicomweb.context import BASE_PATH, Web
+from dicomweb.errors import status_of
+from pacs.services.errors import InvalidQuery, PacsError
+from pacs.services.query import QueryService
+from pacs.services.workflow import CORRECTABLE, TRANSITIONS, Action, StudyReview, actor
+from storage.attributes import Level
+from storage.query import Condition, Query, SingleValue
+
+_HERE = Path(__file__).parent
+STATIC_PATH = "/ui/static"
+PAGE_SIZE = 100
+
+STATES = {state.value: state for state, _ in TRANSITIONS}
+"""The study states by name, as the workflow's transition table names them."""
+
+RETRYABLE_JOBS = frozenset({"failed", "done"})
+"""Job states that get a Retry button (the routing service refuses the others with 409)."""
+
+_SERIES_KEYS = ("Modality", "SeriesNumber", "SeriesDescription",
+                "NumberOfSeriesRelatedInstances")
+_DICOM_DATE = re.compile(r"\d{8}")
+
+
+def static_files() -> StaticFiles:
+    """The UI's stylesheet and script, mounted by ``create_app`` at :data:`STATIC_PATH`."""
+    return StaticFiles(directory=_HERE / "static")
+
+
+def templates() -> Jinja2Templates:
+    built = Jinja2Templates(directory=_HERE / "templates")
+    built.env.filters.update(da=_da, when=_when, compact=_compact)
+    built.env.globals.update(
+        correctable=tuple(CORRECTABLE), retryable=RETRYABLE_JOBS, states=tuple(STATES),
+        allowed=_allowed, dicomweb=BASE_PATH,
+    )
+    return built
+
+
+def router(web: Web) -> APIRouter:
+    ui = APIRouter(include_in_schema=False)
+    workflow, routing = web.workflow, web.routing
+    if workflow is None or routing is None:
+        return ui
+    pages = templates()
+
+    def render(request: Request, name: str, build: Callable[[], dict[str, Any]]) -> Response:
+        """The page ``name`` with what ``build`` gathered, or the service's error as a page."""
+        try:
+            context = build()
+        except PacsError as error:
+            return _error_page(pages, request, status_of(error), str(error))
+        return pages.TemplateResponse(request, name, {**_notice(request), **context})
+
+    async def act(request: Request, call: Callable[[dict[str, str]], str],
+                  back: str) -> Response:
+        """Run one action with the posted form, then redirect to ``back`` (or the form's
+        ``next``) with ``flash`` (the action's summary) or ``error`` (the service's refusal)."""
+        if request.headers.get("sec-fetch-site") == "cross-site":
+            return _error_page(pages, request, 403, "forms are accepted from this site only")
+        form = {key: value for key, value in (await request.form()).items()
+                if isinstance(value, str)}
+        back = _local(form.get("next")) or back
+        try:
+            notice = {"flash": await run_in_threadpool(call, form)}
+        except PacsError as error:
+            notice = {"error": str(error)}
+        return RedirectResponse(_with_query(back, notice), status_code=303)
+
+    @ui.get("/")
+    def home() -> RedirectResponse:
+        return RedirectResponse("/ui/studies", status_code=303)
+
+    @ui.get("/ui/studies", response_class=HTMLResponse)
+    def studies(request: Request, patient_name: str = "", patient_id: str = "",
+                date_from: str = "", date_to: str = "", modality: str = "", state: str = "",
+                page: int = 0) -> Response:
+        search = {"patient_name": patient_name.strip(), "patient_id": patient_id.strip(),
+                  "date_from": date_from.strip(), "date_to": date_to.strip(),
+                  "modality": modality.strip().upper(), "state": state}
+
+        def build() -> dict[str, Any]:
+            if state and state not in STATES:
+                raise InvalidQuery(f"state {state!r} is not one of {', '.join(STATES)}")
+            reviews = workflow.studies(
+                states=[STATES[state]] if state else None,
+                patient_name=search["patient_name"] or None,
+                patient_id=search["patient_id"] or None,
+                date_from=_dicom_date("From", search["date_from"]),
+                date_to=_dicom_date("To", search["date_to"]),
+                modality=search["modality"] or None,
+                limit=PAGE_SIZE + 1, offset=max(page, 0) * PAGE_SIZE)
+            return {"reviews": reviews[:PAGE_SIZE], "search": search, "page": max(page, 0),
+                    "more": len(reviews) > PAGE_SIZE, "query": _without(search, "page")}
+
+        return render(request, "studies.html", build)
+
+    @ui.get("/ui/qa", response_class=HTMLResponse)
+    def queue(request: Request) -> Response:
+        return render(request, "qa.html", lambda: {"reviews": workflow.queue()})
+
+    @ui.get("/ui/studies/{study}", response_class=HTMLResponse)
+    def study(request: Request, study: str) -> Response:
+        def build() -> dict[str, Any]:
+            review = workflow.study(study)
+            return {"review": review, "series": _series(web.query, review)}
+
+        return render(request, "study.html", build)
+
+    @ui.post("/ui/studies/{study}/accept")
+    async def accept(request: Request, study: str) -> Response:
+        def call(form: dict[str, str]) -> str:
+            review = workflow.accept(study, _who(request))
+            return f"Accepted {_name(review)}: the study is {review.study.state}."
+
+        return await act(request, call, f"/ui/studies/{study}")
+
+    @ui.post("/ui/studies/{study}/reject")
+    async def reject(request: Request, study: str) -> Response:
+        def call(form: dict[str, str]) -> str:
+            review = workflow.reject(study, form.get("reason", ""), _who(request))
+            return f"Rejected {_name(review)}: {review.study.rejection_reason}."
+
+        return await act(request, call, f"/ui/studies/{study}")
+
+    @ui.post("/ui/studies/{study}/correct")
+    async def correct(request: Request, study: str) -> Response:
+        def call(form: dict[str, str]) -> str:
+            review = workflow.correct(study, _changes(form), _who(request))
+            open_findings = len(review.findings)
+            return (f"Corrected {_name(review)}: the study is {review.study.state}, "
+                    f"{open_findings} open finding{'' if open_findings == 1 else 's'}.")
+
+        return await act(request, call, f"/ui/studies/{study}")
+
+    @ui.get("/ui/jobs", response_class=HTMLResponse)
+    def jobs(request: Request, study: str = "") -> Response:
+        return render(request, "jobs.html",
+                      lambda: {"jobs": routing.jobs(study.strip() or None),
+                               "study": study.strip()})
+
+    @ui.post("/ui/jobs/{job_id}/retry")
+    async def retry(request: Request, job_id: int) -> Response:
+        def call(form: dict[str, str]) -> str:
+            job = routing.retry(job_id, _who(request))
+            return f"Job {job.id} to {job.destination} will run again ({job.state})."
+
+        return await act(request, call, "/ui/jobs")
+
+    @ui.get("/ui/audit", response_class=HTMLResponse)
+    def audit(request: Request, study: str = "", action: str = "") -> Response:
+        return render(request, "audit.html", lambda: {
+            "events": workflow.audit_events(study_instance_uid=study.strip() or None,
+                                            action=action.strip() or None),
+            "study": study.strip(), "action": action.strip()})
+
+    return ui
+
+
+def _who(request: Request) -> str:
+    return actor("http", address=request.client.host if request.client else None)
+
+
+def _series(query: QueryService, review: StudyReview) -> list[dict[str, Any]]:
+    """The study's series from the archive (QIDO's query at SERIES level); none unless the
+    study is archived, since other states are invisible to every read path by design."""
+    if review.study.state != "archived":
+        return []
+    found = query.search(Query(
+        level=Level.SERIES, return_keys=_SERIES_KEYS,
+        conditions=(Condition("StudyInstanceUID",
+                              SingleValue(review.study.study_instance_uid)),),
+    ), capped=False)
+    return sorted(found.rows, key=lambda row: (row.get("SeriesNumber") is None,
+                                               row.get("SeriesNumber") or 0))
+
+
+def _changes(form: Mapping[str, str]) -> dict[str, str | None]:
+    """The attributes to write into the study's files: every filled field, even one left as
+    it was (the form shows the index's values, which are the *patient's*: a study quarantined
+    for a patient mismatch has other values in its files), and a field emptied by the user
+    (filled with ``was-<Keyword>``). A field empty before and after is left alone."""
+    changes: dict[str, str | None] = {}
+    for keyword in CORRECTABLE:
+        value = form.get(keyword, "").strip()
+        if value or form.get(f"was-{keyword}", "").strip():
+            changes[keyword] = value or None
+    return changes
+
+
+def _dicom_date(label: str, value: str) -> str | None:
+    """``YYYYMMDD`` from a date field (``YYYY-MM-DD`` from ``<input type=date>``, or typed)."""
+    if not value:
+        return None
+    digits = value.replace("-", "")
+    if not _DICOM_DATE.fullmatch(digits):
+        raise InvalidQuery(f"{label} date {value!r} is not YYYYMMDD or YYYY-MM-DD")
+    return digits
+
+
+def _allowed(state: str, action: str) -> bool:
+    """Whether the transition table lets a study in ``state`` take ``action``."""
+    return (state, Action(action)) in TRANSITIONS
+
+
+def _name(review: StudyReview) -> str:
+    s = review.study
+    return f"{s.patient_name or '(no name)'} ({s.patient_id}, study {s.study_instance_uid})"
+
+
+def _notice(request: Request) -> dict[str, str]:
+    return {key: request.query_params.get(key, "")[:500] for key in ("flash", "error")}
+
+
+def _error_page(pages: Jinja2Templates, request: Request, status: int, message: str
+                ) -> Response:
+    return pages.TemplateResponse(request, "error.html", {"status": status, "message": message,
+                                                          "flash": "", "error": ""},
+                                  status_code=status)
+
+
+def _local(target: str | None) -> str | None:
+    """``target`` when it is a path on this server (never another site: no open redirect)."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return None
+
+
+def _with_query(path: str, notice: Mapping[str, str]) -> str:
+    """``path`` with the notice in its query, in place of an earlier one."""
+    base, _, query = path.partition("?")
+    kept = [(k, v) for k, v in parse_qsl(query) if k not in ("flash", "error")]
+    return f"{base}?{urlencode([*kept, *notice.items()])}"
+
+
+def _without(params: Mapping[str, str], *names: str) -> str:
+    return urlencode({k: v for k, v in params.items() if v and k not in names})
+
+
+def _da(value: str | None) -> str:
+    """A DICOM date (DA, ``YYYYMMDD``) as ``YYYY-MM-DD`` (other text unchanged)."""
+    if value and _DICOM_DATE.fullmatch(value):
+        return f"{value[:4]}-{value[4:6]}-{value[6:]}"
+    return value or ""
+
+
+def _when(value: dt.datetime | None) -> str:
+    if value is None:
+        return ""
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC)
+    return value.strftime("%Y-%m-%d %H:%M:%S") + (" UTC" if value.tzinfo else "")
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -54,7 +54,7 @@ def static_files() -> StaticFiles:
 
 def templates() -> Jinja2Templates:
     built = Jinja2Templates(directory=_HERE / "templates")
-    built.env.filters.update(da=_da, when=_when, compact=_compact)
+    built.env.filters.update(da=_da, when=_when, compact=_compact, grouped=_grouped)
     built.env.globals.update(
         correctable=tuple(CORRECTABLE), retryable=RETRYABLE_JOBS, states=tuple(STATES),
         allowed=_allowed, dicomweb=BASE_PATH,
@@ -275,6 +275,15 @@ def _when(value: dt.datetime | None) -> str:
     if value.tzinfo is not None:
         value = value.astimezone(dt.UTC)
     return value.strftime("%Y-%m-%d %H:%M:%S") + (" UTC" if value.tzinfo else "")
+
+
+def _grouped(findings: Sequence[Any]) -> list[tuple[Any, int]]:
+    """Findings with the same code, severity and message once, with how many instances have
+    them (a check runs per instance: a 300-image series would list one finding 300 times)."""
+    counts: dict[tuple[str, str, str], list[Any]] = {}
+    for found in findings:
+        counts.setdefault((found.code, found.severity, found.message), []).append(found)
+    return [(same[0], len(same)) for same in counts.values()]
 
 
 def _compact(value: Any) -> str:

@@ -116,7 +116,7 @@ def router(web: Web) -> APIRouter:
                 modality=search["modality"] or None,
                 limit=PAGE_SIZE + 1, offset=max(page, 0) * PAGE_SIZE)
             return {"reviews": reviews[:PAGE_SIZE], "search": search, "page": max(page, 0),
-                    "more": len(reviews) > PAGE_SIZE, "query": _without(search, "page")}
+                    "more": len(reviews) > PAGE_SIZE, "query": _filled(search)}
 
         return render(request, "studies.html", build)
 
@@ -258,8 +258,9 @@ def _with_query(path: str, notice: Mapping[str, str]) -> str:
     return f"{base}?{urlencode([*kept, *notice.items()])}"
 
 
-def _without(params: Mapping[str, str], *names: str) -> str:
-    return urlencode({k: v for k, v in params.items() if v and k not in names})
+def _filled(params: Mapping[str, str]) -> str:
+    """The query string of the filled search fields (for the page links)."""
+    return urlencode({k: v for k, v in params.items() if v})
 
 
 def _da(value: str | None) -> str:

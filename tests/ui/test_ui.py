@@ -300,6 +300,28 @@ def test_a_correction_from_the_form_renames_the_study(site: Site, page: Page) ->
     _screenshot(page, "study")
 
 
+def test_saving_the_prefilled_form_writes_the_archived_patient_into_the_files(
+    site: Site, page: Page
+) -> None:
+    study = site.quarantined("refile")
+    page.goto("/ui/qa")
+    card = _card(page, study)
+    card.get_by_text("Correct patient and study attributes").click()
+    expect(card.get_by_label("PatientName")).to_have_value("Doe^Jane")  # the archive's
+    card.get_by_role("button", name="Save correction").click()
+    expect(_notice(page)).to_contain_text("0 open findings")
+    _card(page, study).get_by_role("button", name="Accept").click()
+    expect(_notice(page)).to_contain_text("Accepted")
+
+    metadata = site.http.get(f"{site.server.base_url}/dicom-web/studies/{study}/metadata")
+    assert metadata.status_code == 200
+    assert {_name(item) for item in metadata.json()} == {"Doe^Jane"}  # in the files now
+    correction = next(e for e in site.api("GET", "/audit", params={"study": study}).json()
+                      if e["action"] == "correct")
+    assert correction["detail"]["changes"]["PatientName"] == {"old": "Smith^Wrong",
+                                                              "new": "Doe^Jane"}
+
+
 def test_rejecting_with_a_reason(site: Site, page: Page) -> None:
     study = site.quarantined("reject")
     page.goto("/ui/qa")

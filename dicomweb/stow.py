@@ -58,12 +58,14 @@ from dicomweb.multipart_reader import (
 )
 from pacs.services.errors import (
     InvalidInstance,
+    NotDicom,
     OutOfResources,
     PacsError,
     SopClassMismatch,
     StudyMismatch,
 )
 from pacs.services.ingest import Expected, Incoming, IngestService, Origin, StoreOutcome
+from pacs.services.part10 import as_part10, is_part10
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +363,7 @@ def _store_part(
     if part.refused is not None or part.path is None:
         return _Failure(FailureReason.CANNOT_UNDERSTAND, f"{said}: {part.refused}")
     try:
-        return ingest.store(Incoming.received_file(part.path, part.digest), origin, expected)
+        return ingest.store(_incoming(part.path, part.digest), origin, expected)
     except PacsError as error:
         reason = failure_reason(error)
         log.warning("STOW-RS %s from %s failed (0x%04X): %s", said, origin.address, reason,
@@ -373,6 +375,21 @@ def _store_part(
     except Exception as error:  # one part's bug must not lose the others' answers
         log.exception("STOW-RS %s from %s: unexpected failure", said, origin.address)
         return _Failure(FailureReason.PROCESSING_FAILURE, f"{said}: processing failure: {error}")
+
+
+def _incoming(path: Path, digest: tuple[str, int] | None) -> Incoming:
+    """The part as received, or, when it is a bare data set (no preamble and ``DICM``: what
+    dicomweb-client sends for a Dataset built in memory), wrapped in a Part 10 header."""
+    with path.open("rb") as source:
+        head = source.read(132)
+    if is_part10(head):
+        return Incoming.received_file(path, digest)
+    if path.stat().st_size > BARE_DATA_SET_LIMIT:
+        raise NotDicom("not DICOM: no Part 10 header (DICM), and too large to wrap in one")
+    return Incoming.data(as_part10(path.read_bytes()))
+
+
+BARE_DATA_SET_LIMIT = 512 << 20  # bytes: a bare data set is wrapped in memory
 
 
 # -- the answer -----------------------------------------------------------------------------

@@ -218,21 +218,34 @@ def test_bad_instances_fail_with_cannot_understand(web_archive: WebArchive, bad:
     ]
 
 
-def test_a_data_set_without_the_part_10_header_fails_and_says_why(
+def test_a_data_set_built_in_memory_is_stored_with_a_part_10_header(
     web_archive: WebArchive,
 ) -> None:
-    """What dicomweb-client sends for a data set built in memory (pydicom 3 writes no preamble
-    unless asked): not a PS3.10 file, so not application/dicom; refused, not patched up."""
-    out = io.BytesIO()
-    pydicom.dcmwrite(out, f.ct_instance(PatientID="STOW-NO-P10"))
+    """What dicomweb-client sends for a Dataset built in memory (pydicom 3 writes its file meta
+    group but no preamble): stored, with a Part 10 header made for it and the data set bytes
+    unchanged; a bare implicit VR data set likewise."""
+    built = f.ct_instance(PatientID="STOW-NO-P10", PatientName="Bare^Dataset")
+    with_meta = io.BytesIO()
+    pydicom.dcmwrite(with_meta, built)
+    bare = pydicom.Dataset()
+    bare.update(f.ct_instance(PatientID="STOW-NO-P10", PatientName="Bare^Dataset",
+                              InstanceNumber=2, StudyInstanceUID=built.StudyInstanceUID))
+    implicit = io.BytesIO()
+    pydicom.dcmwrite(implicit, bare, implicit_vr=True, little_endian=True)
+    assert with_meta.getvalue()[128:132] != b"DICM"
 
-    response = _post(web_archive, _multipart([out.getvalue()]))
+    answer = DICOMwebClient(url=web_archive.url).store_instances([built])
+    response = _post(web_archive, _multipart([implicit.getvalue()]))
 
-    assert response.status_code == 409
-    assert [_value(i, FAILURE_REASON) for i in _items(response.json(), FAILED_SOP)] == [
-        CANNOT_UNDERSTAND
-    ]
-    assert "DICM" in response.headers["warning"]
+    assert "FailedSOPSequence" not in answer
+    assert response.status_code == 200, response.text
+    stored = pydicom.dcmread(io.BytesIO(_stored_bytes(web_archive.server,
+                                                      str(built.SOPInstanceUID))))
+    assert stored.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert (stored.pixel_array == built.pixel_array).all()
+    second = _stored_bytes(web_archive.server, str(bare.SOPInstanceUID))
+    assert second.endswith(implicit.getvalue())  # the data set bytes as sent
+    assert pydicom.dcmread(io.BytesIO(second)).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
 
 
 def test_all_parts_failing_is_409_with_the_reasons(web_archive: WebArchive) -> None:

@@ -1,0 +1,99 @@
+"""A bare data set (no 128-byte preamble and ``DICM``) made a Part 10 file, for STOW-RS.
+
+pydicom's ``dcmwrite`` of a Dataset built in memory (what dicomweb-client sends for one) writes
+the data set without the preamble, with or without a file meta group; DIMSE peers send data sets
+without one too. Such a part gets a file meta group made from the data set (SOP Class and
+Instance UIDs, the transfer syntax named by its own group 0002 or recognised from its first
+element); the data set bytes are kept unchanged, as for a C-STORE.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+
+from pydicom.dataset import FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import _read_file_meta_info, read_dataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+from pacs.services.errors import InvalidInstance, NotDicom
+
+_VRS = frozenset(
+    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL "
+    b"UN UR US UT UV".split()
+)
+
+
+def is_part10(head: bytes) -> bool:
+    return len(head) >= 132 and head[128:132] == b"DICM"
+
+
+def as_part10(data: bytes) -> bytes:
+    """``data`` as a Part 10 file (unchanged when it is one already)."""
+    if is_part10(data):
+        return data
+    if len(data) < 8:
+        raise NotDicom("not DICOM: too short for a data set")
+    meta = FileMetaDataset()
+    offset = 0
+    if data[:2] == b"\x02\x00":  # a file meta group without the preamble
+        stream = io.BytesIO(data)
+        try:
+            meta = _read_file_meta_info(stream)
+        except (InvalidDicomError, EOFError, ValueError, KeyError) as error:
+            raise InvalidInstance(f"unreadable file meta group: {error}") from error
+        offset = stream.tell()
+    body = data[offset:]
+    syntax = str(meta.get("TransferSyntaxUID") or _recognised_syntax(body))
+    readable = body
+    if syntax == DeflatedExplicitVRLittleEndian:
+        try:
+            readable = zlib.decompress(body, -zlib.MAX_WBITS)
+        except zlib.error as error:
+            raise InvalidInstance(f"deflated data set cannot be inflated: {error}") from error
+    try:
+        dataset = read_dataset(
+            io.BytesIO(readable),
+            is_implicit_VR=syntax == ImplicitVRLittleEndian,
+            is_little_endian=syntax != ExplicitVRBigEndian,
+            stop_when=lambda tag, _vr, _length: tag > 0x00080018,
+        )
+        sop_class = str(dataset.get("SOPClassUID", "") or "")
+        sop_instance = str(dataset.get("SOPInstanceUID", "") or "")
+    except (EOFError, ValueError, KeyError, OverflowError) as error:
+        raise NotDicom(f"not DICOM: no readable data set ({error})") from error
+    if not sop_class or not sop_instance:
+        raise NotDicom("not DICOM: no Part 10 header and no SOP Class/Instance UID")
+    file_meta = FileMetaDataset()
+    file_meta.MediaStorageSOPClassUID = UID(sop_class)
+    file_meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+    file_meta.TransferSyntaxUID = UID(syntax)
+    file_meta.ImplementationClassUID = UID(
+        str(meta.get("ImplementationClassUID") or PYDICOM_IMPLEMENTATION_UID))
+    if meta.get("SourceApplicationEntityTitle"):
+        file_meta.SourceApplicationEntityTitle = meta.SourceApplicationEntityTitle
+    out = DicomBytesIO()
+    out.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(out, file_meta, enforce_standard=True)
+    out.write(body)
+    return out.getvalue()
+
+
+def _recognised_syntax(body: bytes) -> str:
+    """Explicit VR little endian when the first element carries a VR, else implicit."""
+    if body[4:6] in _VRS:
+        group = int.from_bytes(body[:2], "little")
+        if group > 0x00FF and int.from_bytes(body[:2], "big") <= 0x00FF:
+            return ExplicitVRBigEndian
+        return ExplicitVRLittleEndian
+    return ImplicitVRLittleEndian

@@ -45,7 +45,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from dicomweb.accept import parse_accept
-from dicomweb.context import Web
+from dicomweb.context import Web, base_url
 from dicomweb.dicom_xml import to_native_xml
 from dicomweb.errors import HttpError
 from dicomweb.multipart_reader import (
@@ -177,7 +177,7 @@ async def _store(web: Web, request: Request, *, study: str | None) -> Response:
     finally:
         for part in parts:
             part.discard()
-    studies_url = str(request.url_for("stow_studies"))
+    studies_url = f"{base_url(request)}/studies"
     return _answer(results, studies_url, study, answer_type)
 
 

@@ -409,9 +409,11 @@ class WorkflowRecords:
                 insert(patient).values(fresh).returning(patient.c.id)).scalar_one()
             self.connection.execute(update(study).where(study.c.id == row.id)
                                     .values(patient_fk=new_id))
-        else:
+        elif not shared:
             self.connection.execute(update(patient).where(patient.c.id == row.patient_fk)
                                     .values(values))
+        # else: the same PatientID as other studies of this patient: the patient row stays as
+        # archived (renaming it would rename those studies too); the re-check compares
 
     def replace_blob(
         self, sop_instance_uid: str, study_instance_uid: str, *, old_key: str, key: str,

@@ -306,3 +306,18 @@ def test_a_viewer_rejects_a_series_and_then_the_study_by_iocm_code(archive: Arch
     assert "Patient Safety" in archive.api("GET", f"/studies/{study}").json()["rejection_reason"]
     actions = [e["action"] for e in archive.audit(study)]
     assert actions.count("reject-series") == 2 and "reject" in actions
+
+
+def test_correcting_one_study_of_a_shared_patient_never_renames_the_others(
+    archive: Archive,
+) -> None:
+    first, second = make_uid("qa", "shared", 1), make_uid("qa", "shared", 2)
+    for study in (first, second):
+        archive.store(ct_instance(PatientID="QA-SHARE", PatientName="Same^Name",
+                                  StudyInstanceUID=study))
+    answer = archive.api("PATCH", f"/studies/{second}", json={"PatientName": "Other^Name"})
+    assert answer.status_code == 200, answer.text
+    # same PatientID, another name: held for review, and the other study is untouched
+    assert answer.json()["state"] == "quarantined"
+    assert [f["code"] for f in answer.json()["findings"]] == ["patient-mismatch"]
+    assert [_name(item) for item in archive.qido(first)] == ["Same^Name"]

@@ -154,6 +154,10 @@ class QaGate:
         if result.outcome is not UpsertOutcome.ALREADY_PRESENT and state is not X:
             facts = InstanceFacts(row.values, row.source_ae, result.new_study, result.patient)
             found = run_instance_checks(facts, self.checks)
+            patient = [f for f in found if f.code in _PATIENT_CODES]
+            if patient and state is Q and records.has_findings(study_uid, _PATIENT_CODES):
+                # the study is held for its patient already: later instances say nothing new
+                found = [f for f in found if f.code not in _PATIENT_CODES]
             if result.new_study and self.manual:
                 found.append(MANUAL_REVIEW)
         if found:
@@ -171,6 +175,9 @@ class QaGate:
         records.audit(actor=who, action="store", outcome=outcome, study_instance_uid=study_uid,
                       detail={"sop_instance_uid": sop_uid})
         return state
+
+
+_PATIENT_CODES = frozenset({"patient-mismatch", "study-patient-mismatch"})
 
 
 def _finding_rows(found: Sequence[Finding]) -> list[tuple[str, str, str, str | None]]:

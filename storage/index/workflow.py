@@ -260,6 +260,12 @@ class WorkflowRecords:
         return int(self.connection.execute(
             delete(finding).where(finding.c.study_fk == study_id)).rowcount)
 
+    def has_findings(self, study_instance_uid: str, codes: Iterable[str]) -> bool:
+        return bool(self.connection.execute(
+            select(func.count()).select_from(finding.join(study, finding.c.study_fk == study.c.id))
+            .where(study.c.study_instance_uid == study_instance_uid,
+                   finding.c.code.in_(list(codes)))).scalar_one())
+
     def findings(self, study_instance_uid: str) -> list[FindingRecord]:
         rows = self.connection.execute(
             select(finding).join(study, finding.c.study_fk == study.c.id)

@@ -25,6 +25,7 @@ from enum import StrEnum
 from typing import Any
 
 import pydicom
+from pydicom.pixels.utils import pixel_array
 
 from pacs.services.errors import (
     IllegalTransition,
@@ -487,10 +488,11 @@ class WorkflowService:
         """The study check on pixel data: decode the first frame of the file."""
         try:
             with self.blobs.open(key) as source:
-                ds = pydicom.dcmread(source)
+                ds = pydicom.dcmread(source, defer_size=1024)  # large values are not read
                 if "PixelData" not in ds and "FloatPixelData" not in ds:
                     return None
-                ds.pixel_array  # noqa: B018 (decoding is the check)
+                source.seek(0)
+                pixel_array(source, index=0)  # the first frame: decoding it is the check
         except BlobNotFound:
             return undecodable_pixel_data(sop_instance_uid, "the stored file is missing")
         except Exception as error:  # any decoder failure is the finding

@@ -321,3 +321,54 @@ def test_correcting_one_study_of_a_shared_patient_never_renames_the_others(
     assert answer.json()["state"] == "quarantined"
     assert [f["code"] for f in answer.json()["findings"]] == ["patient-mismatch"]
     assert [_name(item) for item in archive.qido(first)] == ["Same^Name"]
+
+
+def _undecodable_rle(**attributes: Any) -> Dataset:
+    """An RLE instance whose header is sound but whose one frame cannot be decoded (cut short
+    after its RLE header: the segments it points at are not there)."""
+    from pydicom.encaps import encapsulate, generate_frames
+    from pydicom.uid import RLELossless
+
+    from tests.factories.datasets import encode
+
+    ds = encode(ct_instance(**attributes), RLELossless)
+    frame = bytearray(next(generate_frames(ds.PixelData, number_of_frames=1)))
+    ds.PixelData = encapsulate([bytes(frame[:70])])
+    return ds
+
+
+@pytest.fixture
+def settling_server(tmp_path: Path, sqlite_url: str) -> Iterator[PacsServer]:
+    server = PacsServer(data_dir=tmp_path / "data", database_url=sqlite_url,
+                        extra_args=["--stable-seconds", "0.5"]).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_stable_study_gets_the_pixel_data_check(
+    settling_server: PacsServer, tmp_path: Path
+) -> None:
+    import time
+
+    with httpx.Client(timeout=60) as http:
+        archive = Archive(settling_server, tmp_path, http)
+        good, bad = make_uid("qa", "pixels-good"), make_uid("qa", "pixels-bad")
+        archive.store(ct_instance(PatientID="QA-PIX1", PatientName="Good^Pixels",
+                                  StudyInstanceUID=good),
+                      _undecodable_rle(PatientID="QA-PIX2", PatientName="Bad^Pixels",
+                                       StudyInstanceUID=bad))
+        assert archive.state(bad) == "archived"  # the instance checks passed at arrival
+
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not all(
+            archive.api("GET", f"/studies/{uid}").json()["stable"] for uid in (good, bad)
+        ):
+            time.sleep(0.1)
+        assert archive.api("GET", f"/studies/{good}").json()["state"] == "archived"
+        held = archive.api("GET", f"/studies/{bad}").json()
+        assert held["stable"] and held["state"] == "quarantined"
+        assert [f["code"] for f in held["findings"]] == ["pixel-data-undecodable"]
+        assert archive.qido(bad) == [] and len(archive.qido(good)) == 1
+        assert "stable" in [e["action"] for e in archive.audit(bad)]

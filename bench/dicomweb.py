@@ -10,9 +10,9 @@ What one target's run is (bench/README.md has the long version):
 * The index holds bench.query's synthetic population (10 instances a study, CT/MR/CR, about
   1,000 studies a year from 2015), ``--scale`` instances: for pacs through the ingest service's
   index path (``bench.query.fill_pacs``; no blobs), for Orthanc as real 8x8 files through
-  ``POST /instances`` (``bench.query.fill_orthanc``). pacs's population studies are marked
-  stable (QA stability check done, as in an archive filled long ago: their files do not exist,
-  and the check would quarantine them). Then the server is (re)started.
+  ``POST /instances`` (``bench.query.fill_orthanc``); ``fill_pacs`` marks the studies stable
+  (QA stability check done, as in an archive filled long ago: their files do not exist, and
+  the check would quarantine them). Then the server is (re)started.
 * Real files are stored into the running server with DCMTK ``storescu`` (``TCP_NODELAY=1``):
   three CT series of 600 instances each (128x128 16-bit, about 39 kB, from
   ``tests/factories/corpus.py``; one study each) and bench.query's 300-instance CT 512x512 study.
@@ -819,24 +819,6 @@ def _logged(res: Results, target: str, key: str, metric: Metric) -> None:
     log(f"    {row.title:48s} {text}")
 
 
-def mark_stable(database_url: str, data_dir: Path, studies: Sequence[StudySpec]) -> None:
-    """Mark the population's studies stable, as the QA workflow would have long ago.
-
-    The fill writes index rows without blobs. Left unstable, they would be picked up by the
-    server's stability task within seconds of its start: it decodes the first file of each
-    series (missing here), quarantines the study (invisible to QIDO) and does that work during
-    the measurements. An archive of 100,000 instances is made of studies settled long ago.
-    """
-    from pacs.serve import open_services
-    from pacs.settings import Settings
-
-    settings = Settings(data_dir=data_dir, database_url=database_url)
-    with open_services(settings) as services:
-        with services.index.unit_of_work(write=True) as repo:
-            for st in studies:
-                repo.workflow.mark_stable(st.uid)
-
-
 def run_pacs(
     res: Results, backend: str, data: Data, args: argparse.Namespace, root: Path,
     command: list[str], postgres: str,
@@ -852,7 +834,6 @@ def run_pacs(
             seconds = fill_pacs(url, data_dir, data.studies)
             res.fills[target] = (len(data.studies) * INSTANCES_PER_STUDY, seconds)
             log(f"  filled in {seconds:.1f} s")
-            mark_stable(url, data_dir, data.studies)
             server = WebPacs(command, work, data_dir, url, 0)
             server.start()
             measure_target(res, target, server.http_port, server.port, server.aet, data, args,

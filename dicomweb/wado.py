@@ -253,6 +253,10 @@ class _Bodies:
 
 
 # -- WADO-RS ---------------------------------------------------------------------------------
+def _metadata_headers(etag: str) -> dict[str, str]:
+    return {"ETag": f'W/"{etag}"', "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
+
+
 def _who(request: Request) -> str:
     return actor("http", address=request.client.host if request.client else None)
 
@@ -308,11 +312,13 @@ def router(web: Web) -> APIRouter:
         if not any(m.matches(DICOM_JSON) or m.matches("application/json")
                    for m in parse_accept(accept)):
             raise _not_acceptable(accept, "metadata is application/dicom+json")
+        if request.headers.get("if-none-match"):
+            current = wado.metadata.current_etag(study, series, instance)
+            if _etag_matches(request, current):
+                return Response(status_code=304, headers=_metadata_headers(current))
         items = wado.metadata.items(study, series, instance)
         etag = wado.metadata.etag(items)
-        headers = {"ETag": f'W/"{etag}"', "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
-        if _etag_matches(request, etag):
-            return Response(status_code=304, headers=headers)
+        headers = _metadata_headers(etag)
         base = base_url(request)
         zipped = "gzip" in request.headers.get("accept-encoding", "")
 

@@ -26,7 +26,7 @@ import os
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,9 +105,19 @@ class MetadataService:
     # -- answers ---------------------------------------------------------------------------
     def etag(self, items: Sequence[RetrieveItem]) -> str:
         """Names the metadata of ``items``: equal when (and only when) the content is."""
+        return self._etag(item.blob_key for item in items)
+
+    def current_etag(
+        self, study: str, series: str | None = None, instance: str | None = None
+    ) -> str:
+        """The ETag of the visible instances named, from one lean index query (the items are
+        not built): what answers ``If-None-Match``. :class:`NotFound` when there are none."""
+        return self._etag(self.wado.blob_keys(study, series, instance))
+
+    def _etag(self, keys: Iterable[str]) -> str:
         digest = hashlib.sha256(self.version.encode())
-        for item in items:
-            digest.update(item.blob_key.encode("ascii"))
+        for key in keys:
+            digest.update(key.encode("ascii"))
         return digest.hexdigest()[:40]
 
     def items(

@@ -121,6 +121,16 @@ class QueryService:
         except IndexUnavailable as error:
             raise OutOfResources(str(error)) from error
 
+    def blob_keys(self, query: Query) -> list[str]:
+        """The blob keys of :meth:`instances`, in order: what names their content."""
+        try:
+            with self.index.unit_of_work() as repository:
+                return repository.blob_keys_for(query)
+        except InvalidQueryValue as error:
+            raise InvalidQuery(str(error)) from error
+        except IndexUnavailable as error:
+            raise OutOfResources(str(error)) from error
+
     def instances(self, query: Query) -> list[RetrieveItem]:
         """Every instance under the matched entities, for C-MOVE, C-GET and WADO-RS."""
         try:

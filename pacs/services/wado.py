@@ -78,21 +78,21 @@ class WadoService:
         """The instances of a study, series or one instance, in series/InstanceNumber order;
         :class:`NotFound` when there are none (unknown, not archived, or in another study).
         With ``who``, the retrieval is audited."""
-        conditions = [condition("StudyInstanceUID", study)]
-        level = Level.STUDY
-        if series is not None:
-            conditions.append(condition("SeriesInstanceUID", series))
-            level = Level.SERIES
-        if instance is not None:
-            conditions.append(condition("SOPInstanceUID", instance))
-            level = Level.IMAGE
-        if any(c is None for c in conditions):
-            raise NotFound("an empty UID names nothing")
-        query = Query(level=level, conditions=tuple(c for c in conditions if c is not None))
+        query = _query(study, series, instance)
         items = self.retrieve.plan(query, who=who, how=how).items
         if not items:
-            raise NotFound(f"no such {level.value.lower()}: {instance or series or study}")
+            raise NotFound(f"no such {query.level.value.lower()}: {instance or series or study}")
         return items
+
+    def blob_keys(
+        self, study: str, series: str | None = None, instance: str | None = None
+    ) -> list[str]:
+        """The blob keys of :meth:`instances` (same order), without building the items:
+        what an ETag check needs. :class:`NotFound` when there are none."""
+        keys = self.retrieve.query.blob_keys(_query(study, series, instance))
+        if not keys:
+            raise NotFound(f"no such object: {instance or series or study}")
+        return keys
 
     def instance(self, study: str, series: str, instance: str) -> RetrieveItem:
         return self.instances(study, series, instance)[0]
@@ -137,3 +137,17 @@ class WadoService:
                     f"SOP Instance {item.sop_instance_uid}: cannot read the stored file: {error}"
                 ) from error
             yield source, elements
+
+
+def _query(study: str, series: str | None, instance: str | None) -> Query:
+    conditions = [condition("StudyInstanceUID", study)]
+    level = Level.STUDY
+    if series is not None:
+        conditions.append(condition("SeriesInstanceUID", series))
+        level = Level.SERIES
+    if instance is not None:
+        conditions.append(condition("SOPInstanceUID", instance))
+        level = Level.IMAGE
+    if any(c is None for c in conditions):
+        raise NotFound("an empty UID names nothing")
+    return Query(level=level, conditions=tuple(c for c in conditions if c is not None))

@@ -104,18 +104,20 @@ def find_statement(query: Query, dialect: str) -> Select[Any]:
     return select(*columns).select_from(source).order_by(table.c.id)
 
 
-def instances_statement(query: Query) -> Select[Any]:
-    """Every instance under the entities ``query`` matches (LIMIT/OFFSET count entities)."""
+def instances_statement(query: Query, *, keys_only: bool = False) -> Select[Any]:
+    """Every instance under the entities ``query`` matches (LIMIT/OFFSET count entities);
+    ``keys_only``: just their blob keys (what names their content), in the same order."""
+    columns: tuple[Any, ...] = (instance.c.blob_key,) if keys_only else (
+        instance.c.sop_class_uid,
+        instance.c.sop_instance_uid,
+        instance.c.transfer_syntax_uid,
+        instance.c.blob_key,
+        instance.c.blob_size,
+        study.c.study_instance_uid,
+        series.c.series_instance_uid,
+    )
     statement = (
-        select(
-            instance.c.sop_class_uid,
-            instance.c.sop_instance_uid,
-            instance.c.transfer_syntax_uid,
-            instance.c.blob_key,
-            instance.c.blob_size,
-            study.c.study_instance_uid,
-            series.c.series_instance_uid,
-        )
+        select(*columns)
         .select_from(
             instance.join(series, _parent_join(Level.SERIES))
             .join(study, _parent_join(Level.STUDY))

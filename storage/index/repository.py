@@ -260,6 +260,11 @@ class Repository:
             for row in self.connection.execute(instances_statement(query))
         ]
 
+    def blob_keys_for(self, query: Query) -> list[str]:
+        """The blob keys of :meth:`instances_for`, in its order (a content stamp: ETags)."""
+        return list(self.connection.execute(
+            instances_statement(query, keys_only=True)).scalars())
+
     # -- consistency (pacs check) ---------------------------------------------------------
     def iter_instances(self) -> Iterator[StoredInstance]:
         for row in self.connection.execute(_stored_instance_select().order_by(instance.c.id)):

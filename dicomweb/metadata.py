@@ -74,8 +74,18 @@ def encode_instance(item: RetrieveItem, elements: list[Element]) -> bytes:
             codecs = tuple(convert_encodings(terms or [""]))
             break
     available = {"vr": "UI", "Value": [item.transfer_syntax_uid]}
-    obj = _Encoder(prefix, codecs).dataset(elements, "", (_AVAILABLE_KEY, available))
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    parts = _Encoder(prefix, codecs).top_level(elements, (_AVAILABLE_KEY, available))
+    return ("{" + ",".join(parts) + "}").encode("utf-8")
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+# Encoded elements by (VR, value bytes, character sets): the instances of a series share most
+# of their values (patient, study, equipment, geometry), so a cold series encodes each once.
+_MEMO: dict[tuple[str, bytes, tuple[str, ...]], str] = {}
+_MEMO_MAX = 200_000
 
 
 def _key(tag: int) -> str:
@@ -122,6 +132,37 @@ class _Encoder:
         if extra is not None:
             obj[extra[0]] = extra[1]
         return obj
+
+    def top_level(self, elements: list[Element], extra: tuple[str, Any]) -> list[str]:
+        """The instance's elements as ``"GGGGEEEE":{...}`` JSON texts in tag order, the same
+        text :meth:`dataset` + ``json.dumps`` would give; plain values come from the memo."""
+        out: list[str] = []
+        pending: tuple[str, Any] | None = extra
+        for element in elements:
+            tag = element.tag
+            if not tag & 0xFFFF or tag == _TRAILING_PADDING:
+                continue
+            key = _key(tag)
+            if pending is not None and key >= pending[0]:
+                out.append(f'"{pending[0]}":{_dumps(pending[1])}')
+                pending = None
+                if key == _AVAILABLE_KEY:
+                    continue  # ours replaces a stored one
+            value = element.value
+            if value is None or element.vr == "SQ" or tag == PIXEL_DATA:
+                out.append(f'"{key}":{_dumps(self.element(element, "", key))}')
+                continue
+            memo_key = (element.vr, value, self.codecs)
+            text = _MEMO.get(memo_key)
+            if text is None:
+                text = _dumps(self.dataset([element], "")[key])
+                if len(_MEMO) >= _MEMO_MAX:
+                    _MEMO.clear()
+                _MEMO[memo_key] = text
+            out.append(f'"{key}":{text}')
+        if pending is not None:
+            out.append(f'"{pending[0]}":{_dumps(pending[1])}')
+        return out
 
     def element(self, element: Element, path: str, key: str) -> dict[str, Any]:
         vr = element.vr

@@ -135,10 +135,28 @@ def _multipart_response(parts: Sequence[multipart.Part], part_type: str) -> Resp
     if length is not None:
         headers["Content-Length"] = str(length)
     return StreamingResponse(
-        _primed(multipart.stream(boundary, parts)),
+        _coalesced(_primed(multipart.stream(boundary, parts))),
         media_type=multipart.content_type(boundary, part_type),
         headers=headers,
     )
+
+
+_SEND_AT_LEAST = 4 << 20  # bytes handed to the event loop at a time
+
+
+def _coalesced(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Chunks gathered into pieces of a few MB: each piece costs a hand-over from the worker
+    thread to the event loop, and a CT study is thousands of small heads and file chunks."""
+    pending: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        size += len(chunk)
+        if size >= _SEND_AT_LEAST:
+            yield pending[0] if len(pending) == 1 else b"".join(pending)
+            pending, size = [], 0
+    if pending:
+        yield b"".join(pending)
 
 
 def _instance_parts(files: Iterable[InstanceFile], base: str) -> list[multipart.Part]:

@@ -372,3 +372,54 @@ def test_a_stable_study_gets_the_pixel_data_check(
         assert [f["code"] for f in held["findings"]] == ["pixel-data-undecodable"]
         assert archive.qido(bad) == [] and len(archive.qido(good)) == 1
         assert "stable" in [e["action"] for e in archive.audit(bad)]
+
+
+def test_merge_files_a_study_under_another_patient(archive: Archive) -> None:
+    target, stray = make_uid("qa", "merge", "target"), make_uid("qa", "merge", "stray")
+    archive.store(ct_instance(PatientID="QA-MERGE-A", PatientName="Target^Patient",
+                              PatientBirthDate="19610101", PatientSex="F",
+                              StudyInstanceUID=target))
+    archive.store(ct_instance(PatientID="QA-TEMP-9", PatientName="Unknown^Trauma",
+                              PatientBirthDate="19000101", PatientSex="O",
+                              StudyInstanceUID=stray))
+    merged = archive.api("POST", f"/studies/{stray}/merge", json={"PatientID": "QA-MERGE-A"})
+    assert merged.status_code == 200, merged.text
+    assert merged.json()["state"] == "archived" and merged.json()["findings"] == []
+    assert merged.json()["patient_id"] == "QA-MERGE-A"
+    found = archive.qido(stray)
+    assert [_name(i) for i in found] == ["Target^Patient"]
+    assert found[0]["00100020"]["Value"] == ["QA-MERGE-A"]
+    (retrieved,) = archive.get(stray, "merged")
+    assert (retrieved.PatientID, str(retrieved.PatientName), retrieved.PatientBirthDate,
+            retrieved.PatientSex) == ("QA-MERGE-A", "Target^Patient", "19610101", "F")
+    assert archive.api("POST", f"/studies/{stray}/merge",
+                       json={"PatientID": "NOBODY-HERE"}).status_code == 404
+
+
+@pytest.fixture
+def modality_server(tmp_path: Path, sqlite_url: str) -> Iterator[PacsServer]:
+    server = PacsServer(data_dir=tmp_path / "data", database_url=sqlite_url,
+                        extra_args=["--modality", "CT1"]).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_calling_ae_that_is_not_a_known_modality_is_a_finding(
+    modality_server: PacsServer, tmp_path: Path
+) -> None:
+    with httpx.Client(timeout=60) as http:
+        archive = Archive(modality_server, tmp_path, http)
+        known, unknown = make_uid("qa", "ae", "known"), make_uid("qa", "ae", "unknown")
+        files = [write_part10(ct_instance(PatientID="QA-AE1", PatientName="Known^Ae",
+                                          StudyInstanceUID=known), tmp_path / "known.dcm")]
+        result = dcmtk.storescu(modality_server.dimse_port, files, workdir=tmp_path, aet="CT1")
+        assert dcmtk.successes(result) == 1, dcmtk.status_lines(result)
+        archive.store(ct_instance(PatientID="QA-AE2", PatientName="Unknown^Ae",
+                                  StudyInstanceUID=unknown))  # calling AE STORESCU
+        assert archive.state(known) == "archived"
+        held = archive.api("GET", f"/studies/{unknown}").json()
+        assert held["state"] == "quarantined"
+        assert [f["code"] for f in held["findings"]] == ["unknown-modality"]
+        assert "STORESCU" in held["findings"][0]["message"]

@@ -14,7 +14,6 @@ from pydicom.dataset import Dataset
 
 from storage.index import Index
 from storage.index.models import StudyState
-from tests.factories.datasets import write_part10
 from tests.support import dcmtk
 from tests.support.server import PacsServer
 
@@ -25,7 +24,6 @@ class WebArchive:
     workdir: Path
     http: httpx.Client
     sent: dict[str, Path] = field(default_factory=dict)  # SOP Instance UID → file sent
-    _count: int = 0
 
     @property
     def url(self) -> str:
@@ -34,14 +32,7 @@ class WebArchive:
 
     def store(self, datasets: Iterable[Dataset]) -> list[Path]:
         """C-STORE ``datasets`` with DCMTK storescu; every one must succeed."""
-        folder = self.workdir / "files"
-        folder.mkdir(exist_ok=True)
-        files = []
-        for ds in datasets:
-            self._count += 1
-            files.append(write_part10(ds, folder / f"{self._count:05d}.dcm"))
-        result = dcmtk.storescu(self.server.dimse_port, files, workdir=self.workdir)
-        assert dcmtk.successes(result) == len(files), dcmtk.status_lines(result)
+        files = dcmtk.store_datasets(self.server.dimse_port, datasets, workdir=self.workdir)
         for path in files:
             uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
             self.sent[uid] = path

@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from tests.factories.datasets import ct_instance, make_uid, write_part10
 from tests.support import dcmtk
 from tests.support.server import PacsServer
+from tests.support.wait import until
 
 
 @dataclass
@@ -23,18 +24,9 @@ class Archive:
     server: PacsServer
     workdir: Path
     http: httpx.Client
-    count: int = 0
 
     def store(self, *datasets: Dataset) -> list[Path]:
-        folder = self.workdir / "sent"
-        folder.mkdir(exist_ok=True)
-        files = []
-        for ds in datasets:
-            self.count += 1
-            files.append(write_part10(ds, folder / f"{self.count:04d}.dcm"))
-        result = dcmtk.storescu(self.server.dimse_port, files, workdir=self.workdir)
-        assert dcmtk.successes(result) == len(files), dcmtk.status_lines(result)
-        return files
+        return dcmtk.store_datasets(self.server.dimse_port, datasets, workdir=self.workdir)
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         return self.http.request(method, f"{self.server.base_url}/api{path}", **kwargs)
@@ -350,8 +342,6 @@ def settling_server(tmp_path: Path, sqlite_url: str) -> Iterator[PacsServer]:
 def test_a_stable_study_gets_the_pixel_data_check(
     settling_server: PacsServer, tmp_path: Path
 ) -> None:
-    import time
-
     with httpx.Client(timeout=60) as http:
         archive = Archive(settling_server, tmp_path, http)
         good, bad = make_uid("qa", "pixels-good"), make_uid("qa", "pixels-bad")
@@ -361,11 +351,8 @@ def test_a_stable_study_gets_the_pixel_data_check(
                                        StudyInstanceUID=bad))
         assert archive.state(bad) == "archived"  # the instance checks passed at arrival
 
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and not all(
-            archive.api("GET", f"/studies/{uid}").json()["stable"] for uid in (good, bad)
-        ):
-            time.sleep(0.1)
+        until("both studies are stable", lambda: all(
+            archive.api("GET", f"/studies/{uid}").json()["stable"] for uid in (good, bad)))
         assert archive.api("GET", f"/studies/{good}").json()["state"] == "archived"
         held = archive.api("GET", f"/studies/{bad}").json()
         assert held["stable"] and held["state"] == "quarantined"

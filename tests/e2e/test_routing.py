@@ -3,8 +3,7 @@ delivery, retries while the peer is down, resumption after a restart, no duplica
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +16,9 @@ from storage.index.models import route_job
 from tests.factories.datasets import ct_instance, make_uid, write_part10
 from tests.support import dcmtk
 from tests.support.server import PacsServer, free_port
+from tests.support.wait import until
 
-POLL_TIMEOUT_S = 90.0
 ROUTE_ENV = {"PACS_ROUTE_RETRY_SECONDS": "0.3"}
-
-
-def _until(what: str, check: Callable[[], Any], timeout: float = POLL_TIMEOUT_S) -> Any:
-    """Poll ``check`` until it returns something truthy (a wait, not a timed assertion)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"not reached within {timeout} s: {what}")
 
 
 def _jobs(server: PacsServer, study: str) -> list[dict[str, Any]]:
@@ -81,7 +69,7 @@ def test_a_stable_archived_study_is_delivered_once(
     try:
         study = make_uid("route", "delivered")
         sent = _store(server, tmp_path, study, 3, "ROUTE-1")
-        job = _until("the job is done",
+        job = until("the job is done",
                      lambda: [j for j in _jobs(server, study) if j["state"] == "done"])[0]
         assert job["destination"] == "WS1" and job["sent"] == 3 and job["attempts"] == 1
         assert _received(workstation) == sorted(sent)
@@ -91,7 +79,7 @@ def test_a_stable_archived_study_is_delivered_once(
         server.start()
         later = make_uid("route", "later")
         more = _store(server, tmp_path, later, 1, "ROUTE-2")
-        _until("the second job is done",
+        until("the second job is done",
                lambda: [j for j in _jobs(server, later) if j["state"] == "done"])
         assert len(_jobs(server, study)) == 1
         assert _received(workstation) == sorted(sent + more)
@@ -110,7 +98,7 @@ def test_a_peer_that_is_down_gets_the_study_once_it_is_up(
     try:
         study = make_uid("route", "down")
         sent = _store(server, tmp_path, study, 2, "ROUTE-3")
-        failed = _until("the job failed twice", lambda: [
+        failed = until("the job failed twice", lambda: [
             j for j in _jobs(server, study) if j["state"] == "failed" and j["attempts"] >= 2])
         assert "cannot associate with LATE" in failed[0]["last_error"]
         assert failed[0]["next_attempt_at"] is not None  # will retry
@@ -118,9 +106,9 @@ def test_a_peer_that_is_down_gets_the_study_once_it_is_up(
         other = make_uid("route", "meanwhile")
         _store(server, tmp_path, other, 1, "ROUTE-4")
         peer.start()
-        _until("the job is done",
+        until("the job is done",
                lambda: [j for j in _jobs(server, study) if j["state"] == "done"])
-        received = _until("both studies arrived", lambda: len(peer.files()) == 3 and peer.files())
+        received = until("both studies arrived", lambda: len(peer.files()) == 3 and peer.files())
         uids = sorted(str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
                       for p in received)
         assert set(sent) <= set(uids)
@@ -136,7 +124,7 @@ def test_a_job_left_running_by_a_dead_server_is_resumed(
     server = _server(tmp_path, sqlite_url, f"WS1=127.0.0.1:{port}").start()
     study = make_uid("route", "resume")
     sent = _store(server, tmp_path, study, 2, "ROUTE-5")
-    _until("a job exists", lambda: _jobs(server, study))
+    until("a job exists", lambda: _jobs(server, study))
     server.kill9()
     index = Index(sqlite_url)
     try:
@@ -149,7 +137,7 @@ def test_a_job_left_running_by_a_dead_server_is_resumed(
     workstation.start()
     try:
         server.start()
-        job = _until("the resumed job is done",
+        job = until("the resumed job is done",
                      lambda: [j for j in _jobs(server, study) if j["state"] == "done"])[0]
         assert job["sent"] == 2
         assert _received(workstation) == sorted(sent)
@@ -164,10 +152,10 @@ def test_jobs_can_be_retried_by_hand(
     try:
         study = make_uid("route", "retry")
         _store(server, tmp_path, study, 1, "ROUTE-6")
-        job = _until("done", lambda: [j for j in _jobs(server, study) if j["state"] == "done"])
+        job = until("done", lambda: [j for j in _jobs(server, study) if j["state"] == "done"])
         retried = httpx.post(f"{server.base_url}/api/jobs/{job[0]['id']}/retry")
         assert retried.status_code == 200 and retried.json()["state"] == "pending"
-        _until("done again", lambda: [
+        until("done again", lambda: [
             j for j in _jobs(server, study) if j["state"] == "done" and j["attempts"] == 2])
         audit = httpx.get(f"{server.base_url}/api/audit", params={"study": study}).json()
         sends = [e for e in audit if e["action"] == "route" and e["outcome"] == "sent"]

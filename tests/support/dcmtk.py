@@ -68,6 +68,21 @@ def storescu(
     return run("storescu", *args, "127.0.0.1", str(port), *map(str, files))
 
 
+def store_datasets(
+    port: int, datasets: Iterable[pydicom.Dataset], *, workdir: Path, aet: str = "STORESCU"
+) -> list[Path]:
+    """Write each data set to ``workdir/sent/<SOP Instance UID>.dcm`` and C-STORE them over
+    one association; every store must succeed. Returns the files sent."""
+    from tests.factories.datasets import write_part10
+
+    folder = workdir / "sent"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [write_part10(ds, folder / f"{ds.SOPInstanceUID}.dcm") for ds in datasets]
+    result = storescu(port, files, workdir=workdir, aet=aet)
+    assert successes(result) == len(files), status_lines(result)
+    return files
+
+
 def successes(result: subprocess.CompletedProcess[str]) -> int:
     """How many C-STORE responses with status Success storescu reported (-v)."""
     text = result.stdout + result.stderr

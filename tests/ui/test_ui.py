@@ -7,8 +7,7 @@ routing jobs with Retry, the audit trail, keyboard use. A screenshot of each pag
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,13 +17,13 @@ import pytest
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from pydicom.dataset import Dataset
 
-from tests.factories.datasets import ct_instance, make_uid, write_part10
+from tests.factories.datasets import ct_instance, make_uid
 from tests.support import dcmtk
 from tests.support.server import PacsServer, free_port
+from tests.support.wait import until
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-POLL_TIMEOUT_S = 90.0
 
 
 def _chromium() -> Path:
@@ -39,33 +38,14 @@ def _chromium() -> Path:
                 "the UI tests never download a browser")
 
 
-def _until(what: str, check: Callable[[], Any], timeout: float = POLL_TIMEOUT_S) -> Any:
-    """Poll ``check`` until it returns something truthy (a wait, not a timed assertion)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"not reached within {timeout} s: {what}")
-
-
 @dataclass
 class Site:
     server: PacsServer
     workdir: Path
     http: httpx.Client
-    count: int = 0
 
     def store(self, *datasets: Dataset) -> None:
-        folder = self.workdir / "sent"
-        folder.mkdir(exist_ok=True)
-        files = []
-        for ds in datasets:
-            self.count += 1
-            files.append(write_part10(ds, folder / f"{self.count:04d}.dcm"))
-        result = dcmtk.storescu(self.server.dimse_port, files, workdir=self.workdir)
-        assert dcmtk.successes(result) == len(files), dcmtk.status_lines(result)
+        dcmtk.store_datasets(self.server.dimse_port, datasets, workdir=self.workdir)
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         return self.http.request(method, f"{self.server.base_url}/api{path}", **kwargs)
@@ -369,7 +349,7 @@ def test_jobs_page_lists_failed_jobs_and_retries_one(site: Site, page: Page) -> 
         jobs: list[dict[str, Any]] = site.api("GET", "/jobs", params={"study": study}).json()
         return [j for j in jobs if j["state"] == "failed"]
 
-    job = _until("a failed routing job", failed)[0]
+    job = until("a failed routing job", failed)[0]
     page.goto("/ui/jobs")
     nav = page.get_by_role("navigation", name="Main")
     expect(nav.get_by_role("link", name="Jobs")).to_have_attribute("aria-current", "page")

@@ -119,7 +119,11 @@ def parse(
         elif name == "offset":
             offset = _count("offset", value)
         elif name == "fuzzymatching":
-            fuzzy = _boolean(name, value)
+            # true asks for the case- and accent-insensitive PN matching even where the server
+            # matches names exactly; false keeps the server's own PN matching (folding case
+            # is not the "fuzzy semantic matching" PS3.18 8.3.4.5 lets a client turn off)
+            requested = _boolean(name, value)
+            fuzzy = fuzzy_default or requested
         elif name == "includefield":
             includes += [item.strip() for item in value.split(",") if item.strip()]
         elif name in _IGNORED_QUIETLY:

@@ -135,12 +135,10 @@ def test_wildcard_names_ignore_case_and_skip_quarantined(archive: WebArchive) ->
     assert _values(found, "00100010") == ["DOE^JANE", "Doe^John"]
 
 
-def test_fuzzymatching_false_matches_names_exactly(archive: WebArchive) -> None:
-    assert _json(archive, "/studies", PatientName="doe^john", fuzzymatching="false") == []
-    exact = _json(archive, "/studies", PatientName="Doe^John", fuzzymatching="false")
-    assert _values(exact, "0020000D") == [DOE_STUDY]
-    fuzzy = _json(archive, "/studies", PatientName="doe^john", fuzzymatching="true")
-    assert _values(fuzzy, "0020000D") == [DOE_STUDY]
+def test_fuzzymatching_keeps_the_servers_case_insensitive_names(archive: WebArchive) -> None:
+    for fuzzy in ("false", "true"):
+        found = _json(archive, "/studies", PatientName="doe^john", fuzzymatching=fuzzy)
+        assert _values(found, "0020000D") == [DOE_STUDY]
 
 
 def test_wildcard_escapes_sql_pattern_characters(archive: WebArchive) -> None:
@@ -359,8 +357,10 @@ def test_dicomweb_client_searches(archive: WebArchive) -> None:
 
 @pytest.fixture
 def capped_server(tmp_path: Path, sqlite_url: str) -> Iterator[PacsServer]:
+    """At most 4 results, and names matched exactly unless a request asks for fuzzy."""
     server = PacsServer(data_dir=tmp_path / "data", database_url=sqlite_url,
-                        start_env={"PACS_MAX_QUERY_RESULTS": "4"}).start()
+                        start_env={"PACS_MAX_QUERY_RESULTS": "4",
+                                   "PACS_FUZZY_PERSON_NAMES": "false"}).start()
     try:
         yield server
     finally:
@@ -370,13 +370,18 @@ def capped_server(tmp_path: Path, sqlite_url: str) -> Iterator[PacsServer]:
 def test_a_result_cut_by_the_cap_says_so(capped_server: PacsServer, tmp_path: Path) -> None:
     archive = WebArchive(capped_server, tmp_path, httpx.Client(timeout=60))
     try:
-        archive.store(ct_instance(PatientID=f"CAP-{n}", StudyInstanceUID=make_uid("cap", n))
-                      for n in range(6))
+        archive.store(ct_instance(PatientID=f"CAP-{n}", PatientName=f"Cap^{n}",
+                                  StudyInstanceUID=make_uid("cap", n)) for n in range(6))
         response = _get(archive, "/studies")
         assert response.status_code == 200
         assert len(response.json()) == 4
         assert "maximum supported by the server" in response.headers["Warning"]
         uncut = _get(archive, "/studies", limit=3)
         assert len(uncut.json()) == 3 and "Warning" not in uncut.headers
+        # exact names on this server, unless the request asks for fuzzy matching
+        assert _json(archive, "/studies", PatientName="cap^1") == []
+        assert _json(archive, "/studies", PatientName="cap^1", fuzzymatching="false") == []
+        fuzzy = _json(archive, "/studies", PatientName="cap^1", fuzzymatching="true")
+        assert _values(fuzzy, "00100020") == ["CAP-1"]
     finally:
         archive.http.close()

@@ -95,6 +95,9 @@ class RoutingService:
             return None
         now = now or dt.datetime.now(dt.UTC)
         try:
+            with self.index.unit_of_work() as repository:
+                if not repository.workflow.job_due(now):
+                    return None  # no write lock taken twice a second for nothing
             with self.index.unit_of_work(write=True) as repository:
                 job = repository.workflow.claim_job(now)
         except IndexUnavailable as error:

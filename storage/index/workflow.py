@@ -482,6 +482,15 @@ class WorkflowRecords:
             created_at=now, updated_at=now,
         ).returning(route_job.c.id)).scalar_one())
 
+    def job_due(self, now: datetime) -> bool:
+        """Whether a job is due (a read: the worker asks this before taking the write lock)."""
+        return self.connection.execute(
+            select(route_job.c.id)
+            .where(route_job.c.state.in_([JobState.PENDING, JobState.FAILED]),
+                   route_job.c.next_attempt_at.is_not(None), route_job.c.next_attempt_at <= now)
+            .limit(1)
+        ).first() is not None
+
     def claim_job(self, now: datetime) -> JobRecord | None:
         """The next due job (pending, or failed with a retry due), marked running."""
         statement = (

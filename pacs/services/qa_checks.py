@@ -151,7 +151,7 @@ def _name_form(value: Any) -> str:
     """A name compared for identity: case and accents folded, empty components dropped."""
     if not value:
         return ""
-    return "^".join(part.strip() for part in str(value).split("^")).rstrip("^ ")
+    return "^".join(part.strip() for part in str(value).casefold().split("^")).rstrip("^ ")
 
 
 def patient_consistency(facts: InstanceFacts) -> list[Finding]:

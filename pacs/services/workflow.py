@@ -25,6 +25,7 @@ from enum import StrEnum
 from typing import Any
 
 import pydicom
+from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import pixel_array
 
 from pacs.services.errors import (
@@ -461,7 +462,8 @@ class WorkflowService:
         with self._unit_of_work() as repository:
             firsts = repository.workflow.first_instances_of_series(study_instance_uid)
         found = [f for f in (self._decodable(file.blob_key, file.sop_instance_uid)
-                             for file in firsts) if f is not None]
+                             for file in firsts if _can_decode(file.transfer_syntax_uid))
+                 if f is not None]
         who = "pacs:stability"
         with self._unit_of_work(write=True) as repository:
             records = repository.workflow
@@ -535,6 +537,15 @@ class WorkflowService:
                     self.blobs.delete(key)
             purged.append(study_instance_uid)
         return purged
+
+
+def _can_decode(transfer_syntax_uid: str) -> bool:
+    """Whether this server has a decoder for the syntax (video, for one, it has not): the
+    pixel check judges only what it can decode."""
+    try:
+        return bool(get_decoder(transfer_syntax_uid).is_available)
+    except (NotImplementedError, ValueError):
+        return False
 
 
 def _study_findings(study: StudyRecord, changes: Mapping[str, str | None]) -> list[Finding]:

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from dicomweb.context import Web
+from dicomweb.context import Web, client_actor
 from pacs.services.routing import RoutingService
 from pacs.services.workflow import (
     AuditRecord,
@@ -22,7 +22,6 @@ from pacs.services.workflow import (
     StudyReview,
     StudyState,
     WorkflowService,
-    actor,
 )
 
 
@@ -135,21 +134,21 @@ def router(web: Web) -> APIRouter:
 
     @api.post("/studies/{study}/accept", summary="Accept a quarantined study (archive it)")
     def accept(study: str, request: Request) -> StudyDetailOut:
-        return _detail(workflow.accept(study, _who(request)))
+        return _detail(workflow.accept(study, client_actor(request)))
 
     @api.post("/studies/{study}/reject", summary="Reject a study, with a reason")
     def reject(study: str, body: RejectIn, request: Request) -> StudyDetailOut:
-        return _detail(workflow.reject(study, body.reason, _who(request)))
+        return _detail(workflow.reject(study, body.reason, client_actor(request)))
 
     @api.patch("/studies/{study}",
                summary="Correct patient/study attributes in the index and the stored files")
     def correct(study: str, body: CorrectionIn, request: Request) -> StudyDetailOut:
         changes = body.model_dump(exclude_unset=True)
-        return _detail(workflow.correct(study, changes, _who(request)))
+        return _detail(workflow.correct(study, changes, client_actor(request)))
 
     @api.post("/studies/{study}/merge", summary="File the study under another patient")
     def merge(study: str, body: MergeIn, request: Request) -> StudyDetailOut:
-        return _detail(workflow.merge(study, body.PatientID, _who(request),
+        return _detail(workflow.merge(study, body.PatientID, client_actor(request),
                                       body.IssuerOfPatientID))
 
     @api.get("/audit", summary="The audit trail, newest first")
@@ -164,13 +163,9 @@ def router(web: Web) -> APIRouter:
 
     @api.post("/jobs/{job_id}/retry", summary="Run a failed (or done) routing job again")
     def retry(job_id: int, request: Request) -> JobOut:
-        return _job(routing.retry(job_id, _who(request)))
+        return _job(routing.retry(job_id, client_actor(request)))
 
     return api
-
-
-def _who(request: Request) -> str:
-    return actor("http", address=request.client.host if request.client else None)
 
 
 def _finding(found: FindingRecord) -> FindingOut:

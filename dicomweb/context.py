@@ -14,7 +14,7 @@ from pacs.services.ingest import IngestService
 from pacs.services.query import QueryService
 from pacs.services.retrieve import RetrieveService
 from pacs.services.routing import RoutingService
-from pacs.services.workflow import WorkflowService
+from pacs.services.workflow import WorkflowService, actor
 
 BASE_PATH = "/dicom-web"
 """Where the DICOMweb resources live (PS3.18 base URL: ``http://HOST:PORT/dicom-web``)."""
@@ -33,6 +33,11 @@ def base_url(request: Request) -> str:
     ):
         url = url.replace(port=server[1])
     return str(url).rstrip("/") + BASE_PATH
+
+
+def client_actor(request: Request) -> str:
+    """Who made an HTTP request, for the audit trail: ``http:ADDRESS``."""
+    return actor("http", address=request.client.host if request.client else None)
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from dicomweb.context import Web
+from dicomweb.context import Web, client_actor
 from dicomweb.errors import HttpError
-from pacs.services.workflow import actor
 
 # PS3.16 CID 7011 "Rejected for ..." document titles (code ^ coding scheme)
 REASONS = {
@@ -31,7 +30,7 @@ def router(web: Web) -> APIRouter:
               summary="Reject a series from a viewer (e.g. 113001^DCM)")
     def reject_series(request: Request, study: str, series: str, code: str) -> JSONResponse:
         reason = _reason(code)
-        review = workflow.reject_series(study, series, reason, _who(request))
+        review = workflow.reject_series(study, series, reason, client_actor(request))
         return JSONResponse({"StudyInstanceUID": study, "SeriesInstanceUID": series,
                              "reason": reason, "state": review.study.state.value})
 
@@ -39,7 +38,7 @@ def router(web: Web) -> APIRouter:
               summary="Reject a study from a viewer (e.g. 113001^DCM)")
     def reject_study(request: Request, study: str, code: str) -> JSONResponse:
         reason = _reason(code)
-        review = workflow.reject(study, reason, _who(request))
+        review = workflow.reject(study, reason, client_actor(request))
         return JSONResponse({"StudyInstanceUID": study, "reason": reason,
                              "state": review.study.state.value})
 
@@ -53,5 +52,3 @@ def _reason(code: str) -> str:
     return f"{meaning} ({code})"
 
 
-def _who(request: Request) -> str:
-    return actor("http", address=request.client.host if request.client else None)

@@ -24,11 +24,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from dicomweb.context import BASE_PATH, Web
+from dicomweb.context import BASE_PATH, Web, client_actor
 from dicomweb.errors import status_of
 from pacs.services.errors import InvalidQuery, PacsError
 from pacs.services.query import QueryService
-from pacs.services.workflow import CORRECTABLE, TRANSITIONS, Action, StudyReview, actor
+from pacs.services.workflow import CORRECTABLE, TRANSITIONS, Action, StudyReview
 from storage.attributes import Level
 from storage.query import Condition, Query, SingleValue
 
@@ -135,7 +135,7 @@ def router(web: Web) -> APIRouter:
     @ui.post("/ui/studies/{study}/accept")
     async def accept(request: Request, study: str) -> Response:
         def call(form: dict[str, str]) -> str:
-            review = workflow.accept(study, _who(request))
+            review = workflow.accept(study, client_actor(request))
             return f"Accepted {_name(review)}: the study is {review.study.state}."
 
         return await act(request, call, f"/ui/studies/{study}")
@@ -143,7 +143,7 @@ def router(web: Web) -> APIRouter:
     @ui.post("/ui/studies/{study}/reject")
     async def reject(request: Request, study: str) -> Response:
         def call(form: dict[str, str]) -> str:
-            review = workflow.reject(study, form.get("reason", ""), _who(request))
+            review = workflow.reject(study, form.get("reason", ""), client_actor(request))
             return f"Rejected {_name(review)}: {review.study.rejection_reason}."
 
         return await act(request, call, f"/ui/studies/{study}")
@@ -151,7 +151,7 @@ def router(web: Web) -> APIRouter:
     @ui.post("/ui/studies/{study}/correct")
     async def correct(request: Request, study: str) -> Response:
         def call(form: dict[str, str]) -> str:
-            review = workflow.correct(study, _changes(form), _who(request))
+            review = workflow.correct(study, _changes(form), client_actor(request))
             open_findings = len(review.findings)
             return (f"Corrected {_name(review)}: the study is {review.study.state}, "
                     f"{open_findings} open finding{'' if open_findings == 1 else 's'}.")
@@ -167,7 +167,7 @@ def router(web: Web) -> APIRouter:
     @ui.post("/ui/jobs/{job_id}/retry")
     async def retry(request: Request, job_id: int) -> Response:
         def call(form: dict[str, str]) -> str:
-            job = routing.retry(job_id, _who(request))
+            job = routing.retry(job_id, client_actor(request))
             return f"Job {job.id} to {job.destination} will run again ({job.state})."
 
         return await act(request, call, "/ui/jobs")
@@ -180,10 +180,6 @@ def router(web: Web) -> APIRouter:
             "study": study.strip(), "action": action.strip()})
 
     return ui
-
-
-def _who(request: Request) -> str:
-    return actor("http", address=request.client.host if request.client else None)
 
 
 def _series(query: QueryService, review: StudyReview) -> list[dict[str, Any]]:

@@ -25,14 +25,13 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomweb import multipart, rendering
 from dicomweb.accept import MediaRange, parse_accept
-from dicomweb.context import Web, base_url
+from dicomweb.context import Web, base_url, client_actor
 from dicomweb.errors import HttpError
 from dicomweb.metadata import with_base
 from dicomweb.wado_services import WadoServices, wado_services
 from pacs.services.errors import CannotTranscode, NotFound
 from pacs.services.frames import OCTET_STREAM, FramePart, Offer
 from pacs.services.wado import InstanceFile
-from pacs.services.workflow import actor
 from storage.query import RetrieveItem
 
 log = logging.getLogger(__name__)
@@ -275,10 +274,6 @@ def _metadata_headers(etag: str) -> dict[str, str]:
     return {"ETag": f'W/"{etag}"', "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
 
 
-def _who(request: Request) -> str:
-    return actor("http", address=request.client.host if request.client else None)
-
-
 def router(web: Web) -> APIRouter:
     api = APIRouter(tags=["WADO-RS"])
     wado = services_of(web)
@@ -296,7 +291,7 @@ def router(web: Web) -> APIRouter:
         preferences = [syntax for part, syntax in offers if part != single]
         if not preferences:
             raise _not_acceptable(accept, "a study or series is multipart/related")
-        items = wado.instances.instances(study, series, instance, who=_who(request))
+        items = wado.instances.instances(study, series, instance, who=client_actor(request))
         files = wado.instances.files(items, preferences)
         if single:
             (file,) = files
@@ -549,7 +544,7 @@ def uri_router(web: Web) -> APIRouter:
         for media_type in wanted:
             if media_type == DICOM:
                 (item,) = wado.instances.instances(studyUID, seriesUID, objectUID,
-                                                   who=_who(request), how="WADO-URI")
+                                                   who=client_actor(request), how="WADO-URI")
                 syntax = (transferSyntax or ExplicitVRLittleEndian).strip()
                 (file,) = wado.instances.files([item], [syntax])
                 headers = {} if file.size is None else {"Content-Length": str(file.size)}

@@ -9,12 +9,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from pacs.services.errors import InvalidQuery, OutOfResources
 from storage.attributes import Level
-from storage.index import Index, IndexUnavailable
+from storage.index import Index, IndexUnavailable, Repository
 from storage.query import InvalidQueryValue, Query, RetrieveItem
 
 __all__ = ["QueryService", "RetrieveItem", "SearchResult"]
@@ -78,20 +79,14 @@ class QueryService:
             capped = query.level in self.capped_levels
         wanted = query.limit
         if capped and (wanted is None or wanted > self.max_results):
-            page = dataclasses.replace(query, limit=self.max_results + 1)
-            rows = self._batch(page, query.offset, self.max_results + 1)
+            rows = self._batch(query, query.offset, self.max_results + 1)
             if len(rows) > self.max_results:
                 log.warning("result capped at %d", self.max_results)
                 return SearchResult(rows[: self.max_results], True)
             return SearchResult(rows, False)
         if wanted is None:
-            try:
-                with self.index.unit_of_work() as repository:
-                    return SearchResult(list(repository.find(query)), False)
-            except InvalidQueryValue as error:
-                raise InvalidQuery(str(error)) from error
-            except IndexUnavailable as error:
-                raise OutOfResources(str(error)) from error
+            with self._reading() as repository:
+                return SearchResult(list(repository.find(query)), False)
         return SearchResult(self._batch(query, query.offset, wanted), False)
 
     def _stream(
@@ -113,29 +108,25 @@ class QueryService:
 
     def _batch(self, query: Query, offset: int, size: int) -> list[dict[str, Any]]:
         page = dataclasses.replace(query, limit=size, offset=offset)
-        try:
-            with self.index.unit_of_work() as repository:
-                return list(repository.find(page))
-        except InvalidQueryValue as error:
-            raise InvalidQuery(str(error)) from error
-        except IndexUnavailable as error:
-            raise OutOfResources(str(error)) from error
+        with self._reading() as repository:
+            return list(repository.find(page))
 
     def blob_keys(self, query: Query) -> list[str]:
         """The blob keys of :meth:`instances`, in order: what names their content."""
-        try:
-            with self.index.unit_of_work() as repository:
-                return repository.blob_keys_for(query)
-        except InvalidQueryValue as error:
-            raise InvalidQuery(str(error)) from error
-        except IndexUnavailable as error:
-            raise OutOfResources(str(error)) from error
+        with self._reading() as repository:
+            return repository.blob_keys_for(query)
 
     def instances(self, query: Query) -> list[RetrieveItem]:
         """Every instance under the matched entities, for C-MOVE, C-GET and WADO-RS."""
+        with self._reading() as repository:
+            return repository.instances_for(query)
+
+    @contextmanager
+    def _reading(self) -> Iterator[Repository]:
+        """A read unit of work, its failures told in the services' words."""
         try:
             with self.index.unit_of_work() as repository:
-                return repository.instances_for(query)
+                yield repository
         except InvalidQueryValue as error:
             raise InvalidQuery(str(error)) from error
         except IndexUnavailable as error:

@@ -50,6 +50,7 @@ class StagedBlob:
     sha256: str
     synced: Future[None] | None = None
     content: bytes | None = None  # the bytes, when staging already had them in memory
+    gone: bool = False  # moved into place or removed: nothing left in the temporary area
 
     def open(self) -> BinaryIO:
         return self.path.open("rb")
@@ -143,7 +144,11 @@ class FileStore:
         return self.tmp / f"{uuid.uuid4().hex}.part"
 
     def discard(self, staged: StagedBlob) -> None:
-        staged.path.unlink(missing_ok=True)
+        """Remove what is left of ``staged`` in the temporary area. (An unlink of a name that
+        is not there still takes the folder's lock, which concurrent stores contend for.)"""
+        if not staged.gone:
+            staged.path.unlink(missing_ok=True)
+            staged.gone = True
 
     def sync_in_background(self, staged: StagedBlob) -> None:
         """Start the staged file's fsync now, so it overlaps the caller's parsing."""
@@ -165,6 +170,7 @@ class FileStore:
         else:
             staged.synced.result()
         os.replace(staged.path, target)
+        staged.gone = True
         folder_synced = self._syncer.submit(_fsync_dir, target.parent)
         return CommittedBlob(staged.info, created=True, folder_synced=folder_synced)
 

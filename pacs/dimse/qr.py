@@ -11,6 +11,7 @@ its event model where it is cheap and replace what is not:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -79,10 +80,10 @@ class StorageSCP(StorageServiceClass):
         finally:
             if req._dataset_file:
                 req._dataset_file.close()
-                try:
-                    os.unlink(req._dataset_file.name)
-                except OSError:
-                    pass
+                # the store moved it into place; else it is left over (a failed store)
+                if os.path.lexists(req._dataset_file.name):
+                    with contextlib.suppress(OSError):
+                        os.unlink(req._dataset_file.name)
         if not self.assoc.is_established:
             return
         if isinstance(answer, Dataset):

@@ -8,7 +8,10 @@ psycopg 3 at READ COMMITTED.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,14 +57,17 @@ class Index:
             options["max_overflow"] = 32
             options["pool_pre_ping"] = True
         self.engine: Engine = create_engine(self.url, **options)
+        self._writers: _WriterQueue | None = None
         if self.is_sqlite:
             _configure_sqlite(self.engine, sqlite_synchronous)
+            if self.url.database and self.url.database != ":memory:":
+                self._writers = _WriterQueue(Path(self.url.database + "-writer"))
 
     @contextmanager
     def unit_of_work(self, *, write: bool = False) -> Iterator[Repository]:
         """One transaction: committed when the block ends, rolled back if it raises."""
         try:
-            with self.engine.connect() as connection:
+            with self._writer_turn(write), self.engine.connect() as connection:
                 if write:
                     connection.execution_options(**{_WRITE: True})
                 with connection.begin():
@@ -70,6 +76,14 @@ class Index:
             raise IndexUnavailable(str(exc.orig)) from exc
         except DBAPIError as exc:
             raise IndexDataError(str(exc.orig)) from exc
+
+    @contextmanager
+    def _writer_turn(self, write: bool) -> Iterator[None]:
+        if not write or self._writers is None:
+            yield
+            return
+        with self._writers:
+            yield
 
     def upgrade(self) -> None:
         """Bring the schema to the newest Alembic revision."""
@@ -82,6 +96,42 @@ class Index:
 
     def describe(self) -> str:
         return self.url.render_as_string(hide_password=True)
+
+
+class _WriterQueue:
+    """SQLite has one writer at a time, and a writer that finds the lock taken polls for it
+    with sleeps of 1, 2, 5, 10... ms (its busy handler): under concurrent stores most of the
+    wait is sleep after the lock was already free. Writers of this process queue on a thread
+    lock, and processes on an ``flock`` of a file beside the database, which both wake the
+    next writer the moment the last one commits. The busy timeout stays as the fallback for
+    writers outside this queue (another tool, an older server)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+        self._pid = 0
+
+    def _descriptor(self) -> int:
+        if self._fd is None or self._pid != os.getpid():  # a forked child opens its own
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._pid = os.getpid()
+        return self._fd
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        try:
+            fcntl.flock(self._descriptor(), fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def __exit__(self, *_: object) -> None:
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
 
 
 def _configure_sqlite(engine: Engine, synchronous: str) -> None:

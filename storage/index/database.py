@@ -67,7 +67,7 @@ class Index:
     def unit_of_work(self, *, write: bool = False) -> Iterator[Repository]:
         """One transaction: committed when the block ends, rolled back if it raises."""
         try:
-            with self._writer_turn(write), self.engine.connect() as connection:
+            with self.engine.connect() as connection, self._writer_turn(write):
                 if write:
                     connection.execution_options(**{_WRITE: True})
                 with connection.begin():

@@ -30,6 +30,7 @@ from storage.blobs import FileStore, StagedBlob
 from storage.index import (
     Index,
     IndexDataError,
+    IndexNotDurable,
     IndexUnavailable,
     InstanceRow,
     Repository,
@@ -194,6 +195,10 @@ class IngestService:
                 if self.gate is not None:
                     who = actor(origin.protocol, origin.ae_title, origin.address)
                     state = self.gate.after_store(repo, row, result, who)
+        except OutOfResources as error:
+            if created and not isinstance(error.__cause__, IndexNotDurable):
+                self.blobs.delete(key)  # (a committed row keeps its blob)
+            raise
         except BaseException:
             if created:
                 self.blobs.delete(key)

@@ -1,6 +1,6 @@
 """The index: SQLAlchemy tables over the blob store; the only package that speaks SQL."""
 
-from storage.index.database import Index, IndexDataError, IndexUnavailable
+from storage.index.database import Index, IndexDataError, IndexNotDurable, IndexUnavailable
 from storage.index.models import StudyState
 from storage.index.repository import (
     FiledPatient,
@@ -15,6 +15,7 @@ __all__ = [
     "FiledPatient",
     "Index",
     "IndexDataError",
+    "IndexNotDurable",
     "IndexUnavailable",
     "InstanceRow",
     "Repository",

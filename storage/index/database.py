@@ -32,6 +32,10 @@ class IndexUnavailable(RuntimeError):
     """The database cannot be reached or is locked beyond the busy timeout."""
 
 
+class IndexNotDurable(IndexUnavailable):
+    """The transaction was committed, but the fsync that makes it durable failed."""
+
+
 class IndexDataError(ValueError):
     """The database refused the values (a constraint or a value it cannot hold)."""
 
@@ -58,10 +62,16 @@ class Index:
             options["pool_pre_ping"] = True
         self.engine: Engine = create_engine(self.url, **options)
         self._writers: _WriterQueue | None = None
+        self._log_sync: _LogSync | None = None
         if self.is_sqlite:
+            on_file = bool(self.url.database) and self.url.database != ":memory:"
+            if on_file and sqlite_synchronous == "FULL":
+                # FULL's guarantee, with the log's fsync taken out of the writer lock
+                self._log_sync = _LogSync(Path(f"{self.url.database}-wal"))
+                sqlite_synchronous = "NORMAL"
             _configure_sqlite(self.engine, sqlite_synchronous)
-            if self.url.database and self.url.database != ":memory:":
-                self._writers = _WriterQueue(Path(self.url.database + "-writer"))
+            if on_file:
+                self._writers = _WriterQueue(Path(f"{self.url.database}-writer"))
 
     @contextmanager
     def unit_of_work(self, *, write: bool = False) -> Iterator[Repository]:
@@ -76,6 +86,8 @@ class Index:
             raise IndexUnavailable(str(exc.orig)) from exc
         except DBAPIError as exc:
             raise IndexDataError(str(exc.orig)) from exc
+        if write and self._log_sync is not None:
+            self._log_sync.sync()
 
     @contextmanager
     def _writer_turn(self, write: bool) -> Iterator[None]:
@@ -96,6 +108,62 @@ class Index:
 
     def describe(self) -> str:
         return self.url.render_as_string(hide_password=True)
+
+
+class _LogSync:
+    """Durable commits on SQLite without holding the writer lock through an fsync.
+
+    With ``synchronous=FULL`` SQLite fsyncs its write-ahead log inside every commit, while
+    it holds the database's one writer lock, so concurrent writers queue behind each other's
+    fsync. The index runs SQLite at ``synchronous=NORMAL`` instead (a commit writes the log,
+    without fsync; checkpoints still fsync before the log is reused, and a log cut short by
+    a power loss is recovered to its last whole transaction) and calls :meth:`sync` after the
+    commit, once the lock is released: when it returns, the log up to and including that
+    commit is on disk, which is FULL's guarantee. Concurrent callers share one fsync when it
+    started after their commit."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._state = threading.Condition()
+        self._started = 0
+        self._finished = 0
+        self._error: OSError | None = None
+
+    def sync(self) -> None:
+        with self._state:
+            needed = self._started + 1  # an fsync that starts after this call's commit
+            while self._finished < needed:
+                if self._started == self._finished:  # none running: run it here
+                    self._started += 1
+                    number = self._started
+                    self._state.release()
+                    try:
+                        error = _fdatasync(self._path)
+                    finally:
+                        self._state.acquire()
+                    self._finished, self._error = number, error
+                    self._state.notify_all()
+                else:
+                    self._state.wait()
+            if self._error is not None and self._finished == needed:
+                raise IndexNotDurable(f"fsync of the write-ahead log failed: {self._error}")
+
+
+def _fdatasync(path: Path) -> OSError | None:
+    """fdatasync ``path``; a log that is gone was checkpointed (with an fsync) and removed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        return error
+    try:
+        os.fdatasync(fd)
+    except OSError as error:
+        return error
+    finally:
+        os.close(fd)
+    return None
 
 
 class _WriterQueue:

@@ -1,27 +1,34 @@
 """File-backed blob store: durable, atomic puts under content-derived paths.
 
 A blob's key is the SHA-256 of its bytes, and its path is ``objects/ab/<sha256>``: never a
-UID or any other string a peer sent. The 256 fan-out folders are made up front, so a put costs
-two fsyncs (file, folder), not four. A put is staged in ``tmp/`` (same file system), then made
-durable by :meth:`FileStore.commit`: fsync the file, rename it into place, fsync the directory.
-Only then may the caller commit the index; if that fails the caller deletes the blob.
+UID or any other string a peer sent. A put is staged in ``tmp/`` (same file system), then
+placed by :meth:`FileStore.place`: renamed into its content address, and made durable by a
+sync of the store's file system (``syncfs``) that started after the rename. Concurrent puts
+share that sync: one device flush makes all of them durable, where a file fsync and a folder
+fsync per put cost two each. Only once it is durable may the caller commit the index; if that
+fails the caller deletes the blob.
+
+Because a blob reaches its name before it is durable, a name left by a crash may hold less than
+its content: an existing blob is therefore trusted only when its bytes hash to its name, and
+replaced otherwise.
 
 The store knows nothing of DICOM.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import os
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 _CHUNK = 1 << 20
 IN_MEMORY_UP_TO = 16 << 20  # bytes: smaller staged blobs are parsed from memory
@@ -48,7 +55,6 @@ class StagedBlob:
     path: Path
     size: int
     sha256: str
-    synced: Future[None] | None = None
     content: bytes | None = None  # the bytes, when staging already had them in memory
     gone: bool = False  # moved into place or removed: nothing left in the temporary area
 
@@ -73,12 +79,11 @@ class StagedBlob:
 class CommittedBlob:
     info: BlobInfo
     created: bool
-    folder_synced: Future[None] | None
+    durable: Callable[[], None]
 
     def wait_durable(self) -> None:
-        """Returns once the rename is on disk (the folder's fsync finished)."""
-        if self.folder_synced is not None:
-            self.folder_synced.result()
+        """Returns once the blob is on disk (raises the sync's OSError if it failed)."""
+        self.durable()
 
 
 class FileStore:
@@ -90,8 +95,7 @@ class FileStore:
         self.tmp = root / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
         self._tmp_resolved = self.tmp.resolve()
-        # fsync releases the GIL: run it beside the parsing and indexing of the same store.
-        self._syncer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
+        self._sync = FileSystemSync(root)
         for prefix in range(256):
             (self.objects / f"{prefix:02x}").mkdir(parents=True, exist_ok=True)
 
@@ -150,29 +154,32 @@ class FileStore:
             staged.path.unlink(missing_ok=True)
             staged.gone = True
 
-    def sync_in_background(self, staged: StagedBlob) -> None:
-        """Start the staged file's fsync now, so it overlaps the caller's parsing."""
-        staged.synced = self._syncer.submit(_fsync_file, staged.path)
-
-    def commit(self, staged: StagedBlob) -> CommittedBlob:
-        """Make a staged blob addressable: fsync it, rename it into place; the folder's fsync
-        runs in the background until :meth:`CommittedBlob.wait_durable`.
+    def place(self, staged: StagedBlob) -> CommittedBlob:
+        """Make a staged blob addressable: rename it into place, and start the sync that
+        makes it durable (:meth:`CommittedBlob.wait_durable` waits for it), so that the
+        caller's own work overlaps it.
 
         ``created`` tells whether this call created the blob: one with the same content may be
-        there already (the same instance stored before), then the staged copy is dropped.
+        there already (the same instance stored before), then the staged copy is dropped. A
+        file at that name whose bytes do not hash to it (left half-written by a crash) is
+        replaced, and not counted as created: a row may already name it.
         """
         target = self._path(staged.sha256)
+        created = True
         if target.exists():
-            self.discard(staged)
-            return CommittedBlob(staged.info, created=False, folder_synced=None)
-        if staged.synced is None:
-            _fsync_file(staged.path)
-        else:
-            staged.synced.result()
+            if _hash_file(target) == (staged.sha256, staged.size):
+                self.discard(staged)
+                return CommittedBlob(staged.info, created=False, durable=self._sync.request())
+            created = False
         os.replace(staged.path, target)
         staged.gone = True
-        folder_synced = self._syncer.submit(_fsync_dir, target.parent)
-        return CommittedBlob(staged.info, created=True, folder_synced=folder_synced)
+        return CommittedBlob(staged.info, created=created, durable=self._sync.request())
+
+    def commit(self, staged: StagedBlob) -> CommittedBlob:
+        """:meth:`place`, returning once the blob is durable."""
+        committed = self.place(staged)
+        committed.wait_durable()
+        return committed
 
     # -- committed blobs -----------------------------------------------------------------
     def open(self, key: str) -> BinaryIO:
@@ -256,15 +263,85 @@ def _hash_file(path: Path) -> tuple[str, int]:
         return digest.hexdigest(), source.tell()
 
 
-def _fsync_file(path: Path) -> None:
+class FileSystemSync:
+    """Makes everything written under ``root`` before :meth:`request` durable, shared by
+    concurrent callers: syncs run in a background thread (started at the first request), the
+    next one as soon as the last ends if anybody asked meanwhile. Each is a ``syncfs`` of
+    ``root``'s file system (Linux), else a ``sync`` of all of them."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._fd: int | None = None
+        lock = threading.Lock()
+        self._state = threading.Condition(lock)  # a sync finished (callers wait on it)
+        self._work = threading.Condition(lock)  # a sync is wanted (the thread waits on it)
+        self._wanted = 0  # the number of the sync the latest request needs
+        self._started = 0
+        self._finished = 0
+        self._errors: dict[int, OSError] = {}
+        self._thread: threading.Thread | None = None
+
+    def request(self) -> Callable[[], None]:
+        """Ask for a sync; the returned callable waits for it (and raises its OSError)."""
+        with self._state:
+            needed = self._started + 1  # a sync that starts after this call
+            self._wanted = max(self._wanted, needed)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="blob-sync", daemon=True)
+                self._thread.start()
+            self._work.notify()
+        return lambda: self._wait(needed)
+
+    def _wait(self, needed: int) -> None:
+        with self._state:
+            while self._finished < needed:
+                self._state.wait()
+            error = next((e for n, e in self._errors.items() if n >= needed), None)
+        if error is not None:
+            raise error
+
+    def _run(self) -> None:
+        while True:
+            with self._state:
+                while self._wanted <= self._started:
+                    self._work.wait()
+                self._started += 1
+                number = self._started
+            error = self._sync()
+            with self._state:
+                self._finished = number
+                self._errors = {n: e for n, e in self._errors.items() if n > number - 64}
+                if error is not None:
+                    self._errors[number] = error
+                self._state.notify_all()
+
+    def _sync(self) -> OSError | None:
+        try:
+            if _SYNCFS is None:
+                os.sync()
+                return None
+            if self._fd is None:
+                self._fd = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            if _SYNCFS(self._fd) != 0:
+                number = ctypes.get_errno()
+                return OSError(number, f"syncfs: {os.strerror(number)}")
+        except OSError as error:
+            return error
+        return None
+
+
+def _libc_syncfs() -> Callable[[int], int] | None:
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return  # discarded meanwhile: nothing to make durable
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.syncfs
+    except (OSError, AttributeError):  # not Linux: os.sync() instead
+        return None
+    function.argtypes = [ctypes.c_int]
+    function.restype = ctypes.c_int
+    return cast(Callable[[int], int], function)
+
+
+_SYNCFS = _libc_syncfs()
 
 
 def _fsync_dir(path: Path) -> None:

@@ -1,9 +1,11 @@
 """Ingest: the one path by which an instance enters the archive (C-STORE, STOW-RS, import).
 
 Order of a store (PS3.4 B.2.3 semantics, durability from the design):
-stage the bytes → read and check the header → make the blob durable → upsert the index in one
-transaction → report success. If the index transaction fails the new blob is deleted, so no
-file without a row and no row without a file is left behind.
+stage the bytes → place the blob at its content address and start its sync to disk → read
+and check the header meanwhile → wait until the blob is durable → upsert the index in one
+transaction, durable when it returns → report success. If the header or the index
+transaction fails the new blob is deleted, so no file without a row and no row without a file
+is left behind (a crash mid-store can leave an unreferenced blob: ``pacs check --repair``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pacs.services.errors import (
 from pacs.services.instance_reader import Header, read_header
 from pacs.services.workflow import QaGate, actor
 from storage.attributes import extract, request_attributes
-from storage.blobs import FileStore, StagedBlob
+from storage.blobs import CommittedBlob, FileStore, StagedBlob
 from storage.index import (
     Index,
     IndexDataError,
@@ -138,10 +140,15 @@ class IngestService:
     ) -> StoreOutcome:
         """Store one instance; raises a :mod:`pacs.services.errors` error if it cannot."""
         staged = _guard_space(lambda: incoming.stage(self.blobs))
+        committed: CommittedBlob | None = None
         try:
             self._check_reserve()
-            self.blobs.sync_in_background(staged)
-            header = read_header(staged.header_stream(), staged.size)
+            stream = staged.header_stream()
+            # Placed first, so that its sync to disk runs while the header is read and checked.
+            # No look-up first: an identical re-send finds its blob in place (content address)
+            # and the index keeps the first copy; a differing re-send's blob is deleted below.
+            committed = _guard_space(lambda: self.blobs.place(staged))
+            header = read_header(stream, staged.size)
             if expected is not None:
                 _check_expected(header, expected)
             row = InstanceRow(
@@ -151,14 +158,14 @@ class IngestService:
                 blob=staged.info,
                 source_ae=origin.ae_title,
             )
-            # No look-up first: an identical re-send finds its blob in place (content address)
-            # and the index keeps the first copy; a differing re-send's blob is deleted below.
-            committed = _guard_space(lambda: self.blobs.commit(staged))
-            outcome = self._index(header, row, committed.created, origin)
-            _guard_space(committed.wait_durable)
-            return outcome
+            _durable(committed)  # the blob is on disk before its row
+        except BaseException:
+            if committed is not None and committed.created:
+                self.blobs.delete(committed.info.key)
+            raise
         finally:
             self.blobs.discard(staged)
+        return self._index(header, row, committed.created, origin)
 
     def check_room(self, size: int) -> None:
         """Refuse ``size`` bytes that would bring the store's disk below its reserve
@@ -268,6 +275,14 @@ def _check_expected(header: Header, expected: Expected) -> None:
 
 
 T = TypeVar("T")
+
+
+def _durable(committed: CommittedBlob) -> None:
+    """Wait until the blob is on disk; a failed sync refuses the store (0xA700)."""
+    try:
+        _guard_space(committed.wait_durable)
+    except OSError as exc:
+        raise OutOfResources(f"the file could not be made durable: {exc.strerror or exc}") from exc
 
 
 def _guard_space(action: Callable[[], T]) -> T:

@@ -169,3 +169,54 @@ def test_a_failed_index_commit_removes_the_new_file(tmp_path: Path, index: Index
 
     assert len(list(service.blobs.keys())) == 1  # only the first, committed one
     assert list(service.blobs.tmp.iterdir()) == []
+
+
+def test_the_blob_is_on_disk_before_its_row_is_committed(
+    tmp_path: Path, index: Index, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from storage import blobs
+
+    events: list[str] = []
+    real_syncfs = blobs._SYNCFS
+
+    def syncfs(fd: int) -> int:
+        events.append("sync")
+        return real_syncfs(fd) if real_syncfs is not None else 0
+
+    real_unit_of_work = index.unit_of_work
+
+    def unit_of_work(*, write: bool = False, **kwargs: object) -> object:
+        if write:
+            events.append("index")
+        return real_unit_of_work(write=write, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(blobs, "_SYNCFS", syncfs)
+    monkeypatch.setattr(index, "unit_of_work", unit_of_work)
+    service = _service(tmp_path, index)
+
+    service.store(Incoming.data(f.to_part10_bytes(f.ct_instance())), ORIGIN)
+
+    assert events == ["sync", "index"]
+
+
+def test_a_blob_that_cannot_be_made_durable_is_refused_and_removed(
+    tmp_path: Path, index: Index, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ctypes
+    import errno
+
+    from storage import blobs
+
+    def failing_syncfs(fd: int) -> int:
+        ctypes.set_errno(errno.EIO)
+        return -1
+
+    monkeypatch.setattr(blobs, "_SYNCFS", failing_syncfs)
+    service = _service(tmp_path, index)
+
+    with pytest.raises(OutOfResources, match="could not be made durable"):
+        service.store(Incoming.data(f.to_part10_bytes(f.ct_instance())), ORIGIN)
+
+    assert _rows(index)[Level.IMAGE] == 0
+    assert list(service.blobs.keys()) == []
+    assert list(service.blobs.tmp.iterdir()) == []

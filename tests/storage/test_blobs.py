@@ -59,7 +59,6 @@ def test_stage_file_moves_only_from_its_own_tmp(tmp_path: Path) -> None:
 
     copied = store.stage_file(outside, move=True)
     moved = store.stage_file(inside, move=True)
-    store.sync_in_background(moved)
     store.commit(copied)
     store.commit(moved)
 
@@ -88,3 +87,67 @@ def test_sweep_removes_partial_files(tmp_path: Path) -> None:
 
     assert store.sweep_tmp() == 2
     assert list(store.tmp.iterdir()) == []
+
+
+def test_a_blob_left_half_written_under_its_name_is_replaced(tmp_path: Path) -> None:
+    """A blob reaches its name before it is synced, so a crash can leave a name holding less
+    than its content; the next put of that content must not trust it."""
+    store = FileStore(tmp_path)
+    data = b"DICM" * 1000
+    key = hashlib.sha256(data).hexdigest()
+    torn = tmp_path / "objects" / key[:2] / key
+    torn.write_bytes(data[:100])
+
+    placed = store.commit(store.stage_bytes(data))
+
+    assert placed.info.key == key
+    assert not placed.created  # a row may name it already: never deleted as "new"
+    assert torn.read_bytes() == data
+    assert list(store.tmp.iterdir()) == []
+
+
+def test_concurrent_puts_share_file_system_syncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from storage import blobs
+
+    calls: list[int] = []
+    first = threading.Event()
+    release = threading.Event()
+
+    def slow_syncfs(fd: int) -> int:
+        calls.append(fd)
+        first.set()
+        release.wait(10)
+        return 0
+
+    monkeypatch.setattr(blobs, "_SYNCFS", slow_syncfs)
+    store = FileStore(tmp_path)
+    leader = store.place(store.stage_bytes(b"first"))
+    assert first.wait(10)
+    others = [store.place(store.stage_bytes(b"other %d" % i)) for i in range(8)]
+    release.set()
+    for placed in [leader, *others]:
+        placed.wait_durable()
+    assert len(calls) == 2  # the leader's, then one started after the eight were placed
+
+
+def test_a_failed_sync_is_raised_to_every_put_it_covers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ctypes
+    import errno
+
+    from storage import blobs
+
+    def failing_syncfs(fd: int) -> int:
+        ctypes.set_errno(errno.EIO)
+        return -1
+
+    monkeypatch.setattr(blobs, "_SYNCFS", failing_syncfs)
+    store = FileStore(tmp_path)
+    placed = store.place(store.stage_bytes(b"lost?"))
+    with pytest.raises(OSError, match="syncfs"):
+        placed.wait_durable()

@@ -11,7 +11,7 @@ matching attributes of PS3.18 Table 10.6.1-5. Computed keys (ModalitiesInStudy, 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -210,19 +210,26 @@ def column_value(attribute: Attribute, value: Any) -> Any:
     return converted
 
 
-def extract(dataset: Dataset) -> dict[Level, dict[str, Any]]:
+def extract(
+    dataset: Dataset, elements: Mapping[int, Any] | None = None
+) -> dict[Level, dict[str, Any]]:
     """Index values per level from a dataset (text decoded by SpecificCharacterSet).
 
     Absent and empty attributes become ``None``. PN attributes also fill their normalised
     column (case- and accent-insensitive match form). Values still raw (as read) in a single
     byte or UTF-8 character set are decoded here directly, which is several times cheaper than
-    pydicom's conversion; anything else is left to pydicom.
+    pydicom's conversion; anything else is left to pydicom. ``elements``: the dataset's own
+    elements by tag, when the caller has them (it spares pydicom's tag conversions).
     """
     codec = _simple_codec(dataset)
     values: dict[Level, dict[str, Any]] = {level: {} for level in Level}
     for attribute, tag in _TAGGED:
         # by tag, not keyword: this runs for every received instance
-        value = _value(dataset, attribute, tag, codec) if tag in dataset else None
+        if elements is not None:
+            raw = elements.get(tag)
+            value = None if raw is None else _value(dataset, attribute, tag, codec, raw)
+        else:
+            value = _value(dataset, attribute, tag, codec) if tag in dataset else None
         row = values[attribute.level]
         row[attribute.column] = value
         if attribute.normalized:
@@ -270,8 +277,11 @@ def _simple_codec(dataset: Dataset) -> str | None:
     return _CODECS.get(text)
 
 
-def _value(dataset: Dataset, attribute: Attribute, tag: int, codec: str | None) -> Any:
-    raw = dataset.get_item(tag, keep_deferred=True)
+def _value(
+    dataset: Dataset, attribute: Attribute, tag: int, codec: str | None, raw: Any = None
+) -> Any:
+    if raw is None:
+        raw = dataset.get_item(tag, keep_deferred=True)
     if (
         codec is not None
         and isinstance(raw, RawDataElement)

@@ -28,6 +28,7 @@ _LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
 _TAG = struct.Struct("<HH")
+_EXPLICIT = struct.Struct("<HH2sH")  # group, element, VR, 2-byte length
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 
@@ -47,8 +48,19 @@ def walk(
     found: dict[BaseTag, DataElement | RawDataElement] = {}
     end = len(data)
     position = start
+    explicit = _EXPLICIT.unpack_from
     while position < end:
-        tag, vr, length, value_at = _header(data, position, end, implicit)
+        # the common case inline (an explicit VR element with a 2-byte length): one unpack
+        if not implicit and position + 12 <= end:
+            group, element, vr, length = explicit(data, position)
+            if group == 0xFFFE or vr in _LONG_VRS:
+                tag, vr, length, value_at = _header(data, position, end, implicit)
+            elif 65 <= vr[0] <= 90 and 65 <= vr[1] <= 90:
+                tag, value_at = group << 16 | element, position + 8
+            else:
+                raise Malformed(f"no VR at byte {position + 4} (found {vr!r})")
+        else:
+            tag, vr, length, value_at = _header(data, position, end, implicit)
         if length == _UNDEFINED:
             value_end, after = _skip_undefined(data, value_at, end, implicit)
         else:

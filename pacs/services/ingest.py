@@ -152,7 +152,7 @@ class IngestService:
             if expected is not None:
                 _check_expected(header, expected)
             row = InstanceRow(
-                values=extract(header.dataset),
+                values=extract(header.dataset, header.elements),
                 request_attributes=request_attributes(header.dataset),
                 transfer_syntax_uid=header.transfer_syntax_uid,
                 blob=staged.info,

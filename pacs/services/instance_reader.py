@@ -10,16 +10,18 @@ then check that every top-level value lies inside the file.
 from __future__ import annotations
 
 import io
+import re
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import RE_VALID_UID, UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pacs.services import element_walk
 from pacs.services.errors import InvalidInstance, MissingAttribute, NotDicom
@@ -28,6 +30,11 @@ from storage.attributes import INDEXED_TAGS
 _UNDEFINED = 0xFFFFFFFF
 _DEFER = 2048  # bytes: values larger than this are skipped, not read
 _REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+_REQUIRED_UID_TAGS = (
+    ("SOPClassUID", 0x00080016), ("SOPInstanceUID", 0x00080018),
+    ("StudyInstanceUID", 0x0020000D), ("SeriesInstanceUID", 0x0020000E),
+)
+_VALID_UID = re.compile(RE_VALID_UID)
 _TRANSFER_SYNTAX = 0x00020010
 _SPECIFIC_CHARACTER_SET = 0x00080005
 WANTED_TAGS = frozenset({_SPECIFIC_CHARACTER_SET, *INDEXED_TAGS})
@@ -41,6 +48,7 @@ class Header:
     sop_instance_uid: str
     study_instance_uid: str
     series_instance_uid: str
+    elements: Mapping[Any, object] | None = None  # the dataset's elements by tag, if read here
 
 
 def read_header(source: BinaryIO, size: int) -> Header:
@@ -85,10 +93,11 @@ def _read_fast(data: memoryview) -> Header | None:
     dataset = Dataset(elements)
     dataset.set_original_encoding(implicit, True, None)
     try:
-        uids = {keyword: _uid(dataset, keyword) for keyword in _REQUIRED_UIDS}
+        uids = {keyword: _raw_uid(elements, tag, keyword) or _uid(dataset, keyword)
+                for keyword, tag in _REQUIRED_UID_TAGS}
     except (ValueError, TypeError, KeyError) as exc:
         raise InvalidInstance(f"corrupt dataset: {exc}") from exc
-    return _header(dataset, transfer_syntax, uids)
+    return _header(dataset, transfer_syntax, uids, elements)
 
 
 def _file_meta(data: memoryview) -> tuple[int, str] | None:
@@ -146,9 +155,13 @@ def _read_with_pydicom(source: BinaryIO, size: int) -> Header:
     return _header(dataset, transfer_syntax, uids)
 
 
-def _header(dataset: Dataset, transfer_syntax: str, uids: dict[str, str]) -> Header:
+def _header(
+    dataset: Dataset, transfer_syntax: str, uids: dict[str, str],
+    elements: Mapping[Any, object] | None = None,
+) -> Header:
     return Header(
         dataset=dataset,
+        elements=elements,
         transfer_syntax_uid=transfer_syntax,
         sop_class_uid=uids["SOPClassUID"],
         sop_instance_uid=uids["SOPInstanceUID"],
@@ -172,6 +185,23 @@ def _check_complete(dataset: Dataset, size: int) -> None:
                 f"truncated dataset: element ({element.tag.group:04X},{element.tag.element:04X})"
                 f" needs {element.length} bytes, the data ends first"
             )
+
+
+def _raw_uid(elements: Mapping[BaseTag, object], tag: int, keyword: str) -> str | None:
+    """The UID of ``tag`` straight from its raw bytes (several times cheaper than pydicom's
+    conversion); None when the element is not raw bytes (then :func:`_uid` decides)."""
+    raw = elements.get(tag)  # type: ignore[call-overload]
+    if raw is None:
+        raise MissingAttribute(f"{keyword} is missing")
+    value = getattr(raw, "value", None)
+    if not isinstance(value, bytes):
+        return None
+    uid = value.decode("ascii", "replace").strip(" \x00")
+    if not uid:
+        raise MissingAttribute(f"{keyword} is missing")
+    if len(uid) > 64 or not _VALID_UID.match(uid):
+        raise MissingAttribute(f"{keyword} {uid!r} is not a valid UID")
+    return uid
 
 
 def _uid(dataset: Dataset, keyword: str) -> str:

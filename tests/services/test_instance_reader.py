@@ -58,6 +58,11 @@ def test_fast_path_extracts_what_pydicom_extracts(tmp_path: Path) -> None:
         assert fast.transfer_syntax_uid == slow.transfer_syntax_uid, name
         assert extract(fast.dataset) == extract(slow.dataset), name
         assert extract(fast.dataset) == extract_converted(slow.dataset), name
+        assert fast.elements is not None
+        assert extract(fast.dataset, fast.elements) == extract_converted(slow.dataset), name
+        assert (fast.sop_class_uid, fast.sop_instance_uid, fast.study_instance_uid,
+                fast.series_instance_uid) == (slow.sop_class_uid, slow.sop_instance_uid,
+                                              slow.study_instance_uid, slow.series_instance_uid)
         assert request_attributes(fast.dataset) == request_attributes(slow.dataset), name
     assert compared >= 15
 

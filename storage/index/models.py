@@ -86,11 +86,18 @@ def _columns(
     attributes: tuple[Attribute, ...],
     *,
     skip: frozenset[str] = frozenset(),
+    unindexed: frozenset[str] = frozenset(),
 ) -> list[Column[object] | Index]:
-    """A column per attribute (indexed unless long text), plus its match-form column."""
+    """A column per attribute (indexed unless long text or ``unindexed``), plus its
+    match-form column."""
     columns: list[Column[object] | Index] = []
     for attribute in attributes:
         if attribute.column in skip:
+            continue
+        if attribute.column in unindexed:
+            columns.append(Column(attribute.column, _type(attribute)))
+            if attribute.normalized:
+                columns.append(Column(attribute.normalized, _type(attribute)))
             continue
         pattern = attribute.vr in _PATTERN_VRS
         indexed = attribute.vr not in {"LT", "UT"} and not pattern
@@ -158,13 +165,26 @@ request_attribute = Table(
     *_columns("request_attribute", REQUEST_ATTRIBUTES),
 )
 
+# Image-level attributes are matched within a series (C-FIND below SERIES level names its
+# series, as do a viewer's QIDO-RS queries): one index leads with the series and carries them
+# all, so such a match reads only that index, and a store updates one index, not nine.
+INSTANCE_UNINDEXED = frozenset(
+    {"instance_number", "content_date", "content_time", "acquisition_date_time",
+     "number_of_frames", "rows", "columns", "bits_allocated"}
+)
+INSTANCE_SERIES_KEYS = (
+    "series_fk", "instance_number", "content_date", "content_time", "acquisition_date_time",
+    "acquisition_date_time_utc", "number_of_frames", "rows", "columns", "bits_allocated",
+)
+
 instance = Table(
     "instance",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("series_fk", ForeignKey("series.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("series_fk", ForeignKey("series.id", ondelete="CASCADE"), nullable=False),
     Column("sop_instance_uid", String(64), nullable=False, unique=True),
-    *_columns("instance", BY_LEVEL[Level.IMAGE], skip=_KEYS),
+    *_columns("instance", BY_LEVEL[Level.IMAGE], skip=_KEYS, unindexed=INSTANCE_UNINDEXED),
+    Index("ix_instance_series_keys", *INSTANCE_SERIES_KEYS),
     Column("transfer_syntax_uid", String(64), nullable=False),
     Column("blob_key", String(64), nullable=False, index=True),
     Column("blob_size", BigInteger, nullable=False),

@@ -73,7 +73,8 @@ class ReceiveFiles:
             path = self._stock.popleft()
         except IndexError:
             path = self._create()  # stock ran out: create on the spot
-        self._wanted.set()
+        if len(self._stock) <= self.ready // 2:  # refill in bursts: fewer wake-ups
+            self._wanted.set()
         try:
             opened = ReceiveFile(path)
         except FileNotFoundError:  # swept meanwhile (shutdown, restart)

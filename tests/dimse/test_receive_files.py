@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from io import BytesIO
 from pathlib import Path
 
@@ -51,3 +52,19 @@ def test_receive_files_hash_what_they_write(tmp_path: Path) -> None:
     content = Path(handle.name).read_bytes()
     assert written == (hashlib.sha256(content).hexdigest(), len(content))
     assert files.written(Path(handle.name)) is None  # handed out once
+
+
+def test_the_stock_is_refilled_in_bursts_not_after_every_file(tmp_path: Path) -> None:
+    from tests.support.wait import until
+
+    files = ReceiveFiles(tmp_path, ready=8)
+    try:
+        until("a full stock", lambda: len(files._stock) == 8)
+        files().close()  # 7 left: above half, the maker is not woken
+        time.sleep(0.3)  # (it would have made one within microseconds)
+        assert len(files._stock) == 7
+        for _ in range(3):
+            files().close()  # 4 left: half, so it refills
+        until("the stock refilled", lambda: len(files._stock) == 8)
+    finally:
+        files.stop()

@@ -22,13 +22,14 @@ import hashlib
 import io
 import os
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
+
+from storage.sync import SharedSync
 
 _CHUNK = 1 << 20
 IN_MEMORY_UP_TO = 16 << 20  # bytes: smaller staged blobs are parsed from memory
@@ -95,7 +96,7 @@ class FileStore:
         self.tmp = root / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
         self._tmp_resolved = self.tmp.resolve()
-        self._sync = FileSystemSync(root)
+        self._sync = SharedSync(_FileSystem(root).sync, name="blob-sync")
         for prefix in range(256):
             (self.objects / f"{prefix:02x}").mkdir(parents=True, exist_ok=True)
 
@@ -263,59 +264,14 @@ def _hash_file(path: Path) -> tuple[str, int]:
         return digest.hexdigest(), source.tell()
 
 
-class FileSystemSync:
-    """Makes everything written under ``root`` before :meth:`request` durable, shared by
-    concurrent callers: syncs run in a background thread (started at the first request), the
-    next one as soon as the last ends if anybody asked meanwhile. Each is a ``syncfs`` of
-    ``root``'s file system (Linux), else a ``sync`` of all of them."""
+class _FileSystem:
+    """Syncs the file system of ``root``: ``syncfs`` (Linux), else a ``sync`` of all of them."""
 
     def __init__(self, root: Path) -> None:
         self._root = root
         self._fd: int | None = None
-        lock = threading.Lock()
-        self._state = threading.Condition(lock)  # a sync finished (callers wait on it)
-        self._work = threading.Condition(lock)  # a sync is wanted (the thread waits on it)
-        self._wanted = 0  # the number of the sync the latest request needs
-        self._started = 0
-        self._finished = 0
-        self._errors: dict[int, OSError] = {}
-        self._thread: threading.Thread | None = None
 
-    def request(self) -> Callable[[], None]:
-        """Ask for a sync; the returned callable waits for it (and raises its OSError)."""
-        with self._state:
-            needed = self._started + 1  # a sync that starts after this call
-            self._wanted = max(self._wanted, needed)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="blob-sync", daemon=True)
-                self._thread.start()
-            self._work.notify()
-        return lambda: self._wait(needed)
-
-    def _wait(self, needed: int) -> None:
-        with self._state:
-            while self._finished < needed:
-                self._state.wait()
-            error = next((e for n, e in self._errors.items() if n >= needed), None)
-        if error is not None:
-            raise error
-
-    def _run(self) -> None:
-        while True:
-            with self._state:
-                while self._wanted <= self._started:
-                    self._work.wait()
-                self._started += 1
-                number = self._started
-            error = self._sync()
-            with self._state:
-                self._finished = number
-                self._errors = {n: e for n, e in self._errors.items() if n > number - 64}
-                if error is not None:
-                    self._errors[number] = error
-                self._state.notify_all()
-
-    def _sync(self) -> OSError | None:
+    def sync(self) -> OSError | None:
         try:
             if _SYNCFS is None:
                 os.sync()

@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from storage.index.repository import Repository
+from storage.sync import SharedSync
 
 _WRITE = "pacs_write"
 BUSY_TIMEOUT_MS = 60_000
@@ -62,12 +63,13 @@ class Index:
             options["pool_pre_ping"] = True
         self.engine: Engine = create_engine(self.url, **options)
         self._writers: _WriterQueue | None = None
-        self._log_sync: _LogSync | None = None
+        self._log_sync: SharedSync | None = None
         if self.is_sqlite:
             on_file = bool(self.url.database) and self.url.database != ":memory:"
             if on_file and sqlite_synchronous == "FULL":
                 # FULL's guarantee, with the log's fsync taken out of the writer lock
-                self._log_sync = _LogSync(Path(f"{self.url.database}-wal"))
+                log = Path(f"{self.url.database}-wal")
+                self._log_sync = SharedSync(lambda: _fdatasync(log), name="index-log-sync")
                 sqlite_synchronous = "NORMAL"
             _configure_sqlite(self.engine, sqlite_synchronous)
             if on_file:
@@ -87,7 +89,24 @@ class Index:
         except DBAPIError as exc:
             raise IndexDataError(str(exc.orig)) from exc
         if write and self._log_sync is not None:
-            self._log_sync.sync()
+            self._sync_log()
+
+    def _sync_log(self) -> None:
+        """Durable commits on SQLite without holding the writer lock through an fsync.
+
+        With ``synchronous=FULL`` SQLite fsyncs its write-ahead log inside every commit, while
+        it holds the database's one writer lock, so concurrent writers queue behind each
+        other's fsync. The index runs SQLite at ``synchronous=NORMAL`` instead (a commit writes
+        the log without fsync; checkpoints still fsync before the log is reused, and a log cut
+        short by a power loss is recovered to its last whole transaction) and syncs the log
+        after the commit, once the lock is released: when this returns, the log up to and
+        including that commit is on disk, which is FULL's guarantee. Concurrent commits share
+        one fsync when it started after theirs."""
+        assert self._log_sync is not None
+        try:
+            self._log_sync.wait()
+        except OSError as error:
+            raise IndexNotDurable(f"fsync of the write-ahead log failed: {error}") from error
 
     @contextmanager
     def _writer_turn(self, write: bool) -> Iterator[None]:
@@ -108,45 +127,6 @@ class Index:
 
     def describe(self) -> str:
         return self.url.render_as_string(hide_password=True)
-
-
-class _LogSync:
-    """Durable commits on SQLite without holding the writer lock through an fsync.
-
-    With ``synchronous=FULL`` SQLite fsyncs its write-ahead log inside every commit, while
-    it holds the database's one writer lock, so concurrent writers queue behind each other's
-    fsync. The index runs SQLite at ``synchronous=NORMAL`` instead (a commit writes the log,
-    without fsync; checkpoints still fsync before the log is reused, and a log cut short by
-    a power loss is recovered to its last whole transaction) and calls :meth:`sync` after the
-    commit, once the lock is released: when it returns, the log up to and including that
-    commit is on disk, which is FULL's guarantee. Concurrent callers share one fsync when it
-    started after their commit."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._state = threading.Condition()
-        self._started = 0
-        self._finished = 0
-        self._error: OSError | None = None
-
-    def sync(self) -> None:
-        with self._state:
-            needed = self._started + 1  # an fsync that starts after this call's commit
-            while self._finished < needed:
-                if self._started == self._finished:  # none running: run it here
-                    self._started += 1
-                    number = self._started
-                    self._state.release()
-                    try:
-                        error = _fdatasync(self._path)
-                    finally:
-                        self._state.acquire()
-                    self._finished, self._error = number, error
-                    self._state.notify_all()
-                else:
-                    self._state.wait()
-            if self._error is not None and self._finished == needed:
-                raise IndexNotDurable(f"fsync of the write-ahead log failed: {self._error}")
 
 
 def _fdatasync(path: Path) -> OSError | None:

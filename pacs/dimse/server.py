@@ -62,6 +62,8 @@ class DimseServer:
         """Listen on ``host:port`` (handing connections to ``dispatcher`` when given), or, with
         ``listen=False`` (a worker process), only serve connections passed to :meth:`adopt`."""
         self._receive_files = tuning.enable_chunked_receive(self.receive_folder)
+        tuning.skip_unheard_log_handlers()
+        tuning.enable_lean_store_requests()
         self.handlers.receive_files = self._receive_files
         install_service_classes(self.query_retrieve)
         server_class = _ListeningServer if listen else _AdoptingServer

@@ -27,6 +27,10 @@
    per idle association and starves concurrent ones; ours sleeps in ``select`` on the socket
    and a wake-up pipe written by ``send_pdu`` (:class:`_DulClock`), so it wakes for data either
    way and idles for free.
+11. ``DIMSEMessage.decode_msg``: a received C-STORE-RQ's command set is read by
+   ``decoding.py`` instead of pydicom (:func:`enable_lean_store_requests`); the loop is
+   pynetdicom 3.0's otherwise. Only while pynetdicom's standard log handlers are off: they
+   look a message's class up exactly.
 5. ``pynetdicom.association.uid_to_service_class``: the one place an association picks the
    service class of a request; C-MOVE and C-GET get ours (``retrieve.py``), which sends from
    files instead of re-encoding decoded datasets.
@@ -72,6 +76,89 @@ def enable_chunked_receive(folder: Path | None = None) -> Any:
     setattr(dimse_messages, "create_file_meta", file_meta)  # noqa: B010
     setattr(dimse_messages, "write_file_meta_info", write_file_meta)  # noqa: B010
     return files
+
+
+def skip_unheard_log_handlers() -> None:
+    """pynetdicom binds handlers that format every PDU and DIMSE message into its INFO and
+    DEBUG lines; when its logger drops those lines anyway, it binds none (``LOG_HANDLER_LEVEL``,
+    a public setting). Call after logging is configured."""
+    if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+        _config.LOG_HANDLER_LEVEL = "none"
+
+
+def enable_lean_store_requests() -> None:
+    """Received C-STORE-RQ command sets are decoded by ``decoding.py`` (see 11. above)."""
+    from pynetdicom.dimse_messages import DIMSEMessage
+
+    global _PYNETDICOM_DECODE_MSG
+    if DIMSEMessage.decode_msg is not _decode_msg:
+        _PYNETDICOM_DECODE_MSG = DIMSEMessage.decode_msg
+        DIMSEMessage.decode_msg = _decode_msg  # type: ignore[method-assign]
+
+
+_PYNETDICOM_DECODE_MSG: Any = None  # pynetdicom's, once replaced (for the tests)
+
+
+def _decode_msg(self: Any, primitive: Any, assoc: Any = None) -> bool:
+    """pynetdicom 3.0's ``DIMSEMessage.decode_msg`` with a lean C-STORE-RQ command set."""
+    from pynetdicom import dimse_messages
+    from pynetdicom.dsutils import decode
+    from pynetdicom.pdu_primitives import P_DATA
+
+    from pacs.dimse import decoding
+
+    if primitive is None or primitive.__class__ != P_DATA:
+        return False
+    for context_id, data in primitive.presentation_data_value_list:
+        control = data[0]
+        if not control & 1:  # a data set fragment
+            if self._data_set_file:
+                self._data_set_file.write(data[1:])
+                self._data_set_file.file.flush()
+            else:
+                self.data_set.write(data[1:])
+            if control & 2:
+                return True
+            continue
+        self.encoded_command_set.write(data[1:])
+        if not control & 2:
+            continue
+        self.context_id = context_id
+        raw = self.encoded_command_set.getvalue()
+        elements = decoding.store_request(raw) if _config.LOG_HANDLER_LEVEL == "none" else None
+        if elements is not None:
+            self.__class__ = decoding.ReceivedStoreRequest
+            self._elements, self._raw = elements, raw
+            if not decoding.has_data_set(elements):
+                return True
+            sop_class = decoding.text(elements[0x0002])
+            sop_instance = decoding.text(elements[0x1000])
+        else:
+            self.command_set = decode(self.encoded_command_set, True, True)
+            self.__class__ = dimse_messages._MESSAGE_TYPES[self.command_set.CommandField][1]
+            if self.command_set.CommandDataSetType == 0x0101:
+                return True
+            if not (_config.STORE_RECV_CHUNKED_DATASET
+                    and isinstance(self, dimse_messages.C_STORE_RQ)):
+                continue
+            sop_class = self.command_set.AffectedSOPClassUID
+            sop_instance = self.command_set.AffectedSOPInstanceUID
+        if _config.STORE_RECV_CHUNKED_DATASET:
+            # looked up in pynetdicom's module each time: receive_files.py replaces them (9.)
+            make_file: Any = getattr(dimse_messages, "NamedTemporaryFile")  # noqa: B009
+            make_meta: Any = getattr(dimse_messages, "create_file_meta")  # noqa: B009
+            write_meta: Any = getattr(dimse_messages, "write_file_meta_info")  # noqa: B009
+            handle = make_file(delete=False, mode="wb", suffix=".dcm")
+            self._data_set_file = handle
+            self._data_set_path = Path(handle.name)
+            handle.write(b"\x00" * 128)
+            handle.write(b"DICM")
+            context = assoc._accepted_cx[context_id]
+            write_meta(handle, make_meta(
+                sop_class_uid=sop_class, sop_instance_uid=sop_instance,
+                transfer_syntax=context.transfer_syntax[0],
+            ))
+    return False
 
 
 def enable_chunked_send() -> None:

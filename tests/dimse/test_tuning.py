@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from pathlib import Path
 
 import pynetdicom
+import pytest
 from pynetdicom import _config, association
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
@@ -43,6 +45,31 @@ def test_pynetdicom_internals_we_tune_still_exist() -> None:
     theirs = set(Association._run_reactor.__code__.co_names)
     ours = set(tuning._acceptor_reactor.__code__.co_names) - {"_wait_for_message", "log"}
     assert ours <= theirs | {"error"}, ours - theirs
+    # our decode_msg is pynetdicom's loop with a lean C-STORE-RQ branch (tuning 11.)
+    original = tuning._PYNETDICOM_DECODE_MSG or DIMSEMessage.decode_msg
+    theirs = set(original.__code__.co_names)
+    lean = {"LOG_HANDLER_LEVEL", "ReceivedStoreRequest", "_elements", "_raw", "decoding",
+            "dimse_messages", "getattr", "getvalue", "has_data_set", "pacs.dimse", "pynetdicom",
+            "pynetdicom.dsutils", "pynetdicom.pdu_primitives", "store_request", "text"}
+    assert set(tuning._decode_msg.__code__.co_names) - lean <= theirs
+    assert hasattr(_config, "LOG_HANDLER_LEVEL")
+
+
+def test_standard_log_handlers_only_when_their_lines_are_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "standard")
+    logger = logging.getLogger("pynetdicom")
+    level = logger.level
+    try:
+        logger.setLevel(logging.DEBUG)
+        tuning.skip_unheard_log_handlers()
+        assert _config.LOG_HANDLER_LEVEL == "standard"
+        logger.setLevel(logging.WARNING)
+        tuning.skip_unheard_log_handlers()
+        assert _config.LOG_HANDLER_LEVEL == "none"
+    finally:
+        logger.setLevel(level)
 
 
 def test_service_classes_are_ours_once_installed() -> None:

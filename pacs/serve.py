@@ -6,25 +6,22 @@ Nothing else reads settings or the environment, and nothing is built at import t
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
-import multiprocessing
-import multiprocessing.process
+import os
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from multiprocessing.synchronize import Event as EventType
-from types import FrameType
+from typing import TYPE_CHECKING
 
 import pydicom
-import uvicorn
 
-from dicomweb.app import create_app
-from dicomweb.context import Web, WebOptions
-from dicomweb.wado_services import wado_services
 from pacs.dimse.handoff import Dispatcher, channel_pair, receive_forever
 from pacs.dimse.sender import StudySender
 from pacs.dimse.server import DimseServer
@@ -38,6 +35,9 @@ from pacs.services.workflow import QaGate, RouteRule, WorkflowService
 from pacs.settings import QaMode, Settings
 from storage.blobs import FileStore
 from storage.index import Index
+
+if TYPE_CHECKING:
+    from dicomweb.context import Web
 
 log = logging.getLogger("pacs")
 
@@ -144,6 +144,9 @@ def _dimse_server(settings: Settings, services: Services) -> DimseServer:
 
 
 def _web(settings: Settings, services: Services) -> Web:
+    from dicomweb.context import Web, WebOptions
+    from dicomweb.wado_services import wado_services
+
     origins, methods = settings.effective_cors
     return Web(
         query=services.query,
@@ -184,6 +187,13 @@ def _background(settings: Settings, services: Services) -> list[Worker]:
 def serve(settings: Settings) -> int:
     """Run the DIMSE listener and the HTTP server in this process until SIGINT/SIGTERM, with
     ``dimse_processes - 1`` worker processes serving a share of the associations."""
+    # The web stack is imported here, not with this module: the DIMSE worker processes
+    # import this module and never serve HTTP (about 18 MB less each).
+    import uvicorn
+
+    from dicomweb.app import create_app
+    from dicomweb.server import HttpServer
+
     configure_logging(settings.log_level)
     with open_services(settings) as services:
         swept = services.blobs.sweep_tmp()
@@ -205,7 +215,7 @@ def serve(settings: Settings) -> int:
             access_log=False,
             lifespan="on",
         )
-        http = _Server(config, started=http_started)
+        http = HttpServer(config, started=http_started)
         background = _background(settings, services)
         try:
             workers.start()
@@ -240,41 +250,46 @@ def serve(settings: Settings) -> int:
 
 
 class _Workers:
-    """The DIMSE worker processes: started before listening, stopped after."""
+    """The DIMSE worker processes: started before listening, stopped after.
+
+    Each is a plain ``python`` child (not ``multiprocessing``, whose spawn start also runs a
+    resource-tracker process of about 13 MB) with one end of a Unix socket pair: it receives
+    its settings and then the connections to serve over it, says when it is ready, and ends
+    when the listening process closes its end, or dies."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.count = settings.effective_dimse_processes - 1
-        self._context = multiprocessing.get_context("spawn")
-        self._processes: list[multiprocessing.process.BaseProcess] = []
+        self._processes: list[subprocess.Popen[bytes]] = []
         self._channels: list[socket.socket] = []
-        self._ready: list[EventType] = []
-        self._stop = self._context.Event()
 
-    def start(self) -> None:
+    def start(self, timeout: float = 120.0) -> None:
+        environment = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        settings = json.dumps(self.settings.model_dump(mode="json")).encode()
         for number in range(self.count):
             mine, theirs = channel_pair()
-            ready = self._context.Event()
-            process = self._context.Process(
-                target=run_dimse_worker,
-                args=(self.settings.model_dump(mode="json"), theirs, ready, self._stop),
-                name=f"pacs-dimse-{number + 1}",
-                daemon=True,
+            process = subprocess.Popen(
+                [sys.executable, "-c", _WORKER_MAIN, str(theirs.fileno()), str(number + 1)],
+                pass_fds=[theirs.fileno()], env=environment, stdin=subprocess.DEVNULL,
             )
-            process.start()
             theirs.close()
             self._processes.append(process)
             self._channels.append(mine)
-            self._ready.append(ready)
-        for event, worker in zip(self._ready, self._processes, strict=True):
-            while not event.wait(0.1):
-                if not worker.is_alive():
-                    raise RuntimeError(f"DIMSE worker {worker.name} exited at start")
+            mine.sendall(settings)
+        for channel, process in zip(self._channels, self._processes, strict=True):
+            channel.settimeout(timeout)
+            try:
+                answer = channel.recv(64)
+            except TimeoutError:
+                answer = b""
+            channel.settimeout(None)
+            if answer != _READY:
+                raise RuntimeError(
+                    f"DIMSE worker (pid {process.pid}) did not start: exit code {process.poll()}"
+                )
 
     def ready(self) -> bool:
-        return all(event.is_set() for event in self._ready) and all(
-            process.is_alive() for process in self._processes
-        )
+        return all(process.poll() is None for process in self._processes)
 
     def dispatcher(self) -> Dispatcher | None:
         return Dispatcher(self._channels) if self._channels else None
@@ -282,74 +297,50 @@ class _Workers:
     def stop(self, timeout: float = 60.0) -> None:
         for channel in self._channels:
             channel.close()
-        self._stop.set()
         for process in self._processes:
-            process.join(timeout)
-            if process.is_alive():
-                log.warning("DIMSE worker %s did not stop in %.0f s", process.name, timeout)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("DIMSE worker (pid %d) did not stop in %.0f s", process.pid, timeout)
                 process.kill()
-                process.join()
+                process.wait()
 
 
-def run_dimse_worker(
-    settings_values: dict[str, object], channel: socket.socket, ready: EventType, stop: EventType
-) -> None:
-    """A DIMSE worker process: serves the associations the listening process hands over."""
-    settings = Settings.model_validate(settings_values)
+_READY = b"ready"
+_MAX_SETTINGS = 1 << 20
+_WORKER_MAIN = "import sys; from pacs.serve import worker_main; sys.exit(worker_main(sys.argv[1:]))"
+
+
+def worker_main(argv: list[str]) -> int:
+    """Entry of a DIMSE worker process: ``argv`` is the channel's descriptor and a number."""
+    channel = socket.socket(fileno=int(argv[0]))
+    threading.current_thread().name = f"pacs-dimse-{argv[1]}"
+    settings = Settings.model_validate(json.loads(channel.recv(_MAX_SETTINGS)))
+    run_dimse_worker(settings, channel)
+    return 0
+
+
+def run_dimse_worker(settings: Settings, channel: socket.socket) -> None:
+    """A DIMSE worker process: serves the associations the listening process hands over
+    until it closes the channel."""
     configure_logging(settings.log_level)
     # The listening process decides when to stop (SIGINT reaches the whole process group);
-    # a SIGTERM of our own only raises a flag: the handler runs on the main thread, which may
-    # be inside ``stop.wait`` holding that event's lock.
-    terminated = threading.Event()
+    # a SIGTERM of our own only raises a flag, checked by the main thread.
+    stop = threading.Event()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda _sig, _frame: terminated.set())
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: stop.set())
     with open_services(settings, upgrade=False) as services:
         dimse = _dimse_server(settings, services)
         dimse.start(listen=False)
+
         def receive() -> None:
             receive_forever(channel, dimse.adopt)
             stop.set()  # the listening process closed the channel, or died
 
         receiver = threading.Thread(target=receive, name="dimse-handoff", daemon=True)
         receiver.start()
-        ready.set()
-        while not (stop.wait(0.2) or terminated.is_set()):
+        channel.sendall(_READY)
+        while not stop.wait(0.2):
             pass
         channel.close()
         dimse.stop()
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server, telling when it listens; SIGINT/SIGTERM end it gracefully."""
-
-    def __init__(self, config: uvicorn.Config, *, started: threading.Event) -> None:
-        super().__init__(config)
-        self._started_event = started
-        self.failed = False
-
-    async def startup(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
-        await super().startup(sockets=sockets)  # type: ignore[arg-type]
-        if self.should_exit:
-            self.failed = True
-        else:
-            self._started_event.set()
-
-    @contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        """SIGINT/SIGTERM begin a graceful shutdown; unlike uvicorn's own, the signal is not
-        raised again afterwards: ``serve`` still has to stop DIMSE, then exits 0."""
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _EXIT_SIGNALS}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        log.info("received %s", signal.Signals(sig).name)
-        if self.should_exit and sig == signal.SIGINT:
-            self.force_exit = True
-        self.should_exit = True
-
-
-_EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)

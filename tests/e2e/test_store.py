@@ -146,7 +146,11 @@ def test_associations_are_spread_over_the_dimse_processes(
     running = PacsServer(data_dir=tmp_path / "data", database_url=sqlite_url,
                          extra_args=["--dimse-processes", "2"]).start()
     try:
-        assert len(running.children()) >= 1
+        # the one worker, and no other process (such as multiprocessing's resource tracker)
+        workers = running.children()
+        assert len(workers) == 1
+        command = Path(f"/proc/{workers[0]}/cmdline").read_bytes().split(b"\0")
+        assert b"worker_main" in command[2]
         for n in range(4):  # one association each, in turn
             path = f.write_part10(f.ct_instance(PatientID=f"RR-{n}"), tmp_path / f"{n}.dcm")
             assert dcmtk.storescu(running.dimse_port, [path], workdir=tmp_path).returncode == 0

@@ -10,8 +10,10 @@ works meanwhile); :meth:`SharedSync.wait` runs it on the caller's thread when no
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from collections.abc import Callable
+from typing import cast
 
 _KEPT_ERRORS = 64  # a waiter never needs a sync more than this many behind the newest
 
@@ -92,3 +94,26 @@ class SharedSync:
             self._errors[number] = error
         self._done.notify_all()
         self._work.notify()  # requests made meanwhile: the thread starts the next one
+
+
+def start_writeback(fd: int, offset: int, count: int) -> None:
+    """Start writing ``count`` bytes of the file ``fd`` from ``offset`` to disk, without
+    waiting for them (Linux ``sync_file_range(SYNC_FILE_RANGE_WRITE)``): the sync that makes
+    the file durable later has that much less to write. Does nothing where the call is missing;
+    an error is left to that sync, which reports it."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, offset, count, _SYNC_FILE_RANGE_WRITE)
+
+
+def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):  # not Linux
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], function)
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+_SYNC_FILE_RANGE = _libc_sync_file_range()

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import time
 from io import BytesIO
 from pathlib import Path
 
 import pydicom
+import pytest
 from pydicom.filewriter import write_file_meta_info
 from pynetdicom.dsutils import create_file_meta
 
+from pacs.dimse import receive_files
 from pacs.dimse.receive_files import ReceiveFiles, file_meta, write_file_meta
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -68,3 +71,41 @@ def test_the_stock_is_refilled_in_bursts_not_after_every_file(tmp_path: Path) ->
         until("the stock refilled", lambda: len(files._stock) == 8)
     finally:
         files.stop()
+
+
+def test_a_large_data_set_is_sent_to_disk_as_it_arrives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every 256 kB written, the pages written since the last time are handed to the kernel's
+    writeback (not waited for), from the file itself: the later sync finds them written."""
+    started: list[tuple[int, int, bytes]] = []
+
+    def start_writeback(fd: int, offset: int, count: int) -> None:
+        on_disk = os.pread(fd, count, offset)
+        started.append((offset, count, on_disk))
+
+    monkeypatch.setattr(receive_files, "start_writeback", start_writeback)
+    files = ReceiveFiles(tmp_path, ready=2)
+    handle = files(delete=False, mode="wb", suffix=".dcm")
+    chunks = [bytes([n]) * 16_372 for n in range(40)]  # 40 PDUs of a 0.65 MB data set
+    for chunk in chunks:
+        handle.write(chunk)
+    handle.close()
+    data = b"".join(chunks)
+    assert [(offset, count) for offset, count, _ in started] == [(0, 17 * 16_372),
+                                                                 (17 * 16_372, 17 * 16_372)]
+    assert all(on_disk == data[offset:offset + count] for offset, count, on_disk in started)
+    assert Path(handle.name).read_bytes() == data
+
+
+def test_a_small_data_set_is_left_to_the_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[int] = []
+    monkeypatch.setattr(receive_files, "start_writeback",
+                        lambda fd, offset, count: started.append(count))
+    files = ReceiveFiles(tmp_path, ready=2)
+    handle = files(delete=False, mode="wb", suffix=".dcm")
+    handle.write(b"x" * 200_000)
+    handle.close()
+    assert started == []

@@ -32,7 +32,7 @@ lint: $(STAMP)
 ## then the query/retrieve benchmark (C-FIND at 10k and 100k instances, C-MOVE, C-GET);
 ## BENCH_QUERY_ARGS=--orthanc adds Orthanc to the latter (filling it takes minutes)
 bench: $(STAMP) dcmtk
-	$(PY) -m bench.ingest --rss-run 10000 $(BENCH_ARGS)
+	$(PY) -m bench.ingest --repeat 3 --rss-run 10000 $(BENCH_ARGS)
 	$(PY) -m bench.query $(BENCH_QUERY_ARGS)
 	$(PY) -m bench.dicomweb $(BENCH_DICOMWEB_ARGS)
 

@@ -22,11 +22,12 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import decode
 
+from pacs.dimse.encoding import NO_DATA_SET
+
 _HEAD = struct.Struct("<HHI")
 _US = struct.Struct("<H")
 
 C_STORE_RQ_FIELD = 0x0001
-NO_DATA_SET = 0x0101
 
 # element number (group 0000) → VR, for every element a C-STORE-RQ may carry (PS3.7 E.1-1)
 _ELEMENTS = {

@@ -105,7 +105,7 @@ def _decode_msg(self: Any, primitive: Any, assoc: Any = None) -> bool:
     from pynetdicom.dsutils import decode
     from pynetdicom.pdu_primitives import P_DATA
 
-    from pacs.dimse import decoding
+    from pacs.dimse import decoding, encoding
 
     if primitive is None or primitive.__class__ != P_DATA:
         return False
@@ -136,7 +136,7 @@ def _decode_msg(self: Any, primitive: Any, assoc: Any = None) -> bool:
         else:
             self.command_set = decode(self.encoded_command_set, True, True)
             self.__class__ = dimse_messages._MESSAGE_TYPES[self.command_set.CommandField][1]
-            if self.command_set.CommandDataSetType == 0x0101:
+            if self.command_set.CommandDataSetType == encoding.NO_DATA_SET:
                 return True
             if not (_config.STORE_RECV_CHUNKED_DATASET
                     and isinstance(self, dimse_messages.C_STORE_RQ)):

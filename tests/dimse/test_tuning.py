@@ -49,8 +49,9 @@ def test_pynetdicom_internals_we_tune_still_exist() -> None:
     original = tuning._PYNETDICOM_DECODE_MSG or DIMSEMessage.decode_msg
     theirs = set(original.__code__.co_names)
     lean = {"LOG_HANDLER_LEVEL", "ReceivedStoreRequest", "_elements", "_raw", "decoding",
-            "dimse_messages", "getattr", "getvalue", "has_data_set", "pacs.dimse", "pynetdicom",
-            "pynetdicom.dsutils", "pynetdicom.pdu_primitives", "store_request", "text"}
+            "dimse_messages", "encoding", "NO_DATA_SET", "getattr", "getvalue", "has_data_set",
+            "pacs.dimse", "pynetdicom", "pynetdicom.dsutils", "pynetdicom.pdu_primitives",
+            "store_request", "text"}
     assert set(tuning._decode_msg.__code__.co_names) - lean <= theirs
     assert hasattr(_config, "LOG_HANDLER_LEVEL")
 

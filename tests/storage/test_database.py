@@ -7,6 +7,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,18 @@ from sqlalchemy import text
 from storage.index import Index, database
 
 
-def test_a_sqlite_writer_waits_for_the_writer_lock_of_another_process(tmp_path: Path) -> None:
-    index = Index(f"sqlite:///{tmp_path / 'index.db'}")
-    index.upgrade()
+@pytest.fixture
+def index(tmp_path: Path) -> Iterator[Index]:
+    """An upgraded SQLite index at ``tmp_path / "index.db"``, disposed afterwards."""
+    built = Index(f"sqlite:///{tmp_path / 'index.db'}")
+    built.upgrade()
+    yield built
+    built.dispose()
+
+
+def test_a_sqlite_writer_waits_for_the_writer_lock_of_another_process(
+    tmp_path: Path, index: Index
+) -> None:
     lock_file = tmp_path / "index.db-writer"
     # another open file description: flock conflicts as it would with another process
     held = os.open(lock_file, os.O_RDWR | os.O_CREAT)
@@ -42,12 +52,9 @@ def test_a_sqlite_writer_waits_for_the_writer_lock_of_another_process(tmp_path: 
     assert committed.is_set()
     with index.unit_of_work() as repo:
         assert repo.connection.execute(text("SELECT count(*) FROM probe")).scalar() == 0
-    index.dispose()
 
 
-def test_writers_of_one_index_take_turns(tmp_path: Path) -> None:
-    index = Index(f"sqlite:///{tmp_path / 'index.db'}")
-    index.upgrade()
+def test_writers_of_one_index_take_turns(index: Index) -> None:
     with index.unit_of_work(write=True) as repo:
         repo.connection.execute(text("CREATE TABLE counter (n INTEGER)"))
         repo.connection.execute(text("INSERT INTO counter VALUES (0)"))
@@ -65,16 +72,13 @@ def test_writers_of_one_index_take_turns(tmp_path: Path) -> None:
         thread.join(60)
     with index.unit_of_work() as repo:
         assert repo.connection.execute(text("SELECT n FROM counter")).scalar() == 200
-    index.dispose()
 
 
 def test_a_sqlite_commit_is_synced_after_the_writer_lock_is_released(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, index: Index, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """synchronous=FULL's guarantee (the log fsynced before the write returns), without the
     fsync inside the writer lock: SQLite runs at NORMAL and the index syncs the log itself."""
-    index = Index(f"sqlite:///{tmp_path / 'index.db'}")
-    index.upgrade()
     lock_file = tmp_path / "index.db-writer"
     seen: list[tuple[Path, bool, int]] = []
     real = database._fdatasync
@@ -105,14 +109,11 @@ def test_a_sqlite_commit_is_synced_after_the_writer_lock_is_released(
     with index.unit_of_work() as repo:  # a read syncs nothing
         repo.connection.execute(text("SELECT count(*) FROM probe"))
     assert len(seen) == 1
-    index.dispose()
 
 
 def test_concurrent_commits_share_a_log_sync(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    index: Index, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    index = Index(f"sqlite:///{tmp_path / 'index.db'}")
-    index.upgrade()
     with index.unit_of_work(write=True) as repo:
         repo.connection.execute(text("CREATE TABLE probe (x INTEGER)"))
     syncs: list[Path] = []
@@ -147,19 +148,16 @@ def test_concurrent_commits_share_a_log_sync(
     for thread in [leader, *others]:
         thread.join(10)
     assert len(syncs) == 2  # the leader's, then one for the six that committed during it
-    index.dispose()
 
 
 def test_a_failed_log_sync_is_reported_and_the_blob_of_a_committed_row_kept(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, index: Index, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from pacs.services.errors import OutOfResources
     from pacs.services.ingest import Incoming, IngestService, Origin
     from storage.blobs import FileStore
     from tests.factories.datasets import ct_instance, to_part10_bytes
 
-    index = Index(f"sqlite:///{tmp_path / 'index.db'}")
-    index.upgrade()
     blobs = FileStore(tmp_path / "data")
     ingest = IngestService(blobs=blobs, index=index)
     monkeypatch.setattr(database, "_fdatasync", lambda path: OSError(5, "Input/output error"))
@@ -171,4 +169,3 @@ def test_a_failed_log_sync_is_reported_and_the_blob_of_a_committed_row_kept(
         keys = [row[0] for row in repo.connection.execute(text("SELECT blob_key FROM instance"))]
     assert len(keys) == 1
     assert blobs.exists(keys[0])  # ... so its file stays
-    index.dispose()

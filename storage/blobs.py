@@ -27,9 +27,9 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO
 
-from storage.sync import SharedSync
+from storage.sync import SharedSync, libc_function
 
 _CHUNK = 1 << 20
 IN_MEMORY_UP_TO = 16 << 20  # bytes: smaller staged blobs are parsed from memory
@@ -286,18 +286,7 @@ class _FileSystem:
         return None
 
 
-def _libc_syncfs() -> Callable[[int], int] | None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        function = libc.syncfs
-    except (OSError, AttributeError):  # not Linux: os.sync() instead
-        return None
-    function.argtypes = [ctypes.c_int]
-    function.restype = ctypes.c_int
-    return cast(Callable[[int], int], function)
-
-
-_SYNCFS = _libc_syncfs()
+_SYNCFS = libc_function("syncfs", [ctypes.c_int])  # None: os.sync() instead
 
 
 def _fsync_dir(path: Path) -> None:

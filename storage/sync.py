@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 import threading
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 _KEPT_ERRORS = 64  # a waiter never needs a sync more than this many behind the newest
 
@@ -105,15 +105,19 @@ def start_writeback(fd: int, offset: int, count: int) -> None:
         _SYNC_FILE_RANGE(fd, offset, count, _SYNC_FILE_RANGE_WRITE)
 
 
-def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+def libc_function(name: str, argtypes: list[Any]) -> Callable[..., int] | None:
+    """The C library's ``name`` (returning an int, errno kept for ``ctypes.get_errno``), or
+    None where there is no such call (not Linux)."""
     try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):  # not Linux
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)
+    except (OSError, AttributeError):
         return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.argtypes = argtypes
     function.restype = ctypes.c_int
-    return cast(Callable[[int, int, int, int], int], function)
+    return cast(Callable[..., int], function)
 
 
 _SYNC_FILE_RANGE_WRITE = 2
-_SYNC_FILE_RANGE = _libc_sync_file_range()
+_SYNC_FILE_RANGE = libc_function(
+    "sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+)

@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 from enum import Enum, auto
 
 MAX_HEADER_BYTES = 16 * 1024  # one part's header block; a longer one is not a DICOMweb part
+# RFC 2046 5.1.1 allows 70 characters, but real senders exceed it (Orthanc's DICOMweb plugin
+# sends "<uuid>-<uuid>", 73): accept any length up to this, which still bounds what the reader
+# holds back (one delimiter) and what each search scans for.
+MAX_BOUNDARY_CHARS = 1000
 _CRLF = b"\r\n"
 _PADDING = b" \t"
 
@@ -121,8 +125,10 @@ class MultipartReader:
     """Splits a multipart body fed in chunks into parts. Not thread-safe; one per body."""
 
     def __init__(self, boundary: str) -> None:
-        if not 1 <= len(boundary) <= 70:  # RFC 2046 5.1.1
-            raise MalformedMultipart("the boundary must be 1 to 70 characters long")
+        if not 1 <= len(boundary) <= MAX_BOUNDARY_CHARS:
+            raise MalformedMultipart(
+                f"the boundary must be 1 to {MAX_BOUNDARY_CHARS} characters long"
+            )
         try:
             # The body starts as if after a CRLF, so a delimiter at its very start is found
             # by the same search as every later one.
@@ -137,6 +143,12 @@ class MultipartReader:
     def parts(self) -> int:
         """How many parts have begun so far."""
         return self._parts
+
+    @property
+    def held_back(self) -> int:
+        """Bytes kept between calls to :meth:`feed`, waiting for more input: at most one
+        delimiter line or one header block, however long the body or its parts."""
+        return len(self._buffer)
 
     @property
     def complete(self) -> bool:

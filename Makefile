@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: run test lint bench dcmtk browser clean
+.PHONY: run test lint bench dcmtk browser orthanc ohif clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/pacs serve $(ARGS)
 
-## test: lint, then the whole suite against real DCMTK peers (PostgreSQL too when
-## PACS_TEST_DATABASE_URL is set, as .ci/run does)
-test: $(STAMP) dcmtk browser lint
+## test: lint, then the whole suite against real DCMTK peers, Orthanc and OHIF (PostgreSQL too
+## when PACS_TEST_DATABASE_URL is set, as .ci/run does)
+test: $(STAMP) dcmtk browser orthanc ohif lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## lint: ruff, mypy --strict, import-linter layer contracts
@@ -50,6 +50,25 @@ browser:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else echo "chromium is missing: install the 'chromium' package (apt-get install chromium)"; exit 1; fi; }
+
+## orthanc: Debian's Orthanc and its DICOMweb plugin, a STOW-RS client the tests push into pacs
+## with (apt-get when missing and root). The tests start their own Orthanc on free loopback
+## ports with a config in a temp dir, never the Debian service; without root they are skipped.
+orthanc:
+	@dpkg -s orthanc orthanc-dicomweb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb; \
+	  else echo "orthanc, orthanc-dicomweb are missing (apt-get install orthanc orthanc-dicomweb): the Orthanc test will be skipped"; fi; }
+
+## ohif: the OHIF viewer as published on npm (@ohif/app, the version pinned in
+## tests/support/ohif.py): `npm pack` once, its dist/ unpacked into .cache/ohif/; nodejs and
+## npm from Debian when missing (apt-get, root). Without npm the OHIF test is skipped.
+ohif: $(STAMP)
+	@command -v npm >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; \
+	  else echo "npm is missing (apt-get install nodejs npm): the OHIF test will be skipped"; fi; }
+	@if command -v npm >/dev/null 2>&1; then $(PY) -m tests.support.ohif; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

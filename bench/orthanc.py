@@ -31,6 +31,7 @@ from typing import IO, Any
 
 LOOPBACK = "127.0.0.1"
 ORTHANC_PATHS = ("/usr/sbin/Orthanc", "/usr/bin/Orthanc")
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
 
@@ -211,6 +212,18 @@ def ensure_orthanc(log: Any = print) -> str | None:
     return find_orthanc()
 
 
+def find_dicomweb_plugin() -> str | None:
+    """Path of Debian's DICOMweb plugin (package ``orthanc-dicomweb``), or None."""
+    if os.path.isfile(DICOMWEB_PLUGIN):
+        return DICOMWEB_PLUGIN
+    try:
+        listed = subprocess.run(["dpkg", "-L", "orthanc-dicomweb"], capture_output=True,
+                                text=True, check=False, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return next((p for p in listed.split() if p.endswith("libOrthancDicomWeb.so")), None)
+
+
 def orthanc_config(
     work: Path, http_port: int, dicom_port: int, aet: str, calling_aet: str
 ) -> dict[str, Any]:
@@ -254,6 +267,7 @@ class Orthanc:
     http_port: int = field(default_factory=free_port)
     dicom_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    extra_config: dict[str, Any] = field(default_factory=dict)  # merged over orthanc_config()
 
     @property
     def url(self) -> str:
@@ -264,7 +278,7 @@ class Orthanc:
         self.work.mkdir(parents=True, exist_ok=True)
         config = orthanc_config(
             self.work, self.http_port, self.dicom_port, self.aet, self.calling_aet
-        )
+        ) | self.extra_config
         config_path = self.work / "orthanc.json"
         config_path.write_text(json.dumps(config, indent=2))
         self.proc = start_process(

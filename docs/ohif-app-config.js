@@ -1,6 +1,11 @@
-// OHIF v3 configuration for pacs (docs/ohif.md)
+// OHIF v3 configuration for pacs (docs/ohif.md). Tested with @ohif/app 3.13.2 from npm.
+// Replace http://127.0.0.1:8042 with pacs's address as the browser reaches it.
 window.config = {
   routerBasename: '/',
+  // OHIF 3.13 iterates both lists at start ("appConfig.extensions is not iterable" without
+  // them); empty means the extensions and modes built into the dist, nothing added.
+  extensions: [],
+  modes: [],
   showStudyList: true,
   dataSources: [
     {
@@ -22,9 +27,10 @@ window.config = {
         omitQuotationForMultipartRequest: true,
         staticWado: false,
         dicomUploadEnabled: true,
+        // The reject button: POST {wadoRoot}/studies/{study}/reject/113001^DCM (IOCM).
+        supportsReject: true,
       },
     },
   ],
   defaultDataSourceName: 'pacs',
 };
-

@@ -27,7 +27,8 @@ window.config = {
         omitQuotationForMultipartRequest: true,
         staticWado: false,
         dicomUploadEnabled: true,
-        // The reject button: POST {wadoRoot}/studies/{study}/reject/113001^DCM (IOCM).
+        // dataSource.reject.series: POST {wadoRoot}/studies/{s}/series/{se}/reject/113001^DCM
+        // (IOCM), for the extensions and modes that offer rejection.
         supportsReject: true,
       },
     },

@@ -169,10 +169,13 @@ def _disc(canvas: Locator, name: str, unlike: Disc | None = None) -> Disc | None
     (ARTIFACTS / f"ohif-{name}-slice.png").write_bytes(png)
     grey = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
     body = np.count_nonzero((grey > 80) & (grey < 180))  # soft tissue at W400/L40: mid grey
-    ys, xs = np.nonzero(grey > 240)  # bone: white
+    # bone: white, in the band through the image's middle where the disc travels (OHIF's
+    # tour tooltip and notices, light text on dark, sit at the top and the bottom)
+    top = grey.shape[0] * 2 // 5
+    ys, xs = np.nonzero(grey[top:grey.shape[0] * 3 // 5] > 240)
     if body < grey.size // 10 or xs.size < 500:
         return None
-    disc = Disc(float(xs.mean()), float(ys.mean()))
+    disc = Disc(float(xs.mean()), float(ys.mean()) + top)
     if unlike is not None and abs(disc.x - unlike.x) < 2:
         return None
     return disc

@@ -20,7 +20,7 @@ and the audit of refused requests.
   tells the audit of 413 answers (STOW-RS bodies over the limit).
 - :class:`RefusalAudit`: refused requests (403, 413, and 408 / 431 / 503 from
   :mod:`dicomweb.server`) as ``http-refused`` audit events, written by one background
-  thread, at most one row per client address and outcome per second.
+  thread, at most one row per client address, outcome and path per second.
 """
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ class RefusalAudit:
     """Writes refused requests to the audit trail (``action="http-refused"``,
     ``outcome="403 cross-site"`` and the like), bounded: callers only queue (never block,
     never fail; beyond ``max_pending`` queued, a refusal is only counted), and one thread
-    writes at most one row per client address and outcome per ``window`` seconds, with the
-    ``count`` of refusals it stands for, and at most ``max_rows`` rows per window. A failing
+    writes at most one row per client address, outcome and path per ``window`` seconds, with
+    the ``count`` of refusals it stands for, and at most ``max_rows`` rows per window. A failing
     index costs a log line, never an answer."""
 
     def __init__(self, record: Callable[..., None], *, window: float = 1.0,
@@ -135,11 +135,11 @@ class RefusalAudit:
             first = self._queue.get()
             if first is None:
                 break
-            groups: dict[tuple[str | None, int, str], tuple[Refusal, int]] = {}
+            groups: dict[tuple[str | None, int, str, str | None], tuple[Refusal, int]] = {}
             item: Refusal | None = first
             ends = time.monotonic() + self._window
             while item is not None:
-                key = (item.client, item.status, item.reason)
+                key = (item.client, item.status, item.reason, item.path)
                 seen, count = groups.get(key, (item, 0))
                 groups[key] = (seen, count + 1)
                 left = ends - time.monotonic()

@@ -66,7 +66,9 @@ def _audit(server: PacsServer) -> list[dict[str, Any]]:
     return found
 
 
-def test_request_headers_over_64_kib_answer_431_and_close_and_fewer_are_served(server: PacsServer) -> None:
+def test_request_headers_over_64_kib_answer_431_and_close_and_fewer_are_served(
+    server: PacsServer,
+) -> None:
     with closing(_connect(server)) as sock:
         sock.sendall(_request(b"X-Filler: " + b"a" * (70 * 1024) + b"\r\n"))
         answer = _read_to_eof(sock)

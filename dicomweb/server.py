@@ -156,12 +156,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._awaiting_headers = True  # what comes next is the next request's head
         self._header_bytes = 0
+        if self.cycle.response_complete and not self.transport.is_closing():
+            self._arm_header_timer()  # answered before its body ended (a 413, say)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         # Idle again (uvicorn armed its keep-alive timer, which the next byte cancels):
         # the next request's headers have the same time as the first one's.
-        if self.timeout_keep_alive_task is not None:
+        if self._awaiting_headers and self.timeout_keep_alive_task is not None:
             self._arm_header_timer()
 
     def _arm_header_timer(self) -> None:

@@ -130,6 +130,13 @@ def test_a_slowloris_connection_is_closed_on_a_timer(server: PacsServer) -> None
     with closing(_connect(server)) as idle:  # connected, nothing sent: closed, no answer
         assert _closed_by_server(idle) == b""
 
+    # After a first request on a kept-alive connection, the next one's headers are timed too.
+    with closing(_connect(server)) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /health HTTP/1.1\r\n")
+        answer = _closed_by_server(sock, trickle=b"X-Slow: abcdefgh\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert b"HTTP/1.1 408 " in answer
+
 
 def test_many_slow_and_idle_connections_do_not_stop_others(server: PacsServer) -> None:
     """From another address: PER_HOST connections are held until their timer, the rest get

@@ -2,6 +2,8 @@
 
 Routes: ``/health``; DICOMweb (PS3.18) under ``/dicom-web``: QIDO-RS (:mod:`dicomweb.qido`),
 WADO-RS (:mod:`dicomweb.wado`), STOW-RS (:mod:`dicomweb.stow`); WADO-URI at ``/wado``.
+Around them (:mod:`dicomweb.security`): security headers, the cross-site guard of
+state-changing requests, CORS on DICOMweb for configured origins only.
 """
 
 from __future__ import annotations
@@ -10,11 +12,11 @@ from collections.abc import Callable
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 
 from dicomweb import api, errors, qido, reject, stow, ui, wado
 from dicomweb.context import BASE_PATH, Web
+from dicomweb.security import CrossSiteGuard, DicomWebCors, RefusalAudit, SecurityHeaders
 from pacs import __version__
 
 # Bulk answers are compressed already or are streamed files: gzip only the JSON and text.
@@ -25,8 +27,10 @@ _NOT_COMPRESSED = (
 )
 
 
-def create_app(*, web: Web, is_ready: Callable[[], bool]) -> FastAPI:
-    """The HTTP front end. ``is_ready`` tells whether every listener accepts connections."""
+def create_app(*, web: Web, is_ready: Callable[[], bool],
+               audit: RefusalAudit | None = None) -> FastAPI:
+    """The HTTP front end. ``is_ready`` tells whether every listener accepts connections;
+    ``audit`` records the requests refused (403 cross-site, 413)."""
     app = FastAPI(
         title="pacs",
         version=__version__,
@@ -55,12 +59,9 @@ def create_app(*, web: Web, is_ready: Callable[[], bool]) -> FastAPI:
     app.add_middleware(
         GZipMiddleware, minimum_size=1000, exclude_content_types=_NOT_COMPRESSED
     )
-    if web.options.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(web.options.cors_origins),
-            allow_methods=list(web.options.cors_methods),
-            allow_headers=["*"],
-            expose_headers=["Warning", "ETag", "Content-Location", "Content-Length", "Location"],
-        )
+    # Added innermost first: a request meets the headers, then the guard, then CORS.
+    app.add_middleware(DicomWebCors, origins=web.options.cors_origins,
+                       methods=web.options.cors_methods)
+    app.add_middleware(CrossSiteGuard, cors_origins=web.options.cors_origins, audit=audit)
+    app.add_middleware(SecurityHeaders, audit=audit)
     return app

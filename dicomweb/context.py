@@ -46,7 +46,7 @@ class WebOptions:
 
     fuzzy_person_names: bool = True
     max_request_bytes: int = 1024 * 1_000_000  # STOW-RS bodies above this answer 413
-    cors_origins: tuple[str, ...] = ()  # empty: no CORS headers at all
+    cors_origins: tuple[str, ...] = ()  # DICOMweb CORS; empty: no CORS headers at all
     cors_methods: tuple[str, ...] = ("GET", "HEAD", "OPTIONS")
 
 

@@ -80,9 +80,9 @@ def router(web: Web) -> APIRouter:
     async def act(request: Request, call: Callable[[dict[str, str]], str],
                   back: str) -> Response:
         """Run one action with the posted form, then redirect to ``back`` (or the form's
-        ``next``) with ``flash`` (the action's summary) or ``error`` (the service's refusal)."""
-        if request.headers.get("sec-fetch-site") == "cross-site":
-            return _error_page(pages, request, 403, "forms are accepted from this site only")
+        ``next``) with ``flash`` (the action's summary) or ``error`` (the service's refusal).
+        A form posted from another site never gets here
+        (:class:`dicomweb.security.CrossSiteGuard`)."""
         form = {key: value for key, value in (await request.form()).items()
                 if isinstance(value, str)}
         back = _local(form.get("next")) or back

@@ -84,8 +84,8 @@ def serve(
     ] = None,
     cors_origins: Annotated[
         str | None,
-        typer.Option("--cors-origins", help="browser origins allowed, comma separated "
-                     "[any origin, GET only, when HTTP listens on loopback]"),
+        typer.Option("--cors-origins", help="origins of viewers on other sites allowed to "
+                     "use DICOMweb, comma separated; '*': any may read [none]"),
     ] = None,
     max_request_mb: Annotated[
         str | None, typer.Option("--max-request-mb", help="STOW-RS body limit in MB [1024]")

@@ -192,7 +192,8 @@ def serve(settings: Settings) -> int:
     import uvicorn
 
     from dicomweb.app import create_app
-    from dicomweb.server import HttpServer
+    from dicomweb.security import RefusalAudit
+    from dicomweb.server import HttpLimits, HttpServer, guarded_protocol
 
     configure_logging(settings.log_level)
     with open_services(settings) as services:
@@ -206,11 +207,18 @@ def serve(settings: Settings) -> int:
         def is_ready() -> bool:
             return http_started.is_set() and dimse.port != 0 and workers.ready()
 
-        app = create_app(web=_web(settings, services), is_ready=is_ready)
+        refusals = RefusalAudit(services.workflow.record)
+        app = create_app(web=_web(settings, services), is_ready=is_ready, audit=refusals)
+        limits = HttpLimits(
+            header_timeout=settings.http_header_timeout,
+            max_connections=settings.http_max_connections,
+            max_connections_per_host=settings.http_max_connections_per_host,
+        )
         config = uvicorn.Config(
             app,
             host=settings.http_host,
             port=settings.http_port,
+            http=guarded_protocol(limits, refusals.refused_connection),
             log_level=settings.log_level.lower(),
             access_log=False,
             lifespan="on",
@@ -233,9 +241,11 @@ def serve(settings: Settings) -> int:
             )
             for worker in background:
                 worker.start()
+            refusals.start()
             http.run()
         finally:
             log.info("shutting down: finishing in-flight stores")
+            refusals.stop()
             for worker in background:
                 worker.stop()
             dimse.stop()

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 # PS3.5 6.2: an AE title is at most 16 characters of the Default Character Repertoire,
 # without backslash or control characters; leading and trailing spaces are not significant.
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+_ORIGIN = re.compile(r"^https?://[^\s/?#]+$", re.IGNORECASE)
 _PEER = re.compile(r"^(?P<ae>[^=]+)=(?P<host>[^:\s]+|\[[0-9a-fA-F:]+\]):(?P<port>\d+)$")
 
 
@@ -106,13 +107,27 @@ class Settings(BaseSettings):
     fuzzy_person_names: bool = Field(
         default=True, description="PN matching ignores case and accents (False: exact)"
     )
-    cors_origins: Annotated[tuple[str, ...] | None, NoDecode] = Field(
-        default=None,
-        description="origins allowed to call the HTTP API from a browser (comma separated; "
-        "'*' for any); default: any origin for GET when HTTP listens on loopback, else none",
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="browser origins (scheme://host[:port], comma separated) that may call "
+        "DICOMweb from their pages: reads, STOW-RS and reject; '*' alone: any origin may read "
+        "(GET), none may change anything; default: none (same-origin pages only)",
     )
     max_request_mb: int = Field(
         default=1024, ge=1, description="STOW-RS request bodies above this answer 413"
+    )
+    http_header_timeout: float = Field(
+        default=5.0, gt=0, le=300,
+        description="seconds a client has for a request line and headers (from connecting, or "
+        "from the previous answer); then the connection is closed",
+    )
+    http_max_connections: int = Field(
+        default=1000, ge=1, description="open HTTP connections; beyond, new ones get 503"
+    )
+    http_max_connections_per_host: int = Field(
+        default=100, ge=1,
+        description="open HTTP connections from one client address; beyond, 503 (raise it "
+        "behind a reverse proxy, whose connections all come from one address)",
     )
     modalities: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(), description="AE titles of known modalities (QA check; empty: any)"
@@ -164,12 +179,20 @@ class Settings(BaseSettings):
 
     @field_validator("cors_origins", mode="before")
     @classmethod
-    def _origins(cls, value: Any) -> tuple[str, ...] | None:
+    def _origins(cls, value: Any) -> tuple[str, ...]:
+        """Origins as a browser sends them (RFC 6454 7: ``scheme://host[:port]``, no path)."""
         if value is None:
-            return None
+            return ()
         if isinstance(value, str):
             value = value.split(",")
-        return tuple(origin.strip() for origin in value if origin.strip())
+        origins = tuple(str(origin).strip().rstrip("/") for origin in value
+                        if str(origin).strip())
+        if "*" in origins and len(origins) > 1:
+            raise ValueError("'*' cannot be combined with named origins")
+        for origin in origins:
+            if origin != "*" and not _ORIGIN.match(origin):
+                raise ValueError(f"origin {origin!r} is not scheme://host[:port]")
+        return origins
 
     @field_validator("modalities", mode="before")
     @classmethod
@@ -216,13 +239,14 @@ class Settings(BaseSettings):
 
     @property
     def effective_cors(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """(allowed origins, allowed methods). Unset: any origin may GET from a server bound
-        to loopback (a viewer on the same machine), none from other binds; set: those origins
-        may also POST (STOW-RS) and use the REST API."""
-        if self.cors_origins is None:
-            loopback = self.http_host in {"127.0.0.1", "localhost", "::1"}
-            return (("*",) if loopback else ()), ("GET", "HEAD", "OPTIONS")
-        return self.cors_origins, ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE")
+        """(origins, methods) of CORS for DICOMweb: none by default; ``*``: any origin may
+        read; named origins may also POST (STOW-RS, reject), and only they pass the
+        cross-site guard of state-changing requests."""
+        if not self.cors_origins:
+            return (), ()
+        if self.cors_origins == ("*",):
+            return ("*",), ("GET", "HEAD", "OPTIONS")
+        return self.cors_origins, ("GET", "HEAD", "OPTIONS", "POST")
 
     @property
     def effective_database_url(self) -> str:

@@ -112,14 +112,19 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser, site: Site) -> Iterator[Page]:
+    """A page of the UI; a test fails if the Content-Security-Policy blocked anything."""
     context = browser.new_context(base_url=site.server.base_url,
                                   viewport={"width": 1280, "height": 800})
     opened = context.new_page()
     opened.set_default_timeout(30_000)
+    violations: list[str] = []
+    opened.on("console", lambda message: violations.append(message.text)
+              if "Content Security Policy" in message.text else None)
     try:
         yield opened
     finally:
         context.close()
+    assert violations == []
 
 
 def _screenshot(page: Page, name: str) -> Path:
@@ -221,6 +226,32 @@ def test_accept_from_the_queue_makes_the_study_visible_in_qido(site: Site, page:
     actions = {(e["action"], e["actor"]) for e in
                site.api("GET", "/audit", params={"study": study}).json()}
     assert ("accept", "http:127.0.0.1") in actions
+
+
+def test_pages_carry_a_security_policy_that_lets_them_work(site: Site, page: Page) -> None:
+    """No inline script, nothing from elsewhere, no framing: the page, its script (which
+    focuses the notice after an action), its style and the thumbnails still work."""
+    study = site.quarantined("csp")
+    answer = page.goto("/ui/qa")
+    assert answer is not None
+    headers = answer.headers
+    policy = headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert "unsafe-inline" not in policy
+    assert headers["x-frame-options"] == "DENY"
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["referrer-policy"] == "no-referrer"
+    assert page.locator("script:not([src])").count() == 0
+    _card(page, study).get_by_role("button", name="Accept").click()
+    expect(_notice(page)).to_contain_text("Accepted")
+    expect(_notice(page)).to_be_focused()  # ui.js ran
+    assert page.evaluate("getComputedStyle(document.querySelector('.skip-link')).position"
+                         ) == "absolute"  # ui.css applied
+    page.goto(f"/ui/studies/{study}")
+    thumbnail = page.locator("img").first
+    expect(thumbnail).to_be_visible()
+    until("the thumbnail is drawn", lambda: page.evaluate(
+        "img => img.complete && img.naturalWidth > 0", thumbnail.element_handle()))
 
 
 def test_the_accept_button_works_from_the_keyboard(site: Site, page: Page) -> None:

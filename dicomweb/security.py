@@ -1,0 +1,279 @@
+"""What the HTTP front end refuses a browser, the headers that keep its pages to themselves,
+and the audit of refused requests.
+
+- :class:`CrossSiteGuard`: a state-changing request (``POST``, ``PUT``, ``PATCH``, ``DELETE``)
+  that a browser sent from another site's page answers 403 before any route runs. Any page
+  can *send* a form post or a ``no-cors`` fetch without asking (a CORS "simple request",
+  Fetch Standard 3.2.3): CORS only keeps the answer from it, the change would be done. The
+  rule is the one of Go's ``net/http.CrossOriginProtection``: ``Sec-Fetch-Site`` (Fetch
+  Metadata, set by the browser, never by a page) ``same-origin`` or ``none`` passes, any
+  other value is refused; without it, an ``Origin`` header (RFC 6454 7) must name this
+  server (the ``Host`` the request came to); with neither, the client is not a browser
+  (storescu-like tools, dicomweb-client, curl) and passes. Origins configured for CORS
+  (``--cors-origins``) pass on DICOMweb (a viewer's STOW-RS and reject), never on ``/api``
+  or ``/ui``, which have no CORS and are used from their own pages only.
+- :class:`DicomWebCors`: CORS headers on DICOMweb (``/dicom-web``, ``/wado``) for the
+  configured origins only; nothing else ever answers CORS.
+- :class:`SecurityHeaders`: every answer says ``X-Content-Type-Options: nosniff``,
+  ``X-Frame-Options: DENY`` and ``Referrer-Policy: no-referrer``; HTML pages also carry a
+  ``Content-Security-Policy`` with no inline script and ``frame-ancestors 'none'``. It also
+  tells the audit of 413 answers (STOW-RS bodies over the limit).
+- :class:`RefusalAudit`: refused requests (403, 413, and 408 / 431 / 503 from
+  :mod:`dicomweb.server`) as ``http-refused`` audit events, written by one background
+  thread, at most one row per client address, outcome and path per second.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pacs.services.workflow import actor
+
+log = logging.getLogger(__name__)
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+"""Methods that change nothing (RFC 9110 9.2.1); every other one is guarded."""
+
+CORS_PATHS = ("/dicom-web", "/wado")
+"""Where CORS may apply: DICOMweb (PS3.18) and WADO-URI, which viewers on other origins read."""
+
+PAGE_POLICY = (
+    "default-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+"""The UI's Content-Security-Policy: scripts, styles and images from this server only (no
+inline script or style, no ``eval``), forms post here only, no page may frame it."""
+
+DOCS_POLICY = "frame-ancestors 'none'"
+"""FastAPI's ``/docs`` and ``/redoc`` load their scripts from a CDN with inline start-up code."""
+
+_DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
+_LONGEST = 200  # characters of a path or origin kept in an audit row
+
+_ALWAYS = (
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+)
+
+
+def under(path: str, prefixes: Iterable[str]) -> bool:
+    """Whether ``path`` is one of ``prefixes`` or below one."""
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in prefixes)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A request the server refused: what the audit row says."""
+
+    status: int
+    reason: str
+    client: str | None
+    method: str | None = None
+    path: str | None = None
+    origin: str | None = None
+
+
+class RefusalAudit:
+    """Writes refused requests to the audit trail (``action="http-refused"``,
+    ``outcome="403 cross-site"`` and the like), bounded: callers only queue (never block,
+    never fail; beyond ``max_pending`` queued, a refusal is only counted), and one thread
+    writes at most one row per client address, outcome and path per ``window`` seconds, with
+    the ``count`` of refusals it stands for, and at most ``max_rows`` rows per window. A failing
+    index costs a log line, never an answer."""
+
+    def __init__(self, record: Callable[..., None], *, window: float = 1.0,
+                 max_pending: int = 10_000, max_rows: int = 50) -> None:
+        self._record = record
+        self._window = window
+        self._max_rows = max_rows
+        self._queue: queue.Queue[Refusal | None] = queue.Queue(maxsize=max_pending)
+        self._dropped = 0
+        self._thread: threading.Thread | None = None
+
+    def refused(self, refusal: Refusal) -> None:
+        """Queue ``refusal`` for the audit trail; from any thread, never blocks."""
+        try:
+            self._queue.put_nowait(refusal)
+        except queue.Full:
+            self._dropped += 1
+
+    def refused_connection(self, status: int, reason: str, *, client: str | None) -> None:
+        """The listener's hook (:class:`dicomweb.server.RefusalHook`)."""
+        self.refused(Refusal(status, reason, client))
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="http-refusal-audit",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then end the thread."""
+        if self._thread is None:
+            return
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            log.warning("audit of refused HTTP requests: queue full at shutdown")
+        self._thread.join(timeout)
+        self._thread = None
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            groups: dict[tuple[str | None, int, str, str | None], tuple[Refusal, int]] = {}
+            item: Refusal | None = first
+            ends = time.monotonic() + self._window
+            while item is not None:
+                key = (item.client, item.status, item.reason, item.path)
+                seen, count = groups.get(key, (item, 0))
+                groups[key] = (seen, count + 1)
+                left = ends - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    item = self._queue.get(timeout=left)
+                except queue.Empty:
+                    break
+                stopping = item is None
+            self._write(list(groups.values()))
+
+    def _write(self, groups: list[tuple[Refusal, int]]) -> None:
+        dropped, self._dropped = self._dropped, 0
+        kept = groups[:self._max_rows]
+        skipped = sum(count for _refusal, count in groups[self._max_rows:]) + dropped
+        if skipped:
+            log.warning("%d refused HTTP requests not audited one by one (too many)", skipped)
+        for refusal, count in kept:
+            detail: dict[str, Any] = {
+                "client": refusal.client, "count": count,
+                **{name: value[:_LONGEST] for name, value in (
+                    ("method", refusal.method), ("path", refusal.path),
+                    ("origin", refusal.origin)) if value is not None},
+            }
+            try:
+                self._record(who=actor("http", address=refusal.client),
+                             action="http-refused", outcome=f"{refusal.status} {refusal.reason}",
+                             detail=detail)
+            except Exception as error:  # the index is down: the answer was sent regardless
+                log.warning("cannot audit refused HTTP requests: %s", type(error).__name__)
+                return
+
+
+class CrossSiteGuard:
+    """ASGI middleware: 403 for a state-changing request a browser sent from another site
+    (the rule is in the module docstring); nothing behind it runs."""
+
+    def __init__(self, app: ASGIApp, *, cors_origins: Iterable[str] = (),
+                 audit: RefusalAudit | None = None) -> None:
+        self.app = app
+        self.trusted = frozenset(origin for origin in cors_origins if origin != "*")
+        self.audit = audit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        reason = self.refusal(scope["path"], headers)
+        if reason is None:
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        origin = headers.get("origin")
+        if self.audit is not None:
+            self.audit.refused(Refusal(403, "cross-site", client[0] if client else None,
+                                       scope["method"], scope["path"], origin))
+        refused = JSONResponse({"error": f"cross-site request refused: {reason}"},
+                               status_code=403, headers={"Connection": "close"})
+        await refused(scope, receive, send)
+
+    def refusal(self, path: str, headers: Headers) -> str | None:
+        """Why a state-changing request to ``path`` is refused, or None when it may go on."""
+        origin = headers.get("origin")
+        if origin is not None and origin in self.trusted and under(path, CORS_PATHS):
+            return None
+        site = headers.get("sec-fetch-site")
+        if site is not None:
+            if site in ("same-origin", "none"):
+                return None
+            return f"the browser marked it {site}"
+        if origin is None or _same_origin(origin, headers.get("host", "")):
+            return None
+        return "its Origin is not this server"
+
+
+def _same_origin(origin: str, host: str) -> bool:
+    """Whether ``origin`` (``scheme://host[:port]``) names the authority in ``host``, default
+    ports (80, 443) written or not."""
+    scheme, separator, authority = origin.lower().partition("://")
+    if not separator or scheme not in ("http", "https"):
+        return False
+    default = ":443" if scheme == "https" else ":80"
+    return authority.removesuffix(default) == host.lower().removesuffix(default)
+
+
+class DicomWebCors:
+    """ASGI middleware: Starlette's CORS on DICOMweb paths, for the configured origins only;
+    other paths (``/api``, ``/ui``, ``/health``) never answer CORS."""
+
+    def __init__(self, app: ASGIApp, *, origins: Iterable[str],
+                 methods: Iterable[str]) -> None:
+        self.app = app
+        allowed = list(origins)
+        self.cors: ASGIApp = app if not allowed else CORSMiddleware(
+            app, allow_origins=allowed, allow_methods=list(methods), allow_headers=["*"],
+            expose_headers=["Warning", "ETag", "Content-Location", "Content-Length",
+                            "Location"],
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and under(scope["path"], CORS_PATHS):
+            await self.cors(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+class SecurityHeaders:
+    """ASGI middleware: the headers of the module docstring on every answer, and a 413
+    told to the audit."""
+
+    def __init__(self, app: ASGIApp, *, audit: RefusalAudit | None = None) -> None:
+        self.app = app
+        self.audit = audit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in _ALWAYS:
+                    headers.setdefault(name, value)
+                if headers.get("content-type", "").startswith("text/html"):
+                    policy = DOCS_POLICY if scope["path"] in _DOCS_PATHS else PAGE_POLICY
+                    headers.setdefault("content-security-policy", policy)
+                if message["status"] == 413 and self.audit is not None:
+                    client = scope.get("client")
+                    self.audit.refused(Refusal(
+                        413, "request body too large", client[0] if client else None,
+                        scope["method"], scope["path"], Headers(scope=scope).get("origin")))
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

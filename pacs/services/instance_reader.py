@@ -4,7 +4,9 @@ Little endian data in memory (nearly everything received) goes through
 :mod:`pacs.services.element_walk`: tags and lengths only, the indexed elements kept raw for
 pydicom to decode. Anything else (big endian, deflated, a large file, an odd encoding) is parsed
 by pydicom with large values deferred; pydicom accepts a truncated last value silently, so we
-then check that every top-level value lies inside the file.
+then check that every top-level value lies inside the file. A deflated data set (PS3.5 A.5) is
+inflated in steps and refused (:class:`InflatesTooLarge`) as soon as it grows beyond the
+decoding limit, before pydicom (which inflates whole) sees it.
 """
 
 from __future__ import annotations
@@ -14,17 +16,20 @@ import re
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info
 from pydicom.tag import BaseTag
 from pydicom.uid import RE_VALID_UID, UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pacs.services import element_walk
-from pacs.services.errors import InvalidInstance, MissingAttribute, NotDicom
+from pacs.services.decoding_limits import DecodeLimits
+from pacs.services.errors import InflatesTooLarge, InvalidInstance, MissingAttribute, NotDicom
 from storage.attributes import INDEXED_TAGS
 
 _UNDEFINED = 0xFFFFFFFF
@@ -51,10 +56,11 @@ class Header:
     elements: Mapping[Any, object] | None = None  # the dataset's elements by tag, if read here
 
 
-def read_header(source: BinaryIO, size: int) -> Header:
+def read_header(source: BinaryIO, size: int, limits: DecodeLimits | None = None) -> Header:
     """Parse and check a Part 10 stream of ``size`` bytes.
 
-    Raises :class:`InvalidInstance` when it is not DICOM, is truncated or corrupt, and
+    Raises :class:`InvalidInstance` when it is not DICOM, is truncated or corrupt,
+    :class:`InflatesTooLarge` when it is deflated and inflates beyond ``limits``, and
     :class:`MissingAttribute` when a required UID is absent or malformed.
     """
     preamble = source.read(132)
@@ -62,13 +68,37 @@ def read_header(source: BinaryIO, size: int) -> Header:
         raise NotDicom("not a DICOM Part 10 file (no DICM prefix after the 128-byte preamble)")
     source.seek(0)
     if isinstance(source, io.BytesIO):
-        fast = _read_fast(source.getbuffer())
+        fast = _read_fast(source.getbuffer(), limits)
         if fast is not None:
             return fast
+    if limits is not None:
+        _check_inflated_size(source, limits)
     return _read_with_pydicom(source, size)
 
 
-def _read_fast(data: memoryview) -> Header | None:
+def _check_inflated_size(source: BinaryIO, limits: DecodeLimits) -> None:
+    """Before pydicom reads a deflated file (it inflates the data set whole): inflate it in
+    steps, keeping nothing, to refuse one that grows beyond the limit."""
+    try:
+        source.seek(128 + 4)
+        meta = _read_file_meta_info(source)
+        deflated = UID(str(meta.get("TransferSyntaxUID", "") or "")).is_deflated
+        if deflated:
+            limits.inflate(source.read(), what="the deflated data set", keep=False,
+                           too_large=InflatesTooLarge, corrupt=_corrupt_deflate)
+    except InvalidInstance:
+        raise
+    except (InvalidDicomError, EOFError, ValueError, KeyError, OverflowError):
+        pass  # an unreadable file meta group: pydicom's reading below says why
+    finally:
+        source.seek(0)
+
+
+def _corrupt_deflate(reason: str) -> InvalidInstance:
+    return InvalidInstance(f"deflated dataset: {reason}")
+
+
+def _read_fast(data: memoryview, limits: DecodeLimits | None = None) -> Header | None:
     """The element walk over little endian data; None when pydicom must do it."""
     meta = _file_meta(data)
     if meta is None:
@@ -79,7 +109,10 @@ def _read_fast(data: memoryview) -> Header | None:
     body: bytes | memoryview = data
     start = meta_end
     if ts.is_deflated:  # PS3.5 A.5: the data set is deflated Explicit VR Little Endian
-        body, start = _inflate(data[meta_end:]), 0
+        inflate = partial((limits or DecodeLimits.unlimited()).inflate,
+                          what="the deflated data set", too_large=InflatesTooLarge,
+                          corrupt=_corrupt_deflate)
+        body, start = inflate(data[meta_end:]), 0
     elif not (implicit or ts == ExplicitVRLittleEndian or ts.is_encapsulated):
         return None
     try:
@@ -118,18 +151,6 @@ def _file_meta(data: memoryview) -> tuple[int, str] | None:
     if not UID(transfer_syntax).is_transfer_syntax:
         raise InvalidInstance(f"unknown transfer syntax {transfer_syntax}")
     return meta_end, transfer_syntax
-
-
-def _inflate(deflated: bytes | memoryview) -> bytes:
-    """The inflated data set; a deflate stream that does not end is a truncated file."""
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    try:
-        inflated = inflater.decompress(deflated) + inflater.flush()
-    except zlib.error as exc:
-        raise InvalidInstance(f"corrupt deflated dataset: {exc}") from exc
-    if not inflater.eof:
-        raise InvalidInstance("truncated dataset: the deflate stream does not end")
-    return inflated
 
 
 def _read_with_pydicom(source: BinaryIO, size: int) -> Header:

@@ -28,7 +28,10 @@ import pydicom
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import pixel_array
 
+from pacs.services.decoding_limits import DecodeLimits, Geometry, GeometryError
 from pacs.services.errors import (
+    DecoderBusy,
+    DecodeTooLarge,
     IllegalTransition,
     InvalidQuery,
     NotFound,
@@ -221,6 +224,7 @@ class WorkflowService:
         rules: Sequence[RouteRule] = (),
         stable_after: dt.timedelta = dt.timedelta(seconds=30),
         retention: dt.timedelta = dt.timedelta(days=30),
+        limits: DecodeLimits | None = None,
     ) -> None:
         self.index = index
         self.blobs = blobs
@@ -228,6 +232,7 @@ class WorkflowService:
         self.rules = tuple(rules)
         self.stable_after = stable_after
         self.retention = retention
+        self.limits = limits or DecodeLimits.unlimited()
 
     @contextmanager
     def _unit_of_work(self, *, write: bool = False) -> Iterator[Repository]:
@@ -487,16 +492,30 @@ class WorkflowService:
         return True
 
     def _decodable(self, key: str, sop_instance_uid: str) -> Finding | None:
-        """The study check on pixel data: decode the first frame of the file."""
+        """The study check on pixel data: decode the first frame of the file. A frame larger
+        than the decoding limit is not decoded (and not judged); waiting too long for a
+        decoding slot raises :class:`DecoderBusy`, so the study is settled at a later round."""
         try:
             with self.blobs.open(key) as source:
                 ds = pydicom.dcmread(source, defer_size=1024)  # large values are not read
                 if "PixelData" not in ds and "FloatPixelData" not in ds:
                     return None
+                try:
+                    geometry = Geometry.of(ds)
+                except GeometryError as error:
+                    return undecodable_pixel_data(sop_instance_uid, str(error))
+                try:
+                    self.limits.check(geometry, frames=1, what=f"SOP Instance {sop_instance_uid}")
+                except DecodeTooLarge as error:
+                    log.info("pixel check skipped: %s", error)
+                    return None
                 source.seek(0)
-                pixel_array(source, index=0)  # the first frame: decoding it is the check
+                with self.limits.slot():
+                    pixel_array(source, index=0)  # the first frame: decoding it is the check
         except BlobNotFound:
             return undecodable_pixel_data(sop_instance_uid, "the stored file is missing")
+        except DecoderBusy:
+            raise
         except Exception as error:  # any decoder failure is the finding
             return undecodable_pixel_data(sop_instance_uid, f"{type(error).__name__}: {error}")
         return None

@@ -60,7 +60,7 @@ class Geometry:
             columns=_number(header, "Columns", 1, 0xFFFF),
             samples_per_pixel=_number(header, "SamplesPerPixel", 1, _MAX_SAMPLES, default=1),
             bits_allocated=_number(header, "BitsAllocated", 1, _MAX_BITS),
-            number_of_frames=_number(header, "NumberOfFrames", 1, 2**31 - 1, default=1),
+            number_of_frames=frame_count(header),
         )
 
     @property
@@ -71,6 +71,12 @@ class Geometry:
     def frame_bytes(self) -> int:
         """Bytes of one decoded frame (whole bytes per sample, as decoders give them)."""
         return self.samples_per_frame * -(-self.bits_allocated // 8)
+
+
+def frame_count(header: Any) -> int:
+    """Number of Frames (an IS, so checked: 1 when absent, :class:`GeometryError` when not a
+    whole number from 1 to 2^31 - 1)."""
+    return _number(header, "NumberOfFrames", 1, 2**31 - 1, default=1)
 
 
 def _number(header: Any, keyword: str, low: int, high: int, default: int | None = None) -> int:

@@ -29,7 +29,7 @@ from pydicom.encaps import encapsulate, get_frame
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from pacs.services.decoding_limits import DecodeLimits, Geometry, GeometryError
+from pacs.services.decoding_limits import DecodeLimits, Geometry, GeometryError, frame_count
 from pacs.services.element_tree import PIXEL_DATA, Element, Readable, Window, find
 from pacs.services.errors import CannotTranscode, NotFound
 from pacs.services.transcode import UNCOMPRESSED
@@ -213,17 +213,26 @@ class _Pixels:
         self.element = pixel_data
         self.header = _header_dataset(elements)
         self.encapsulated = pixel_data.length == 0xFFFFFFFF
-        self.count = self.geometry().number_of_frames
         self._encapsulated_bytes: bytes | None = None
+        self._geometry: Geometry | None = None
+        try:
+            self.count = frame_count(self.header)
+        except GeometryError as error:
+            raise self._unusable(error) from error
 
     def geometry(self) -> Geometry:
         """The header's image geometry; :class:`CannotTranscode` when it is unusable."""
-        try:
-            return Geometry.of(self.header)
-        except GeometryError as error:
-            raise CannotTranscode(
-                f"SOP Instance {self.item.sop_instance_uid}: unusable image geometry: {error}"
-            ) from error
+        if self._geometry is None:
+            try:
+                self._geometry = Geometry.of(self.header)
+            except GeometryError as error:
+                raise self._unusable(error) from error
+        return self._geometry
+
+    def _unusable(self, error: GeometryError) -> CannotTranscode:
+        return CannotTranscode(
+            f"SOP Instance {self.item.sop_instance_uid}: unusable image geometry: {error}"
+        )
 
     def check(self, numbers: Sequence[int]) -> None:
         for number in numbers:

@@ -16,7 +16,6 @@ import re
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, BinaryIO
 
 from pydicom import dcmread
@@ -71,27 +70,36 @@ def read_header(source: BinaryIO, size: int, limits: DecodeLimits | None = None)
         fast = _read_fast(source.getbuffer(), limits)
         if fast is not None:
             return fast
-    if limits is not None:
-        _check_inflated_size(source, limits)
+    if limits is not None and _deflated(source):
+        with limits.slot():  # pydicom inflates the data set whole: measured first
+            try:
+                source.seek(0)
+                limits.inflate(_after_meta(source), what="the deflated data set", keep=False,
+                               too_large=InflatesTooLarge, corrupt=_corrupt_deflate)
+            finally:
+                source.seek(0)
+            return _read_with_pydicom(source, size)
     return _read_with_pydicom(source, size)
 
 
-def _check_inflated_size(source: BinaryIO, limits: DecodeLimits) -> None:
-    """Before pydicom reads a deflated file (it inflates the data set whole): inflate it in
-    steps, keeping nothing, to refuse one that grows beyond the limit."""
+def _deflated(source: BinaryIO) -> bool:
+    """Whether the file meta group names a deflated transfer syntax (False when unreadable:
+    pydicom's reading then says why)."""
     try:
         source.seek(128 + 4)
         meta = _read_file_meta_info(source)
-        deflated = UID(str(meta.get("TransferSyntaxUID", "") or "")).is_deflated
-        if deflated:
-            limits.inflate(source.read(), what="the deflated data set", keep=False,
-                           too_large=InflatesTooLarge, corrupt=_corrupt_deflate)
-    except InvalidInstance:
-        raise
-    except (InvalidDicomError, EOFError, ValueError, KeyError, OverflowError):
-        pass  # an unreadable file meta group: pydicom's reading below says why
+        return UID(str(meta.get("TransferSyntaxUID", "") or "")).is_deflated
+    except (InvalidDicomError, EOFError, ValueError, KeyError, OverflowError, OSError):
+        return False
     finally:
         source.seek(0)
+
+
+def _after_meta(source: BinaryIO) -> bytes:
+    """The bytes after the file meta group (the deflated data set)."""
+    source.seek(128 + 4)
+    _read_file_meta_info(source)
+    return source.read()
 
 
 def _corrupt_deflate(reason: str) -> InvalidInstance:
@@ -106,22 +114,29 @@ def _read_fast(data: memoryview, limits: DecodeLimits | None = None) -> Header |
     meta_end, transfer_syntax = meta
     implicit = transfer_syntax == ImplicitVRLittleEndian
     ts = UID(transfer_syntax)
-    body: bytes | memoryview = data
-    start = meta_end
+    empty = meta_end >= len(data)
     if ts.is_deflated:  # PS3.5 A.5: the data set is deflated Explicit VR Little Endian
-        inflate = partial((limits or DecodeLimits.unlimited()).inflate,
-                          what="the deflated data set", too_large=InflatesTooLarge,
-                          corrupt=_corrupt_deflate)
-        body, start = inflate(data[meta_end:]), 0
-    elif not (implicit or ts == ExplicitVRLittleEndian or ts.is_encapsulated):
+        active = limits or DecodeLimits.unlimited()
+        with active.slot():  # the inflated copy is held until the walk is done
+            body = active.inflate(data[meta_end:], what="the deflated data set",
+                                  too_large=InflatesTooLarge, corrupt=_corrupt_deflate)
+            return _walk(body, 0, transfer_syntax, empty=empty)
+    if not (implicit or ts == ExplicitVRLittleEndian or ts.is_encapsulated):
         return None
+    return _walk(data, meta_end, transfer_syntax, empty=empty)
+
+
+def _walk(
+    body: bytes | memoryview, start: int, transfer_syntax: str, *, empty: bool
+) -> Header | None:
+    implicit = transfer_syntax == ImplicitVRLittleEndian
     try:
         elements = element_walk.walk(body, start, implicit=implicit, wanted=WANTED_TAGS)
     except element_walk.Truncated as exc:
         raise InvalidInstance(f"truncated dataset: {exc}") from exc
     except element_walk.Malformed:
         return None  # let pydicom try: it is lenient with odd encodings
-    if not elements and meta_end >= len(data):
+    if not elements and empty:
         raise InvalidInstance("the dataset is empty or unreadable")
     dataset = Dataset(elements)
     dataset.set_original_encoding(implicit, True, None)

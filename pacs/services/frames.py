@@ -134,6 +134,9 @@ class FrameService:
         media_type, syntax = choice
         with self._pixels(item) as pixels:
             pixels.check(numbers)
+            if not pixels.encapsulated:  # native: the parts are assembled in memory, so
+                # ``1,1,1,...`` of a large frame counts like as many decoded frames
+                self.limits.check(pixels.geometry(), frames=len(numbers), what=_what(item))
             if syntax == item.transfer_syntax_uid or not pixels.encapsulated:
                 return [FramePart(pixels.stored_frame(n), media_type, syntax) for n in numbers]
             self.limits.check(pixels.geometry(), frames=len(numbers), what=_what(item))

@@ -32,6 +32,7 @@ class Stored:
     http: httpx.Client
     huge: Dataset  # declares far more pixels than the limit
     normal: Dataset
+    workdir: Path
 
     def path(self, ds: Dataset) -> str:
         return (f"{self.server.base_url}/dicom-web/studies/{ds.StudyInstanceUID}/series/"
@@ -46,7 +47,7 @@ def _serving(root: Path, env: dict[str, str], huge: Dataset) -> Iterator[Stored]
         normal = ct_instance(PatientID="DL-NORMAL")
         dcmtk.store_datasets(server.dimse_port, [huge, normal], workdir=root)
         with httpx.Client(timeout=120) as http:
-            yield Stored(server, http, huge, normal)
+            yield Stored(server, http, huge, normal, root)
     finally:
         server.stop()
 
@@ -130,6 +131,13 @@ def test_decoded_frames_and_transcoded_instances_over_the_limit_are_refused(
     _refused(instance)
     study, series, sop = (limited.huge.StudyInstanceUID, limited.huge.SeriesInstanceUID,
                           limited.huge.SOPInstanceUID)
+    native = ct_instance(PatientID="DL-NATIVE", Rows=512, Columns=512)  # 512 KiB a frame
+    dcmtk.store_datasets(limited.server.dimse_port, [native], workdir=limited.workdir)
+    repeated = limited.http.get(limited.path(native) + "/frames/" + ",".join(["1"] * 200),
+                                headers={"Accept": octets})
+    _refused(repeated)  # 100 MB of parts assembled in memory, though nothing is decoded
+    assert limited.http.get(limited.path(native) + "/frames/1,1",
+                            headers={"Accept": octets}).status_code == 200
     uri = limited.http.get(f"{limited.server.base_url}/wado", params={
         "requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": sop,
         "contentType": "image/jpeg"})

@@ -15,12 +15,14 @@ stability pixel check, deflated ingest) asks :class:`DecodeLimits` first:
 - :meth:`DecodeLimits.inflate` inflates a deflated data set (PS3.5 A.5) incrementally and
   stops as soon as it grows beyond the limit, so the inflated copy never exceeds it.
 
-Not covered: a codestream whose own dimensions disagree with the header (JPEG, JPEG 2000);
-the decoder plugins allocate what the codestream says.
+- :func:`check_codestream` reads the frame size a JPEG, JPEG-LS or JPEG 2000 codestream
+  declares (its SOF or SIZ marker segment): the decoder plugins allocate what the codestream
+  says, not what the header says, so a codestream larger than the header is refused.
 """
 
 from __future__ import annotations
 
+import struct
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -28,12 +30,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from pacs.services.errors import DecoderBusy, DecodeTooLarge
+from pacs.services.errors import CannotTranscode, DecoderBusy, DecodeTooLarge
 
 MB = 1 << 20  # the unit of PACS_MAX_DECODED_MB
 _INFLATE_STEP = 1 << 20  # bytes of inflated output asked of zlib at a time
 _MAX_SAMPLES = 4  # PS3.3 C.7.6.3.1.1: 1 or 3 (4 in retired ARGB/CMYK)
 _MAX_BITS = 64  # PS3.3 C.7.6.3.1.1: Bits Allocated 1, 8, 16, 32 or 64 in practice
+_SCAN = 1 << 16  # bytes of a codestream searched for its frame header
+# ISO 10918-1 B.1.1.3 and ISO 14495-1 (SOF55): start-of-frame markers; C4, C8, CC are not
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}
+_J2K_SIZ = b"\xff\x4f\xff\x51"  # ISO 15444-1 A.4.1, A.5.1: SOC then SIZ
 
 
 class GeometryError(ValueError):
@@ -71,6 +77,51 @@ class Geometry:
     def frame_bytes(self) -> int:
         """Bytes of one decoded frame (whole bytes per sample, as decoders give them)."""
         return self.samples_per_frame * -(-self.bits_allocated // 8)
+
+
+def codestream_size(frame: bytes | memoryview) -> tuple[int, int, int] | None:
+    """(columns, rows, components) a JPEG, JPEG-LS or JPEG 2000 codestream declares, from its
+    SOF (ISO 10918-1 B.2.2, 14495-1 C.2.2) or SIZ (15444-1 A.5.1) marker segment; None when
+    none is found in its first 64 KiB (then the decoder judges)."""
+    head = bytes(frame[:_SCAN])
+    if not head.startswith(b"\xff\xd8"):  # not JPEG: a J2K codestream, maybe in a JP2 box
+        at = head.find(_J2K_SIZ)
+        if at < 0 or at + 42 > len(head):
+            return None
+        xsiz, ysiz, xosiz, yosiz = struct.unpack_from(">IIII", head, at + 8)
+        (components,) = struct.unpack_from(">H", head, at + 40)
+        return max(xsiz - xosiz, 0), max(ysiz - yosiz, 0), components
+    position = 2
+    while position + 4 <= len(head):
+        if head[position] != 0xFF:
+            return None
+        marker = head[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        (length,) = struct.unpack_from(">H", head, position + 2)
+        if marker in _SOF and position + 10 <= len(head):
+            rows, columns = struct.unpack_from(">HH", head, position + 5)
+            return columns, rows, head[position + 9]
+        if marker == 0xDA:  # start of scan before any frame header
+            return None
+        position += 2 + length
+    return None
+
+
+def check_codestream(frame: bytes | memoryview, geometry: Geometry, *, what: str) -> None:
+    """:class:`CannotTranscode` when ``frame``'s codestream declares more samples than the
+    header's Rows x Columns x Samples per Pixel (the decoder would allocate for them)."""
+    declared = codestream_size(frame)
+    if declared is None:
+        return
+    columns, rows, components = declared
+    if columns * rows * components > geometry.samples_per_frame:
+        raise CannotTranscode(
+            f"{what}: the codestream declares {columns}x{rows} x {components} component(s), "
+            f"more than the header's {geometry.columns}x{geometry.rows} x "
+            f"{geometry.samples_per_pixel}"
+        )
 
 
 def frame_count(header: Any) -> int:

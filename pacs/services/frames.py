@@ -29,7 +29,13 @@ from pydicom.encaps import encapsulate, get_frame
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from pacs.services.decoding_limits import DecodeLimits, Geometry, GeometryError, frame_count
+from pacs.services.decoding_limits import (
+    DecodeLimits,
+    Geometry,
+    GeometryError,
+    check_codestream,
+    frame_count,
+)
 from pacs.services.element_tree import PIXEL_DATA, Element, Readable, Window, find
 from pacs.services.errors import CannotTranscode, NotFound
 from pacs.services.transcode import UNCOMPRESSED
@@ -289,6 +295,7 @@ class _Pixels:
         data = self.stored_frame(number)
         ds.NumberOfFrames = 1
         if self.encapsulated:
+            check_codestream(data, self.geometry(), what=_what(self.item))
             ds.file_meta.TransferSyntaxUID = UID(self.item.transfer_syntax_uid)
             ds.PixelData = encapsulate([data])
             ds["PixelData"].VR = "OB"

@@ -37,6 +37,7 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.filewriter import correct_ambiguous_vr, dcmwrite
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import (
@@ -48,7 +49,12 @@ from pydicom.uid import (
     JPEGExtended12Bit,
 )
 
-from pacs.services.decoding_limits import DecodeLimits, Geometry, GeometryError
+from pacs.services.decoding_limits import (
+    DecodeLimits,
+    Geometry,
+    GeometryError,
+    check_codestream,
+)
 from pacs.services.errors import CannotTranscode
 
 #: The native transfer syntaxes this module can produce, in order of preference.
@@ -168,14 +174,17 @@ def transcode(
 
 
 def _check_size(ds: Dataset, meta: _FileMeta, limits: DecodeLimits) -> None:
-    """The whole Pixel Data decoded (every frame) must fit the limit: refused before
-    pydicom allocates what the header declares."""
+    """The whole Pixel Data decoded (every frame) must fit the limit, and no frame's
+    codestream may declare more than the header: refused before a decoder allocates."""
     what = f"SOP Instance {meta.sop_instance_uid}"
     try:
         geometry = Geometry.of(ds)
     except GeometryError as error:
         raise CannotTranscode(f"{what}: unusable image geometry: {error}") from error
     limits.check(geometry, frames=geometry.number_of_frames, what=what)
+    with _failures(meta, "cannot find its frames"):  # (check_codestream's error passes)
+        for frame in generate_frames(ds.PixelData, number_of_frames=geometry.number_of_frames):
+            check_codestream(frame, geometry, what=what)
 
 
 def _decode(ds: Dataset, meta: _FileMeta) -> None:

@@ -25,10 +25,16 @@ from enum import StrEnum
 from typing import Any
 
 import pydicom
+from pydicom.encaps import get_frame
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import pixel_array
 
-from pacs.services.decoding_limits import DecodeLimits, Geometry, GeometryError
+from pacs.services.decoding_limits import (
+    DecodeLimits,
+    Geometry,
+    GeometryError,
+    check_codestream,
+)
 from pacs.services.errors import (
     DecoderBusy,
     DecodeTooLarge,
@@ -509,6 +515,9 @@ class WorkflowService:
                 except DecodeTooLarge as error:
                     log.info("pixel check skipped: %s", error)
                     return None
+                if ds.file_meta.TransferSyntaxUID.is_encapsulated and "PixelData" in ds:
+                    first = get_frame(ds.PixelData, 0, number_of_frames=geometry.number_of_frames)
+                    check_codestream(first, geometry, what=f"SOP Instance {sop_instance_uid}")
                 source.seek(0)
                 with self.limits.slot():
                     pixel_array(source, index=0)  # the first frame: decoding it is the check

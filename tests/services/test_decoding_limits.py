@@ -6,6 +6,7 @@ header reader and the transcoder use them."""
 from __future__ import annotations
 
 import io
+import struct
 import threading
 import tracemalloc
 import zlib
@@ -13,9 +14,21 @@ from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.encaps import generate_frames
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+)
 
-from pacs.services.decoding_limits import MB, DecodeLimits, Geometry, GeometryError
+from pacs.services.decoding_limits import (
+    MB,
+    DecodeLimits,
+    Geometry,
+    GeometryError,
+    codestream_size,
+)
 from pacs.services.errors import (
     CannotTranscode,
     DecoderBusy,
@@ -25,7 +38,7 @@ from pacs.services.errors import (
 )
 from pacs.services.instance_reader import read_header
 from pacs.services.transcode import transcode
-from tests.factories.datasets import ct_instance, to_part10_bytes
+from tests.factories.datasets import EncodingUnavailable, ct_instance, encode, to_part10_bytes
 from tests.factories.huge import constant_rle_instance, deflate_bomb_instance
 
 
@@ -144,3 +157,24 @@ def test_transcoding_checks_the_whole_image_and_holds_a_slot() -> None:
         transcode(bomb, ExplicitVRLittleEndian, DecodeLimits(max_decoded_bytes=4 * MB,
                                                               max_concurrent=1))
     assert transcode(to_part10_bytes(ct_instance()), ExplicitVRLittleEndian)
+
+
+@pytest.mark.parametrize("transfer_syntax", [JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless])
+def test_the_size_a_codestream_declares_is_read(transfer_syntax: str) -> None:
+    try:
+        ds = encode(ct_instance(Rows=48, Columns=80), transfer_syntax)
+    except EncodingUnavailable as reason:
+        pytest.skip(str(reason))
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    assert codestream_size(frame) == (80, 48, 1)
+
+
+def test_a_codestream_larger_than_its_header_is_not_decoded() -> None:
+    ds = encode(ct_instance(), JPEG2000Lossless)
+    data = bytearray(ds.PixelData)
+    siz = data.find(b"\xff\x4f\xff\x51")
+    struct.pack_into(">II", data, siz + 8, 30000, 30000)  # Xsiz, Ysiz; the header says 64x64
+    ds.PixelData = bytes(data)
+    limits = DecodeLimits(max_decoded_bytes=64 * MB, max_concurrent=1)
+    with pytest.raises(CannotTranscode, match="codestream declares 30000x30000"):
+        transcode(to_part10_bytes(ds), ExplicitVRLittleEndian, limits)

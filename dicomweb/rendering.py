@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pacs.services.decoding_limits import VIEWING_EXTRA_PER_SAMPLE
 from pacs.services.frames import DecodedFrame
 
 JPEG = "image/jpeg"
@@ -33,7 +34,7 @@ _FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 #: Bytes per decoded sample a rendering may need beyond the decoded frame: the float32
 #: working copy, the 8-bit result and Pillow's copy of it (an upper bound: a viewport makes
 #: the working copy smaller).
-WORKING_BYTES_PER_SAMPLE = 6
+WORKING_BYTES_PER_SAMPLE = VIEWING_EXTRA_PER_SAMPLE
 
 
 class RenderingError(ValueError):

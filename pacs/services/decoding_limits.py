@@ -36,6 +36,10 @@ MB = 1 << 20  # the unit of PACS_MAX_DECODED_MB
 _INFLATE_STEP = 1 << 20  # bytes of inflated output asked of zlib at a time
 _MAX_SAMPLES = 4  # PS3.3 C.7.6.3.1.1: 1 or 3 (4 in retired ARGB/CMYK)
 _MAX_BITS = 64  # PS3.3 C.7.6.3.1.1: Bits Allocated 1, 8, 16, 32 or 64 in practice
+#: Bytes per decoded sample that viewing a frame may take beyond the frame itself: rendering's
+#: float32 working copy, its 8-bit result and Pillow's copy of that (dicomweb.rendering). The
+#: stability pixel check uses the same budget: a frame too large to view is not judged either.
+VIEWING_EXTRA_PER_SAMPLE = 6
 _SCAN = 1 << 16  # bytes of a codestream searched for its frame header
 # ISO 10918-1 B.1.1.3 and ISO 14495-1 (SOF55): start-of-frame markers; C4, C8, CC are not
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}

@@ -30,6 +30,7 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import pixel_array
 
 from pacs.services.decoding_limits import (
+    VIEWING_EXTRA_PER_SAMPLE,
     DecodeLimits,
     Geometry,
     GeometryError,
@@ -498,9 +499,10 @@ class WorkflowService:
         return True
 
     def _decodable(self, key: str, sop_instance_uid: str) -> Finding | None:
-        """The study check on pixel data: decode the first frame of the file. A frame larger
-        than the decoding limit is not decoded (and not judged); waiting too long for a
-        decoding slot raises :class:`DecoderBusy`, so the study is settled at a later round."""
+        """The study check on pixel data: decode the first frame of the file. A frame too
+        large to view within the decoding limit (the rendering budget) is not decoded, and not
+        judged; waiting too long for a decoding slot raises :class:`DecoderBusy`, so the
+        study is settled at a later round."""
         try:
             with self.blobs.open(key) as source:
                 ds = pydicom.dcmread(source, defer_size=1024)  # large values are not read
@@ -511,7 +513,8 @@ class WorkflowService:
                 except GeometryError as error:
                     return undecodable_pixel_data(sop_instance_uid, str(error))
                 try:
-                    self.limits.check(geometry, frames=1, what=f"SOP Instance {sop_instance_uid}")
+                    self.limits.check(geometry, frames=1, what=f"SOP Instance {sop_instance_uid}",
+                                      extra_per_sample=VIEWING_EXTRA_PER_SAMPLE)
                 except DecodeTooLarge as error:
                     log.info("pixel check skipped: %s", error)
                     return None

@@ -1,7 +1,8 @@
 """Decoding is bounded (issue 12, item 6), against a real ``pacs serve``: an image whose header
 declares more pixels than the decoding limit allows is refused with 422 and a message before
 anything is decoded, on every web path that decodes; the server's memory stays small while
-three such requests run at once; normal images still render; a deflated data set that inflates
+three such requests run at once and the stability pixel check looks at the same image; normal
+images still render; a deflated data set that inflates
 beyond the limit is refused by STOW-RS."""
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tests.factories.datasets import ct_instance, to_part10_bytes
 from tests.factories.huge import constant_rle_instance, deflate_bomb_instance
 from tests.support import dcmtk
 from tests.support.server import PacsServer
+from tests.support.wait import until
 
 LIMITED_MB = 64  # PACS_MAX_DECODED_MB of the second server
 
@@ -54,9 +56,11 @@ def _serving(root: Path, env: dict[str, str], huge: Dataset) -> Iterator[Stored]
 
 @pytest.fixture(scope="module")
 def default_limits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stored]:
-    """The default limits, and the issue's probe: a 4 MB RLE file declaring 16000 x 16000."""
+    """The default limits, and the issue's probe: a 4 MB RLE file declaring 16000 x 16000.
+    Studies are stable at once, so the stability pixel check decodes meanwhile."""
     root = tmp_path_factory.mktemp("decode-default")
-    yield from _serving(root, {}, constant_rle_instance(16000, 16000, PatientID="DL-HUGE"))
+    yield from _serving(root, {"PACS_STABLE_SECONDS": "0"},
+                        constant_rle_instance(16000, 16000, PatientID="DL-HUGE"))
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +108,11 @@ def test_three_concurrent_renders_of_a_16000_square_image_are_refused_in_little_
     for url in urls:
         message = _refused(answers[url])
         assert default_limits.huge.SOPInstanceUID in message
+    study = default_limits.huge.StudyInstanceUID
+    until("the stability check of the huge image's study", lambda: default_limits.http.get(
+        f"{default_limits.server.base_url}/api/studies/{study}").json()["stable"])
     peak_mb = _memory_kb(default_limits.server, "VmHWM") // 1024
     assert peak_mb < 512, f"the server and its workers peaked at {peak_mb} MB"
-    study = default_limits.huge.StudyInstanceUID
     thumbnail = default_limits.http.get(
         f"{default_limits.server.base_url}/dicom-web/studies/{study}/thumbnail")
     _refused(thumbnail)

@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse
 
 from pacs.services.errors import (
     CannotTranscode,
+    DecoderBusy,
+    DecodeTooLarge,
     IllegalTransition,
     InvalidInstance,
     InvalidQuery,
@@ -47,10 +49,12 @@ STATUS: tuple[tuple[type[PacsError], int], ...] = (
     (InvalidQuery, 400),
     (SopClassMismatch, 409),
     (InvalidInstance, 400),
+    (DecodeTooLarge, 422),  # the request is fine; this instance is too large to decode here
     (CannotTranscode, 406),  # no acceptable representation (PS3.18 8.7.3)
     (UnknownPeer, 404),
     (OutOfResources, 503),
 )
+RETRY_AFTER_S = 5  # seconds a client is told to wait when every decoding slot is taken
 
 
 def status_of(error: PacsError) -> int:
@@ -82,7 +86,8 @@ def install(app: FastAPI) -> None:
         status = status_of(error)
         if status >= 500:
             log.warning("%s %s: %s", request.method, request.url.path, error)
-        return error_response(status, str(error))
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if isinstance(error, DecoderBusy) else None
+        return error_response(status, str(error), headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:

@@ -5,7 +5,11 @@ C.11.2.1.2): the ``window`` query parameter, else the first Window Center/Width 
 set, else the frame's minimum and maximum; LINEAR, LINEAR_EXACT or SIGMOID; MONOCHROME1 is
 inverted. Color frames are shown as decoded (RGB; YBR was converted by the decoder), scaled to
 8 bits when stored wider. A viewport (``vw,vh``) scales the image to fit inside it, aspect
-ratio kept, never below one pixel. Not done: presentation states, VOI LUT sequences, per-frame
+ratio kept, never below one pixel; a frame much larger than the viewport is first subsampled
+(every k-th row and column, to twice the viewport at least) so that the arithmetic runs on
+the small copy. Arithmetic is float32, in place: one working copy of the frame (4 bytes per
+sample) and the 8-bit result (:data:`WORKING_BYTES_PER_SAMPLE`, counted against the decoding
+limit with the decoded frame). Not done: presentation states, VOI LUT sequences, per-frame
 functional groups, annotations, cropping (``sx,sy,sw,sh``) and ``image/gif``.
 """
 
@@ -19,6 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pacs.services.decoding_limits import VIEWING_EXTRA_PER_SAMPLE
 from pacs.services.frames import DecodedFrame
 
 JPEG = "image/jpeg"
@@ -26,6 +31,10 @@ PNG = "image/png"
 MEDIA_TYPES = (JPEG, PNG)
 THUMBNAIL_SIZE = 128  # pixels: the longer side of a thumbnail without a viewport
 _FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+#: Bytes per decoded sample a rendering may need beyond the decoded frame: the float32
+#: working copy, the 8-bit result and Pillow's copy of it (an upper bound: a viewport makes
+#: the working copy smaller).
+WORKING_BYTES_PER_SAMPLE = VIEWING_EXTRA_PER_SAMPLE
 
 
 class RenderingError(ValueError):
@@ -104,7 +113,10 @@ def parse_quality(text: str | None) -> int:
 
 def render(frame: DecodedFrame, options: Rendering) -> bytes:
     """The frame as a JPEG or PNG image."""
-    image = Image.fromarray(_eight_bits(frame, options.window))
+    pixels = frame.pixels
+    if options.viewport is not None:
+        pixels = _subsampled(pixels, options.viewport)
+    image = Image.fromarray(_eight_bits(pixels, frame, options.window))
     if options.viewport is not None:
         image = image.resize(_fit(image.size, options.viewport), Image.Resampling.LANCZOS)
     out = io.BytesIO()
@@ -117,6 +129,15 @@ def render(frame: DecodedFrame, options: Rendering) -> bytes:
 
 def thumbnail_viewport(viewport: tuple[int, int] | None) -> tuple[int, int]:
     return viewport or (THUMBNAIL_SIZE, THUMBNAIL_SIZE)
+
+
+def _subsampled(pixels: np.ndarray[Any, Any], box: tuple[int, int]) -> np.ndarray[Any, Any]:
+    """A view of every k-th row and column, k as large as keeps at least twice the size the
+    image is fitted to (so the final resampling still has detail to average)."""
+    rows, columns = pixels.shape[:2]
+    width, height = _fit((columns, rows), box)
+    step = max(1, min(columns // (2 * width), rows // (2 * height)))
+    return pixels[::step, ::step] if step > 1 else pixels
 
 
 def _fit(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
@@ -141,18 +162,25 @@ def _first(value: Any) -> float | None:
         return None
 
 
-def _eight_bits(frame: DecodedFrame, window: Window | None) -> np.ndarray[Any, Any]:
-    pixels = frame.pixels
+def _eight_bits(
+    pixels: np.ndarray[Any, Any], frame: DecodedFrame, window: Window | None
+) -> np.ndarray[Any, Any]:
     header = frame.header
     if pixels.ndim == 3:  # color: samples last
-        if pixels.dtype != np.uint8:
-            top = float(2 ** int(header.get("BitsStored", 8)) - 1)
-            pixels = np.clip(pixels.astype(np.float64) * (255.0 / top), 0, 255)
-        return np.ascontiguousarray(pixels.astype(np.uint8)[..., :3])
-    values = pixels.astype(np.float64)
+        if pixels.dtype == np.uint8:
+            return np.ascontiguousarray(pixels[..., :3])
+        top = float(2 ** int(header.get("BitsStored", 8)) - 1)
+        scaled = pixels[..., :3].astype(np.float32)
+        scaled *= np.float32(255.0 / top)
+        np.clip(scaled, 0, 255, out=scaled)
+        return scaled.astype(np.uint8)
+    values = pixels.astype(np.float32)
     slope = _first(header.get("RescaleSlope")) or 1.0
     intercept = _first(header.get("RescaleIntercept")) or 0.0
-    values = values * slope + intercept
+    if slope != 1.0:
+        values *= np.float32(slope)
+    if intercept:
+        values += np.float32(intercept)
     if window is None:
         center = _first(header.get("WindowCenter"))
         width = _first(header.get("WindowWidth"))
@@ -161,20 +189,34 @@ def _eight_bits(frame: DecodedFrame, window: Window | None) -> np.ndarray[Any, A
     if window is None:
         low, high = float(values.min()), float(values.max())
         window = Window((low + high) / 2 + 0.5, max(high - low + 1, 1.0))
-    out = _voi(values, window)
+    _voi(values, window)
     if frame.photometric == "MONOCHROME1":
-        out = 255.0 - out
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+        np.subtract(np.float32(255.0), values, out=values)
+    np.rint(values, out=values)
+    np.clip(values, 0, 255, out=values)
+    return values.astype(np.uint8)
 
 
-def _voi(x: np.ndarray[Any, Any], window: Window) -> np.ndarray[Any, Any]:
-    """PS3.3 C.11.2.1.2: values in [0, 255]."""
+def _voi(x: np.ndarray[Any, Any], window: Window) -> None:
+    """PS3.3 C.11.2.1.2, in place: values in [0, 255]."""
     c, w = window.center, window.width
     if window.function == "SIGMOID":
-        result: np.ndarray[Any, Any] = 255.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
-        return result
+        x -= np.float32(c)
+        x *= np.float32(-4.0 / w)
+        with np.errstate(over="ignore"):  # far below the window: exp overflows, 255/inf is 0
+            np.exp(x, out=x)
+        x += np.float32(1.0)
+        np.divide(np.float32(255.0), x, out=x)
+        return
     if window.function == "LINEAR_EXACT":
-        return np.clip((x - c) / w + 0.5, 0.0, 1.0) * 255.0
-    return np.clip((x - (c - 0.5)) / (w - 1) + 0.5, 0.0, 1.0) * 255.0 if w > 1 else np.where(
-        x > c - 0.5, 255.0, 0.0
-    )
+        x -= np.float32(c)
+        x /= np.float32(w)
+        x += np.float32(0.5)
+    elif w > 1:
+        x -= np.float32(c - 0.5)
+        x /= np.float32(w - 1)
+        x += np.float32(0.5)
+    else:
+        np.greater(x, np.float32(c - 0.5), out=x, casting="unsafe")
+    np.clip(x, 0.0, 1.0, out=x)
+    x *= np.float32(255.0)

@@ -29,7 +29,7 @@ from dicomweb.context import Web, base_url, client_actor
 from dicomweb.errors import HttpError
 from dicomweb.metadata import with_base
 from dicomweb.wado_services import WadoServices, wado_services
-from pacs.services.errors import CannotTranscode, NotFound
+from pacs.services.errors import CannotTranscode, DecoderBusy, NotFound
 from pacs.services.frames import OCTET_STREAM, FramePart, Offer
 from pacs.services.wado import InstanceFile
 from storage.query import RetrieveItem
@@ -400,8 +400,7 @@ def router(web: Web) -> APIRouter:
         window: str | None, quality: str | None, thumbnail: bool,
     ) -> Response:
         options = _rendering(_image_type(request), viewport, window, quality, thumbnail)
-        decoded = wado.frames.decoded(item, frame)
-        return Response(rendering.render(decoded, options), media_type=options.media_type)
+        return Response(_render(wado, item, frame, options), media_type=options.media_type)
 
     def rendered_many(
         request: Request, items: Sequence[RetrieveItem], viewport: str | None,
@@ -415,8 +414,8 @@ def router(web: Web) -> APIRouter:
         def images() -> Iterator[multipart.Part]:
             for item in items:
                 try:
-                    image = rendering.render(wado.frames.decoded(item, 1), options)
-                except (NotFound, CannotTranscode) as error:
+                    image = _render(wado, item, 1, options)
+                except (NotFound, CannotTranscode, DecoderBusy) as error:  # or DecodeTooLarge
                     log.info("rendered %s: %s left out: %s", item.series_instance_uid,
                              item.sop_instance_uid, error)
                     continue
@@ -579,6 +578,16 @@ def _uri_image(
     except rendering.RenderingError as error:
         raise HttpError(400, str(error)) from None
     number = parse_frame_list(frame)[0] if frame else 1
-    decoded = wado.frames.decoded(item, number)
-    return Response(rendering.render(decoded, options), media_type=media_type)
+    return Response(_render(wado, item, number, options), media_type=media_type)
+
+
+def _render(
+    wado: WadoServices, item: RetrieveItem, number: int, options: rendering.Rendering
+) -> bytes:
+    """Frame ``number`` rendered while its decoding slot is held; the rendering's working
+    copies count against the decoding limit (over it: 422 before anything is decoded)."""
+    with wado.frames.decoded(
+        item, number, extra_per_sample=rendering.WORKING_BYTES_PER_SAMPLE
+    ) as decoded:
+        return rendering.render(decoded, options)
 

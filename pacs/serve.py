@@ -27,6 +27,7 @@ from pacs.dimse.sender import StudySender
 from pacs.dimse.server import DimseServer
 from pacs.services.bulk_import import ImportService
 from pacs.services.consistency import ConsistencyService
+from pacs.services.decoding_limits import MB, DecodeLimits
 from pacs.services.ingest import IngestService
 from pacs.services.query import QueryService
 from pacs.services.retrieve import Destination, RetrieveService
@@ -72,9 +73,13 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
         if upgrade:
             index.upgrade()
         gate = QaGate(manual=settings.qa is QaMode.MANUAL, modalities=settings.modalities)
+        limits = DecodeLimits(
+            max_decoded_bytes=settings.max_decoded_mb * MB,
+            max_concurrent=settings.max_concurrent_decodes,
+        )
         ingest = IngestService(
             blobs=blobs, index=index, overwrite=settings.overwrite,
-            min_free_bytes=settings.min_free_space_mb * 1_000_000, gate=gate,
+            min_free_bytes=settings.min_free_space_mb * 1_000_000, gate=gate, limits=limits,
         )
         query = QueryService(index=index, max_results=settings.max_query_results)
         peers = [Destination(p.ae_title, p.host, p.port) for p in settings.peers]
@@ -82,9 +87,10 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
         workflow = WorkflowService(
             index=index, blobs=blobs, gate=gate, rules=rules,
             stable_after=dt.timedelta(seconds=settings.stable_seconds),
-            retention=dt.timedelta(days=settings.retention_days),
+            retention=dt.timedelta(days=settings.retention_days), limits=limits,
         )
-        retrieve = RetrieveService(query=query, blobs=blobs, peers=peers, audit=workflow.record)
+        retrieve = RetrieveService(query=query, blobs=blobs, peers=peers, audit=workflow.record,
+                                   limits=limits)
         services = Services(
             settings=settings,
             blobs=blobs,

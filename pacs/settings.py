@@ -107,6 +107,18 @@ class Settings(BaseSettings):
     fuzzy_person_names: bool = Field(
         default=True, description="PN matching ignores case and accents (False: exact)"
     )
+    max_decoded_mb: int = Field(
+        default=1024, ge=1,
+        description="MiB one decode may take, judged from the header before decoding (pixels "
+        "a rendering, /frames or a transcode decodes, with a rendering's working copies; the "
+        "inflated size of a deflated data set); over it: HTTP 422, a failed C-MOVE/C-GET "
+        "sub-operation, 0xC000 at ingest",
+    )
+    max_concurrent_decodes: int = Field(
+        default=2, ge=1,
+        description="decodes running at once per process; the excess waits up to 30 s, then "
+        "HTTP 503 with Retry-After",
+    )
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
         description="browser origins (scheme://host[:port], comma separated) that may call "

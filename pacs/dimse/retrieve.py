@@ -22,7 +22,7 @@ from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 from pacs.dimse import encoding, tuning
 from pacs.dimse.identifiers import GET_MODELS, MOVE_MODELS, retrieve_query
 from pacs.dimse.status import Status, query_status
-from pacs.services.errors import CannotTranscode, NotFound, PacsError
+from pacs.services.errors import PacsError
 from pacs.services.retrieve import RetrievePlan, RetrieveService
 from pacs.services.workflow import actor
 
@@ -189,7 +189,7 @@ class Retrieval:
                         store, ready.path, msg_id=(message_id + number) % 65536,
                         originator_aet=originator, originator_id=message_id,
                     )
-        except (CannotTranscode, NotFound) as error:
+        except PacsError as error:  # cannot transcode (too large to decode), gone, decoder busy
             log.warning("sub-operation for %s failed: %s", item.sop_instance_uid, error)
             return None
         except (ValueError, AttributeError, RuntimeError) as error:  # pynetdicom refusals

@@ -15,7 +15,6 @@ are first turned into an Explicit VR Little Endian copy in memory by the caller
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from io import BytesIO
@@ -29,6 +28,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from pacs.services.decoding_limits import DecodeLimits
 from pacs.services.transcode import dataset_offset, transcode
 
 UNDEFINED = 0xFFFFFFFF
@@ -244,9 +244,12 @@ class Readable:
     implicit: bool
 
 
-def readable(file: BinaryIO, size: int, transfer_syntax: str) -> Readable:
+def readable(
+    file: BinaryIO, size: int, transfer_syntax: str, limits: DecodeLimits | None = None
+) -> Readable:
     """``file`` (a Part 10 file in ``transfer_syntax``) as little endian data to walk: deflated
-    data is inflated and big endian converted, in memory; the rest is read in place."""
+    data is inflated (up to the decoding limit: :class:`DecodeTooLarge` beyond it) and big
+    endian converted, in memory; the rest is read in place."""
     head = file.read(min(size, _WINDOW))
     if transfer_syntax == ExplicitVRBigEndian:
         file.seek(0)
@@ -255,10 +258,10 @@ def readable(file: BinaryIO, size: int, transfer_syntax: str) -> Readable:
     start = dataset_offset(_whole_meta(file, head, size))
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
         file.seek(start)
-        try:
-            inflated = zlib.decompress(file.read(), -zlib.MAX_WBITS)
-        except zlib.error as error:
-            raise Unreadable(f"cannot inflate the data set: {error}") from error
+        inflated = (limits or DecodeLimits.unlimited()).inflate(
+            file.read(), what="the stored data set",
+            corrupt=lambda reason: Unreadable(f"cannot inflate the data set: {reason}"),
+        )
         return Readable(BytesIO(inflated), len(inflated), 0, False)
     return Readable(file, size, start, transfer_syntax == ImplicitVRLittleEndian)
 

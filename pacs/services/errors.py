@@ -5,14 +5,17 @@
     PacsError
     ├── InvalidInstance        the data cannot be understood (corrupt, truncated)
     │   ├── NotDicom           no DICOM Part 10 preamble and prefix at all
-    │   └── MissingAttribute   a required UID is absent or not a valid UID
+    │   ├── MissingAttribute   a required UID is absent or not a valid UID
+    │   └── InflatesTooLarge   a deflated data set inflates beyond PACS_MAX_DECODED_MB (ingest)
     ├── SopClassMismatch       the dataset is not what the request announced
     │   └── StudyMismatch      it belongs to another study than the request's target (STOW-RS)
     ├── OutOfResources         disk full, index unreachable or locked: try again later
+    │   └── DecoderBusy        every decoding slot stayed taken: try again shortly
     ├── NotFound               no such object
     ├── CannotTranscode        a stored instance cannot be converted to the transfer syntax
-    │                          a peer accepts (no decoder, corrupt codestream, or a
-    │                          compressed target)
+    │   │                      a peer accepts (no decoder, corrupt codestream, or a
+    │   │                      compressed target)
+    │   └── DecodeTooLarge     decoding it would take more than PACS_MAX_DECODED_MB
     ├── InvalidQuery           a query that cannot be run (malformed value, bad identifier)
     ├── UnknownPeer            a C-MOVE destination that is not registered with --peer
     └── IllegalTransition      a workflow action the study's current state does not allow
@@ -37,6 +40,11 @@ class MissingAttribute(InvalidInstance):
     """A required attribute is absent or invalid."""
 
 
+class InflatesTooLarge(InvalidInstance):
+    """A deflated data set (PS3.5 A.5) that inflates beyond the decoding limit: refused
+    before it is inflated whole (0xC000 on C-STORE)."""
+
+
 class SopClassMismatch(PacsError):
     """The dataset's SOP Class or Instance UID differs from the request's (PS3.4 B.2.3)."""
 
@@ -55,6 +63,10 @@ class OutOfResources(PacsError):
     """Storage or index cannot take the instance now (disk full, database unavailable)."""
 
 
+class DecoderBusy(OutOfResources):
+    """Every decoding slot (PACS_MAX_CONCURRENT_DECODES) stayed taken for the bounded wait."""
+
+
 class NotFound(PacsError):
     """The requested object does not exist (or is not visible)."""
 
@@ -65,6 +77,11 @@ class CannotTranscode(PacsError):
     The message names the SOP Instance UID and the reason (no decoder for the stored transfer
     syntax, a corrupt codestream, or a target that would need compressing).
     """
+
+
+class DecodeTooLarge(CannotTranscode):
+    """Decoding (or inflating) a stored instance would take more memory than the limit
+    (PACS_MAX_DECODED_MB), judged from its header before anything is decoded."""
 
 
 class InvalidQuery(PacsError):

@@ -4,7 +4,9 @@ data, rendered; WADO-URI images).
 Protocol-neutral. Only the header and the bytes asked for are read: a native frame is read at
 its offset, an encapsulated one from its fragments (PS3.5 A.4; the Basic Offset Table is used
 when present). A frame is given as stored (compressed bytes unchanged) or decoded to native
-little endian pixels; decoding is pydicom's with the installed plugins, one frame at a time.
+little endian pixels; decoding is pydicom's with the installed plugins, one frame at a time,
+after the header's geometry was checked against the decoding limit and inside one of the
+decoding slots (:mod:`pacs.services.decoding_limits`).
 
 Transfer syntax choice for frames (PS3.18 8.7.3.5.2, 8.7.4): each offer is a media type and an
 optional transfer syntax. ``application/octet-stream`` without a transfer syntax means
@@ -27,6 +29,13 @@ from pydicom.encaps import encapsulate, get_frame
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from pacs.services.decoding_limits import (
+    DecodeLimits,
+    Geometry,
+    GeometryError,
+    check_codestream,
+    frame_count,
+)
 from pacs.services.element_tree import PIXEL_DATA, Element, Readable, Window, find
 from pacs.services.errors import CannotTranscode, NotFound
 from pacs.services.transcode import UNCOMPRESSED
@@ -111,8 +120,9 @@ def frame_choice(stored: str, offers: Sequence[Offer]) -> tuple[str, str] | None
 
 
 class FrameService:
-    def __init__(self, *, wado: WadoService) -> None:
+    def __init__(self, *, wado: WadoService, limits: DecodeLimits | None = None) -> None:
         self.wado = wado
+        self.limits = limits or wado.retrieve.limits
 
     def frames(
         self, item: RetrieveItem, numbers: Sequence[int], offers: Sequence[Offer]
@@ -130,26 +140,42 @@ class FrameService:
         media_type, syntax = choice
         with self._pixels(item) as pixels:
             pixels.check(numbers)
+            if not pixels.encapsulated:  # native: the parts are assembled in memory, so
+                # ``1,1,1,...`` of a large frame counts like as many decoded frames
+                self.limits.check(pixels.geometry(), frames=len(numbers), what=_what(item))
             if syntax == item.transfer_syntax_uid or not pixels.encapsulated:
                 return [FramePart(pixels.stored_frame(n), media_type, syntax) for n in numbers]
-            return [
-                FramePart(_native_bytes(pixels.decoded(n), pixels.header), media_type, syntax)
-                for n in numbers
-            ]
+            self.limits.check(pixels.geometry(), frames=len(numbers), what=_what(item))
+            parts = []
+            for number in numbers:
+                with self.limits.slot():
+                    data = _native_bytes(pixels.decoded(number), pixels.header)
+                parts.append(FramePart(data, media_type, syntax))
+            return parts
 
     def frame_count(self, item: RetrieveItem) -> int:
         with self._pixels(item) as pixels:
             return pixels.count
 
-    def decoded(self, item: RetrieveItem, number: int) -> DecodedFrame:
-        """Frame ``number`` (1-based) decoded to pixel values, for rendering."""
+    @contextmanager
+    def decoded(
+        self, item: RetrieveItem, number: int, *, extra_per_sample: int = 0
+    ) -> Iterator[DecodedFrame]:
+        """Frame ``number`` (1-based) decoded to pixel values, for rendering inside the
+        ``with`` block: the decoding slot is held until the block ends, and the caller's
+        working copies (``extra_per_sample`` bytes per decoded sample) count against the
+        decoding limit with the frame itself."""
         with self._pixels(item) as pixels:
             pixels.check([number])
-            array = pixels.decoded(number)
-            photometric = str(pixels.header.get("PhotometricInterpretation", "MONOCHROME2"))
-            if photometric.startswith("YBR") and array.ndim == 3:
-                photometric = "RGB"  # pydicom converts YBR to RGB when decoding
-            return DecodedFrame(array, pixels.header, photometric)
+            self.limits.check(
+                pixels.geometry(), frames=1, what=_what(item), extra_per_sample=extra_per_sample
+            )
+            with self.limits.slot():
+                array = pixels.decoded(number)
+                photometric = str(pixels.header.get("PhotometricInterpretation", "MONOCHROME2"))
+                if photometric.startswith("YBR") and array.ndim == 3:
+                    photometric = "RGB"  # pydicom converts YBR to RGB when decoding
+                yield DecodedFrame(array, pixels.header, photometric)
 
     def bulk(self, item: RetrieveItem, path: tuple[int, ...]) -> BulkValue | None:
         """The value at ``path`` (tag, then item index and tag into sequences), streamed;
@@ -196,8 +222,26 @@ class _Pixels:
         self.element = pixel_data
         self.header = _header_dataset(elements)
         self.encapsulated = pixel_data.length == 0xFFFFFFFF
-        self.count = int(self.header.get("NumberOfFrames") or 1)
         self._encapsulated_bytes: bytes | None = None
+        self._geometry: Geometry | None = None
+        try:
+            self.count = frame_count(self.header)
+        except GeometryError as error:
+            raise self._unusable(error) from error
+
+    def geometry(self) -> Geometry:
+        """The header's image geometry; :class:`CannotTranscode` when it is unusable."""
+        if self._geometry is None:
+            try:
+                self._geometry = Geometry.of(self.header)
+            except GeometryError as error:
+                raise self._unusable(error) from error
+        return self._geometry
+
+    def _unusable(self, error: GeometryError) -> CannotTranscode:
+        return CannotTranscode(
+            f"SOP Instance {self.item.sop_instance_uid}: unusable image geometry: {error}"
+        )
 
     def check(self, numbers: Sequence[int]) -> None:
         for number in numbers:
@@ -208,10 +252,8 @@ class _Pixels:
                 )
 
     def _frame_size(self) -> int:
-        h = self.header
-        bits = int(h.BitsAllocated)
-        pixels = int(h.Rows) * int(h.Columns) * int(h.get("SamplesPerPixel", 1))
-        return pixels * bits // 8
+        geometry = self.geometry()
+        return geometry.samples_per_frame * geometry.bits_allocated // 8
 
     def stored_frame(self, number: int) -> bytes:
         window = Window(self.source.source, self.source.size)
@@ -229,7 +271,7 @@ class _Pixels:
                     f"SOP Instance {self.item.sop_instance_uid}: cannot find frame {number} "
                     f"in its fragments: {error}"
                 ) from error
-        if int(self.header.BitsAllocated) == 1:
+        if self.geometry().bits_allocated == 1:
             if self.count != 1:
                 raise CannotTranscode(
                     f"SOP Instance {self.item.sop_instance_uid}: single-bit multi-frame pixel "
@@ -253,6 +295,7 @@ class _Pixels:
         data = self.stored_frame(number)
         ds.NumberOfFrames = 1
         if self.encapsulated:
+            check_codestream(data, self.geometry(), what=_what(self.item))
             ds.file_meta.TransferSyntaxUID = UID(self.item.transfer_syntax_uid)
             ds.PixelData = encapsulate([data])
             ds["PixelData"].VR = "OB"
@@ -269,6 +312,10 @@ class _Pixels:
                 f"{reason}"
             ) from error
         return array
+
+
+def _what(item: RetrieveItem) -> str:
+    return f"SOP Instance {item.sop_instance_uid}"
 
 
 def _header_dataset(elements: list[Element]) -> Dataset:

@@ -19,6 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 
+from pacs.services.decoding_limits import DecodeLimits
 from pacs.services.errors import (
     InvalidInstance,
     OutOfResources,
@@ -122,8 +123,10 @@ class IngestService:
         new_study_state: StudyState = StudyState.ARCHIVED,
         min_free_bytes: int = 0,
         gate: QaGate | None = None,
+        limits: DecodeLimits | None = None,
     ) -> None:
         self.blobs = blobs
+        self.limits = limits  # bounds the inflating of a deflated data set
         self.index = index
         self.overwrite = overwrite
         self.min_free_bytes = min_free_bytes
@@ -148,7 +151,7 @@ class IngestService:
             # No look-up first: an identical re-send finds its blob in place (content address)
             # and the index keeps the first copy; a differing re-send's blob is deleted below.
             committed = _guard_space(lambda: self.blobs.place(staged))
-            header = read_header(stream, staged.size)
+            header = read_header(stream, staged.size, self.limits)
             if expected is not None:
                 _check_expected(header, expected)
             row = InstanceRow(

@@ -4,7 +4,9 @@ Little endian data in memory (nearly everything received) goes through
 :mod:`pacs.services.element_walk`: tags and lengths only, the indexed elements kept raw for
 pydicom to decode. Anything else (big endian, deflated, a large file, an odd encoding) is parsed
 by pydicom with large values deferred; pydicom accepts a truncated last value silently, so we
-then check that every top-level value lies inside the file.
+then check that every top-level value lies inside the file. A deflated data set (PS3.5 A.5) is
+inflated in steps and refused (:class:`InflatesTooLarge`) as soon as it grows beyond the
+decoding limit, before pydicom (which inflates whole) sees it.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info
 from pydicom.tag import BaseTag
 from pydicom.uid import RE_VALID_UID, UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pacs.services import element_walk
-from pacs.services.errors import InvalidInstance, MissingAttribute, NotDicom
+from pacs.services.decoding_limits import DecodeLimits
+from pacs.services.errors import InflatesTooLarge, InvalidInstance, MissingAttribute, NotDicom
 from storage.attributes import INDEXED_TAGS
 
 _UNDEFINED = 0xFFFFFFFF
@@ -51,10 +55,11 @@ class Header:
     elements: Mapping[Any, object] | None = None  # the dataset's elements by tag, if read here
 
 
-def read_header(source: BinaryIO, size: int) -> Header:
+def read_header(source: BinaryIO, size: int, limits: DecodeLimits | None = None) -> Header:
     """Parse and check a Part 10 stream of ``size`` bytes.
 
-    Raises :class:`InvalidInstance` when it is not DICOM, is truncated or corrupt, and
+    Raises :class:`InvalidInstance` when it is not DICOM, is truncated or corrupt,
+    :class:`InflatesTooLarge` when it is deflated and inflates beyond ``limits``, and
     :class:`MissingAttribute` when a required UID is absent or malformed.
     """
     preamble = source.read(132)
@@ -62,13 +67,46 @@ def read_header(source: BinaryIO, size: int) -> Header:
         raise NotDicom("not a DICOM Part 10 file (no DICM prefix after the 128-byte preamble)")
     source.seek(0)
     if isinstance(source, io.BytesIO):
-        fast = _read_fast(source.getbuffer())
+        fast = _read_fast(source.getbuffer(), limits)
         if fast is not None:
             return fast
+    if limits is not None and _deflated(source):
+        with limits.slot():  # pydicom inflates the data set whole: measured first
+            try:
+                source.seek(0)
+                limits.inflate(_after_meta(source), what="the deflated data set", keep=False,
+                               too_large=InflatesTooLarge, corrupt=_corrupt_deflate)
+            finally:
+                source.seek(0)
+            return _read_with_pydicom(source, size)
     return _read_with_pydicom(source, size)
 
 
-def _read_fast(data: memoryview) -> Header | None:
+def _deflated(source: BinaryIO) -> bool:
+    """Whether the file meta group names a deflated transfer syntax (False when unreadable:
+    pydicom's reading then says why)."""
+    try:
+        source.seek(128 + 4)
+        meta = _read_file_meta_info(source)
+        return UID(str(meta.get("TransferSyntaxUID", "") or "")).is_deflated
+    except (InvalidDicomError, EOFError, ValueError, KeyError, OverflowError, OSError):
+        return False
+    finally:
+        source.seek(0)
+
+
+def _after_meta(source: BinaryIO) -> bytes:
+    """The bytes after the file meta group (the deflated data set)."""
+    source.seek(128 + 4)
+    _read_file_meta_info(source)
+    return source.read()
+
+
+def _corrupt_deflate(reason: str) -> InvalidInstance:
+    return InvalidInstance(f"deflated dataset: {reason}")
+
+
+def _read_fast(data: memoryview, limits: DecodeLimits | None = None) -> Header | None:
     """The element walk over little endian data; None when pydicom must do it."""
     meta = _file_meta(data)
     if meta is None:
@@ -76,19 +114,29 @@ def _read_fast(data: memoryview) -> Header | None:
     meta_end, transfer_syntax = meta
     implicit = transfer_syntax == ImplicitVRLittleEndian
     ts = UID(transfer_syntax)
-    body: bytes | memoryview = data
-    start = meta_end
+    empty = meta_end >= len(data)
     if ts.is_deflated:  # PS3.5 A.5: the data set is deflated Explicit VR Little Endian
-        body, start = _inflate(data[meta_end:]), 0
-    elif not (implicit or ts == ExplicitVRLittleEndian or ts.is_encapsulated):
+        active = limits or DecodeLimits.unlimited()
+        with active.slot():  # the inflated copy is held until the walk is done
+            body = active.inflate(data[meta_end:], what="the deflated data set",
+                                  too_large=InflatesTooLarge, corrupt=_corrupt_deflate)
+            return _walk(body, 0, transfer_syntax, empty=empty)
+    if not (implicit or ts == ExplicitVRLittleEndian or ts.is_encapsulated):
         return None
+    return _walk(data, meta_end, transfer_syntax, empty=empty)
+
+
+def _walk(
+    body: bytes | memoryview, start: int, transfer_syntax: str, *, empty: bool
+) -> Header | None:
+    implicit = transfer_syntax == ImplicitVRLittleEndian
     try:
         elements = element_walk.walk(body, start, implicit=implicit, wanted=WANTED_TAGS)
     except element_walk.Truncated as exc:
         raise InvalidInstance(f"truncated dataset: {exc}") from exc
     except element_walk.Malformed:
         return None  # let pydicom try: it is lenient with odd encodings
-    if not elements and meta_end >= len(data):
+    if not elements and empty:
         raise InvalidInstance("the dataset is empty or unreadable")
     dataset = Dataset(elements)
     dataset.set_original_encoding(implicit, True, None)
@@ -118,18 +166,6 @@ def _file_meta(data: memoryview) -> tuple[int, str] | None:
     if not UID(transfer_syntax).is_transfer_syntax:
         raise InvalidInstance(f"unknown transfer syntax {transfer_syntax}")
     return meta_end, transfer_syntax
-
-
-def _inflate(deflated: bytes | memoryview) -> bytes:
-    """The inflated data set; a deflate stream that does not end is a truncated file."""
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    try:
-        inflated = inflater.decompress(deflated) + inflater.flush()
-    except zlib.error as exc:
-        raise InvalidInstance(f"corrupt deflated dataset: {exc}") from exc
-    if not inflater.eof:
-        raise InvalidInstance("truncated dataset: the deflate stream does not end")
-    return inflated
 
 
 def _read_with_pydicom(source: BinaryIO, size: int) -> Header:

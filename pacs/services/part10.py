@@ -4,7 +4,8 @@ pydicom's ``dcmwrite`` of a Dataset built in memory (what dicomweb-client sends 
 the data set without the preamble, with or without a file meta group; DIMSE peers send data sets
 without one too. Such a part gets a file meta group made from the data set (SOP Class and
 Instance UIDs, the transfer syntax named by its own group 0002 or recognised from its first
-element); the data set bytes are kept unchanged, as for a C-STORE.
+element); the data set bytes are kept unchanged, as for a C-STORE. Of a deflated data set only
+the first MiB is inflated here (the UIDs come first): ingest inflates the rest, bounded.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ _VRS = frozenset(
     b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL "
     b"UN UR US UT UV".split()
 )
+_INFLATED_PREFIX = 1 << 20  # bytes: the UIDs of a deflated data set are at its start
 
 
 def is_part10(head: bytes) -> bool:
@@ -58,7 +60,7 @@ def as_part10(data: bytes) -> bytes:
     readable = body
     if syntax == DeflatedExplicitVRLittleEndian:
         try:
-            readable = zlib.decompress(body, -zlib.MAX_WBITS)
+            readable = zlib.decompressobj(-zlib.MAX_WBITS).decompress(body, _INFLATED_PREFIX)
         except zlib.error as error:
             raise InvalidInstance(f"deflated data set cannot be inflated: {error}") from error
     try:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from pacs.services.decoding_limits import DecodeLimits
 from pacs.services.errors import CannotTranscode, NotFound, UnknownPeer
 from pacs.services.query import QueryService
 from pacs.services.transcode import UNCOMPRESSED, choose_transfer_syntax, transcode
@@ -92,9 +93,10 @@ class AuditSink(Protocol):
 class RetrieveService:
     def __init__(
         self, *, query: QueryService, blobs: FileStore, peers: Sequence[Destination] = (),
-        audit: AuditSink | None = None,
+        audit: AuditSink | None = None, limits: DecodeLimits | None = None,
     ) -> None:
         self.query = query
+        self.limits = limits or DecodeLimits.unlimited()
         self.blobs = blobs
         self.peers = {peer.ae_title: peer for peer in peers}
         self.audit = audit
@@ -124,8 +126,9 @@ class RetrieveService:
     def prepared(self, item: RetrieveItem, accepted: Collection[str]) -> Iterator[Prepared]:
         """``item`` as a file in a transfer syntax from ``accepted``.
 
-        Raises :class:`CannotTranscode` when no accepted syntax fits (or decoding fails) and
-        :class:`NotFound` when the stored file is gone.
+        Raises :class:`CannotTranscode` when no accepted syntax fits (or decoding fails, or
+        would exceed the decoding limit: :class:`DecodeTooLarge`), :class:`DecoderBusy` when
+        no decoding slot freed up in time and :class:`NotFound` when the stored file is gone.
         """
         target = choose_transfer_syntax(item.transfer_syntax_uid, accepted)
         if target is None:
@@ -140,7 +143,7 @@ class RetrieveService:
         if target == item.transfer_syntax_uid:
             yield Prepared(item, stored, target, transcoded=False)
             return
-        converted = transcode(stored.read_bytes(), target)
+        converted = transcode(stored.read_bytes(), target, self.limits)
         path = self.blobs.temp_path()
         try:
             with open(path, "xb") as out:

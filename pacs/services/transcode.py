@@ -16,7 +16,9 @@ the data set bytes a C-STORE SCU sends, :func:`transcode` the complete Part 10 f
   Number of Frames follow the decoded data. Every other element is kept, private ones included.
 - Not streamed: the whole instance is in memory while it is converted (a decoded multi-frame
   image is as large as its pixels). Unchanged sends (:func:`encode_for` with the stored syntax)
-  do not decode anything.
+  do not decode anything. With :class:`DecodeLimits`, the decoded size of the whole Pixel Data
+  (and the inflated size of a deflated file) is checked from the header before decoding, and
+  the decode holds one of the decoding slots (:mod:`pacs.services.decoding_limits`).
 - A decoder that does not notice a damaged codestream (libjpeg fills a truncated JPEG scan)
   yields what it decoded; only the errors a decoder reports can be turned into
   :class:`CannotTranscode`.
@@ -35,6 +37,7 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.filewriter import correct_ambiguous_vr, dcmwrite
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import (
@@ -46,6 +49,12 @@ from pydicom.uid import (
     JPEGExtended12Bit,
 )
 
+from pacs.services.decoding_limits import (
+    DecodeLimits,
+    Geometry,
+    GeometryError,
+    check_codestream,
+)
 from pacs.services.errors import CannotTranscode
 
 #: The native transfer syntaxes this module can produce, in order of preference.
@@ -98,7 +107,9 @@ def dataset_offset(source: bytes) -> int:
     return _file_meta(source).end
 
 
-def encode_for(source: bytes, stored_ts: str, target_ts: str) -> bytes:
+def encode_for(
+    source: bytes, stored_ts: str, target_ts: str, limits: DecodeLimits | None = None
+) -> bytes:
     """The data set (no preamble, no File Meta Information) to send in ``target_ts``.
 
     When the file is in ``target_ts`` already, the stored bytes after the file meta, unchanged
@@ -108,11 +119,13 @@ def encode_for(source: bytes, stored_ts: str, target_ts: str) -> bytes:
     meta = _file_meta(source)
     if stored_ts == target_ts == meta.transfer_syntax:
         return source[meta.end :]
-    converted = transcode(source, target_ts)
+    converted = transcode(source, target_ts, limits)
     return converted[dataset_offset(converted) :]
 
 
-def transcode(source: BinaryIO | bytes, target_transfer_syntax: str) -> bytes:
+def transcode(
+    source: BinaryIO | bytes, target_transfer_syntax: str, limits: DecodeLimits | None = None
+) -> bytes:
     """A complete Part 10 file (preamble, file meta, data set) in ``target_transfer_syntax``.
 
     ``source`` is the file as stored. The SOP Class and Instance UIDs are kept; the pixel
@@ -120,8 +133,9 @@ def transcode(source: BinaryIO | bytes, target_transfer_syntax: str) -> bytes:
     A file already in the target syntax is returned unchanged.
 
     Raises :class:`CannotTranscode` (and nothing else) when the file cannot be read, its pixel
-    data cannot be decoded (no decoder, corrupt codestream) or the target is not one of
-    :data:`UNCOMPRESSED`.
+    data cannot be decoded (no decoder, corrupt codestream, :class:`DecodeTooLarge` over
+    ``limits``) or the target is not one of :data:`UNCOMPRESSED`; :class:`DecoderBusy` when
+    no decoding slot freed up in time.
     """
     data = source if isinstance(source, bytes) else source.read()
     meta = _file_meta(data)
@@ -134,11 +148,20 @@ def transcode(source: BinaryIO | bytes, target_transfer_syntax: str) -> bytes:
             f"SOP Instance {meta.sop_instance_uid}: cannot convert {stored.name} to "
             f"{target.name}: only decoding to an uncompressed transfer syntax is supported"
         )
+    if stored.is_deflated and limits is not None:  # pydicom would inflate it whole, unbounded
+        limits.inflate(memoryview(data)[meta.end :], what=f"SOP Instance {meta.sop_instance_uid}",
+                       corrupt=lambda reason: CannotTranscode(
+                           f"SOP Instance {meta.sop_instance_uid}: {reason}"), keep=False)
     with _failures(meta, f"cannot read the stored {stored.name} file"):
         ds = dcmread(BytesIO(data))
     little_endian = stored.is_little_endian
     if stored.is_encapsulated and "PixelData" in ds:
-        _decode(ds, meta)
+        if limits is None:
+            _decode(ds, meta)
+        else:
+            _check_size(ds, meta, limits)
+            with limits.slot():
+                _decode(ds, meta)
         little_endian = True  # decompress() gives native pixels in Explicit VR Little Endian
     with _failures(meta, f"cannot encode in {target.name}"):
         if little_endian != target.is_little_endian:
@@ -148,6 +171,20 @@ def transcode(source: BinaryIO | bytes, target_transfer_syntax: str) -> bytes:
         buffer = BytesIO()
         dcmwrite(buffer, ds, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def _check_size(ds: Dataset, meta: _FileMeta, limits: DecodeLimits) -> None:
+    """The whole Pixel Data decoded (every frame) must fit the limit, and no frame's
+    codestream may declare more than the header: refused before a decoder allocates."""
+    what = f"SOP Instance {meta.sop_instance_uid}"
+    try:
+        geometry = Geometry.of(ds)
+    except GeometryError as error:
+        raise CannotTranscode(f"{what}: unusable image geometry: {error}") from error
+    limits.check(geometry, frames=geometry.number_of_frames, what=what)
+    with _failures(meta, "cannot find its frames"):  # (check_codestream's error passes)
+        for frame in generate_frames(ds.PixelData, number_of_frames=geometry.number_of_frames):
+            check_codestream(frame, geometry, what=what)
 
 
 def _decode(ds: Dataset, meta: _FileMeta) -> None:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from pacs.services.element_tree import Element, Readable, Unreadable, readable, walk
-from pacs.services.errors import CannotTranscode, InvalidInstance, NotFound
+from pacs.services.errors import CannotTranscode, DecodeTooLarge, InvalidInstance, NotFound
 from pacs.services.retrieve import RetrieveService
 from pacs.services.transcode import UNCOMPRESSED
 from storage.attributes import Level
@@ -130,8 +130,11 @@ class WadoService:
             raise NotFound(f"SOP Instance {item.sop_instance_uid}: stored file missing") from error
         with file:
             try:
-                source = readable(file, item.blob_size, item.transfer_syntax_uid)
+                source = readable(file, item.blob_size, item.transfer_syntax_uid,
+                                  self.retrieve.limits)
                 elements = walk(source, inline_up_to=inline_up_to)
+            except DecodeTooLarge as error:
+                raise DecodeTooLarge(f"SOP Instance {item.sop_instance_uid}: {error}") from error
             except (Unreadable, CannotTranscode) as error:
                 raise InvalidInstance(
                     f"SOP Instance {item.sop_instance_uid}: cannot read the stored file: {error}"

@@ -25,10 +25,20 @@ from enum import StrEnum
 from typing import Any
 
 import pydicom
+from pydicom.encaps import get_frame
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import pixel_array
 
+from pacs.services.decoding_limits import (
+    VIEWING_EXTRA_PER_SAMPLE,
+    DecodeLimits,
+    Geometry,
+    GeometryError,
+    check_codestream,
+)
 from pacs.services.errors import (
+    DecoderBusy,
+    DecodeTooLarge,
     IllegalTransition,
     InvalidQuery,
     NotFound,
@@ -221,6 +231,7 @@ class WorkflowService:
         rules: Sequence[RouteRule] = (),
         stable_after: dt.timedelta = dt.timedelta(seconds=30),
         retention: dt.timedelta = dt.timedelta(days=30),
+        limits: DecodeLimits | None = None,
     ) -> None:
         self.index = index
         self.blobs = blobs
@@ -228,6 +239,7 @@ class WorkflowService:
         self.rules = tuple(rules)
         self.stable_after = stable_after
         self.retention = retention
+        self.limits = limits or DecodeLimits.unlimited()
 
     @contextmanager
     def _unit_of_work(self, *, write: bool = False) -> Iterator[Repository]:
@@ -487,16 +499,35 @@ class WorkflowService:
         return True
 
     def _decodable(self, key: str, sop_instance_uid: str) -> Finding | None:
-        """The study check on pixel data: decode the first frame of the file."""
+        """The study check on pixel data: decode the first frame of the file. A frame too
+        large to view within the decoding limit (the rendering budget) is not decoded, and not
+        judged; waiting too long for a decoding slot raises :class:`DecoderBusy`, so the
+        study is settled at a later round."""
         try:
             with self.blobs.open(key) as source:
                 ds = pydicom.dcmread(source, defer_size=1024)  # large values are not read
                 if "PixelData" not in ds and "FloatPixelData" not in ds:
                     return None
+                try:
+                    geometry = Geometry.of(ds)
+                except GeometryError as error:
+                    return undecodable_pixel_data(sop_instance_uid, str(error))
+                try:
+                    self.limits.check(geometry, frames=1, what=f"SOP Instance {sop_instance_uid}",
+                                      extra_per_sample=VIEWING_EXTRA_PER_SAMPLE)
+                except DecodeTooLarge as error:
+                    log.info("pixel check skipped: %s", error)
+                    return None
+                if ds.file_meta.TransferSyntaxUID.is_encapsulated and "PixelData" in ds:
+                    first = get_frame(ds.PixelData, 0, number_of_frames=geometry.number_of_frames)
+                    check_codestream(first, geometry, what=f"SOP Instance {sop_instance_uid}")
                 source.seek(0)
-                pixel_array(source, index=0)  # the first frame: decoding it is the check
+                with self.limits.slot():
+                    pixel_array(source, index=0)  # the first frame: decoding it is the check
         except BlobNotFound:
             return undecodable_pixel_data(sop_instance_uid, "the stored file is missing")
+        except DecoderBusy:
+            raise
         except Exception as error:  # any decoder failure is the finding
             return undecodable_pixel_data(sop_instance_uid, f"{type(error).__name__}: {error}")
         return None

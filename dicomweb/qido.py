@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from dicomweb import dicom_json
-from dicomweb.context import Web, base_url
+from dicomweb.context import Web, base_url, client_actor
 from dicomweb.errors import HttpError
 from dicomweb.query_params import FORMATTED, Resource, check_uid, parse
 from storage.attributes import Level
@@ -42,7 +42,7 @@ def router(web: Web) -> APIRouter:
             check_uid(name, uid)
         qido = parse(resource, request.query_params.multi_items(), path=path,
                      fuzzy_default=web.options.fuzzy_person_names)
-        result = web.query.search(qido.query, capped=qido.capped)
+        result = web.query.search(qido.query, capped=qido.capped, who=client_actor(request))
         root = base_url(request)
         level = resource.level
         body = [dicom_json.dataset(_answer(row, qido.returned, level, root))

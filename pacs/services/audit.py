@@ -87,8 +87,9 @@ class AuditTrail:
             detail["limit"] = query.limit
         if query.offset:
             detail["offset"] = query.offset
-        study = _single_study(query.conditions)
-        self._enqueue(_event(who, "query", outcome or f"{matches} matches", study, detail))
+        # no study UID on the event: a viewer's queries would flood a study's history (the
+        # keys say which study a query named)
+        self._enqueue(_event(who, "query", outcome or f"{matches} matches", None, detail))
 
     def refused_query(self, *, who: str, how: str, reason: str, query: Query | None = None
                       ) -> None:
@@ -211,15 +212,6 @@ def _matcher_text(matcher: Matcher) -> str:
 
 def _clip(text: str) -> str:
     return text if len(text) <= MAX_VALUE else text[: MAX_VALUE - 3] + "..."
-
-
-def _single_study(conditions: tuple[Condition, ...]) -> str | None:
-    """The study a query names by a single Study Instance UID (its history shows it)."""
-    for condition in conditions:
-        if condition.keyword == "StudyInstanceUID" and isinstance(condition.matcher,
-                                                                  SingleValue):
-            return condition.matcher.value[:64]
-    return None
 
 
 def _event(who: str, action: str, outcome: str, study_instance_uid: str | None,

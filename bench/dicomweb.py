@@ -35,6 +35,11 @@ What one target's run is (bench/README.md has the long version):
 * QIDO throughput: 8 threads, each with its own keep-alive connection, cycle through the study
   and series QIDO queries above (not the 600-instance one, which would dominate the mix) for
   ``--throughput-seconds``; completed queries/s.
+* Query auditing (pacs only): after the rows above, the same server is restarted
+  ``--audit-rounds`` times with query auditing off (``PACS_AUDIT_QUERIES=false``) and on,
+  alternating (off, on, off, on, ...), and the study and series QIDO latencies and the QIDO
+  throughput are measured in each; the samples of each state are pooled. Every audited query
+  is one more row in the index's audit trail (written in batches by a background thread).
 
 Endpoints that pacs does not have yet (HTTP 404, 405 or 501) are shown as "n/a", not failures.
 No timing is asserted; the exit code is 1 only when a run failed outright (a server did not
@@ -303,6 +308,8 @@ class Results:
     fills: dict[str, tuple[int, float]] = field(default_factory=dict)
     loads: dict[str, list[float]] = field(default_factory=dict)  # 1-min load average
     failures: list[str] = field(default_factory=list)
+    # (target, "on" | "off", key) → pooled samples of the query-auditing comparison
+    audit: dict[tuple[str, str, str], Metric] = field(default_factory=dict)
 
     def put(self, target: str, key: str, metric: Metric) -> Metric:
         self.metrics[(target, key)] = metric
@@ -681,6 +688,7 @@ class WebPacs(PacsServer):
     """bench.query's ``pacs serve`` that also remembers its HTTP port."""
 
     http_port: int = 0
+    audit_queries: bool = True  # PACS_AUDIT_QUERIES (the server's default is on)
 
     def start(self) -> None:
         self.port, self.http_port = free_port(), free_port()
@@ -689,7 +697,10 @@ class WebPacs(PacsServer):
             "--dimse-port", str(self.port), "--http-port", str(self.http_port), "--http-host",
             LOOPBACK, "--database-url", self.database_url, "--dimse-processes", "1",
         ]
-        self.proc = start_process(argv, self.work / "pacs.log", env=server_env(), cwd=REPO)
+        env = server_env()
+        if not self.audit_queries:
+            env["PACS_AUDIT_QUERIES"] = "false"
+        self.proc = start_process(argv, self.work / "pacs.log", env=env, cwd=REPO)
         health = f"http://{LOOPBACK}:{self.http_port}/health"
         wait_until(lambda: http_ok(health), self.proc, 180, "pacs serve")
 
@@ -803,6 +814,42 @@ def measure_target(
     res.loads[target].append(os.getloadavg()[0])
 
 
+AUDIT_KEYS = ("qido_pid", "qido_name", "qido_series")  # a cheap, a wildcard, a series query
+
+
+def measure_audit_cost(res: Results, target: str, server: WebPacs, data: Data,
+                       args: argparse.Namespace) -> None:
+    """QIDO-RS latency and throughput with query auditing off and on, in alternating
+    restarts of the same server (the same data, the page cache warm for both)."""
+    queries = qido_queries(data.studies, data.real, data.extra)
+    mix = [q for key in TPUT_KEYS for q in queries[key]]
+    for number in range(args.audit_rounds):
+        for state in ("off", "on"):
+            server.stop()
+            server.audit_queries = state == "on"
+            server.start()
+            client = Client(server.http_port)
+            try:
+                for key in AUDIT_KEYS:
+                    got = measure_qido(client, queries[key], args.reps)
+                    pooled = res.audit.setdefault((target, state, key), Metric())
+                    pooled.samples += got.samples
+                    pooled.count = got.count
+                    pooled.error = pooled.error or got.error
+            finally:
+                client.close()
+            if args.throughput_seconds > 0:
+                got = measure_throughput(server.http_port, mix, args.throughput_seconds)
+                pooled = res.audit.setdefault((target, state, "qido_tput"), Metric())
+                pooled.samples += got.samples
+                pooled.error = pooled.error or got.error
+            log(f"    query auditing {state} (round {number + 1}): measured")
+    for (where, state, key), metric in res.audit.items():
+        if where == target and metric.error:
+            res.failures.append(f"{target}, auditing {state}, {ROW[key].title}: {metric.error}")
+    server.audit_queries = True
+
+
 def _logged(res: Results, target: str, key: str, metric: Metric) -> None:
     res.put(target, key, metric)
     row = ROW[key]
@@ -838,6 +885,10 @@ def run_pacs(
             server.start()
             measure_target(res, target, server.http_port, server.port, server.aet, data, args,
                            work)
+            if args.audit_rounds > 0:
+                log(f"  {target}: QIDO-RS with query auditing off and on, "
+                    f"{args.audit_rounds} rounds")
+                measure_audit_cost(res, target, server, data, args)
     except Exception as exc:
         res.failures.append(f"{target}: {type(exc).__name__}: {exc}")
         log(f"{target} FAILED: {type(exc).__name__}: {exc}")
@@ -951,6 +1002,7 @@ def render(res: Results, targets: Sequence[str], meta: dict[str, str]) -> str:
     out += ["", "Ratios pacs / Orthanc: of medians; for ms rows ≤ 1 means pacs is at least as "
             "fast, for rates (MB/s, inst/s, q/s) ≥ 1 does."]
     out += _goals(res, pacs, orthanc)
+    out += _audit_table(res, pacs)
     out += ["", "## Fill, and the machine's load", "",
             "| target | instances | fill seconds | instances/s | 1-min load average before / "
             "after the measurements |", "|---|---:|---:|---:|---|"]
@@ -962,6 +1014,32 @@ def render(res: Results, targets: Sequence[str], meta: dict[str, str]) -> str:
     if res.failures:
         out += ["", "## Failed runs", ""] + [f"- {f}" for f in res.failures]
     return "\n".join(out) + "\n"
+
+
+def _audit_table(res: Results, pacs: Sequence[str]) -> list[str]:
+    """Query auditing on vs off: medians / p95 of the pooled samples, and on / off."""
+    keys = [*AUDIT_KEYS, "qido_tput"]
+    if not any((t, "on", k) in res.audit for t in pacs for k in keys):
+        return []
+    out = ["", "## Query auditing: QIDO-RS with audit_queries off and on", "",
+           "Alternating restarts of the same server (off, on, off, on, ...), samples pooled "
+           "per state; ms rows: median / p95.", "",
+           "| target | measurement | unit | auditing off | auditing on | on / off (median) |",
+           "|---|---|---|---:|---:|---:|"]
+    for t in pacs:
+        for key in keys:
+            off, on = res.audit.get((t, "off", key)), res.audit.get((t, "on", key))
+            if off is None or on is None or not off.samples or not on.samples:
+                continue
+            row = ROW[key]
+            if row.unit == "ms":
+                cells = [f"{_num(m.median, 2)} / {_num(m.p95, 2)}" for m in (off, on)]
+            else:
+                cells = [_num(m.median, 0) for m in (off, on)]
+            ratio = (on.median or 0) / off.median if off.median else None
+            out.append(f"| {t} | {row.title} | {row.unit} | {cells[0]} | {cells[1]} | "
+                       f"{_num(ratio, 3)} |")
+    return out
 
 
 def _goals(res: Results, pacs: Sequence[str], orthanc: bool) -> list[str]:
@@ -1076,6 +1154,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="STOW-RS runs of 300 instances (3; 0 skips)")
     ap.add_argument("--throughput-seconds", type=float, default=10.0,
                     help="duration of the 8-client QIDO run (10; 0 skips)")
+    ap.add_argument("--audit-rounds", type=int, default=2,
+                    help="restarts with query auditing off then on, alternating, for the "
+                    "on/off comparison (2; 0 skips)")
     ap.add_argument("--output", type=Path, default=RESULTS_FILE,
                     help="the report (default bench/RESULTS-dicomweb.md)")
     ap.add_argument("--work-dir", type=Path, default=None,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 MAX_KEYS = 16  # query keys recorded per query (a query may carry dozens of return keys)
 MAX_VALUE = 64  # characters kept of each key's value (a UID list can be thousands)
+_RETRY_S = 5.0  # between attempts to write while the index cannot be reached
 
 
 class AuditTrail:
@@ -150,7 +152,12 @@ class AuditTrail:
         failed = False
         while True:
             with self._lock:
-                if not self._closing and (failed or len(self._pending) < self.batch_size):
+                if failed:  # the index is down: try again in a while (a full queue's
+                    # notifications do not hasten it)
+                    retry = time.monotonic() + max(self.flush_interval_s, _RETRY_S)
+                    while not self._closing and (left := retry - time.monotonic()) > 0:
+                        self._wake.wait(left)
+                elif not self._closing and len(self._pending) < self.batch_size:
                     self._wake.wait(self.flush_interval_s)
                 if self._closing:
                     return  # close() writes what is left, from its own thread

@@ -5,7 +5,12 @@ stage the bytes → place the blob at its content address and start its sync to 
 and check the header meanwhile → wait until the blob is durable → upsert the index in one
 transaction, durable when it returns → report success. If the header or the index
 transaction fails the new blob is deleted, so no file without a row and no row without a file
-is left behind (a crash mid-store can leave an unreferenced blob: ``pacs check --repair``).
+is left behind (a crash mid-store can leave an unreferenced blob: the next ``pacs serve``
+sweeps it before it listens, :meth:`ConsistencyService.sweep_orphans`).
+
+A refusal's message is for the peer (an Error Comment, an HTTP body): it names the problem
+("the index is unavailable", "no space left in the store") and never a path, host, port or
+driver message; those are logged here.
 """
 
 from __future__ import annotations

@@ -35,6 +35,12 @@ What one target's run is (bench/README.md has the long version):
 * QIDO throughput: 8 threads, each with its own keep-alive connection, cycle through the study
   and series QIDO queries above (not the 600-instance one, which would dominate the mix) for
   ``--throughput-seconds``; completed queries/s.
+* Query auditing (pacs only): after the rows above, a second ``pacs serve`` is started on the
+  same data dir and index with query auditing off (``PACS_AUDIT_QUERIES=false``; the first has
+  it on, the default). The study and series QIDO requests alternate between the two, request
+  by request, ``--audit-rounds`` x ``--reps`` each; then ``--audit-rounds`` throughput windows
+  per server, alternating. Every audited query is one more row in the index's audit trail,
+  written in batches by a background thread.
 
 Endpoints that pacs does not have yet (HTTP 404, 405 or 501) are shown as "n/a", not failures.
 No timing is asserted; the exit code is 1 only when a run failed outright (a server did not
@@ -303,6 +309,9 @@ class Results:
     fills: dict[str, tuple[int, float]] = field(default_factory=dict)
     loads: dict[str, list[float]] = field(default_factory=dict)  # 1-min load average
     failures: list[str] = field(default_factory=list)
+    # (target, "on" | "off", key) → pooled samples of the query-auditing comparison
+    audit: dict[tuple[str, str, str], Metric] = field(default_factory=dict)
+    audit_writer: dict[str, dict[str, float]] = field(default_factory=dict)  # target → µs
 
     def put(self, target: str, key: str, metric: Metric) -> Metric:
         self.metrics[(target, key)] = metric
@@ -681,6 +690,7 @@ class WebPacs(PacsServer):
     """bench.query's ``pacs serve`` that also remembers its HTTP port."""
 
     http_port: int = 0
+    audit_queries: bool = True  # PACS_AUDIT_QUERIES (the server's default is on)
 
     def start(self) -> None:
         self.port, self.http_port = free_port(), free_port()
@@ -689,7 +699,10 @@ class WebPacs(PacsServer):
             "--dimse-port", str(self.port), "--http-port", str(self.http_port), "--http-host",
             LOOPBACK, "--database-url", self.database_url, "--dimse-processes", "1",
         ]
-        self.proc = start_process(argv, self.work / "pacs.log", env=server_env(), cwd=REPO)
+        env = server_env()
+        if not self.audit_queries:
+            env["PACS_AUDIT_QUERIES"] = "false"
+        self.proc = start_process(argv, self.work / "pacs.log", env=env, cwd=REPO)
         health = f"http://{LOOPBACK}:{self.http_port}/health"
         wait_until(lambda: http_ok(health), self.proc, 180, "pacs serve")
 
@@ -803,6 +816,96 @@ def measure_target(
     res.loads[target].append(os.getloadavg()[0])
 
 
+AUDIT_KEYS = ("qido_pid", "qido_name", "qido_series")  # a cheap, a wildcard, a series query
+
+
+def measure_audit_cost(res: Results, target: str, server: WebPacs, data: Data,
+                       args: argparse.Namespace) -> None:
+    """QIDO-RS latency and throughput with query auditing on (``server``) and off (a second
+    ``pacs serve`` on the same data dir and index, ``PACS_AUDIT_QUERIES=false``). Latency
+    requests alternate between the two, one by one, and throughput windows alternate too, so
+    the machine's other load falls on both alike."""
+    queries = qido_queries(data.studies, data.real, data.extra)
+    mix = [q for key in TPUT_KEYS for q in queries[key]]
+    off = WebPacs(server.command, server.work / "audit-off", server.data_dir,
+                  server.database_url, 0)
+    off.work.mkdir(parents=True, exist_ok=True)
+    off.audit_queries = False
+    off.start()
+    servers = {"on": server, "off": off}
+    clients = {state: Client(s.http_port) for state, s in servers.items()}
+    try:
+        for key in AUDIT_KEYS:
+            for state in servers:
+                res.audit[(target, state, key)] = Metric()
+            for number in range(args.audit_rounds * args.reps + 3):
+                q = queries[key][number % len(queries[key])]
+                for state in (("on", "off") if number % 2 else ("off", "on")):
+                    reply = clients[state].request("GET", q.path, QIDO_JSON)
+                    metric = res.audit[(target, state, key)]
+                    if reply.status != 200 or _json_count(reply) != q.expected:
+                        metric.error = metric.error or f"HTTP {reply.status} for {q.path}"
+                    elif number >= 3:
+                        metric.samples.append(reply.ms)
+                        metric.count = q.expected
+        if args.throughput_seconds > 0:
+            for number in range(args.audit_rounds):
+                for state in (("on", "off") if number % 2 else ("off", "on")):
+                    got = measure_throughput(servers[state].http_port, mix,
+                                             args.throughput_seconds)
+                    pooled = res.audit.setdefault((target, state, "qido_tput"), Metric())
+                    pooled.samples += got.samples
+                    pooled.error = pooled.error or got.error
+    finally:
+        for client in clients.values():
+            client.close()
+        off.stop()
+    for (where, state, key), metric in res.audit.items():
+        if where == target and metric.error:
+            res.failures.append(f"{target}, auditing {state}, {ROW[key].title}: {metric.error}")
+
+
+def audit_writer_cost(database_url: str, events: int = 5000) -> dict[str, float]:
+    """The query audit's own cost, in this process on the target's index (no HTTP, so the
+    machine's load hardly blurs it): CPU per queued query, CPU and wall time per event
+    written in background batches of 150 (300 queries/s at the 0.5 s flush interval), and a
+    write transaction per query, as a synchronous audit would cost."""
+    from pacs.services.audit import AuditTrail
+    from storage.attributes import Level
+    from storage.index import Index
+    from storage.query import Condition, Query, SingleValue, Wildcard
+
+    index = Index(database_url)
+    query = Query(level=Level.STUDY, limit=100, conditions=(
+        Condition("PatientID", SingleValue("P123")), Condition("PatientName", Wildcard("smi*"))))
+    try:
+        # a huge batch and no timer: the writer thread never writes, flush() does, measured
+        trail = AuditTrail(index=index, flush_interval_s=3600, batch_size=10**9,
+                           max_pending=10**9)
+        cpu = time.process_time()
+        for _ in range(events):
+            trail.query(who="http:127.0.0.1", how="QIDO-RS", query=query, matches=3)
+        enqueue = (time.process_time() - cpu) / events
+        trail.batch_size = 150
+        cpu, wall = time.process_time(), time.perf_counter()
+        trail.flush()
+        batched_cpu = (time.process_time() - cpu) / events
+        batched_wall = (time.perf_counter() - wall) / events
+        trail.close()
+        single = 300
+        cpu, wall = time.process_time(), time.perf_counter()
+        for _ in range(single):
+            trail.record(who="http:127.0.0.1", action="query", outcome="3 matches",
+                         detail={"how": "QIDO-RS", "level": "STUDY", "matches": 3})
+        sync_cpu = (time.process_time() - cpu) / single
+        sync_wall = (time.perf_counter() - wall) / single
+    finally:
+        index.dispose()
+    return {"enqueue_us": enqueue * 1e6, "batched_cpu_us": batched_cpu * 1e6,
+            "batched_wall_us": batched_wall * 1e6, "sync_cpu_us": sync_cpu * 1e6,
+            "sync_wall_us": sync_wall * 1e6}
+
+
 def _logged(res: Results, target: str, key: str, metric: Metric) -> None:
     res.put(target, key, metric)
     row = ROW[key]
@@ -838,6 +941,12 @@ def run_pacs(
             server.start()
             measure_target(res, target, server.http_port, server.port, server.aet, data, args,
                            work)
+            if args.audit_rounds > 0:
+                log(f"  {target}: QIDO-RS with query auditing off and on, "
+                    f"{args.audit_rounds} x {args.reps} requests each")
+                measure_audit_cost(res, target, server, data, args)
+                server.stop()  # the writer measured alone on the same index
+                res.audit_writer[target] = audit_writer_cost(url)
     except Exception as exc:
         res.failures.append(f"{target}: {type(exc).__name__}: {exc}")
         log(f"{target} FAILED: {type(exc).__name__}: {exc}")
@@ -951,6 +1060,7 @@ def render(res: Results, targets: Sequence[str], meta: dict[str, str]) -> str:
     out += ["", "Ratios pacs / Orthanc: of medians; for ms rows ≤ 1 means pacs is at least as "
             "fast, for rates (MB/s, inst/s, q/s) ≥ 1 does."]
     out += _goals(res, pacs, orthanc)
+    out += _audit_table(res, pacs)
     out += ["", "## Fill, and the machine's load", "",
             "| target | instances | fill seconds | instances/s | 1-min load average before / "
             "after the measurements |", "|---|---:|---:|---:|---|"]
@@ -962,6 +1072,42 @@ def render(res: Results, targets: Sequence[str], meta: dict[str, str]) -> str:
     if res.failures:
         out += ["", "## Failed runs", ""] + [f"- {f}" for f in res.failures]
     return "\n".join(out) + "\n"
+
+
+def _audit_table(res: Results, pacs: Sequence[str]) -> list[str]:
+    """Query auditing on vs off: medians / p95 of the pooled samples, and on / off."""
+    keys = [*AUDIT_KEYS, "qido_tput"]
+    if not any((t, "on", k) in res.audit for t in pacs for k in keys) and not res.audit_writer:
+        return []
+    out = ["", "## Query auditing: QIDO-RS with audit_queries off and on", "",
+           "Two servers on the same data, auditing off and on, requests alternating between "
+           "them one by one; ms rows: median / p95.", "",
+           "| target | measurement | unit | auditing off | auditing on | on / off (median) |",
+           "|---|---|---|---:|---:|---:|"]
+    for t in pacs:
+        for key in keys:
+            off, on = res.audit.get((t, "off", key)), res.audit.get((t, "on", key))
+            if off is None or on is None or not off.samples or not on.samples:
+                continue
+            row = ROW[key]
+            if row.unit == "ms":
+                cells = [f"{_num(m.median, 2)} / {_num(m.p95, 2)}" for m in (off, on)]
+            else:
+                cells = [_num(m.median, 0) for m in (off, on)]
+            ratio = (on.median or 0) / off.median if off.median else None
+            out.append(f"| {t} | {row.title} | {row.unit} | {cells[0]} | {cells[1]} | "
+                       f"{_num(ratio, 3)} |")
+    if res.audit_writer:
+        out += ["", "The audit writer alone, in one process on the same index (microseconds "
+                "per query; batches of 150 are 300 queries/s at the 0.5 s flush interval):", "",
+                "| target | queue a query (CPU) | background batch write, per query (CPU / "
+                "wall) | a write transaction per query instead (CPU / wall) |",
+                "|---|---:|---:|---:|"]
+        for t, c in res.audit_writer.items():
+            out.append(f"| {t} | {c['enqueue_us']:.1f} | {c['batched_cpu_us']:.1f} / "
+                       f"{c['batched_wall_us']:.1f} | {c['sync_cpu_us']:.0f} / "
+                       f"{c['sync_wall_us']:.0f} |")
+    return out
 
 
 def _goals(res: Results, pacs: Sequence[str], orthanc: bool) -> list[str]:
@@ -1076,6 +1222,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="STOW-RS runs of 300 instances (3; 0 skips)")
     ap.add_argument("--throughput-seconds", type=float, default=10.0,
                     help="duration of the 8-client QIDO run (10; 0 skips)")
+    ap.add_argument("--audit-rounds", type=int, default=4,
+                    help="query auditing on vs off: x --reps requests and throughput windows "
+                    "per server (4; 0 skips)")
     ap.add_argument("--output", type=Path, default=RESULTS_FILE,
                     help="the report (default bench/RESULTS-dicomweb.md)")
     ap.add_argument("--work-dir", type=Path, default=None,

@@ -3,6 +3,11 @@
 Every error answer is ``{"error": <message>}`` with the status below, so a viewer or script
 gets the reason, not only a code. Front-end errors (a malformed query parameter, a wrong
 content type) raise :class:`HttpError` with their own status.
+
+A message names the problem and never an internal host, port, path, SQL statement or driver
+message: the services word theirs so (and log the details), and an exception that is not a
+:class:`PacsError` (a bug, an unexpected OS error) answers a fixed 500 body while its
+traceback goes to the log.
 """
 
 from __future__ import annotations
@@ -88,6 +93,14 @@ def install(app: FastAPI) -> None:
             log.warning("%s %s: %s", request.method, request.url.path, error)
         headers = {"Retry-After": str(RETRY_AFTER_S)} if isinstance(error, DecoderBusy) else None
         return error_response(status, str(error), headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        # Starlette's server-error middleware calls this and then re-raises, so the
+        # traceback is logged by the server; the client learns only that it failed.
+        log.error("%s %s failed: %s", request.method, request.url.path,
+                  type(error).__name__)
+        return error_response(500, "internal error (details are in the server log)")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:

@@ -14,9 +14,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from dicomweb import dicom_json
-from dicomweb.context import Web, base_url
+from dicomweb.context import Web, base_url, client_actor
 from dicomweb.errors import HttpError
 from dicomweb.query_params import FORMATTED, Resource, check_uid, parse
+from pacs.services.errors import PacsError
 from storage.attributes import Level
 
 MEDIA_TYPE = "application/dicom+json"
@@ -38,11 +39,16 @@ def router(web: Web) -> APIRouter:
 
     def search(request: Request, resource: Resource, **path: str) -> Response:
         _check_accept(request)
-        for name, uid in path.items():
-            check_uid(name, uid)
-        qido = parse(resource, request.query_params.multi_items(), path=path,
-                     fuzzy_default=web.options.fuzzy_person_names)
-        result = web.query.search(qido.query, capped=qido.capped)
+        who = client_actor(request)
+        try:
+            for name, uid in path.items():
+                check_uid(name, uid)
+            qido = parse(resource, request.query_params.multi_items(), path=path,
+                         fuzzy_default=web.options.fuzzy_person_names)
+        except (PacsError, HttpError) as error:  # refused before it became a query
+            web.query.refused(who=who, how="QIDO-RS", reason=str(error))
+            raise
+        result = web.query.search(qido.query, capped=qido.capped, who=who)  # audited there
         root = base_url(request)
         level = resource.level
         body = [dicom_json.dataset(_answer(row, qido.returned, level, root))

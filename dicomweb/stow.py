@@ -374,7 +374,8 @@ def _store_part(
         return _Failure(reason, f"{said}: {error}")
     except Exception as error:  # one part's bug must not lose the others' answers
         log.exception("STOW-RS %s from %s: unexpected failure", said, origin.address)
-        return _Failure(FailureReason.PROCESSING_FAILURE, f"{said}: processing failure: {error}")
+        return _Failure(FailureReason.PROCESSING_FAILURE,
+                        f"{said}: processing failure ({type(error).__name__})")
 
 
 def _incoming(path: Path, digest: tuple[str, int] | None) -> Incoming:

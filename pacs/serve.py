@@ -25,6 +25,7 @@ import pydicom
 from pacs.dimse.handoff import Dispatcher, channel_pair, receive_forever
 from pacs.dimse.sender import StudySender
 from pacs.dimse.server import DimseServer
+from pacs.services.audit import AuditTrail
 from pacs.services.bulk_import import ImportService
 from pacs.services.consistency import ConsistencyService
 from pacs.services.decoding_limits import MB, DecodeLimits
@@ -50,6 +51,7 @@ class Services:
     settings: Settings
     blobs: FileStore
     index: Index
+    audit: AuditTrail
     ingest: IngestService
     consistency: ConsistencyService
     importer: ImportService
@@ -69,6 +71,7 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
     pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
     blobs = FileStore(settings.data_dir)
     index = Index(settings.effective_database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    audit = AuditTrail(index=index, queries=settings.audit_queries)
     try:
         if upgrade:
             index.upgrade()
@@ -81,7 +84,7 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
             blobs=blobs, index=index, overwrite=settings.overwrite,
             min_free_bytes=settings.min_free_space_mb * 1_000_000, gate=gate, limits=limits,
         )
-        query = QueryService(index=index, max_results=settings.max_query_results)
+        query = QueryService(index=index, max_results=settings.max_query_results, audit=audit)
         peers = [Destination(p.ae_title, p.host, p.port) for p in settings.peers]
         rules = [RouteRule(*route.split("=", 1)) for route in settings.routes]
         workflow = WorkflowService(
@@ -89,12 +92,13 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
             stable_after=dt.timedelta(seconds=settings.stable_seconds),
             retention=dt.timedelta(days=settings.retention_days), limits=limits,
         )
-        retrieve = RetrieveService(query=query, blobs=blobs, peers=peers, audit=workflow.record,
+        retrieve = RetrieveService(query=query, blobs=blobs, peers=peers, audit=audit.record,
                                    limits=limits)
         services = Services(
             settings=settings,
             blobs=blobs,
             index=index,
+            audit=audit,
             ingest=ingest,
             consistency=ConsistencyService(blobs=blobs, index=index),
             importer=ImportService(ingest),
@@ -109,6 +113,7 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
         )
         yield services
     finally:
+        audit.close()  # the queued query events, before the index goes
         index.dispose()
 
 
@@ -206,6 +211,8 @@ def serve(settings: Settings) -> int:
         swept = services.blobs.sweep_tmp()
         if swept:
             log.info("removed %d partial files left by an earlier run", swept)
+        if settings.orphan_sweep:  # before any listener opens: no store is under way
+            services.consistency.sweep_orphans(grace_s=settings.orphan_grace_seconds)
         dimse = _dimse_server(settings, services)
         workers = _Workers(settings)
         http_started = threading.Event()

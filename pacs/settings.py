@@ -150,6 +150,18 @@ class Settings(BaseSettings):
     retention_days: float = Field(
         default=30.0, ge=0, description="rejected studies are purged after this many days"
     )
+    orphan_sweep: bool = Field(
+        default=True, description="at start, before listening, remove blobs no index row "
+        "refers to (a crash's leftovers between a blob's rename and its index commit)"
+    )
+    orphan_grace_seconds: float = Field(
+        default=0.0, ge=0, description="the start-up sweep keeps orphan blobs younger than "
+        "this (0 is safe for one server; a store shared by several servers needs more)"
+    )
+    audit_queries: bool = Field(
+        default=True, description="record C-FIND and QIDO-RS queries in the audit trail "
+        "(batched in the background)"
+    )
     routes: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(), description="MODALITY=PEER or *=PEER: forward archived, stable studies"
     )

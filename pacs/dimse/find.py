@@ -19,6 +19,7 @@ from pacs.dimse.identifiers import FIND_MODELS, find_request, response
 from pacs.dimse.status import Status, query_status
 from pacs.services.errors import PacsError
 from pacs.services.query import QueryService
+from pacs.services.workflow import actor
 
 if TYPE_CHECKING:
     from pynetdicom.presentation import PresentationContext
@@ -53,7 +54,9 @@ class Find:
         self.max_pdu = int(scp.dimse.maximum_pdu_size or 0)
 
     def run(self) -> None:
-        calling = str(self.scp.assoc.requestor.ae_title).strip()
+        requestor = self.scp.assoc.requestor
+        calling = str(requestor.ae_title).strip()
+        who = actor("dimse", calling, requestor.address)
         try:
             identifier = decode(
                 cast(BytesIO, self.request.Identifier),
@@ -63,15 +66,23 @@ class Find:
             )
             find = find_request(identifier, self.model,
                                 fuzzy_person_names=self.fuzzy_person_names)
-            matches = self.query.find(find.query)
         except PacsError as error:
             status = query_status(error)
             log.warning("C-FIND from %s refused (0x%04X): %s", calling, status, error)
+            self.query.refused(who=who, how="C-FIND", reason=str(error))
             self._send(status, comment=str(error))
             return
         except ValueError as error:  # an Identifier pydicom cannot decode
             log.warning("C-FIND from %s: undecodable identifier: %s", calling, error)
+            self.query.refused(who=who, how="C-FIND", reason="cannot decode the identifier")
             self._send(Status.CANNOT_UNDERSTAND, comment=f"cannot decode identifier: {error}")
+            return
+        try:
+            matches = self.query.find(find.query, who=who)  # audited by the service
+        except PacsError as error:
+            status = query_status(error)
+            log.warning("C-FIND from %s refused (0x%04X): %s", calling, status, error)
+            self._send(status, comment=str(error))
             return
         count = 0
         for row in matches:

@@ -45,6 +45,7 @@ class _Counts:
     failed: int = 0
     warning: int = 0
     failed_uids: list[str] = field(default_factory=list)
+    warning_uids: list[str] = field(default_factory=list)
 
 
 class Retrieval:
@@ -65,13 +66,19 @@ class Retrieval:
         self.model = (MOVE_MODELS if isinstance(request, C_MOVE) else GET_MODELS)[
             str(context.abstract_syntax)
         ]
+        # for the audit trail: who asked, how, and (once known) what was planned
+        requestor = scp.assoc.requestor
+        self.who = actor("dimse", str(requestor.ae_title).strip(), requestor.address)
+        self.how = (f"C-MOVE to {str(request.MoveDestination).strip()}"
+                    if isinstance(request, C_MOVE) else "C-GET")
+        self.plan: RetrievePlan | None = None
 
     # -- the two services ----------------------------------------------------------------
     def move(self) -> None:
         request = cast(C_MOVE, self.request)
         try:
-            plan = self._plan()
             destination = self.service.destination(str(request.MoveDestination))
+            plan = self._plan()
         except PacsError as error:
             self._fail(query_status(error), str(error))
             return
@@ -87,10 +94,11 @@ class Retrieval:
             evt_handlers=[(evt.EVT_CONN_OPEN, _tune)],
         )
         if not store.is_established:
+            log.warning("C-MOVE: cannot associate with %s at %s:%d", destination.ae_title,
+                        destination.host, destination.port)
             self._fail(
                 Status.UNABLE_TO_PERFORM_SUBOPERATIONS,
-                f"cannot associate with {destination.ae_title} at "
-                f"{destination.host}:{destination.port}",
+                f"cannot associate with {destination.ae_title}",  # its address: the log's
             )
             return
         try:
@@ -111,6 +119,8 @@ class Retrieval:
         counts = self._send(self.scp.assoc, plan, as_scu_only=True)
         if counts is not None and self.scp.assoc.is_established:
             self._final(counts)
+        elif counts is not None:
+            self._audit(counts, "association lost")
 
     # -- steps ---------------------------------------------------------------------------
     def _plan(self) -> RetrievePlan:
@@ -121,15 +131,7 @@ class Retrieval:
             self.syntax.is_deflated,
         )
         query = retrieve_query(identifier, self.model)
-        assoc = self.scp.assoc
-        calling = str(assoc.requestor.ae_title).strip()
-        if isinstance(self.request, C_MOVE):
-            how = f"C-MOVE to {str(self.request.MoveDestination).strip()}"
-        else:
-            how = "C-GET"
-        plan = self.service.plan(
-            query, who=actor("dimse", calling, assoc.requestor.address), how=how
-        )
+        plan = self.plan = self.service.plan(query)  # audited when it ends (_audit)
         log.info(
             "%s of %d instances (%s level) for %s",
             "C-MOVE" if isinstance(self.request, C_MOVE) else "C-GET",
@@ -161,6 +163,7 @@ class Retrieval:
                 counts.failed_uids.append(item.sop_instance_uid)
             elif _category(status) == "Warning":
                 counts.warning += 1
+                counts.warning_uids.append(item.sop_instance_uid)
             else:
                 counts.completed += 1
             if counts.remaining and self.scp.assoc.is_established:
@@ -210,6 +213,7 @@ class Retrieval:
 
     def _cancelled(self, counts: _Counts) -> None:
         log.info("retrieve cancelled with %d sub-operations remaining", counts.remaining)
+        self._audit(counts, f"0x{int(Status.CANCEL):04X} cancelled")
         self._respond(
             Status.CANCEL,
             counts=(counts.remaining, counts.completed, counts.failed, counts.warning),
@@ -227,12 +231,23 @@ class Retrieval:
             status = Status.SUBOPERATIONS_WARNING
         log.info("retrieve done: %d completed, %d failed, %d warning", counts.completed,
                  counts.failed, counts.warning)
+        self._audit(counts, f"0x{int(status):04X}")
         self._respond(status, counts=(None, counts.completed, counts.failed, counts.warning),
                    failed=counts.failed_uids)
 
     def _fail(self, status: Status, comment: str) -> None:
         log.warning("retrieve refused (0x%04X): %s", int(status), comment)
+        self.service.refused(who=self.who, how=self.how, reason=comment,
+                             status=f"0x{int(status):04X}", plan=self.plan)
         self._respond(status, comment=comment)
+
+    def _audit(self, counts: _Counts, status: str) -> None:
+        """The outcome, as the requestor was told it, into the audit trail."""
+        if self.plan is not None:
+            self.service.finished(self.plan, who=self.who, how=self.how,
+                                  attempted=len(self.plan.items) - counts.remaining,
+                                  failed=counts.failed_uids, warning=counts.warning_uids,
+                                  status=status)
 
     def _respond(
         self,

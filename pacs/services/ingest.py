@@ -5,7 +5,12 @@ stage the bytes → place the blob at its content address and start its sync to 
 and check the header meanwhile → wait until the blob is durable → upsert the index in one
 transaction, durable when it returns → report success. If the header or the index
 transaction fails the new blob is deleted, so no file without a row and no row without a file
-is left behind (a crash mid-store can leave an unreferenced blob: ``pacs check --repair``).
+is left behind (a crash mid-store can leave an unreferenced blob: the next ``pacs serve``
+sweeps it before it listens, :meth:`ConsistencyService.sweep_orphans`).
+
+A refusal's message is for the peer (an Error Comment, an HTTP body): it names the problem
+("the index is unavailable", "no space left in the store") and never a path, host, port or
+driver message; those are logged here.
 """
 
 from __future__ import annotations
@@ -230,10 +235,15 @@ class IngestService:
         try:
             with self.index.unit_of_work(write=write) as repo:
                 yield repo
+        except IndexNotDurable as exc:
+            log.error("the index commit could not be made durable: %s", exc)
+            raise OutOfResources("the index could not be made durable") from exc
         except IndexUnavailable as exc:
-            raise OutOfResources(f"index unavailable: {exc}") from exc
+            log.error("the index is unavailable: %s", exc)
+            raise OutOfResources("the index is unavailable") from exc
         except IndexDataError as exc:
-            raise InvalidInstance(f"the index cannot take this instance: {exc}") from exc
+            log.warning("the index refused an instance's values: %s", exc)
+            raise InvalidInstance("the index cannot hold a value of this instance") from exc
 
 
 def _outcome(status: StoreStatus, header: Header, state: StudyState) -> StoreOutcome:
@@ -285,7 +295,8 @@ def _durable(committed: CommittedBlob) -> None:
     try:
         _guard_space(committed.wait_durable)
     except OSError as exc:
-        raise OutOfResources(f"the file could not be made durable: {exc.strerror or exc}") from exc
+        log.error("sync of blob %s failed: %s", committed.info.key, exc)
+        raise OutOfResources("the file could not be made durable") from exc
 
 
 def _guard_space(action: Callable[[], T]) -> T:
@@ -294,5 +305,6 @@ def _guard_space(action: Callable[[], T]) -> T:
         return action()
     except OSError as exc:
         if exc.errno in _NO_SPACE:
-            raise OutOfResources(f"no space left in the store: {exc.strerror}") from exc
+            log.error("the blob store is full: %s", exc)
+            raise OutOfResources("no space left in the store") from exc
         raise

@@ -2,6 +2,10 @@
 
 Results are capped (``max_results``) and streamed: rows are read in short units of work of
 at most ``batch_size`` rows, so neither memory nor a read transaction grows with the result.
+
+A query made on behalf of someone (``who``: a C-FIND's calling AE and address, a QIDO-RS
+client) is audited when it ends, with its level, keys and number of matches, or as refused
+with the reason (:class:`pacs.services.audit.AuditTrail`, written in the background).
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from pacs.services.errors import InvalidQuery, OutOfResources
+from pacs.services.audit import AuditTrail
+from pacs.services.errors import InvalidQuery, OutOfResources, PacsError
 from storage.attributes import Level
 from storage.index import Index, IndexUnavailable, Repository
 from storage.query import InvalidQueryValue, Query, RetrieveItem
@@ -43,6 +48,7 @@ class QueryService:
         max_results: int = 1000,
         batch_size: int = 250,
         capped_levels: frozenset[Level] = frozenset({Level.PATIENT, Level.STUDY}),
+        audit: AuditTrail | None = None,
     ) -> None:
         if max_results < 1 or batch_size < 1:
             raise ValueError("max_results and batch_size must be positive")
@@ -53,28 +59,79 @@ class QueryService:
         # viewer asking for the images of a 2,000-slice series needs all of them (the rows
         # are streamed in batches either way, so memory stays bounded).
         self.capped_levels = capped_levels
+        self.audit = audit
 
-    def find(self, query: Query) -> Iterator[dict[str, Any]]:
+    def find(self, query: Query, *, who: str | None = None, how: str = "C-FIND"
+             ) -> Iterator[dict[str, Any]]:
         """The matches of ``query`` (see ``Repository.find`` for the shape of each dict).
 
         At most ``min(query.limit, max_results)`` at the capped levels (PATIENT, STUDY); when
         the cap cuts the result short, a WARNING "result capped at N" is logged. The first
         batch is read before this returns, so an invalid query raises :class:`InvalidQuery`
-        here, not while iterating.
+        here, not while iterating. With ``who``, the query is audited once the iteration ends
+        (or is abandoned: a C-CANCEL, a peer gone).
         """
         cap = self.max_results if query.level in self.capped_levels else _UNCAPPED
         wanted = cap if query.limit is None else min(query.limit, cap)
         capped = cap != _UNCAPPED and (query.limit is None or query.limit > cap)
         size = min(self.batch_size, wanted + 1)
-        first = self._batch(query, query.offset, size)
-        return self._stream(query, first, size, wanted, capped)
+        try:
+            first = self._batch(query, query.offset, size)
+        except PacsError as error:
+            self._refused(who, how, query, error)
+            raise
+        rows = self._stream(query, first, size, wanted, capped)
+        if who is None or self.audit is None:
+            return rows
+        return self._audited(rows, query, who, how, wanted if capped else None)
 
-    def search(self, query: Query, *, capped: bool | None = None) -> SearchResult:
+    def _audited(self, rows: Iterator[dict[str, Any]], query: Query, who: str, how: str,
+                 cap: int | None) -> Iterator[dict[str, Any]]:
+        assert self.audit is not None
+        sent, outcome = 0, None
+        try:
+            for row in rows:
+                yield row
+                sent += 1
+        except GeneratorExit:
+            outcome = f"{sent} matches, stopped early"
+            raise
+        except PacsError as error:
+            outcome = f"failed after {sent} matches: {error}"
+            raise
+        finally:
+            self.audit.query(who=who, how=how, query=query, matches=sent, outcome=outcome,
+                             capped=outcome is None and sent == cap)
+
+    def refused(self, *, who: str, how: str, reason: str) -> None:
+        """Audit a query a front end refused before it became a :class:`Query` (an
+        Identifier that cannot be decoded or does not fit the model)."""
+        if self.audit is not None:
+            self.audit.refused_query(who=who, how=how, reason=reason)
+
+    def _refused(self, who: str | None, how: str, query: Query, error: PacsError) -> None:
+        if who is not None and self.audit is not None:
+            self.audit.refused_query(who=who, how=how, reason=str(error), query=query)
+
+    def search(self, query: Query, *, capped: bool | None = None, who: str | None = None,
+               how: str = "QIDO-RS") -> SearchResult:
         """The matches of ``query`` read at once (QIDO-RS answers with one JSON array).
 
         ``capped`` says whether ``max_results`` applies (default: at the capped levels); one
-        row more than the cap is read to tell whether the cap cut the result short.
+        row more than the cap is read to tell whether the cap cut the result short. With
+        ``who``, the query is audited.
         """
+        try:
+            result = self._search(query, capped)
+        except PacsError as error:
+            self._refused(who, how, query, error)
+            raise
+        if who is not None and self.audit is not None:
+            self.audit.query(who=who, how=how, query=query, matches=len(result.rows),
+                             capped=result.capped)
+        return result
+
+    def _search(self, query: Query, capped: bool | None) -> SearchResult:
         if capped is None:
             capped = query.level in self.capped_levels
         wanted = query.limit
@@ -130,4 +187,5 @@ class QueryService:
         except InvalidQueryValue as error:
             raise InvalidQuery(str(error)) from error
         except IndexUnavailable as error:
-            raise OutOfResources(str(error)) from error
+            log.error("the index is unavailable: %s", error)
+            raise OutOfResources("the index is unavailable") from error

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pacs.services.decoding_limits import DecodeLimits
-from pacs.services.errors import CannotTranscode, NotFound, UnknownPeer
+from pacs.services.errors import CannotTranscode, NotFound, OutOfResources, UnknownPeer
 from pacs.services.query import QueryService
 from pacs.services.transcode import UNCOMPRESSED, choose_transfer_syntax, transcode
 from storage.blobs import BlobNotFound, FileStore
@@ -109,18 +109,73 @@ class RetrieveService:
         return peer
 
     def plan(self, query: Query, *, who: str | None = None, how: str = "") -> RetrievePlan:
-        """The instances under ``query``; with ``who``, each study retrieved is audited
-        (``how``: C-MOVE to X, C-GET, WADO-RS ...)."""
+        """The instances under ``query``; with ``who``, each study retrieved is audited as
+        planned (``how``: WADO-RS ..., a retrieval whose outcome is not known here). C-MOVE and
+        C-GET audit their outcome instead (:meth:`finished`, :meth:`refused`)."""
         plan = RetrievePlan(tuple(self.query.instances(query)))
         if who is not None and self.audit is not None:
             counts: dict[str, int] = {}
             for item in plan.items:
                 counts[item.study_instance_uid] = counts.get(item.study_instance_uid, 0) + 1
             for study_uid, count in counts.items():
-                self.audit(who=who, action="retrieve", outcome=f"{count} instances",
-                           study_instance_uid=study_uid, detail={"how": how,
-                                                                 "level": query.level.value})
+                self._audit(who=who, action="retrieve", outcome=f"{count} instances",
+                            study_instance_uid=study_uid,
+                            detail={"how": how, "level": query.level.value})
         return plan
+
+    def refused(self, *, who: str, how: str, reason: str, status: str,
+                plan: RetrievePlan | None = None) -> None:
+        """Audit a retrieval refused before any instance was sent (an unknown move
+        destination, a malformed identifier, a destination that cannot be reached)."""
+        studies: list[str | None] = [None]
+        if plan is not None and plan.items:
+            studies = list(dict.fromkeys(item.study_instance_uid for item in plan.items))
+        detail = {"how": how, "reason": reason[:200], "status": status, "instances": 0,
+                  "planned": len(plan.items) if plan else 0}
+        for study_uid in studies:
+            self._audit(who=who, action="retrieve", outcome="refused",
+                        study_instance_uid=study_uid, detail=detail)
+
+    def finished(self, plan: RetrievePlan, *, who: str, how: str, attempted: int,
+                 failed: Collection[str], warning: Collection[str], status: str) -> None:
+        """Audit the outcome of a retrieval, one event per study: the sub-operations that
+        completed, failed, ended with a warning, or were not attempted (a cancel), counted
+        from the first ``attempted`` items of ``plan`` and the UIDs that failed or warned
+        (an instance counted failed after ``attempted``: the destination went away)."""
+        failed, warning = set(failed), set(warning)
+        counts: dict[str, dict[str, int]] = {}
+        for number, item in enumerate(plan.items):
+            study = counts.setdefault(item.study_instance_uid, {
+                "completed": 0, "failed": 0, "warning": 0, "not_attempted": 0})
+            if item.sop_instance_uid in failed:
+                study["failed"] += 1
+            elif number >= attempted:
+                study["not_attempted"] += 1
+            elif item.sop_instance_uid in warning:
+                study["warning"] += 1
+            else:
+                study["completed"] += 1
+        for study_uid, study in counts.items():
+            outcome = (f"{study['completed']} completed, {study['failed']} failed, "
+                       f"{study['warning']} warning")
+            if study["not_attempted"]:
+                outcome += f", {study['not_attempted']} not attempted"
+            self._audit(who=who, action="retrieve", outcome=outcome,
+                        study_instance_uid=study_uid,
+                        detail={"how": how, "status": status, **study})
+        if not counts:
+            self._audit(who=who, action="retrieve", outcome="0 instances", detail={
+                "how": how, "status": status, "completed": 0, "failed": 0, "warning": 0})
+
+    def _audit(self, **event: Any) -> None:
+        """An audit event; an index that cannot take it is logged, not the peer's problem
+        (the retrieval itself is over)."""
+        if self.audit is None:
+            return
+        try:
+            self.audit(**event)
+        except OutOfResources as error:
+            log.error("audit of a retrieval lost: %s", error)
 
     @contextmanager
     def prepared(self, item: RetrieveItem, accepted: Collection[str]) -> Iterator[Prepared]:

@@ -101,7 +101,8 @@ class RoutingService:
             with self.index.unit_of_work(write=True) as repository:
                 job = repository.workflow.claim_job(now)
         except IndexUnavailable as error:
-            raise OutOfResources(str(error)) from error
+            log.error("the index is unavailable: %s", error)
+            raise OutOfResources("the index is unavailable") from error
         if job is None:
             return None
         report = self._send(job)
@@ -141,7 +142,8 @@ class RoutingService:
             return self.sender(destination, plan, self.retrieve)
         except Exception as error:  # a sender bug must not stop the worker
             log.exception("routing job %d", job.id)
-            return SendReport(0, len(plan.items), f"{type(error).__name__}: {error}")
+            return SendReport(0, len(plan.items),
+                              f"the send failed unexpectedly ({type(error).__name__})")
 
 
 class Worker:

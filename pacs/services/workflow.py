@@ -247,9 +247,11 @@ class WorkflowService:
             with self.index.unit_of_work(write=write) as repository:
                 yield repository
         except IndexUnavailable as error:
-            raise OutOfResources(f"index unavailable: {error}") from error
+            log.error("the index is unavailable: %s", error)
+            raise OutOfResources("the index is unavailable") from error
         except IndexDataError as error:
-            raise InvalidQuery(f"the index refused the change: {error}") from error
+            log.warning("the index refused a change: %s", error)
+            raise InvalidQuery("the index cannot hold a value of this change") from error
 
     # -- reading ---------------------------------------------------------------------------
     def queue(self, limit: int = 200) -> list[StudyReview]:

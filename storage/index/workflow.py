@@ -310,6 +310,20 @@ class WorkflowRecords:
             "detail": json.dumps(detail, ensure_ascii=False, default=str) if detail else None,
         })
 
+    def audit_many(self, events: Iterable[dict[str, Any]]) -> int:
+        """Append several audit events in one statement (the batched query audit); each is
+        a dict of :meth:`audit`'s keyword arguments, with ``at`` when it happened."""
+        rows = [{
+            "at": event.get("at") or _now(), "actor": str(event["actor"])[:200],
+            "action": str(event["action"])[:32], "outcome": str(event["outcome"])[:120],
+            "study_instance_uid": event.get("study_instance_uid"),
+            "detail": (json.dumps(event["detail"], ensure_ascii=False, default=str)
+                       if event.get("detail") else None),
+        } for event in events]
+        if rows:
+            self.connection.execute(_AUDIT_INSERT, rows)
+        return len(rows)
+
     def audit_events(
         self, *, study_instance_uid: str | None = None, action: str | None = None,
         limit: int = 500,
@@ -472,6 +486,19 @@ class WorkflowRecords:
         ).scalar_one() or self.connection.execute(
             select(func.count()).select_from(retired_blob).where(retired_blob.c.blob_key == key)
         ).scalar_one())
+
+    def blobs_in_use(self, keys: Iterable[str]) -> set[str]:
+        """Which of ``keys`` an instance or a retired file record refers to (the start-up
+        orphan sweep asks in batches of a few hundred keys)."""
+        wanted = list(keys)
+        if not wanted:
+            return set()
+        used = set(self.connection.execute(
+            select(instance.c.blob_key).where(instance.c.blob_key.in_(wanted))).scalars())
+        used.update(self.connection.execute(
+            select(retired_blob.c.blob_key).where(retired_blob.c.blob_key.in_(wanted))
+        ).scalars())
+        return used
 
     # -- routing jobs ----------------------------------------------------------------------
     def add_job(self, study_instance_uid: str, destination: str, rule: str) -> int:

@@ -63,6 +63,7 @@ CORPUS_VERSION = "v1"  # bump when the corpus layout below changes: old caches a
 CALLING_AET = "BENCHSCU"
 STORESCU_PROFILE = "Bench"
 TARGETS = ("storescp", "orthanc", "pacs-sqlite", "pacs-postgres")
+BASELINE = "pacs-baseline"  # pacs on SQLite from another commit (--baseline REF)
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432"
 START_TIMEOUT_S = 120.0
 
@@ -392,12 +393,14 @@ class OrthancTarget(Server):
 class Pacs(Server):
     """``pacs serve`` on SQLite (default) or on a fresh PostgreSQL database."""
 
-    def __init__(self, work: Path, command: list[str], database_url: str | None = None) -> None:
+    def __init__(self, work: Path, command: list[str], database_url: str | None = None,
+                 tree: Path | None = None) -> None:
         super().__init__(work)
         self.command = command
         self.database_url = database_url
-        self.name = "pacs-postgres" if database_url else "pacs-sqlite"
+        self.name = BASELINE if tree else "pacs-postgres" if database_url else "pacs-sqlite"
         self.data_dir = work / "data"
+        self.tree = tree  # another checkout to run (``--baseline``), else this one
 
     def start(self) -> None:
         self.aet, self.port = "PACS", free_port()
@@ -418,7 +421,10 @@ class Pacs(Server):
         ]
         if self.database_url:
             argv += ["--database-url", self.database_url]
-        self.proc = start_process(argv, self.work / "pacs.log", env=server_env(), cwd=REPO)
+        env = server_env()
+        if self.tree is not None:  # ``python -m pacs.cli`` from that tree's folder
+            env["PYTHONPATH"] = str(self.tree)
+        self.proc = start_process(argv, self.work / "pacs.log", env=env, cwd=self.tree or REPO)
         health = f"http://{LOOPBACK}:{http_port}/health"
         wait_until(lambda: http_ok(health), self.proc, START_TIMEOUT_S, "pacs serve")
 
@@ -543,6 +549,7 @@ class Bench:
     pacs_cmd: list[str]
     postgres_url: str
     keep: bool = False
+    baseline_tree: Path | None = None
     counter: int = 0
     runs: list[Run] = field(default_factory=list)
 
@@ -558,6 +565,8 @@ class Bench:
         if target == "orthanc":
             assert self.orthanc_binary is not None
             return OrthancTarget(work, self.orthanc_binary)
+        if target == BASELINE:
+            return Pacs(work, [sys.executable, "-m", "pacs.cli"], None, self.baseline_tree)
         return Pacs(work, self.pacs_cmd, database_url)
 
 
@@ -717,7 +726,9 @@ def _ratio_section(runs: Sequence[Run], targets: Sequence[str]) -> list[str]:
         "|---" * (len(SHAPES) + 1) + "|",
     ]
     for pacs in _pacs_targets(targets):
-        for ref in ("orthanc", "storescp"):
+        for ref in ("orthanc", "storescp", BASELINE):
+            if ref == pacs or (ref == BASELINE and pacs != "pacs-sqlite"):
+                continue
             if ref in targets:
                 cells = [
                     _fmt_ratio(_ratio(_rate(runs, pacs, s.key), _rate(runs, ref, s.key)))
@@ -837,6 +848,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="where servers keep their data during a run (default: system temp)",
     )
     ap.add_argument("--keep", action="store_true", help="keep server data folders and logs")
+    ap.add_argument(
+        "--baseline",
+        metavar="REF",
+        default=None,
+        help="also run pacs on SQLite from git commit REF (a temporary worktree), each of its "
+        "runs right after the same run of this checkout's pacs-sqlite, and print the ratio: "
+        "does a change cost ingest speed? (needs pacs-sqlite among the targets)",
+    )
     args = ap.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = sorted(set(args.targets) - set(TARGETS))
@@ -844,6 +863,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ap.error(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
     if args.repeat < 1:
         ap.error("--repeat must be >= 1")
+    if args.baseline and "pacs-sqlite" not in args.targets:
+        ap.error("--baseline compares with pacs-sqlite: add it to --targets")
     return args
 
 
@@ -900,6 +921,9 @@ def environment(
                 f"{n} files, {used.nbytes / 1e6:.1f} MB ({used.nbytes / n / 1e3:.0f} kB/file)"
             )
     meta["repeats"] = f"{args.repeat} (medians shown)" if args.repeat > 1 else "1"
+    if args.baseline:
+        base = _first_line(["git", "-C", str(REPO), "rev-parse", "--short", args.baseline])
+        meta[BASELINE] = f"{args.baseline} ({base}), runs alternated with pacs-sqlite"
     return meta
 
 
@@ -919,6 +943,14 @@ def plan(args: argparse.Namespace, targets: Sequence[str]) -> list[tuple[str, Sh
     if args.nagle_run > 0:
         runs += [(t, NAGLE_SHAPE) for t in ("storescp", "pacs-sqlite") if t in targets]
     return runs
+
+
+def _baseline_tree(ref: str, root: Path) -> Path:
+    """A detached worktree of ``ref`` under ``root`` (removed when the bench ends)."""
+    tree = root / "baseline-tree"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), ref],
+                   capture_output=True, check=True)
+    return tree
 
 
 def _exit_on_sigterm(signum: int, _frame: object) -> None:
@@ -948,8 +980,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     bench = Bench(root, profiles, orthanc_binary, command, postgres_url, keep=args.keep)
     try:
+        if args.baseline and "pacs-sqlite" in targets:
+            bench.baseline_tree = _baseline_tree(args.baseline, root)
+            targets.append(BASELINE)
         _measure(bench, args, targets, corpora)
     finally:
+        if bench.baseline_tree is not None:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
+                            str(bench.baseline_tree)], capture_output=True, check=False)
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
         else:
@@ -983,10 +1021,12 @@ def _measure(
     bench: Bench, args: argparse.Namespace, targets: Sequence[str], corpora: dict[str, Corpus]
 ) -> None:
     counts = {"small": args.small, "ct512": args.ct, NAGLE_SHAPE.key: args.nagle_run}
-    for target, shape in plan(args, targets):
+    for target, shape in plan(args, [t for t in targets if t != BASELINE]):
         corpus = corpora[shape.size].head(counts.get(shape.key, counts[shape.size]))
         for _ in range(args.repeat):
             run_once(bench, target, shape, corpus)
+            if target == "pacs-sqlite" and BASELINE in targets and shape in SHAPES:
+                run_once(bench, BASELINE, shape, corpus)  # the pair, back to back
     if args.rss_run > 0 and "pacs-sqlite" in targets:
         log(f"peak RSS run: {args.rss_run} small instances to pacs-sqlite")
         run_once(bench, "pacs-sqlite", RSS_SHAPE, corpora["small"].head(args.rss_run))

@@ -31,6 +31,7 @@ from pydicom.uid import (
 )
 
 from pacs.services.errors import InvalidInstance, MissingAttribute, NotDicom
+from pacs.services.instance_reader import PYDICOM_PARSE_ERRORS
 
 _VRS = frozenset(
     b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL "
@@ -71,7 +72,9 @@ def as_part10(data: bytes) -> bytes:
         stream = io.BytesIO(data)
         try:
             meta = _read_file_meta_info(stream)
-        except (InvalidDicomError, EOFError, ValueError, KeyError) as error:
+        except InvalidDicomError as error:
+            raise InvalidInstance(f"unreadable file meta group: {error}") from error
+        except PYDICOM_PARSE_ERRORS as error:
             raise InvalidInstance(f"unreadable file meta group: {error}") from error
         offset = stream.tell()
     body = data[offset:]
@@ -91,7 +94,7 @@ def as_part10(data: bytes) -> bytes:
         )
         sop_class = str(dataset.get("SOPClassUID", "") or "")
         sop_instance = str(dataset.get("SOPInstanceUID", "") or "")
-    except (EOFError, ValueError, KeyError, OverflowError) as error:
+    except PYDICOM_PARSE_ERRORS as error:
         raise InvalidInstance(
             f"a data set without a Part 10 header, unreadable: {error}") from error
     if not sop_class or not sop_instance:

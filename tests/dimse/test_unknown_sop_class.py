@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
@@ -25,6 +26,7 @@ from tests.factories import datasets as f
 from tests.support import dcmtk
 from tests.support.files import dataset_bytes
 from tests.support.server import PacsServer
+from tests.support.wait import until
 
 RETIRED_US = "1.2.840.10008.5.1.4.1.1.6"  # Ultrasound Image Storage (retired 1993)
 PRIVATE = f.UID_ROOT + "77.1"  # a private storage class under pydicom's test root
@@ -209,3 +211,40 @@ def test_only_storage_classes_are_accepted_and_lossless_comes_first(setup: Setup
         assoc.release()
 
     assert accepted == {RETIRED_US: ExplicitVRLittleEndian, PRIVATE: ExplicitVRLittleEndian}
+
+
+def test_routing_sends_them_and_names_a_refusing_peer(tmp_path: Path) -> None:
+    promiscuous = dcmtk.Storescp(tmp_path / "dest", ae_title="DEST", promiscuous=True).start()
+    strict = dcmtk.Storescp(tmp_path / "strict", ae_title="STRICT").start()
+    server = PacsServer(
+        data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path}/index.sqlite",
+        extra_args=["--peer", promiscuous.peer, "--peer", strict.peer, "--route", "*=DEST",
+                    "--route", "*=STRICT", "--stable-seconds", "0.5"],
+        start_env={"PACS_ROUTE_RETRY_SECONDS": "30"},
+    )
+    study = f.make_uid("unknown-sop-class", "routed")
+    files = instances(tmp_path / "sent", study)
+    try:
+        server.start()
+        result = dcmtk.storescu(server.dimse_port, list(files.values()), workdir=tmp_path)
+        assert dcmtk.successes(result) == 2, dcmtk.status_lines(result)
+
+        def finished() -> dict[str, dict[str, object]]:
+            jobs = httpx.get(f"{server.base_url}/api/jobs", params={"study": study},
+                             timeout=30).json()
+            ended = {j["destination"]: j for j in jobs if j["state"] in ("done", "failed")}
+            return ended if len(ended) == 2 else {}
+
+        jobs = until("both routing jobs ended", finished)
+    finally:
+        server.stop()
+        promiscuous.stop()
+        strict.stop()
+
+    assert jobs["DEST"]["state"] == "done" and jobs["DEST"]["sent"] == 2
+    delivered = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID):
+                 dataset_bytes(p.read_bytes()) for p in promiscuous.files()}
+    assert delivered == {uid: dataset_bytes(p.read_bytes()) for uid, p in files.items()}
+    assert jobs["STRICT"]["state"] == "failed"
+    assert (f"STRICT accepted no presentation context for SOP class {PRIVATE} (private SOP "
+            "class)") in str(jobs["STRICT"]["last_error"])

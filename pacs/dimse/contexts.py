@@ -13,14 +13,14 @@ Storage SOP classes pynetdicom does not list (retired ones such as Ultrasound Im
 ``1.2.840.10008.5.1.4.1.1.6``, private ones, ones newer than its tables) are accepted when a
 requestor proposes them (:class:`UnknownStorageClasses`, the ``accept_unknown_sop_classes``
 setting, as Orthanc's ``UnknownSopClassAccepted``): contexts for them are added to one
-association's supported list just before it is negotiated, so the shared list stays small.
+association's supported list just before it is negotiated, so the shared list stays small;
+their C-STORE requests go to the same Storage SCP as any other (``qr.install``).
 pynetdicom's own ``_config.UNRESTRICTED_STORAGE_SERVICE`` is not used: it accepts the first
 transfer syntax proposed, lossy or unknown alike, for every storage context.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -29,8 +29,6 @@ from pydicom import uid
 from pynetdicom import AllStoragePresentationContexts, build_context
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
-
-log = logging.getLogger(__name__)
 
 VERIFICATION = "1.2.840.10008.1.1"  # Verification SOP Class, PS3.4 A.4
 
@@ -110,9 +108,9 @@ def is_storage_class(sop_class_uid: str) -> bool:
     worklist, MPPS, storage commitment, ...) are not."""
     if len(sop_class_uid) > 64 or not _VALID_UID.match(sop_class_uid):
         return False
-    known = uid.UID(sop_class_uid)
     if not sop_class_uid.startswith(_STANDARD_ROOT):
         return True
+    known = uid.UID(sop_class_uid)
     if not known.type:  # not in pydicom's dictionary
         return sop_class_uid.startswith(_STORAGE_ROOT)
     return (known.type == "SOP Class" and _STORAGE_NAME.search(known.name) is not None

@@ -126,7 +126,10 @@ def import_(
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Import DICOM files through the same ingest path as C-STORE; exit 1 if any failed."""
+    """Import DICOM files through the same ingest path as C-STORE; exit 1 if any failed.
+
+    Data sets without a Part 10 header are stored as STOW-RS stores them; every file that is
+    not DICOM is listed with the reason."""
     missing = [str(path) for path in paths if not path.exists()]
     if missing:
         err.print(f"pacs: error: no such file or folder: {', '.join(missing)}")
@@ -148,7 +151,9 @@ def import_(
         f"not DICOM: {counts[ImportResult.NOT_DICOM]}, failed: {counts[ImportResult.FAILED]}"
     )
     for path, reason in summary.failures:
-        out.print(f"failed: {path}: {reason}", soft_wrap=True)
+        out.print(f"failed: {path}: {reason}", soft_wrap=True, markup=False)
+    for path, reason in summary.not_dicom:  # skipped, never silently: each with its reason
+        out.print(f"not DICOM: {path}: {reason}", soft_wrap=True, markup=False)
     raise typer.Exit(1 if summary.failed else 0)
 
 

@@ -151,6 +151,7 @@ def _dimse_server(settings: Settings, services: Services) -> DimseServer:
         fuzzy_person_names=settings.fuzzy_person_names,
         max_associations=settings.max_associations,
         max_pdu_size=settings.max_pdu_size,
+        accept_unknown_sop_classes=settings.accept_unknown_sop_classes,
     )
 
 

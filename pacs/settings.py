@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     overwrite: bool = Field(
         default=False, description="a re-sent SOP Instance UID replaces the stored instance"
     )
+    accept_unknown_sop_classes: bool = Field(
+        default=True,
+        description="C-STORE accepts storage SOP classes pynetdicom does not list (retired, "
+        "private, newer) when a requestor proposes them, as Orthanc's UnknownSopClassAccepted",
+    )
     max_associations: int = Field(default=32, ge=1, le=1024)
     dimse_processes: int = Field(
         default=0, ge=0, le=64,

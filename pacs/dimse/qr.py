@@ -20,10 +20,16 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE, C_STORE
-from pynetdicom.service_class import QueryRetrieveServiceClass, StorageServiceClass
+from pynetdicom.service_class import (
+    NonPatientObjectStorageServiceClass,
+    QueryRetrieveServiceClass,
+    ServiceClass,
+    StorageServiceClass,
+)
 from pynetdicom.sop_class import uid_to_service_class
 
 from pacs.dimse import encoding, tuning
+from pacs.dimse.contexts import is_storage_class
 from pacs.dimse.find import Find
 from pacs.dimse.identifiers import FIND_MODELS, GET_MODELS, MOVE_MODELS
 from pacs.dimse.retrieve import Retrieval
@@ -113,7 +119,10 @@ def install(services: QueryRetrieveServices | None) -> None:
     def choose(uid: str) -> type[Any] | None:
         if uid in query_retrieve:
             return QueryRetrieveSCP
-        if uid_to_service_class(uid) is StorageServiceClass:
+        pynetdicoms = uid_to_service_class(uid)
+        if pynetdicoms is StorageServiceClass or pynetdicoms is NonPatientObjectStorageServiceClass:
+            return StorageSCP
+        if pynetdicoms is ServiceClass and is_storage_class(uid):  # one it does not list
             return StorageSCP
         return None
 

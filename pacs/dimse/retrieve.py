@@ -20,6 +20,7 @@ from pynetdicom.dsutils import decode
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 
 from pacs.dimse import encoding, tuning
+from pacs.dimse.contexts import missing_context
 from pacs.dimse.identifiers import GET_MODELS, MOVE_MODELS, retrieve_query
 from pacs.dimse.status import Status, query_status
 from pacs.services.errors import PacsError
@@ -183,8 +184,13 @@ class Retrieval:
         message_id: int,
         number: int,
     ) -> int | None:
+        syntaxes = accepted.get(item.sop_class_uid or "")
+        if not syntaxes:  # no context for the class at all: say so, not "no transfer syntax"
+            log.warning("sub-operation for %s failed: %s", item.sop_instance_uid, missing_context(
+                store, item.sop_class_uid or "", peer_is_requestor=store is self.scp.assoc))
+            return None
         try:
-            with self.service.prepared(item, accepted.get(item.sop_class_uid or "", [])) as ready:
+            with self.service.prepared(item, syntaxes) as ready:
                 if store is self.scp.assoc:  # C-GET: on the requestor's association
                     answer = store.send_c_store(ready.path, msg_id=(message_id + number) % 65536)
                 else:  # C-MOVE: our association to the destination, its reactor held paused

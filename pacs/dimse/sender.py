@@ -12,6 +12,7 @@ from typing import Any
 from pynetdicom import AE, build_context, evt
 
 from pacs.dimse import tuning
+from pacs.dimse.contexts import missing_context
 from pacs.services.errors import CannotTranscode, NotFound
 from pacs.services.retrieve import Destination, RetrievePlan, RetrieveService
 from pacs.services.routing import SendReport
@@ -64,8 +65,13 @@ class StudySender:
 
 def _store(assoc: Any, item: Any, accepted: dict[str, list[str]], retrieve: RetrieveService,
            number: int) -> str | None:
+    syntaxes = accepted.get(item.sop_class_uid or "")
+    if not syntaxes:  # no context for the class at all: say so, not "no transfer syntax"
+        problem = missing_context(assoc, item.sop_class_uid or "", peer_is_requestor=False)
+        log.warning("routing %s: %s", item.sop_instance_uid, problem)
+        return f"{item.sop_instance_uid}: {problem}"
     try:
-        with retrieve.prepared(item, accepted.get(item.sop_class_uid or "", [])) as ready:
+        with retrieve.prepared(item, syntaxes) as ready:
             answer = tuning.send_file(assoc, ready.path, msg_id=number % 65536,
                                       originator_aet=None, originator_id=None)
     except (CannotTranscode, NotFound) as problem:

@@ -7,11 +7,11 @@ import socket
 import threading
 from typing import Any
 
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs.dimse import tuning
-from pacs.dimse.contexts import scp_contexts
+from pacs.dimse.contexts import UnknownStorageClasses, scp_contexts
 from pacs.dimse.handlers import DimseHandlers
 from pacs.dimse.handoff import Dispatcher
 from pacs.dimse.inflight import InFlight
@@ -39,6 +39,7 @@ class DimseServer:
         fuzzy_person_names: bool = True,
         max_associations: int = 32,
         max_pdu_size: int = 0,
+        accept_unknown_sop_classes: bool = True,
     ) -> None:
         self.ae_title = ae_title
         self.host = host
@@ -55,6 +56,7 @@ class DimseServer:
         self.ae.maximum_associations = max_associations
         self.ae.maximum_pdu_size = max_pdu_size
         self.ae.require_called_aet = False
+        self.accept_unknown_sop_classes = accept_unknown_sop_classes
         self._server: Any = None
         self._listening = False
 
@@ -67,11 +69,13 @@ class DimseServer:
         self.handlers.receive_files = self._receive_files
         install_service_classes(self.query_retrieve)
         server_class = _ListeningServer if listen else _AdoptingServer
+        contexts = scp_contexts()
+        unknown = UnknownStorageClasses(contexts, accept_stores=self.accept_unknown_sop_classes)
         server: Any = self.ae.make_server(
             (self.host, self.port),
             ae_title=self.ae_title,
-            contexts=scp_contexts(),
-            evt_handlers=self.handlers.bindings(),  # type: ignore[arg-type]
+            contexts=contexts,
+            evt_handlers=[*self.handlers.bindings(), (evt.EVT_REQUESTED, unknown)],
             server_class=server_class,
         )
         server.dispatcher = dispatcher

@@ -1,4 +1,10 @@
-"""``pacs import``: bulk import of files and folders through the one ingest path."""
+"""``pacs import``: bulk import of files and folders through the one ingest path.
+
+A file without the Part 10 header (no preamble and ``DICM``: a bare data set, as some tools
+and pydicom's own test files write them) is stored as STOW-RS stores one: a File Meta
+Information group is made for it and the data set's bytes are kept (``part10.as_part10``).
+Whatever is counted "not DICOM" carries its reason, so nothing is dropped without a word.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from pacs.services.errors import NotDicom, PacsError
+from pacs.services.errors import InvalidInstance, NotDicom, PacsError
 from pacs.services.ingest import Incoming, IngestService, Origin, StoreStatus
+from pacs.services.part10 import BARE_DATA_SET_LIMIT, as_part10, check_data_set_start, is_part10
 
 _SKIPPED_NAMES = frozenset({"DICOMDIR"})  # a media directory, not an instance
 
@@ -26,6 +33,7 @@ class ImportResult(StrEnum):
 class ImportSummary:
     counts: dict[ImportResult, int] = field(default_factory=lambda: dict.fromkeys(ImportResult, 0))
     failures: list[tuple[Path, str]] = field(default_factory=list)
+    not_dicom: list[tuple[Path, str]] = field(default_factory=list)  # (file, why not)
 
     @property
     def failed(self) -> bool:
@@ -59,17 +67,19 @@ class ImportService:
                 summary.counts[result] += 1
                 if result is ImportResult.FAILED:
                     summary.failures.append((path, reason))
+                elif result is ImportResult.NOT_DICOM:
+                    summary.not_dicom.append((path, reason))
                 if on_file is not None:
                     on_file(path, result)
         return summary
 
     def _one(self, path: Path) -> tuple[ImportResult, str]:
         if path.name in _SKIPPED_NAMES:
-            return ImportResult.NOT_DICOM, "DICOMDIR"
+            return ImportResult.NOT_DICOM, "a DICOMDIR (media directory), not an instance"
         try:
-            outcome = self.ingest.store(Incoming.external_file(path), Origin(protocol="import"))
+            outcome = self.ingest.store(_incoming(path), Origin(protocol="import"))
         except NotDicom as error:
-            return ImportResult.NOT_DICOM, str(error)
+            return ImportResult.NOT_DICOM, str(error).removeprefix("not DICOM: ")
         except PacsError as error:
             return ImportResult.FAILED, str(error)
         except OSError as error:
@@ -77,3 +87,17 @@ class ImportService:
         if outcome.status is StoreStatus.ALREADY_PRESENT:
             return ImportResult.ALREADY_PRESENT, ""
         return ImportResult.STORED, ""
+
+
+def _incoming(path: Path) -> Incoming:
+    """The file as it is, or, when it is a bare data set, wrapped in a Part 10 header (as
+    STOW-RS does: ``dicomweb.stow``); what is neither raises :class:`NotDicom`."""
+    with path.open("rb") as source:
+        head = source.read(132)
+    if is_part10(head):
+        return Incoming.external_file(path)
+    check_data_set_start(head)
+    if path.stat().st_size > BARE_DATA_SET_LIMIT:
+        raise InvalidInstance(f"a data set without a Part 10 header, larger than "
+                              f"{BARE_DATA_SET_LIMIT >> 20} MB: too large to wrap in one")
+    return Incoming.data(as_part10(path.read_bytes()))

@@ -31,9 +31,8 @@ from pacs.services.errors import (
     SopClassMismatch,
     StudyMismatch,
 )
-from pacs.services.instance_reader import Header, read_header
+from pacs.services.instance_reader import Header, index_values, read_header
 from pacs.services.workflow import QaGate, actor
-from storage.attributes import extract, request_attributes
 from storage.blobs import CommittedBlob, FileStore, StagedBlob
 from storage.index import (
     Index,
@@ -159,9 +158,10 @@ class IngestService:
             header = read_header(stream, staged.size, self.limits)
             if expected is not None:
                 _check_expected(header, expected)
+            values, requested = index_values(header)
             row = InstanceRow(
-                values=extract(header.dataset, header.elements),
-                request_attributes=request_attributes(header.dataset),
+                values=values,
+                request_attributes=requested,
                 transfer_syntax_uid=header.transfer_syntax_uid,
                 blob=staged.info,
                 source_ae=origin.ae_title,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Any, BinaryIO
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filereader import _read_file_meta_info
 from pydicom.tag import BaseTag
 from pydicom.uid import RE_VALID_UID, UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -29,7 +30,7 @@ from pydicom.uid import RE_VALID_UID, UID, ExplicitVRLittleEndian, ImplicitVRLit
 from pacs.services import element_walk
 from pacs.services.decoding_limits import DecodeLimits
 from pacs.services.errors import InflatesTooLarge, InvalidInstance, MissingAttribute, NotDicom
-from storage.attributes import INDEXED_TAGS
+from storage.attributes import INDEXED_TAGS, Level, extract, request_attributes
 
 _UNDEFINED = 0xFFFFFFFF
 _DEFER = 2048  # bytes: values larger than this are skipped, not read
@@ -42,6 +43,14 @@ _VALID_UID = re.compile(RE_VALID_UID)
 _TRANSFER_SYNTAX = 0x00020010
 _SPECIFIC_CHARACTER_SET = 0x00080005
 WANTED_TAGS = frozenset({_SPECIFIC_CHARACTER_SET, *INDEXED_TAGS})
+
+# What pydicom raises for bytes it cannot parse or convert: besides the built-in kinds, its own
+# for a value of the wrong length, NotImplementedError for a VR it does not know, and
+# struct.error for a header cut short (found by tests/services/test_header_properties.py).
+PYDICOM_PARSE_ERRORS: tuple[type[Exception], ...] = (
+    ValueError, TypeError, KeyError, IndexError, OverflowError, EOFError,
+    BytesLengthException, NotImplementedError, struct.error,
+)
 
 
 @dataclass(frozen=True)
@@ -89,7 +98,9 @@ def _deflated(source: BinaryIO) -> bool:
         source.seek(128 + 4)
         meta = _read_file_meta_info(source)
         return UID(str(meta.get("TransferSyntaxUID", "") or "")).is_deflated
-    except (InvalidDicomError, EOFError, ValueError, KeyError, OverflowError, OSError):
+    except (InvalidDicomError, OSError):
+        return False
+    except PYDICOM_PARSE_ERRORS:
         return False
     finally:
         source.seek(0)
@@ -143,7 +154,7 @@ def _walk(
     try:
         uids = {keyword: _raw_uid(elements, tag, keyword) or _uid(dataset, keyword)
                 for keyword, tag in _REQUIRED_UID_TAGS}
-    except (ValueError, TypeError, KeyError) as exc:
+    except PYDICOM_PARSE_ERRORS as exc:
         raise InvalidInstance(f"corrupt dataset: {exc}") from exc
     return _header(dataset, transfer_syntax, uids, elements)
 
@@ -186,9 +197,22 @@ def _read_with_pydicom(source: BinaryIO, size: int) -> Header:
         raise InvalidInstance(f"not a DICOM Part 10 file: {exc}") from exc
     except (EOFError, zlib.error) as exc:
         raise InvalidInstance(f"truncated dataset: {exc}") from exc
-    except (ValueError, TypeError, KeyError, IndexError, OverflowError, OSError) as exc:
+    except PYDICOM_PARSE_ERRORS as exc:
+        raise InvalidInstance(f"corrupt dataset: {exc}") from exc
+    except OSError as exc:
         raise InvalidInstance(f"corrupt dataset: {exc}") from exc
     return _header(dataset, transfer_syntax, uids)
+
+
+def index_values(header: Header) -> tuple[dict[Level, dict[str, Any]], list[dict[str, Any]]]:
+    """The index's values of an instance (``storage.attributes.extract`` and its Request
+    Attributes Sequence rows). Values are converted only now, lazily: one pydicom cannot
+    convert (a VR it does not know, a binary value of the wrong length, a broken sequence) is
+    :class:`InvalidInstance`, as a corrupt header is, never a crash of the store."""
+    try:
+        return extract(header.dataset, header.elements), request_attributes(header.dataset)
+    except PYDICOM_PARSE_ERRORS as exc:
+        raise InvalidInstance(f"corrupt dataset: {exc}") from exc
 
 
 def _header(

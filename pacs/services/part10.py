@@ -6,6 +6,10 @@ without one too. Such a part gets a file meta group made from the data set (SOP 
 Instance UIDs, the transfer syntax named by its own group 0002 or recognised from its first
 element); the data set bytes are kept unchanged, as for a C-STORE. Of a deflated data set only
 the first MiB is inflated here (the UIDs come first): ingest inflates the rest, bounded.
+``pacs import`` wraps bare data sets found on disk the same way.
+
+What does not begin like a data set is :class:`NotDicom`; what begins like one but cannot be
+read, or names no SOP Class and Instance, is :class:`InvalidInstance` with the reason.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from pacs.services.errors import InvalidInstance, NotDicom
+from pacs.services.errors import InvalidInstance, MissingAttribute, NotDicom
+from pacs.services.instance_reader import PYDICOM_PARSE_ERRORS
 
 _VRS = frozenset(
     b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL "
@@ -36,23 +41,42 @@ _VRS = frozenset(
 _INFLATED_PREFIX = 1 << 20  # bytes: the UIDs of a deflated data set are at its start
 
 
+BARE_DATA_SET_LIMIT = 512 << 20  # bytes: a bare data set is wrapped in memory
+
+# The first tag of a bare data set: elements come in ascending tag order (PS3.5 7.1) and an
+# instance has a SOP Class UID (0008,0016), so it opens with the file meta group (0002, always
+# little endian) or group 0008 (either byte order).
+_DATA_SET_STARTS = (b"\x02\x00", b"\x08\x00", b"\x00\x08")
+
+
 def is_part10(head: bytes) -> bool:
     return len(head) >= 132 and head[128:132] == b"DICM"
+
+
+def check_data_set_start(head: bytes) -> None:
+    """Raise :class:`NotDicom` unless ``head`` (the first bytes of a file) can begin a bare data
+    set; cheap, so that a large file that is not DICOM is never read whole."""
+    if len(head) < 8:
+        raise NotDicom("not DICOM: too short for a data set")
+    if head[:2] not in _DATA_SET_STARTS:
+        raise NotDicom("not DICOM: no Part 10 header (no DICM after a 128-byte preamble) and "
+                       "no data set either")
 
 
 def as_part10(data: bytes) -> bytes:
     """``data`` as a Part 10 file (unchanged when it is one already)."""
     if is_part10(data):
         return data
-    if len(data) < 8:
-        raise NotDicom("not DICOM: too short for a data set")
+    check_data_set_start(data)
     meta = FileMetaDataset()
     offset = 0
     if data[:2] == b"\x02\x00":  # a file meta group without the preamble
         stream = io.BytesIO(data)
         try:
             meta = _read_file_meta_info(stream)
-        except (InvalidDicomError, EOFError, ValueError, KeyError) as error:
+        except InvalidDicomError as error:
+            raise InvalidInstance(f"unreadable file meta group: {error}") from error
+        except PYDICOM_PARSE_ERRORS as error:
             raise InvalidInstance(f"unreadable file meta group: {error}") from error
         offset = stream.tell()
     body = data[offset:]
@@ -72,10 +96,12 @@ def as_part10(data: bytes) -> bytes:
         )
         sop_class = str(dataset.get("SOPClassUID", "") or "")
         sop_instance = str(dataset.get("SOPInstanceUID", "") or "")
-    except (EOFError, ValueError, KeyError, OverflowError) as error:
-        raise NotDicom(f"not DICOM: no readable data set ({error})") from error
+    except PYDICOM_PARSE_ERRORS as error:
+        raise InvalidInstance(
+            f"a data set without a Part 10 header, unreadable: {error}") from error
     if not sop_class or not sop_instance:
-        raise NotDicom("not DICOM: no Part 10 header and no SOP Class/Instance UID")
+        raise MissingAttribute("a data set without a Part 10 header and without SOP Class "
+                               "and Instance UIDs")
     file_meta = FileMetaDataset()
     file_meta.MediaStorageSOPClassUID = UID(sop_class)
     file_meta.MediaStorageSOPInstanceUID = UID(sop_instance)

@@ -129,10 +129,11 @@ class Storescp:
     """DCMTK ``storescp`` as a C-MOVE destination, writing what it receives unchanged (+B)."""
 
     def __init__(self, output: Path, *, ae_title: str = "DEST", accept_all: bool = True,
-                 port: int = 0) -> None:
+                 port: int = 0, promiscuous: bool = False) -> None:
         self.output = output
         self.ae_title = ae_title
         self.accept_all = accept_all
+        self.promiscuous = promiscuous  # accept SOP classes DCMTK does not know (-pm)
         self.port = port  # 0: a free one at each start
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -145,6 +146,8 @@ class Storescp:
         args = [tool("storescp"), "-aet", self.ae_title, "+B", "-od", str(self.output)]
         if self.accept_all:
             args.append("+xa")
+        if self.promiscuous:
+            args.append("-pm")
         self.process = subprocess.Popen(
             [*args, str(self.port)], env=env(), stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

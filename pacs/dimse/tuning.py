@@ -455,6 +455,8 @@ def _read_pdu(self: Any) -> None:
         deadline = time.monotonic() + limits.read_timeout
         if not _receive_into(raw, memoryview(header), deadline, limits.read_timeout):
             self.event_queue.put("Evt17")  # closed by the peer
+            if self.state_machine.current_state == "Sta2":
+                self.to_user_queue.put(None)  # no A-ASSOCIATE-RQ will come: wake the acceptor
             return
         pdu_type, pdu_length = _PDU_HEADER.unpack(header)
         if pdu_type >= len(limits.by_type) or not limits.by_type[pdu_type]:

@@ -96,21 +96,24 @@ class RefusalAudit:
         self._stopped = False
         self._thread: threading.Thread | None = None
 
-    def note(self, *, host: str, action: str, reason: str, ae_title: str | None = None) -> None:
-        """Count one refusal of ``host`` (and its calling AE title, when known)."""
+    def note(self, *, host: str, action: str, reason: str, ae_title: str | None = None) -> bool:
+        """Count one refusal of ``host`` (and its calling AE title, when known); True when it
+        is the first of its kind since the last write (worth a log line)."""
         if self.sink is None:
-            return
+            return True
         key = (actor("dimse", ae_title, host), action, reason)
         with self._lock:
             if key not in self._pending and len(self._pending) >= MAX_PENDING:
                 key = ("dimse:(many addresses)", action, reason)
-            self._pending[key] = self._pending.get(key, 0) + 1
+            count = self._pending.get(key, 0) + 1
+            self._pending[key] = count
             if self._thread is None and not self._stopped:
                 self._thread = threading.Thread(
                     target=self._write_forever, name="dimse-refusal-audit", daemon=True
                 )
                 self._thread.start()
         self._wanted.set()
+        return count == 1
 
     def stop(self) -> None:
         """Write what is pending and stop."""

@@ -152,14 +152,14 @@ class _ListeningServer(ThreadedAssociationServer):
         host = str(client_address[0])
         if not self.connections.admit(host):
             request.close()  # before it costs a thread or a byte of reading
-            log.warning("refused a DIMSE connection from %s: it has %d open already", host,
-                        self.connections.limit)
-            self.refusals.note(host=host, action=REFUSED, reason=TOO_MANY_CONNECTIONS)
+            if self.refusals.note(host=host, action=REFUSED, reason=TOO_MANY_CONNECTIONS):
+                log.warning("refusing DIMSE connections from %s: it has %d open already",
+                            host, self.connections.limit)
             return
         if self.dispatcher is not None and self.dispatcher.hand_off(request, client_address):
             request.close()  # the worker holds its own descriptor of the connection
             return
-        super().process_request(request, client_address)
+        _serve(self, request, client_address)
 
     def connection_closed(self, client_address: Any) -> None:
         self.connections.release(str(client_address[0]))
@@ -180,9 +180,22 @@ class _AdoptingServer(ThreadedAssociationServer):
     def server_activate(self) -> None:
         pass
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        _serve(self, request, client_address)
+
     def connection_closed(self, client_address: Any) -> None:
         if self.report_closed is not None:
             self.report_closed(str(client_address[0]))
+
+
+def _serve(server: Any, request: Any, client_address: Any) -> None:
+    """pynetdicom's thread per connection; a connection that gets none is closed (and no
+    longer counted)."""
+    try:
+        ThreadedAssociationServer.process_request(server, request, client_address)
+    except BaseException:
+        server.connection_closed(client_address)
+        raise
 
 
 REFUSED = "connection-refused"

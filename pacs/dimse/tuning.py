@@ -441,7 +441,16 @@ def bound_pdus(assoc: Any, limits: PduLimits,
     dul._read_pdu_data = types.MethodType(_read_pdu, dul)
     raw = dul.socket.socket
     if raw is not None:
-        raw.settimeout(limits.read_timeout)  # each recv and send, at most this long
+        _wait_at_most(raw, limits.read_timeout)
+
+
+def _wait_at_most(raw: socket.socket, seconds: float) -> None:
+    """Each recv and send on ``raw`` waits at most ``seconds``, then fails with EAGAIN: the
+    kernel's timeouts, not ``settimeout``, which costs a ``poll`` before every call."""
+    whole = int(seconds)
+    value = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 
 def _read_pdu(self: Any) -> None:
@@ -474,7 +483,7 @@ def _read_pdu(self: Any) -> None:
             log.error("The received PDU is shorter than expected")
             self.event_queue.put("Evt17")
             return
-    except TimeoutError:
+    except (TimeoutError, BlockingIOError):
         _close(self, _REASON_NOT_SPECIFIED,
                f"no complete PDU within {limits.read_timeout:g} s")
         return
@@ -493,9 +502,9 @@ def _read_pdu(self: Any) -> None:
 
 
 def _receive_into(raw: Any, view: memoryview, deadline: float, timeout: float) -> bool:
-    """Fill ``view`` from ``raw`` by ``deadline`` (TimeoutError past it); False if the peer
-    closed first. One ``recv_into`` when the data is there; the socket's timeout is shortened
-    to what is left of the deadline only when it is not."""
+    """Fill ``view`` from ``raw`` by ``deadline`` (TimeoutError or BlockingIOError past it);
+    False if the peer closed first. One ``recv_into`` when the data is there; the socket's
+    timeout is shortened to what is left of the deadline only when it is not."""
     got, size = 0, len(view)
     shortened = False
     try:
@@ -508,11 +517,11 @@ def _receive_into(raw: Any, view: memoryview, deadline: float, timeout: float) -
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError
-                raw.settimeout(left)
+                _wait_at_most(raw, left)
                 shortened = True
     finally:
         if shortened:
-            raw.settimeout(timeout)
+            _wait_at_most(raw, timeout)
     return True
 
 

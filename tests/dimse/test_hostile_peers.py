@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, _config
-from pynetdicom.sop_class import CTImageStorage, Verification
+from pynetdicom import AE, _config, evt
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 
 from storage.index.workflow import AuditRecord
 from tests.factories import datasets as f
@@ -27,6 +34,7 @@ from tests.support.wait import until
 
 HOSTILE = "127.0.0.2"
 A_ASSOCIATE_RQ, P_DATA_TF = 0x01, 0x04
+STUDY = "1.2.826.0.1.3680043.8.498.12.1"
 
 
 def _header(pdu_type: int, length: int) -> bytes:
@@ -184,8 +192,10 @@ def _rss_kb(server: PacsServer) -> int:
 
 
 def _store_one(port: int, tmp_path: Path, number: int) -> int:
-    path = f.write_part10(f.ct_instance(PatientID="RSS-1", InstanceNumber=number),
-                          tmp_path / f"{number}.dcm")
+    path = f.write_part10(
+        f.ct_instance(PatientID="RSS-1", InstanceNumber=number, StudyInstanceUID=STUDY),
+        tmp_path / f"{number}.dcm",
+    )
     ae = AE(ae_title="STORER")
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
     assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
@@ -246,3 +256,44 @@ def test_a_pdu_longer_than_the_limit_is_refused_before_it_is_buffered(
         assert _store_one(port, tmp_path, 5) == 0x0000
     finally:
         assert server.stop() == 0
+
+
+def test_a_long_c_move_is_not_idleness(tmp_path: Path, sqlite_url: str) -> None:
+    """The idle timeout (``PACS_DIMSE_READ_TIMEOUT``) counts from the last answer: a C-MOVE
+    that takes longer, while its requestor waits silently, leaves the association usable."""
+    slow = AE(ae_title="SLOWDEST")
+    slow.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
+
+    def on_store(event: Any) -> int:
+        time.sleep(1.5)  # a slow destination (the peer's behaviour under test, not a wait)
+        return 0x0000
+
+    destination = slow.start_server(("127.0.0.1", 0), block=False,
+                                    evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    server = PacsServer(
+        data_dir=tmp_path / "data", database_url=sqlite_url,
+        extra_args=["--dimse-processes", "1",
+                    "--peer", f"SLOWDEST=127.0.0.1:{destination.server_address[1]}"],
+    )
+    server.start_env = {"PACS_DIMSE_READ_TIMEOUT": "2"}
+    server.start()
+    try:
+        for number in (1, 2):
+            assert _store_one(server.dimse_port, tmp_path, number) == 0x0000
+        ae = AE(ae_title="MOVER")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", server.dimse_port, ae_title="PACS")
+        assert assoc.is_established
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = STUDY
+        statuses = [int(status.Status) for status, _ in assoc.send_c_move(
+            query, "SLOWDEST", StudyRootQueryRetrieveInformationModelMove)]
+        assert statuses[-1] == 0x0000, statuses
+        assert int(assoc.send_c_echo().Status) == 0x0000  # still there after > 2 s of silence
+        assoc.release()
+    finally:
+        assert server.stop() == 0
+        destination.shutdown()
+

@@ -448,7 +448,8 @@ def _wait_at_most(raw: socket.socket, seconds: float) -> None:
     """Each recv and send on ``raw`` waits at most ``seconds``, then fails with EAGAIN: the
     kernel's timeouts, not ``settimeout``, which costs a ``poll`` before every call."""
     whole = int(seconds)
-    value = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+    micro = max(int((seconds - whole) * 1_000_000), 0 if whole else 1)  # (0 s: no timeout)
+    value = struct.pack("ll", whole, micro)
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
@@ -463,9 +464,7 @@ def _read_pdu(self: Any) -> None:
     try:
         deadline = time.monotonic() + limits.read_timeout
         if not _receive_into(raw, memoryview(header), deadline, limits.read_timeout):
-            self.event_queue.put("Evt17")  # closed by the peer
-            if self.state_machine.current_state == "Sta2":
-                self.to_user_queue.put(None)  # no A-ASSOCIATE-RQ will come: wake the acceptor
+            _closed_by_peer(self)
             return
         pdu_type, pdu_length = _PDU_HEADER.unpack(header)
         if pdu_type >= len(limits.by_type) or not limits.by_type[pdu_type]:
@@ -481,7 +480,7 @@ def _read_pdu(self: Any) -> None:
         pdu[:6] = header
         if not _receive_into(raw, memoryview(pdu)[6:], deadline, limits.read_timeout):
             log.error("The received PDU is shorter than expected")
-            self.event_queue.put("Evt17")
+            _closed_by_peer(self)
             return
     except (TimeoutError, BlockingIOError):
         _close(self, _REASON_NOT_SPECIFIED,
@@ -499,6 +498,14 @@ def _read_pdu(self: Any) -> None:
         return
     self.event_queue.put(event)
     self._recv_pdu.put(decoded)
+
+
+def _closed_by_peer(dul: Any) -> None:
+    """Evt17; before an association exists, the acceptor waiting for its A-ASSOCIATE-RQ is
+    woken too (pynetdicom's waits for the ARTIM time, holding the connection's count)."""
+    dul.event_queue.put("Evt17")
+    if dul.state_machine.current_state == "Sta2":
+        dul.to_user_queue.put(None)  # (receive_pdu then returns None: no request came)
 
 
 def _receive_into(raw: Any, view: memoryview, deadline: float, timeout: float) -> bool:

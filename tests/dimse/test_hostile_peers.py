@@ -81,6 +81,9 @@ def _echo_from(address: str, port: int) -> bool:
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", port, ae_title="PACS", bind_address=(address, 0))
     if not assoc.is_established:
+        transport = assoc.dul.socket
+        if transport is not None and transport.socket is not None:
+            transport.socket.close()  # (pynetdicom leaves it open when the peer closes first)
         return False
     try:
         return int(assoc.send_c_echo().Status) == 0x0000

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import pydicom
 
+from pacs.dimse import handoff
 from pacs.dimse.handoff import Dispatcher, channel_pair, receive_forever
 from pacs.dimse.sender import StudySender
 from pacs.dimse.server import DimseServer
@@ -152,6 +153,9 @@ def _dimse_server(settings: Settings, services: Services) -> DimseServer:
         max_associations=settings.max_associations,
         max_pdu_size=settings.max_pdu_size,
         accept_unknown_sop_classes=settings.accept_unknown_sop_classes,
+        read_timeout=settings.dimse_read_timeout,
+        max_connections_per_host=settings.max_connections_per_host,
+        audit=services.workflow.record,
     )
 
 
@@ -320,7 +324,7 @@ class _Workers:
 
     def stop(self, timeout: float = 60.0) -> None:
         for channel in self._channels:
-            channel.close()
+            handoff.stop(channel)
         for process in self._processes:
             try:
                 process.wait(timeout)
@@ -355,7 +359,8 @@ def run_dimse_worker(settings: Settings, channel: socket.socket) -> None:
     signal.signal(signal.SIGTERM, lambda _sig, _frame: stop.set())
     with open_services(settings, upgrade=False) as services:
         dimse = _dimse_server(settings, services)
-        dimse.start(listen=False)
+        dimse.start(listen=False,
+                    report_closed=lambda host: handoff.report_closed(channel, host))
 
         def receive() -> None:
             receive_forever(channel, dimse.adopt)

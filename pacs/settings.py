@@ -101,7 +101,20 @@ class Settings(BaseSettings):
         default=100, ge=0,
         description="stores are refused (0xA700) while the data disk has less free space",
     )
-    max_pdu_size: int = Field(default=0, ge=0, description="0 = unlimited (faster for large)")
+    max_pdu_size: int = Field(
+        default=1 << 20, ge=4096, le=1 << 26,
+        description="Maximum PDU Length advertised and enforced, bytes (PS3.8 D.1); a larger "
+        "P-DATA-TF PDU aborts the association before it is read",
+    )
+    dimse_read_timeout: float = Field(
+        default=30.0, gt=0, le=3600,
+        description="seconds: a DIMSE connection that sends no complete PDU, no A-ASSOCIATE-RQ "
+        "(ARTIM, PS3.8 9.1.5) or nothing at all on an idle association for this long is closed",
+    )
+    max_connections_per_host: int = Field(
+        default=16, ge=1, le=1024,
+        description="DIMSE connections open at once from one address; the excess is closed",
+    )
     sqlite_synchronous: str = Field(
         default="FULL", description="SQLite PRAGMA synchronous (FULL: commit survives power loss)"
     )

@@ -58,9 +58,13 @@ def store_request(raw: bytes) -> dict[int, bytes] | None:
         vr = _ELEMENTS.get(element)
         if group != 0 or vr is None or element in elements or length > end - offset:
             return None
-        if vr in _SIZES and length != _SIZES[vr]:
+        value = raw[offset:offset + length]
+        if vr in _SIZES:
+            if length != _SIZES[vr]:
+                return None
+        elif not value.isascii() or b"\\" in value:  # odd text: pydicom reads it its way
             return None
-        elements[element] = raw[offset:offset + length]
+        elements[element] = value
         offset += length
     if any(element not in elements for element in _REQUIRED):
         return None

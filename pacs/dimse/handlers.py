@@ -10,9 +10,10 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from pacs.dimse import tuning
+from pacs.dimse.guard import PduLimits, RefusalAudit
 from pacs.dimse.inflight import InFlight
 from pacs.dimse.status import Status, store_status
-from pacs.services.errors import PacsError
+from pacs.services.errors import OutOfResources, PacsError
 from pacs.services.ingest import Expected, Incoming, IngestService, Origin
 
 log = logging.getLogger(__name__)
@@ -23,9 +24,14 @@ _ERROR_COMMENT_MAX = 64  # Error Comment (0000,0902) is LO
 class DimseHandlers:
     """One instance per server; pynetdicom calls these from one thread per association."""
 
-    def __init__(self, ingest: IngestService, inflight: InFlight) -> None:
+    def __init__(
+        self, ingest: IngestService, inflight: InFlight, limits: PduLimits | None = None,
+        refusals: RefusalAudit | None = None,
+    ) -> None:
         self.ingest = ingest
         self.inflight = inflight
+        self.limits = limits
+        self.refusals = refusals
         self.receive_files: Any = None  # the receive-file maker, once the server started
 
     def bindings(self) -> list[tuple[Any, Any]]:
@@ -35,12 +41,33 @@ class DimseHandlers:
             (evt.EVT_CONN_OPEN, self.on_conn_open),
             (evt.EVT_CONN_CLOSE, self.on_conn_close),
             (evt.EVT_ESTABLISHED, self.on_established),
+            (evt.EVT_REJECTED, self.on_rejected),
             (evt.EVT_C_ECHO, self.on_echo),
             (evt.EVT_C_STORE, self.on_store),
         ]
 
     def on_conn_open(self, event: Event) -> None:
         tuning.tune_association(event.assoc)
+        if self.limits is not None:
+            tuning.bound_pdus(event.assoc, self.limits, self._closed_by_limit)
+
+    def _closed_by_limit(self, assoc: Any, reason: str) -> None:
+        if self.refusals is not None:
+            self.refusals.note(host=str(assoc.requestor.address), action="association-aborted",
+                               reason=reason.split(" (")[0],
+                               ae_title=_ae_title(assoc) if assoc.is_established else None)
+
+    def on_rejected(self, event: Event) -> None:
+        """pynetdicom refused an association (PS3.8 7.1.1.9): audited, aggregated."""
+        answer = event.assoc.acceptor.primitive
+        code = (answer.result, answer.result_source, answer.diagnostic) if answer else ()
+        reason = _REJECTIONS.get(code, f"rejected (result, source, reason: {code})")
+        requestor = event.assoc.requestor
+        log.warning("association from %s at %s rejected: %s", _calling_ae(event),
+                    requestor.address, reason)
+        if self.refusals is not None:
+            self.refusals.note(host=str(requestor.address), action="association-rejected",
+                               reason=reason, ae_title=_calling_ae(event))
 
     def on_established(self, event: Event) -> None:
         requestor = event.assoc.requestor
@@ -69,6 +96,10 @@ class DimseHandlers:
         with self.inflight:
             try:
                 path = event.dataset_path
+                failure = self.receive_files.failure(path) if self.receive_files else None
+                if failure is not None:
+                    path.unlink(missing_ok=True)
+                    raise OutOfResources(failure)
                 digest = self.receive_files.written(path) if self.receive_files else None
                 outcome = self.ingest.store(
                     Incoming.received_file(path, digest), _origin(event), expected
@@ -83,7 +114,20 @@ class DimseHandlers:
 
 
 def _calling_ae(event: Event) -> str:
-    return str(event.assoc.requestor.ae_title).strip()
+    return _ae_title(event.assoc)
+
+
+def _ae_title(assoc: Any) -> str:
+    return str(assoc.requestor.ae_title).strip()
+
+
+# A-ASSOCIATE-RJ (result, source, reason/diag.) pynetdicom sends (PS3.8 9.3.4)
+_REJECTIONS: dict[tuple[int | None, ...], str] = {
+    (0x01, 0x01, 0x03): "calling AE title not recognised",
+    (0x01, 0x01, 0x07): "called AE title not recognised",
+    (0x02, 0x02, 0x01): "user identity not accepted",
+    (0x02, 0x03, 0x02): "too many associations (local limit exceeded)",
+}
 
 
 def _origin(event: Event) -> Origin:

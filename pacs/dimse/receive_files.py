@@ -12,6 +12,7 @@ File Meta Information against pydicom's.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -34,27 +35,66 @@ WRITEBACK_EVERY = 256 * 1024
 
 class ReceiveFile:
     """The part of ``NamedTemporaryFile`` pynetdicom's chunked receive uses; it also hashes
-    what it writes, so the store need not read the file again to find its content address."""
+    what it writes, so the store need not read the file again to find its content address.
 
-    def __init__(self, path: Path) -> None:
+    A write that fails (the disk is full, say) must not raise: it would surface inside
+    pynetdicom's state machine, which aborts the association without a C-STORE response.
+    The error is kept instead (:attr:`error`, for the store to answer 0xA700), the file is
+    emptied to give its space back, and the rest of the data set is read and dropped. The
+    file is unbuffered for that reason (no buffer left to flush at close) and because the
+    data set arrives in large fragments anyway."""
+
+    def __init__(self, path: Path, error: OSError | None = None) -> None:
         self.name = str(path)
-        self.file: IO[bytes] = open(path, "r+b")  # noqa: SIM115 (closed by pynetdicom)
+        self.error = error
+        self.file: IO[bytes] | None = (
+            open(path, "r+b", buffering=0) if error is None else None  # noqa: SIM115
+        )
         self.sha256 = hashlib.sha256()
         self.size = 0
         self._flushed = 0  # bytes whose writeback has been started
 
     def write(self, data: bytes) -> int:
+        if self.file is None or self.error is not None:
+            return len(data)
         self.sha256.update(data)
         self.size += len(data)
-        written = self.file.write(data)
-        if self.size - self._flushed >= WRITEBACK_EVERY:
-            self.file.flush()
-            start_writeback(self.file.fileno(), self._flushed, self.size - self._flushed)
-            self._flushed = self.size
-        return written
+        try:
+            written = self.file.write(data)
+            while written < len(data):  # (a regular file writes short only when nearly full)
+                written += self.file.write(memoryview(data)[written:])
+            if self.size - self._flushed >= WRITEBACK_EVERY:
+                start_writeback(self.file.fileno(), self._flushed, self.size - self._flushed)
+                self._flushed = self.size
+        except OSError as error:
+            self._failed(error)
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing is buffered (pynetdicom calls it after each fragment)."""
+
+    def _failed(self, error: OSError) -> None:
+        log.warning("cannot write a received data set: %s", error)
+        self.error = error
+        if self.file is not None:
+            try:
+                os.ftruncate(self.file.fileno(), 0)
+            except OSError:
+                pass
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
+
+
+def failure_comment(error: OSError) -> str:
+    """What a peer is told of a failed receive (an Error Comment is 64 characters at most;
+    no path: ``str(error)`` may carry one)."""
+    if error.errno == errno.ENOSPC:
+        return "no space left on device while receiving the data set"
+    if error.errno == errno.EDQUOT:
+        return "disk quota exceeded while receiving the data set"
+    return f"cannot write the received data set ({os.strerror(error.errno or errno.EIO)})"
 
 
 class ReceiveFiles:
@@ -83,13 +123,17 @@ class ReceiveFiles:
         try:
             path = self._stock.popleft()
         except IndexError:
-            path = self._create()  # stock ran out: create on the spot
+            path = None
         if len(self._stock) <= self.ready // 2:  # refill in bursts: fewer wake-ups
             self._wanted.set()
         try:
-            opened = ReceiveFile(path)
-        except FileNotFoundError:  # swept meanwhile (shutdown, restart)
-            opened = ReceiveFile(self._create())
+            try:
+                opened = ReceiveFile(path or self._create())  # stock ran out: create now
+            except FileNotFoundError:  # swept meanwhile (shutdown, restart)
+                opened = ReceiveFile(self._create())
+        except OSError as error:  # no file at all (disk full): the receive fails, not pynetdicom
+            log.warning("cannot create a file for a received data set: %s", error)
+            opened = ReceiveFile(self.folder / f"{uuid.uuid4().hex}.rcv", error)
         self._open[opened.name] = opened
         return opened
 
@@ -98,8 +142,16 @@ class ReceiveFiles:
         opened = self._open.pop(str(path), None)
         if opened is None:
             return None
-        opened.file.flush()
         return opened.sha256.hexdigest(), opened.size
+
+    def failure(self, path: Path) -> str | None:
+        """Why the data set received into ``path`` could not be written (then forgotten), or
+        None when it was written whole."""
+        opened = self._open.get(str(path))
+        if opened is None or opened.error is None:
+            return None
+        del self._open[str(path)]
+        return failure_comment(opened.error)
 
     def forget(self, path: Path) -> None:
         self._open.pop(str(path), None)

@@ -1,10 +1,17 @@
-"""The DIMSE listener: a pynetdicom AE with the Verification, Storage and Q/R SCPs."""
+"""The DIMSE listener: a pynetdicom AE with the Verification, Storage and Q/R SCPs.
+
+A peer is bounded (``guard.py``): the listening process closes at once a connection from an
+address that already holds ``max_connections_per_host`` (counting those served by workers);
+every association reads PDUs within ``limits`` (size by type, time to arrive), and its set-up
+(ARTIM, PS3.8 9.1.5) and idleness (network timeout) last at most ``limits.read_timeout``.
+"""
 
 from __future__ import annotations
 
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import AE, evt
@@ -12,6 +19,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs.dimse import tuning
 from pacs.dimse.contexts import UnknownStorageClasses, scp_contexts
+from pacs.dimse.guard import ConnectionCount, PduLimits, RefusalAudit
 from pacs.dimse.handlers import DimseHandlers
 from pacs.dimse.handoff import Dispatcher
 from pacs.dimse.inflight import InFlight
@@ -19,7 +27,7 @@ from pacs.dimse.qr import QueryRetrieveServices
 from pacs.dimse.qr import install as install_service_classes
 from pacs.services.ingest import IngestService
 from pacs.services.query import QueryService
-from pacs.services.retrieve import RetrieveService
+from pacs.services.retrieve import AuditSink, RetrieveService
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +46,11 @@ class DimseServer:
         retrieve: RetrieveService | None = None,
         fuzzy_person_names: bool = True,
         max_associations: int = 32,
-        max_pdu_size: int = 0,
+        max_pdu_size: int = 1 << 20,
         accept_unknown_sop_classes: bool = True,
+        read_timeout: float = 30.0,
+        max_connections_per_host: int = 16,
+        audit: AuditSink | None = None,
     ) -> None:
         self.ae_title = ae_title
         self.host = host
@@ -51,18 +62,27 @@ class DimseServer:
             QueryRetrieveServices(query, retrieve, ae_title, fuzzy_person_names)
             if query is not None and retrieve is not None else None
         )
-        self.handlers = DimseHandlers(ingest, self.inflight)
+        self.limits = PduLimits(max_pdu=max_pdu_size, read_timeout=read_timeout)
+        self.connections = ConnectionCount(max_connections_per_host)
+        self.refusals = RefusalAudit(audit)
+        self.handlers = DimseHandlers(ingest, self.inflight, self.limits, self.refusals)
         self.ae = AE(ae_title=ae_title)
         self.ae.maximum_associations = max_associations
         self.ae.maximum_pdu_size = max_pdu_size
+        self.ae.acse_timeout = read_timeout  # ARTIM too (pynetdicom sets one from the other)
+        self.ae.network_timeout = read_timeout  # an idle association is aborted after it
         self.ae.require_called_aet = False
         self.accept_unknown_sop_classes = accept_unknown_sop_classes
         self._server: Any = None
         self._listening = False
 
-    def start(self, *, listen: bool = True, dispatcher: Dispatcher | None = None) -> None:
+    def start(
+        self, *, listen: bool = True, dispatcher: Dispatcher | None = None,
+        report_closed: Callable[[str], None] | None = None,
+    ) -> None:
         """Listen on ``host:port`` (handing connections to ``dispatcher`` when given), or, with
-        ``listen=False`` (a worker process), only serve connections passed to :meth:`adopt`."""
+        ``listen=False`` (a worker process), only serve connections passed to :meth:`adopt`,
+        telling ``report_closed(host)`` when each one closes."""
         self._receive_files = tuning.enable_chunked_receive(self.receive_folder)
         tuning.skip_unheard_log_handlers()
         tuning.enable_lean_store_requests()
@@ -77,8 +97,15 @@ class DimseServer:
             contexts=contexts,
             evt_handlers=[*self.handlers.bindings(), (evt.EVT_REQUESTED, unknown)],
             server_class=server_class,
+            request_handler=tuning.CountedHandler,
         )
         server.dispatcher = dispatcher
+        server.connections = self.connections
+        server.refusals = self.refusals
+        if not listen:
+            server.report_closed = report_closed
+        elif dispatcher is not None:
+            dispatcher.start(self.connections.release)
         tuning.register_server(self.ae, server)
         self._server = server
         self._listening = listen
@@ -114,27 +141,66 @@ class DimseServer:
             )
         if self._receive_files is not None:
             self._receive_files.stop()
+        self.refusals.stop()
 
 
 class _ListeningServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, passing some connections to worker processes."""
+    """pynetdicom's threaded server: refuses a host's connections beyond its limit, and passes
+    some connections to worker processes."""
 
     dispatcher: Dispatcher | None = None
+    connections: ConnectionCount
+    refusals: RefusalAudit
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        host = str(client_address[0])
+        if not self.connections.admit(host):
+            request.close()  # before it costs a thread or a byte of reading
+            if self.refusals.note(host=host, action=REFUSED, reason=TOO_MANY_CONNECTIONS):
+                log.warning("refusing DIMSE connections from %s: it has %d open already",
+                            host, self.connections.limit)
+            return
         if self.dispatcher is not None and self.dispatcher.hand_off(request, client_address):
             request.close()  # the worker holds its own descriptor of the connection
             return
-        super().process_request(request, client_address)
+        _serve(self, request, client_address)
+
+    def connection_closed(self, client_address: Any) -> None:
+        self.connections.release(str(client_address[0]))
 
 
 class _AdoptingServer(ThreadedAssociationServer):
-    """A server that never binds: its connections arrive through :meth:`DimseServer.adopt`."""
+    """A server that never binds: its connections arrive through :meth:`DimseServer.adopt`,
+    and their closing is reported to the listening process, which counts them."""
 
     dispatcher: Dispatcher | None = None
+    connections: ConnectionCount
+    refusals: RefusalAudit
+    report_closed: Callable[[str], None] | None = None
 
     def server_bind(self) -> None:
         pass
 
     def server_activate(self) -> None:
         pass
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        _serve(self, request, client_address)
+
+    def connection_closed(self, client_address: Any) -> None:
+        if self.report_closed is not None:
+            self.report_closed(str(client_address[0]))
+
+
+def _serve(server: Any, request: Any, client_address: Any) -> None:
+    """pynetdicom's thread per connection; a connection that gets none is closed (and no
+    longer counted)."""
+    try:
+        ThreadedAssociationServer.process_request(server, request, client_address)
+    except BaseException:
+        server.connection_closed(client_address)
+        raise
+
+
+REFUSED = "connection-refused"
+TOO_MANY_CONNECTIONS = "too many connections from this address"

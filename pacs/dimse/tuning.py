@@ -34,6 +34,14 @@
 5. ``pynetdicom.association.uid_to_service_class``: the one place an association picks the
    service class of a request; C-MOVE and C-GET get ours (``retrieve.py``), which sends from
    files instead of re-encoding decoded datasets.
+12. ``DULServiceProvider._read_pdu_data``: the one place pynetdicom reads a PDU, header then
+   the whole body, blocking for as long as the peer likes. An acceptor's is ours
+   (:func:`bound_pdus`): a PDU longer than ``guard.PduLimits`` allows for its type is refused
+   (A-ABORT, connection closed) before its body is read, and a PDU must arrive whole within
+   the read timeout; the body is read into one buffer, not 4 KiB at a time.
+13. ``RequestHandler._create_association`` and ``Association.run``: :class:`CountedHandler`
+   is pynetdicom's request handler, telling its server when the association's thread ends,
+   so that connections per address are counted until they close (``guard.py``).
 
 pynetdicom is pinned to 3.0.x in pyproject.toml; ``tests/dimse/test_tuning.py`` fails if any of
 these attributes disappears.
@@ -45,6 +53,7 @@ import logging
 import os
 import select
 import socket
+import struct
 import threading
 import time
 import types
@@ -54,6 +63,9 @@ from pathlib import Path
 from typing import Any
 
 from pynetdicom import _config, evt
+from pynetdicom.transport import RequestHandler
+
+from pacs.dimse.guard import PduLimits
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +126,7 @@ def _decode_msg(self: Any, primitive: Any, assoc: Any = None) -> bool:
         if not control & 1:  # a data set fragment
             if self._data_set_file:
                 self._data_set_file.write(data[1:])
-                self._data_set_file.file.flush()
+                self._data_set_file.flush()
             else:
                 self.data_set.write(data[1:])
             if control & 2:
@@ -349,8 +361,9 @@ def _wait_for_message(assoc: Any, timeout: float) -> None:
 
 def _acceptor_reactor(self: Any) -> None:
     """pynetdicom 3.0's ``Association._run_reactor``, waiting on the message queue rather than
-    sleeping 1 ms per turn. Only for acceptors whose requests are served on this thread (no
-    other thread calls ``send_*`` on them, so the pause handshake is never contended)."""
+    sleeping 1 ms per turn, and restarting the idle timer (network timeout) after a request.
+    Only for acceptors whose requests are served on this thread (no other thread calls
+    ``send_*`` on them, so the pause handshake is never contended)."""
     self._is_paused = False
     while not self._kill:
         _wait_for_message(self, 0.001)
@@ -360,6 +373,8 @@ def _acceptor_reactor(self: Any) -> None:
         context_id, msg = self.dimse.get_msg(block=False)
         if msg:
             self._serve_request(msg, context_id)
+            # the idle time counts from the answer: a long C-MOVE is not idleness
+            self.dul._idle_timer.restart()
         if self.is_established and self.acse.is_release_requested():
             self.acse.send_release(is_response=True)
             self.is_released = True
@@ -409,3 +424,159 @@ def unregister_server(ae: Any, server: Any) -> None:
     """Undo :func:`register_server` for a server that never ran ``serve_forever``."""
     if server in ae._servers:
         ae._servers.remove(server)
+
+
+_PDU_HEADER = struct.Struct(">BxL")  # PDU-type, reserved, PDU-length (PS3.8 9.3.1)
+_INVALID_PDU_PARAMETER_VALUE = 0x06  # A-ABORT reason/diag. (PS3.8 9.3.8)
+_REASON_NOT_SPECIFIED = 0x00
+
+
+def bound_pdus(assoc: Any, limits: PduLimits,
+               refused: Callable[[Any, str], None] | None = None) -> None:
+    """An acceptor's PDUs are read by :func:`_read_pdu` within ``limits`` (see 12. above);
+    ``refused(assoc, reason)`` is told of each connection closed for exceeding them."""
+    dul = assoc.dul
+    dul._pacs_limits = limits
+    dul._pacs_refused = refused
+    dul._read_pdu_data = types.MethodType(_read_pdu, dul)
+    raw = dul.socket.socket
+    if raw is not None:
+        _wait_at_most(raw, limits.read_timeout)
+
+
+def _wait_at_most(raw: socket.socket, seconds: float) -> None:
+    """Each recv and send on ``raw`` waits at most ``seconds``, then fails with EAGAIN: the
+    kernel's timeouts, not ``settimeout``, which costs a ``poll`` before every call."""
+    whole = int(seconds)
+    micro = max(int((seconds - whole) * 1_000_000), 0 if whole else 1)  # (0 s: no timeout)
+    value = struct.pack("ll", whole, micro)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+
+
+def _read_pdu(self: Any) -> None:
+    """pynetdicom 3.0's ``DULServiceProvider._read_pdu_data`` (the same events, in the same
+    order), with the PDU's length checked before its body is read and the whole PDU due
+    within the read timeout."""
+    limits: PduLimits = self._pacs_limits
+    raw = self.socket.socket
+    header = bytearray(6)
+    try:
+        deadline = time.monotonic() + limits.read_timeout
+        if not _receive_into(raw, memoryview(header), deadline, limits.read_timeout):
+            _closed_by_peer(self)
+            return
+        pdu_type, pdu_length = _PDU_HEADER.unpack(header)
+        if pdu_type >= len(limits.by_type) or not limits.by_type[pdu_type]:
+            log.error("Unknown PDU type received '0x%02X'", pdu_type)
+            self.event_queue.put("Evt19")
+            return
+        if pdu_length > limits.by_type[pdu_type]:
+            _close(self, _INVALID_PDU_PARAMETER_VALUE,
+                   f"PDU of type {pdu_type} too long ({pdu_length} bytes, "
+                   f"at most {limits.by_type[pdu_type]})")
+            return
+        pdu = bytearray(6 + pdu_length)
+        pdu[:6] = header
+        if not _receive_into(raw, memoryview(pdu)[6:], deadline, limits.read_timeout):
+            log.error("The received PDU is shorter than expected")
+            _closed_by_peer(self)
+            return
+    except (TimeoutError, BlockingIOError):
+        _close(self, _REASON_NOT_SPECIFIED,
+               f"no complete PDU within {limits.read_timeout:g} s")
+        return
+    except OSError as exc:
+        log.error("Connection closed before the entire PDU was received: %s", exc)
+        self.event_queue.put("Evt17")
+        return
+    try:
+        decoded, event = self._decode_pdu(pdu)
+    except Exception as exc:
+        log.error("Unable to decode the received PDU data: %s", exc)
+        self.event_queue.put("Evt19")
+        return
+    self.event_queue.put(event)
+    self._recv_pdu.put(decoded)
+
+
+def _closed_by_peer(dul: Any) -> None:
+    """Evt17; before an association exists, the acceptor waiting for its A-ASSOCIATE-RQ is
+    woken too (pynetdicom's waits for the ARTIM time, holding the connection's count)."""
+    dul.event_queue.put("Evt17")
+    if dul.state_machine.current_state == "Sta2":
+        dul.to_user_queue.put(None)  # (receive_pdu then returns None: no request came)
+
+
+def _receive_into(raw: Any, view: memoryview, deadline: float, timeout: float) -> bool:
+    """Fill ``view`` from ``raw`` by ``deadline`` (TimeoutError or BlockingIOError past it);
+    False if the peer closed first. One ``recv_into`` when the data is there; the socket's
+    timeout is shortened to what is left of the deadline only when it is not."""
+    got, size = 0, len(view)
+    shortened = False
+    try:
+        while got < size:
+            count = raw.recv_into(view[got:])
+            if not count:
+                return False
+            got += count
+            if got < size:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                _wait_at_most(raw, left)
+                shortened = True
+    finally:
+        if shortened:
+            _wait_at_most(raw, timeout)
+    return True
+
+
+def _close(dul: Any, reason: int, why: str) -> None:
+    """Send A-ABORT (PS3.8 9.3.8, source: service provider) and close the connection: Evt17
+    for the state machine, as if the peer had closed it. Before an association exists, the
+    acceptor waiting for its A-ASSOCIATE-RQ is woken at once."""
+    from pynetdicom.pdu import A_ABORT_RQ
+
+    assoc = dul.assoc
+    log.warning("closing the DIMSE connection from %s: %s", assoc.requestor.address, why)
+    abort = A_ABORT_RQ()
+    abort.source = 0x02
+    abort.reason_diagnostic = reason
+    raw = dul.socket.socket
+    try:
+        raw.send(abort.encode())
+    except OSError:
+        pass  # the peer is gone or does not read: closing is all that is left
+    waiting = dul.state_machine.current_state == "Sta2"
+    dul.socket.close()
+    if waiting:
+        dul.to_user_queue.put(None)  # (receive_pdu then returns None: no request came)
+    refused = dul._pacs_refused
+    if refused is not None:
+        refused(assoc, why)
+
+
+class CountedHandler(RequestHandler):
+    """pynetdicom's request handler; its server's ``connection_closed(client_address)`` is
+    called once the connection's association thread ends (see 13. above)."""
+
+    def handle(self) -> None:
+        closed: Callable[[Any], None] = getattr(self.server, "connection_closed")  # noqa: B009
+        address = self.client_address
+        try:
+            assoc = self._create_association()
+            run = assoc.run
+
+            def run_then_report() -> None:
+                try:
+                    run()
+                finally:
+                    closed(address)
+
+            assoc.run = run_then_report  # type: ignore[method-assign]
+            evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": address})
+            assoc.start()
+        except BaseException:
+            closed(address)
+            raise

@@ -1,22 +1,28 @@
-"""The lean C-STORE-RQ decoder gives what pynetdicom's own decoding gives (PS3.7 9.3.1.1)."""
+"""The lean C-STORE-RQ decoder gives what pynetdicom's own decoding gives (PS3.7 9.3.1.1), and
+never raises on bytes a peer makes up (property-based: random, truncated, mutated)."""
 
 from __future__ import annotations
 
 import functools
 import struct
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pydicom
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import _config, dimse_messages
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_FIND_RQ, C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
-from pynetdicom.dsutils import create_file_meta, encode
+from pynetdicom.dsutils import create_file_meta, decode, encode
 
 from pacs.dimse import decoding, tuning
 
@@ -174,3 +180,114 @@ def test_a_request_without_data_set_is_complete_at_its_command(
     message = DIMSEMessage()
     assert tuning._decode_msg(message, piece, None) is True
     assert message._data_set_file is None
+
+
+# -- properties: whatever the bytes, a clean "not mine" or pydicom's own reading ------------
+
+_UID = st.from_regex(r"\A[1-9][0-9]{0,8}(\.(0|[1-9][0-9]{0,8})){1,6}\Z")
+_AE = st.from_regex(r"\A[A-Z0-9_]{1,16}\Z")
+
+
+@st.composite
+def _requests(draw: st.DrawFn) -> bytes:
+    """The encoded command set of a valid C-STORE-RQ, as pynetdicom writes it."""
+    fields: dict[str, Any] = {
+        "message_id": draw(st.integers(0, 65535)),
+        "sop_class": draw(_UID),
+        "sop_instance": draw(_UID),
+        "priority": draw(st.sampled_from([0, 1, 2])),
+    }
+    if draw(st.booleans()):
+        fields["originator"] = draw(_AE)
+        fields["originator_id"] = draw(st.integers(0, 65535))
+    return _command(_store(**fields), C_STORE_RQ)
+
+
+@st.composite
+def _element_streams(draw: st.DrawFn) -> bytes:
+    """Group 0000 elements, mostly the ones a C-STORE-RQ has, with values of any length."""
+    numbers = st.sampled_from([0x0000, 0x0002, 0x0100, 0x0110, 0x0700, 0x0800, 0x1000,
+                               0x1030, 0x1031, 0x0902, 0x0120])
+    parts = []
+    for number, value in draw(st.lists(st.tuples(numbers, st.binary(max_size=24)),
+                                       max_size=10)):
+        if number == 0x0100 and draw(st.booleans()):
+            value = b"\x01\x00"
+        parts.append(struct.pack("<HHI", 0, number, len(value)) + value)
+    return b"".join(parts)
+
+
+def _primitive(make: Any) -> tuple[str, Any]:
+    """("ok", the primitive's fields) or ("error", the exception's class)."""
+    try:
+        primitive = make()
+    except (ValueError, TypeError) as error:
+        return "error", type(error)
+    return "ok", {name: getattr(primitive, name) for name in PRIMITIVE_FIELDS}
+
+
+@contextmanager
+def _validation_as_served() -> Iterator[None]:
+    """pydicom's value validation off, as ``pacs serve`` runs it (``serve.open_services``)."""
+    settings_ = pydicom.config.settings
+    before = settings_.reading_validation_mode, settings_.writing_validation_mode
+    settings_.reading_validation_mode = settings_.writing_validation_mode = pydicom.config.IGNORE
+    try:
+        yield
+    finally:
+        settings_.reading_validation_mode, settings_.writing_validation_mode = before
+
+
+def _check_against_pydicom(raw: bytes) -> None:
+    """The lean decoder never raises; when it accepts ``raw``, pydicom reads it too and both
+    give the same C-STORE primitive (or the same refusal of a value)."""
+    with _validation_as_served():
+        _compare(raw)
+
+
+def _compare(raw: bytes) -> None:
+    elements = decoding.store_request(raw)
+    if elements is None:
+        return
+    command_set = decode(BytesIO(raw), True, True)
+    assert command_set.CommandField == 0x0001
+    ours = C_STORE_RQ()
+    ours.__class__ = decoding.ReceivedStoreRequest  # as tuning._decode_msg does
+    ours._elements, ours._raw, ours.context_id = elements, raw, 1
+    theirs = C_STORE_RQ()
+    theirs.command_set, theirs.context_id = command_set, 1
+    assert _primitive(ours.message_to_primitive) == _primitive(theirs.message_to_primitive)
+    assert decoding.has_data_set(elements) == (command_set.CommandDataSetType != 0x0101)
+
+
+_PROPERTIES = settings(max_examples=150, deadline=None,
+                       suppress_health_check=[HealthCheck.too_slow])
+
+
+@_PROPERTIES
+@given(_requests())
+def test_valid_store_requests_are_read_as_pydicom_reads_them(raw: bytes) -> None:
+    assert decoding.store_request(raw) is not None
+    _check_against_pydicom(raw)
+
+
+@_PROPERTIES
+@given(_requests(), st.data())
+def test_truncated_store_requests_never_raise(raw: bytes, data: st.DataObject) -> None:
+    _check_against_pydicom(raw[:data.draw(st.integers(0, len(raw) - 1))])
+
+
+@_PROPERTIES
+@given(_requests(), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)),
+                             min_size=1, max_size=4))
+def test_mutated_store_requests_never_raise(raw: bytes, flips: list[tuple[int, int]]) -> None:
+    mutated = bytearray(raw)
+    for at, value in flips:
+        mutated[at % len(mutated)] = value
+    _check_against_pydicom(bytes(mutated))
+
+
+@_PROPERTIES
+@given(st.one_of(st.binary(max_size=300), _element_streams()))
+def test_any_bytes_are_refused_cleanly_or_read_as_pydicom_reads_them(raw: bytes) -> None:
+    _check_against_pydicom(raw)

@@ -72,3 +72,54 @@ def test_store_is_refused_with_a700_below_the_reserve(
         report = services.consistency.check()
         assert report.consistent and report.blobs == stored
         assert list(services.blobs.tmp.iterdir()) == []
+
+
+def test_a_write_error_while_receiving_answers_a700_and_keeps_the_association(
+    small_disk: Path, tmp_path: Path, sqlite_url: str
+) -> None:
+    """No reserve: the disk fills while a data set is being received (ENOSPC inside
+    pynetdicom's receive). The store answers 0xA700 naming the problem, the partial file is
+    removed, and once there is room again the same association stores the next instance."""
+    server = PacsServer(
+        data_dir=small_disk / "data", database_url=sqlite_url,
+        extra_args=["--dimse-processes", "1"],
+    )
+    server.start_env = {"PACS_MIN_FREE_SPACE_MB": "0"}
+    server.start()
+    previous = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    statuses: list[int] = []
+    comment = ""
+    try:
+        ae = AE(ae_title="FILLER")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", server.dimse_port, ae_title="PACS")
+        assert assoc.is_established
+        for number in range(1, 40):  # 0.5 MB each, on 3 MB
+            ds = f.ct_instance(PatientID="FULL-2", InstanceNumber=number, Rows=512, Columns=512)
+            answer = assoc.send_c_store(f.write_part10(ds, tmp_path / "one.dcm"))
+            statuses.append(int(answer.Status))
+            if statuses[-1] != 0x0000:
+                comment = str(answer.get("ErrorComment", ""))
+                break
+        assert assoc.is_established
+        partial = [p for p in (small_disk / "data" / "tmp").iterdir() if p.stat().st_size]
+        subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
+        ds = f.ct_instance(PatientID="FULL-2", InstanceNumber=99, Rows=512, Columns=512)
+        after = int(assoc.send_c_store(f.write_part10(ds, tmp_path / "one.dcm")).Status)
+        assoc.release()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = previous
+        assert server.stop() == 0
+
+    assert statuses[-1] == 0xA700, statuses[-5:]
+    assert comment == "no space left on device while receiving the data set"
+    assert partial == []
+    assert after == 0x0000
+    stored = statuses.count(0x0000) + 1
+    assert stored > 2
+    with server.services() as services:
+        with services.index.unit_of_work() as repo:
+            assert repo.counts()[Level.IMAGE] == stored
+        report = services.consistency.check()
+        assert report.consistent and report.blobs == stored

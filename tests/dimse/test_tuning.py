@@ -44,7 +44,18 @@ def test_pynetdicom_internals_we_tune_still_exist() -> None:
     # our acceptor reactor is pynetdicom's loop with another wait: it uses what that loop uses
     theirs = set(Association._run_reactor.__code__.co_names)
     ours = set(tuning._acceptor_reactor.__code__.co_names) - {"_wait_for_message", "log"}
-    assert ours <= theirs | {"error"}, ours - theirs
+    assert ours <= theirs | {"error", "_idle_timer", "restart"}, ours - theirs
+    assert callable(Association(pynetdicom.AE(), "acceptor").dul._idle_timer.restart)
+    # our PDU reader stands in for pynetdicom's (tuning 12.): the same events, queues, decoder
+    theirs = set(DULServiceProvider._read_pdu_data.__code__.co_names)
+    assert {"event_queue", "_recv_pdu", "_decode_pdu", "socket"} <= theirs
+    assert callable(DULServiceProvider._decode_pdu)
+    assert "to_user_queue" in DULServiceProvider.__init__.__code__.co_names
+    assert "current_state" in DULServiceProvider._is_transport_event.__code__.co_names
+    # the request handler we extend (tuning 13.) builds the association, then starts it
+    from pynetdicom.transport import RequestHandler
+
+    assert {"_create_association", "start"} <= set(RequestHandler.handle.__code__.co_names)
     # our decode_msg is pynetdicom's loop with a lean C-STORE-RQ branch (tuning 11.)
     original = tuning._PYNETDICOM_DECODE_MSG or DIMSEMessage.decode_msg
     theirs = set(original.__code__.co_names)

@@ -19,19 +19,15 @@ and the audit of refused requests.
   ``Content-Security-Policy`` with no inline script and ``frame-ancestors 'none'``. It also
   tells the audit of 413 answers (STOW-RS bodies over the limit).
 - :class:`RefusalAudit`: refused requests (403, 413, and 408 / 431 / 503 from
-  :mod:`dicomweb.server`) as ``http-refused`` audit events, written by one background
-  thread, at most one row per client address, outcome and path per second.
+  :mod:`dicomweb.server`) as ``http-refused`` audit events, counted per client address and
+  outcome by the service's audit writer, which writes one row of each kind per flush.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
@@ -86,92 +82,26 @@ class Refusal:
 
 
 class RefusalAudit:
-    """Writes refused requests to the audit trail (``action="http-refused"``,
-    ``outcome="403 cross-site"`` and the like), bounded: callers only queue (never block,
-    never fail; beyond ``max_pending`` queued, a refusal is only counted), and one thread
-    writes at most one row per client address, outcome and path per ``window`` seconds, with
-    the ``count`` of refusals it stands for, and at most ``max_rows`` rows per window. A failing
-    index costs a log line, never an answer."""
+    """Refused requests as ``http-refused`` audit events. ``count`` is the service's
+    ``AuditTrail.refusal``: it counts them per client and outcome and its background writer
+    makes one row of each kind (with the ``count`` and the first one's method, path and
+    origin), so a flood never blocks or fails an answer, nor writes a row per request."""
 
-    def __init__(self, record: Callable[..., None], *, window: float = 1.0,
-                 max_pending: int = 10_000, max_rows: int = 50) -> None:
-        self._record = record
-        self._window = window
-        self._max_rows = max_rows
-        self._queue: queue.Queue[Refusal | None] = queue.Queue(maxsize=max_pending)
-        self._dropped = 0
-        self._thread: threading.Thread | None = None
+    def __init__(self, count: Callable[..., bool]) -> None:
+        self._count = count
 
     def refused(self, refusal: Refusal) -> None:
-        """Queue ``refusal`` for the audit trail; from any thread, never blocks."""
-        try:
-            self._queue.put_nowait(refusal)
-        except queue.Full:
-            self._dropped += 1
+        """Count ``refusal``; from any thread, never blocks."""
+        detail = {"client": refusal.client, **{
+            name: value[:_LONGEST] for name, value in (
+                ("method", refusal.method), ("path", refusal.path), ("origin", refusal.origin))
+            if value is not None}}
+        self._count(who=actor("http", address=refusal.client), action="http-refused",
+                    reason=f"{refusal.status} {refusal.reason}", detail=detail)
 
     def refused_connection(self, status: int, reason: str, *, client: str | None) -> None:
         """The listener's hook (:class:`dicomweb.server.RefusalHook`)."""
         self.refused(Refusal(status, reason, client))
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="http-refusal-audit",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Write what is queued, then end the thread."""
-        if self._thread is None:
-            return
-        try:
-            self._queue.put(None, timeout=timeout)
-        except queue.Full:
-            log.warning("audit of refused HTTP requests: queue full at shutdown")
-        self._thread.join(timeout)
-        self._thread = None
-
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is None:
-                break
-            groups: dict[tuple[str | None, int, str, str | None], tuple[Refusal, int]] = {}
-            item: Refusal | None = first
-            ends = time.monotonic() + self._window
-            while item is not None:
-                key = (item.client, item.status, item.reason, item.path)
-                seen, count = groups.get(key, (item, 0))
-                groups[key] = (seen, count + 1)
-                left = ends - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    item = self._queue.get(timeout=left)
-                except queue.Empty:
-                    break
-                stopping = item is None
-            self._write(list(groups.values()))
-
-    def _write(self, groups: list[tuple[Refusal, int]]) -> None:
-        dropped, self._dropped = self._dropped, 0
-        kept = groups[:self._max_rows]
-        skipped = sum(count for _refusal, count in groups[self._max_rows:]) + dropped
-        if skipped:
-            log.warning("%d refused HTTP requests not audited one by one (too many)", skipped)
-        for refusal, count in kept:
-            detail: dict[str, Any] = {
-                "client": refusal.client, "count": count,
-                **{name: value[:_LONGEST] for name, value in (
-                    ("method", refusal.method), ("path", refusal.path),
-                    ("origin", refusal.origin)) if value is not None},
-            }
-            try:
-                self._record(who=actor("http", address=refusal.client),
-                             action="http-refused", outcome=f"{refusal.status} {refusal.reason}",
-                             detail=detail)
-            except Exception as error:  # the index is down: the answer was sent regardless
-                log.warning("cannot audit refused HTTP requests: %s", type(error).__name__)
-                return
 
 
 class CrossSiteGuard:

@@ -155,7 +155,7 @@ def _dimse_server(settings: Settings, services: Services) -> DimseServer:
         accept_unknown_sop_classes=settings.accept_unknown_sop_classes,
         read_timeout=settings.dimse_read_timeout,
         max_connections_per_host=settings.max_connections_per_host,
-        audit=services.workflow.record,
+        refusals=services.audit.refusal,
     )
 
 
@@ -225,7 +225,7 @@ def serve(settings: Settings) -> int:
         def is_ready() -> bool:
             return http_started.is_set() and dimse.port != 0 and workers.ready()
 
-        refusals = RefusalAudit(services.workflow.record)
+        refusals = RefusalAudit(services.audit.refusal)
         app = create_app(web=_web(settings, services), is_ready=is_ready, audit=refusals)
         limits = HttpLimits(
             header_timeout=settings.http_header_timeout,
@@ -259,11 +259,9 @@ def serve(settings: Settings) -> int:
             )
             for worker in background:
                 worker.start()
-            refusals.start()
             http.run()
         finally:
             log.info("shutting down: finishing in-flight stores")
-            refusals.stop()
             for worker in background:
                 worker.stop()
             dimse.stop()

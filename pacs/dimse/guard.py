@@ -10,21 +10,17 @@ Every input a peer controls is bounded before it costs memory or time:
   listening process for the connections it serves and those it hands to workers (they report
   each close back, ``handoff.py``); the excess is closed before it costs a thread.
 * :class:`RefusalAudit`: refusals (of a connection, an association, a PDU) in the audit trail,
-  aggregated per address and reason and written by one background thread, so a flood of
-  refusals costs a counter each, not an index write each.
+  counted per address and reason by the service's audit writer, so a flood of refusals costs
+  a counter each, not an index write each.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from pacs.services.retrieve import AuditSink
 from pacs.services.workflow import actor
-
-log = logging.getLogger(__name__)
 
 # PS3.8 9.3: PDU types 1-7; their largest accepted PDU-length field
 MAX_ASSOCIATE_PDU = 64 * 1024
@@ -78,66 +74,18 @@ class ConnectionCount:
             return self._open.get(host, 0)
 
 
-AUDIT_EVERY_S = 10.0  # at most one audit write per (address, action, reason) this often
-MAX_PENDING = 256  # distinct (address, action, reason) waiting; more are counted as one
-
-
 class RefusalAudit:
-    """Refusals for the audit trail, one record per (who, action, reason) and period, with
-    how many there were (``detail["count"]``). The first one of a quiet period is written at
-    once; ``note`` never touches the index itself."""
+    """Refusals of DIMSE peers for the audit trail: ``count`` is the service's
+    ``AuditTrail.refusal``, which counts them per actor, action and reason and writes one row
+    per kind from its background writer, so a flood costs a counter each, not an index write
+    each (and never blocks the listener)."""
 
-    def __init__(self, sink: AuditSink | None, every: float = AUDIT_EVERY_S) -> None:
-        self.sink = sink
-        self.every = every
-        self._pending: dict[tuple[str, str, str], int] = {}
-        self._lock = threading.Lock()
-        self._wanted = threading.Event()
-        self._stopped = False
-        self._thread: threading.Thread | None = None
+    def __init__(self, count: Callable[..., bool] | None) -> None:
+        self.count = count
 
     def note(self, *, host: str, action: str, reason: str, ae_title: str | None = None) -> bool:
         """Count one refusal of ``host`` (and its calling AE title, when known); True when it
         is the first of its kind since the last write (worth a log line)."""
-        if self.sink is None:
+        if self.count is None:
             return True
-        key = (actor("dimse", ae_title, host), action, reason)
-        with self._lock:
-            if key not in self._pending and len(self._pending) >= MAX_PENDING:
-                key = ("dimse:(many addresses)", action, reason)
-            count = self._pending.get(key, 0) + 1
-            self._pending[key] = count
-            if self._thread is None and not self._stopped:
-                self._thread = threading.Thread(
-                    target=self._write_forever, name="dimse-refusal-audit", daemon=True
-                )
-                self._thread.start()
-        self._wanted.set()
-        return count == 1
-
-    def stop(self) -> None:
-        """Write what is pending and stop."""
-        self._stopped = True
-        self._wanted.set()
-        if self._thread is not None:
-            self._thread.join(10)
-        self._write()
-
-    def _write_forever(self) -> None:
-        pause = threading.Event()
-        while not self._stopped:
-            self._wanted.wait()
-            self._wanted.clear()
-            self._write()
-            pause.wait(self.every)  # the refusals of the next period are written together
-
-    def _write(self) -> None:
-        with self._lock:
-            pending, self._pending = self._pending, {}
-        sink: Any = self.sink
-        for (who, action, reason), count in pending.items():
-            try:
-                sink(who=who, action=action, outcome=reason, detail={"count": count})
-            except Exception:  # the audit must not take the listener down
-                log.exception("cannot audit %d %s of %s", count, action, who)
-
+        return self.count(who=actor("dimse", ae_title, host), action=action, reason=reason)

@@ -27,7 +27,7 @@ from pacs.dimse.qr import QueryRetrieveServices
 from pacs.dimse.qr import install as install_service_classes
 from pacs.services.ingest import IngestService
 from pacs.services.query import QueryService
-from pacs.services.retrieve import AuditSink, RetrieveService
+from pacs.services.retrieve import RetrieveService
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class DimseServer:
         accept_unknown_sop_classes: bool = True,
         read_timeout: float = 30.0,
         max_connections_per_host: int = 16,
-        audit: AuditSink | None = None,
+        refusals: Callable[..., bool] | None = None,
     ) -> None:
         self.ae_title = ae_title
         self.host = host
@@ -64,7 +64,7 @@ class DimseServer:
         )
         self.limits = PduLimits(max_pdu=max_pdu_size, read_timeout=read_timeout)
         self.connections = ConnectionCount(max_connections_per_host)
-        self.refusals = RefusalAudit(audit)
+        self.refusals = RefusalAudit(refusals)
         self.handlers = DimseHandlers(ingest, self.inflight, self.limits, self.refusals)
         self.ae = AE(ae_title=ae_title)
         self.ae.maximum_associations = max_associations
@@ -141,7 +141,6 @@ class DimseServer:
             )
         if self._receive_files is not None:
             self._receive_files.stop()
-        self.refusals.stop()
 
 
 class _ListeningServer(ThreadedAssociationServer):

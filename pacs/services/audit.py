@@ -7,6 +7,12 @@ query would queue behind ingest on SQLite (one writer at a time) and slow both. 
 bounded in-memory queue instead, which a background thread writes in batches, one transaction
 per batch, at most ``flush_interval_s`` after a query.
 
+Refusals of peers (a DIMSE connection over its address's limit, a rejected association, an
+HTTP request refused with 403 or 431, ...) are what a flood is made of: each is only counted
+(:meth:`AuditTrail.refusal`), per actor, action and reason, and the same writer turns each
+count into one row with ``detail["count"]`` at its next flush; at most ``MAX_REFUSAL_KINDS``
+kinds are kept apart between two flushes, the rest are folded into one row.
+
 The trade-off, stated: a kill -9 (or a power loss) loses the query events of at most the last
 flush interval (half a second by default); a clean stop writes them all (:meth:`close`). If
 the index stays unreachable long enough to fill the queue, the newest events are dropped and
@@ -41,6 +47,8 @@ log = logging.getLogger(__name__)
 MAX_KEYS = 16  # query keys recorded per query (a query may carry dozens of return keys)
 MAX_VALUE = 64  # characters kept of each key's value (a UID list can be thousands)
 _RETRY_S = 5.0  # between attempts to write while the index cannot be reached
+MAX_REFUSAL_KINDS = 64  # (actor, action, reason) counted apart between two flushes
+MANY_PEERS = "(many peers)"  # the actor of the row the other kinds are folded into
 
 
 class AuditTrail:
@@ -66,6 +74,8 @@ class AuditTrail:
         self._writer: threading.Thread | None = None
         self._closing = False
         self._dropped = 0
+        # (actor, action, reason) -> [count, detail of the first one]
+        self._refusals: dict[tuple[str, str, str], list[Any]] = {}
 
     # -- events written at once ------------------------------------------------------------
     def record(self, *, who: str, action: str, outcome: str,
@@ -104,6 +114,24 @@ class AuditTrail:
             detail["keys"] = describe_keys(query.conditions)
         self._enqueue(_event(who, "query", "refused", None, detail))
 
+    # -- refusals, counted and written in the background -------------------------------------
+    def refusal(self, *, who: str, action: str, reason: str,
+                detail: dict[str, Any] | None = None) -> bool:
+        """Count one refusal of a peer; never blocks on the index, never fails. True when it
+        is the first of its kind since the last write (worth a log line: a flood logs one)."""
+        key = (who[:200], action, reason[:120])
+        with self._lock:
+            entry = self._refusals.get(key)
+            if entry is None and len(self._refusals) >= MAX_REFUSAL_KINDS:
+                key = (MANY_PEERS, action, "various reasons")
+                entry = self._refusals.get(key)
+                detail = None
+            if entry is None:
+                entry = self._refusals[key] = [0, dict(detail or {})]
+            entry[0] += 1
+            self._start_writer()
+            return bool(entry[0] == 1)
+
     def flush(self) -> None:
         """Write every queued event now (for a clean stop, and for tests); stops early, the
         events kept queued, when the index cannot be reached."""
@@ -130,17 +158,24 @@ class AuditTrail:
                 self._dropped += 1
                 return
             self._pending.append(event)
-            if self._writer is None and not self._closing:
-                self._writer = threading.Thread(target=self._run, name="audit-writer",
-                                                daemon=True)
-                self._writer.start()
-            elif len(self._pending) >= self.batch_size:
+            if not self._start_writer() and len(self._pending) >= self.batch_size:
                 self._wake.notify()
+
+    def _start_writer(self) -> bool:
+        """Start the writer thread if it is not running (the lock held); True if started."""
+        if self._writer is not None or self._closing:
+            return False
+        self._writer = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._writer.start()
+        return True
 
     def _take(self) -> list[dict[str, Any]]:
         """Up to ``batch_size`` queued events (the lock held), and a note of dropped ones."""
         batch = [self._pending.popleft()
                  for _ in range(min(self.batch_size, len(self._pending)))]
+        refusals, self._refusals = self._refusals, {}
+        batch += [_event(who, action, reason, None, {**detail, "count": count})
+                  for (who, action, reason), (count, detail) in refusals.items()]
         if self._dropped:
             log.error("audit: %d query events dropped (the queue was full)", self._dropped)
             batch.append(_event("pacs:audit", "audit", f"{self._dropped} query events dropped",

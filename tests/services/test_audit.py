@@ -83,3 +83,38 @@ def test_keys_are_bounded() -> None:
                           Condition("SOPInstanceUID", UidList(tuple(f"1.2.{n}"
                                                                     for n in range(9)))))) == {
         "StudyDate": "20240101-", "SOPInstanceUID": "1.2.0\\1.2.1\\1.2.2\\1.2.3\\..."}
+
+
+def _refusals(index: Index, action: str) -> list[dict[str, object]]:
+    with index.unit_of_work() as repository:
+        return [{"actor": e.actor, "outcome": e.outcome, **e.detail}
+                for e in repository.workflow.audit_events(action=action, limit=10_000)]
+
+
+def test_refusals_are_counted_per_kind_and_written_as_one_row_each(index: Index) -> None:
+    trail = AuditTrail(index=index, queries=False, flush_interval_s=3600)  # close() writes
+    firsts = [trail.refusal(who="dimse:@127.0.0.2", action="connection-refused",
+                            reason="too many connections", detail={"limit": 16})
+              for _ in range(500)]
+    trail.refusal(who="http:127.0.0.3", action="connection-refused", reason="too many")
+    trail.close()
+    assert firsts[0] and not any(firsts[1:])  # one log line for the flood, not 500
+    rows = sorted(_refusals(index, "connection-refused"), key=lambda r: str(r["actor"]))
+    assert [(r["actor"], r["outcome"], r["count"]) for r in rows] == [
+        ("dimse:@127.0.0.2", "too many connections", 500), ("http:127.0.0.3", "too many", 1)]
+    assert rows[0]["limit"] == 16
+
+
+def test_refusals_of_many_peers_are_folded_into_one_row(index: Index) -> None:
+    from pacs.services.audit import MANY_PEERS, MAX_REFUSAL_KINDS
+
+    trail = AuditTrail(index=index, queries=False, flush_interval_s=3600)
+    peers = MAX_REFUSAL_KINDS + 1000
+    for number in range(peers):
+        trail.refusal(who=f"http:127.1.{number // 256}.{number % 256}", action="http-refused",
+                      reason="403 cross-site")
+    trail.close()
+    rows = _refusals(index, "http-refused")
+    assert len(rows) == MAX_REFUSAL_KINDS + 1
+    assert sum(int(str(r["count"])) for r in rows) == peers
+    assert [r["count"] for r in rows if r["actor"] == MANY_PEERS] == [1000]

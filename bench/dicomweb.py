@@ -87,6 +87,7 @@ from bench.ingest import (
 from bench.orthanc import (
     LOOPBACK,
     ensure_orthanc,
+    find_dicomweb_plugin,
     free_port,
     http_ok,
     orthanc_config,
@@ -115,7 +116,6 @@ from bench.query import (
 )
 
 BACKENDS = {"sqlite": "sqlite", "postgres": "postgres", "postgresql": "postgres"}
-PLUGIN_PATHS = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so",)
 RESULTS_FILE = REPO / "bench" / "RESULTS-dicomweb.md"
 
 # the real 600-instance series: tests/factories/corpus.py, 3 patients x 1 study x 1 series
@@ -734,28 +734,16 @@ class WebOrthanc(BenchOrthanc):
             raise RuntimeError("Orthanc's DICOMweb plugin does not answer /dicom-web/studies")
 
 
-def find_plugin() -> str | None:
-    for path in PLUGIN_PATHS:
-        if os.path.isfile(path):
-            return path
-    try:
-        out = subprocess.run(["dpkg", "-L", "orthanc-dicomweb"], capture_output=True,
-                             text=True, check=False, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return next((p for p in out.split() if p.endswith("libOrthancDicomWeb.so")), None)
-
-
 def ensure_plugin() -> str | None:
     """Find Orthanc's DICOMweb plugin; as root, ``apt-get install -y orthanc-dicomweb`` once."""
-    found = find_plugin()
+    found = find_dicomweb_plugin()
     if found or os.geteuid() != 0 or shutil.which("apt-get") is None:
         return found
     log("orthanc: DICOMweb plugin missing; running apt-get install -y orthanc-dicomweb")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "install", "-y", "orthanc-dicomweb"], env=env,
                    capture_output=True, check=False)
-    return find_plugin()
+    return find_dicomweb_plugin()
 
 
 # ---------------------------------------------------------------------------------- runs

@@ -16,7 +16,13 @@ from starlette.middleware.gzip import GZipMiddleware
 
 from dicomweb import api, errors, qido, reject, stow, ui, wado
 from dicomweb.context import BASE_PATH, Web
-from dicomweb.security import CrossSiteGuard, DicomWebCors, RefusalAudit, SecurityHeaders
+from dicomweb.security import (
+    BodyLimit,
+    CrossSiteGuard,
+    DicomWebCors,
+    RefusalAudit,
+    SecurityHeaders,
+)
 from pacs import __version__
 
 # Bulk answers are compressed already or are streamed files: gzip only the JSON and text.
@@ -59,7 +65,9 @@ def create_app(*, web: Web, is_ready: Callable[[], bool],
     app.add_middleware(
         GZipMiddleware, minimum_size=1000, exclude_content_types=_NOT_COMPRESSED
     )
-    # Added innermost first: a request meets the headers, then the guard, then CORS.
+    # Added innermost first: a request meets the headers, then the guard, then CORS, then
+    # the bound on its body.
+    app.add_middleware(BodyLimit)
     app.add_middleware(DicomWebCors, origins=web.options.cors_origins,
                        methods=web.options.cors_methods)
     app.add_middleware(CrossSiteGuard, cors_origins=web.options.cors_origins, audit=audit)

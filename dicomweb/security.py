@@ -18,6 +18,10 @@ and the audit of refused requests.
   ``X-Frame-Options: DENY`` and ``Referrer-Policy: no-referrer``; HTML pages also carry a
   ``Content-Security-Policy`` with no inline script and ``frame-ancestors 'none'``. It also
   tells the audit of 413 answers (STOW-RS bodies over the limit).
+- :class:`BodyLimit`: a request body other than STOW-RS's (the JSON of ``/api``, the UI's
+  forms, a reject) is small: one over ``MAX_SMALL_BODY`` answers 413 before it is read whole
+  (by its ``Content-Length``, or as soon as a chunked body passes the limit). STOW-RS bodies
+  are bounded by ``--max-request-mb`` in :mod:`dicomweb.stow`.
 - :class:`RefusalAudit`: refused requests (403, 413, and 408 / 431 / 503 from
   :mod:`dicomweb.server`) as ``http-refused`` audit events, counted per client address and
   outcome by the service's audit writer, which writes one row of each kind per flush.
@@ -26,10 +30,12 @@ and the audit of refused requests.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -53,6 +59,11 @@ inline script or style, no ``eval``), forms post here only, no page may frame it
 
 DOCS_POLICY = "frame-ancestors 'none'"
 """FastAPI's ``/docs`` and ``/redoc`` load their scripts from a CDN with inline start-up code."""
+
+MAX_SMALL_BODY = 1 << 20
+"""Bytes of a request body outside STOW-RS: a correction, a reason, a form fit in far less."""
+
+_STOW = re.compile(r"^/dicom-web/studies(/[^/]+)?/?$")  # POST here is STOW-RS (PS3.18 10.5)
 
 _DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
 _LONGEST = 200  # characters of a path or origin kept in an audit row
@@ -102,6 +113,65 @@ class RefusalAudit:
     def refused_connection(self, status: int, reason: str, *, client: str | None) -> None:
         """The listener's hook (:class:`dicomweb.server.RefusalHook`)."""
         self.refused(Refusal(status, reason, client))
+
+
+class _TooLarge(HTTPException):
+    """A body passed the limit while the application read it: an HTTPException, so FastAPI's
+    body parsing passes it on as it is (it turns other errors into a 400)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body over {limit} bytes (only STOW-RS takes large "
+                         "bodies)")
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over ``limit`` bytes, except STOW-RS's (see the module
+    docstring); the application never holds more than ``limit`` bytes of it."""
+
+    def __init__(self, app: ASGIApp, *, limit: int = MAX_SMALL_BODY,
+                 audit: RefusalAudit | None = None) -> None:
+        self.app = app
+        self.limit = limit
+        self.audit = audit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] != "http" or scope["method"] in SAFE_METHODS
+                or (scope["method"] == "POST" and _STOW.match(scope["path"]))):
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _TooLarge(self.limit)
+            return message
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, watched_send)
+        except _TooLarge:
+            if started:  # an answer is under way already: it can only be cut short
+                raise
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # SecurityHeaders, further out, tells the audit of the 413
+        refused = JSONResponse({"error": _TooLarge(self.limit).detail}, status_code=413,
+                               headers={"Connection": "close"})
+        await refused(scope, receive, send)
 
 
 class CrossSiteGuard:

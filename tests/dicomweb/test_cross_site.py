@@ -17,16 +17,14 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from tests.factories.datasets import ct_instance, make_uid, to_part10_bytes
 from tests.support import dcmtk
+from tests.support.browser import launched
 from tests.support.server import PacsServer, free_port
 from tests.support.wait import until
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 VIEWER = "http://viewer.example:3000"
 ATTACKER = "http://attacker.example"
 
@@ -200,22 +198,10 @@ def test_refused_requests_are_in_the_audit_trail(archive: Archive) -> None:
 # -- Chromium, with a page from another origin -------------------------------------------
 
 
-def _chromium() -> Path:
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing (make browser)")
-    return CHROMIUM
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    executable = _chromium()
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(executable), headless=True,
-                                              args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with launched() as started:
+        yield started
 
 
 @dataclass

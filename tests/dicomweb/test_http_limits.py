@@ -208,3 +208,42 @@ def test_refused_requests_are_audited_once_per_client_and_second(server: PacsSer
     assert cross[0]["detail"]["origin"] == "http://attacker.example"
     assert cross[0]["detail"]["path"] == "/api/studies/1.2.3/accept"
     assert len(cross) < flood / 10  # one row per second, each with its count
+
+
+def test_a_large_body_outside_stow_answers_413_and_changes_nothing(
+    server: PacsServer, tmp_path: Path,
+) -> None:
+    """The JSON of /api (and the UI's forms) is bounded at 1 MiB, by Content-Length or while
+    a chunked body arrives; only STOW-RS takes large bodies (up to --max-request-mb)."""
+    from tests.factories.datasets import ct_instance, make_uid
+    from tests.support import dcmtk
+
+    study = make_uid("http-limits", "body")
+    dcmtk.store_datasets(server.dimse_port, [ct_instance(StudyInstanceUID=study)],
+                         workdir=tmp_path)
+    url = f"{server.base_url}/api/studies/{study}"
+    assert httpx.get(url).json()["state"] == "archived"
+    reason = "x" * (2 << 20)
+
+    declared = httpx.post(f"{url}/reject", json={"reason": reason})
+    assert declared.status_code == 413, declared.text
+    assert "body" in declared.text
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        yield b'{"reason": "'
+        for _ in range(64):
+            yield b"x" * 65536
+        yield b'"}'
+
+    chunked = httpx.post(f"{url}/reject", content=chunks(),
+                         headers={"Content-Type": "application/json"})
+    assert chunked.status_code == 413, chunked.text
+    assert httpx.get(url).json()["state"] == "archived"  # neither changed anything
+
+    fine = httpx.post(f"{url}/reject", json={"reason": "wrong patient"})
+    assert fine.status_code == 200, fine.text
+    assert httpx.get(url).json()["state"] == "rejected"
+    path = f"/api/studies/{study}/reject"
+    until("the 413 audited", lambda: [
+        row for row in _audit(server)
+        if row["outcome"].startswith("413") and row["detail"].get("path") == path])

@@ -18,15 +18,15 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from pydicom.dataset import Dataset
 
 from tests.factories.datasets import ct_instance, make_uid, mr_instance
 from tests.support import dcmtk, ohif
+from tests.support.browser import ARTIFACTS, chromium, launched
 from tests.support.server import PacsServer
 from tests.support.wait import until
-from tests.ui.test_ui import ARTIFACTS, _chromium
 
 pytestmark = pytest.mark.slow
 
@@ -37,11 +37,7 @@ MR_PATIENT = ("OHIF^Mr", "OHIF-MR-1")
 CT_STUDY = make_uid("ohif", "ct")
 MR_STUDY = make_uid("ohif", "mr")
 # What Chromium needs to draw WebGL without a GPU (SwiftShader, in the browser itself).
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-    "--use-gl=angle", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
-]
+WEBGL_ARGS = ("--use-gl=angle", "--use-angle=swiftshader", "--enable-unsafe-swiftshader")
 VIEWPORT = '[data-viewport-uid] canvas, .viewport-element canvas'
 
 
@@ -70,7 +66,7 @@ class Viewer:
 @pytest.fixture(scope="module")
 def viewer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Viewer]:
     dist = ohif.dist_or_skip()
-    _chromium()
+    chromium()
     root = tmp_path_factory.mktemp("ohif")
     with ohif.static_site(dist) as site:
         pacs = PacsServer(data_dir=root / "data",
@@ -93,13 +89,8 @@ def viewer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Viewer]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(_chromium()),
-                                              headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with launched(*WEBGL_ARGS) as started:
+        yield started
 
 
 @pytest.fixture

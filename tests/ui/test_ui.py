@@ -6,7 +6,6 @@ routing jobs with Retry, the audit trail, keyboard use. A screenshot of each pag
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,28 +13,14 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect
 from pydicom.dataset import Dataset
 
 from tests.factories.datasets import ct_instance, make_uid
 from tests.support import dcmtk
+from tests.support.browser import ARTIFACTS, launched
 from tests.support.server import PacsServer, free_port
 from tests.support.wait import until
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-
-
-def _chromium() -> Path:
-    """Debian's chromium (``make browser`` installs it). Missing is a failure where it could
-    have been installed (root), a skip elsewhere."""
-    if CHROMIUM.exists():
-        return CHROMIUM
-    if os.geteuid() != 0:
-        pytest.skip(f"{CHROMIUM} is missing and installing it needs root: "
-                    "apt-get install chromium (or run make test as root)")
-    pytest.fail(f"{CHROMIUM} is missing: run `make browser` (apt-get install chromium); "
-                "the UI tests never download a browser")
 
 
 @dataclass
@@ -101,13 +86,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    executable = _chromium()
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(executable), headless=True)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with launched() as started:
+        yield started
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pacs import serve as root
+from pacs.services import tls
 from pacs.services.bulk_import import ImportResult, iter_files
 from pacs.settings import Settings
 
@@ -29,6 +30,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Index database administration.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+tls_app = typer.Typer(help="TLS certificates, keys and CAs.", no_args_is_help=True)
+app.add_typer(tls_app, name="tls")
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -249,6 +252,47 @@ def db_upgrade(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> No
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     described = root.upgrade_database(settings)
     out.print(f"index schema is up to date: {described}")
+
+
+@tls_app.command("check")
+def tls_check(
+    cert: Annotated[Path, typer.Option("--cert", help="certificate, then its intermediate CAs "
+                                       "(PEM), as the server presents them")],
+    key: Annotated[Path, typer.Option("--key", help="the certificate's private key (PEM)")],
+    ca: Annotated[Path, typer.Option("--ca", help="the CA certificates peers trust (PEM)")],
+    host: Annotated[str | None, typer.Option("--host", help="a DNS name or IP address the "
+                                              "certificate must carry")] = None,
+) -> None:
+    """Verify the chain to the CA, the key and the name; exit 1 on any problem, as a peer would."""
+    try:
+        files = tls.read_tls_files(cert, key, ca)
+    except tls.UnreadableTlsFile as error:
+        err.print(f"pacs: error: {error}", soft_wrap=True, markup=False)
+        raise typer.Exit(2) from None
+    report = tls.check_tls(files, host=host)
+    leaf = report.leaf
+    for label, value in [
+        ("subject", leaf.subject),
+        ("issuer", leaf.issuer),
+        ("names", ", ".join(leaf.names) or "none (no subjectAltName)"),
+        ("not before", f"{leaf.not_before:%Y-%m-%d %H:%M:%S} UTC"),
+        ("not after", f"{leaf.not_after:%Y-%m-%d %H:%M:%S} UTC ({report.days_left} days left)"),
+        ("key", leaf.key),
+    ]:
+        out.print(f"{label + ':':<12}{value}", soft_wrap=True, markup=False)
+    out.print("what a peer will see:")
+    for position, sent in enumerate(report.presented):
+        out.print(f"  {position}: {sent.subject} (issued by {sent.issuer}; {sent.key})",
+                  soft_wrap=True, markup=False)
+    if report.anchor is not None:
+        out.print(f"  trusted through: {report.anchor.subject} (from {ca.name})",
+                  soft_wrap=True, markup=False)
+    for problem in report.problems:
+        out.print(f"problem: {problem}", soft_wrap=True, markup=False)
+    if report.ok:
+        out.print(f"OK: chain verified to {ca.name}, key matches"
+                  + (f", {host} is in the names" if host else ""), soft_wrap=True, markup=False)
+    raise typer.Exit(0 if report.ok else 1)
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
-    CertificateIssuerPublicKeyTypes,
+    CertificatePublicKeyTypes,
     PrivateKeyTypes,
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -137,7 +137,7 @@ def check_tls(files: TlsFiles, *, host: str | None = None, purpose: Purpose = Pu
     leaf = files.chain[0]
     problems: list[str] = []
     path, anchor = _build_path(files, problems)
-    for position, cert in enumerate([*path, *([anchor] if anchor else [])]):
+    for position, cert in enumerate([*path, *([anchor] if anchor and anchor not in path else [])]):
         problems.extend(_validity_problems(cert, now, "the certificate" if position == 0
                                            else f"the CA certificate {_name(cert)}"))
     problems.extend(_order_problems(files.chain, path))
@@ -154,7 +154,7 @@ def check_tls(files: TlsFiles, *, host: str | None = None, purpose: Purpose = Pu
     )
 
 
-def describe_key(key: CertificateIssuerPublicKeyTypes | object) -> str:
+def describe_key(key: CertificatePublicKeyTypes) -> str:
     """The key's algorithm and size, as a person compares it with a policy."""
     if isinstance(key, rsa.RSAPublicKey):
         return f"RSA {key.key_size} bits"
@@ -224,7 +224,8 @@ def _build_path(files: TlsFiles, problems: list[str]
         current = path[-1]
         anchor = next((ca for ca in files.anchors if _signed_by(current, ca)), None)
         if anchor is not None:
-            problems.extend(_issuer_problems(anchor, below=len(path) - 1))
+            if anchor != current:  # a self-signed certificate trusted as itself signs nothing
+                problems.extend(_issuer_problems(anchor, below=len(path) - 1))
             return path, anchor
         issuer = next((c for c in intermediates if c not in path and _signed_by(current, c)), None)
         if issuer is None:

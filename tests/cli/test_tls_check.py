@@ -164,6 +164,21 @@ def test_an_expired_intermediate_is_named(
     assert problem.startswith("the CA certificate CN=old intermediate expired on ")
 
 
+def test_a_chain_out_of_order_is_refused_as_a_peer_would(
+    root: pki.Issued, ca_file: Path, tmp_path: Path
+) -> None:
+    upper = pki.make_ca("upper intermediate", issuer=root)
+    lower = pki.make_ca("lower intermediate", issuer=upper)
+    cert, key = pki.server_cert(lower).write(tmp_path, "server", chain=(upper, lower))
+
+    result = pacs_tls(cert, key, ca_file)
+
+    assert result.returncode == 1
+    assert problems(result) == ["the certificate file is not in order (the certificate first, "
+                                "then each issuer); some peers refuse such a chain"]
+    assert "  1: CN=upper intermediate (issued by CN=pacs test root; " in result.stdout
+
+
 @pytest.mark.parametrize("which", ["--cert", "--key", "--ca"])
 def test_an_unreadable_file_exits_2_with_one_line(
     root: pki.Issued, ca_file: Path, tmp_path: Path, which: str

@@ -22,6 +22,7 @@ from typing import Literal
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 KeyType = Literal["ec256", "ec384", "rsa2048", "rsa3072", "rsa1024", "ed25519"]
@@ -79,13 +80,13 @@ def _signature_hash(key: PrivateKey) -> hashes.SHA256 | None:
     return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
 
 
-def _builder(subject: str, issuer_name: x509.Name, public: object, not_before: datetime | None,
-             days: float) -> x509.CertificateBuilder:
+def _builder(subject: str, issuer_name: x509.Name, public: CertificatePublicKeyTypes,
+             not_before: datetime | None, days: float) -> x509.CertificateBuilder:
     start = not_before or datetime.now(UTC) - timedelta(minutes=5)  # clock skew between tools
     return (x509.CertificateBuilder()
             .subject_name(_name(subject))
             .issuer_name(issuer_name)
-            .public_key(public)  # type: ignore[arg-type]
+            .public_key(public)
             .serial_number(x509.random_serial_number())
             .not_valid_before(start)
             .not_valid_after(start + timedelta(days=days)))
@@ -114,8 +115,7 @@ def make_ca(common_name: str = "pacs test CA", *, issuer: Issued | None = None,
                               critical=False))
     if issuer is not None:
         builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                issuer.key.public_key()),  # type: ignore[arg-type]
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
             critical=False)
     return Issued(builder.sign(signer, _signature_hash(signer)), key)
 
@@ -139,19 +139,23 @@ def issue(ca: Issued, common_name: str, *, dns: Sequence[str] = (), ips: Sequenc
                    encipher_only=False, decipher_only=False), critical=True)
                .add_extension(x509.ExtendedKeyUsage(_EKU[usage]), critical=False)
                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                   ca.key.public_key()),  # type: ignore[arg-type]
-                   critical=False))
+                   ca.key.public_key()), critical=False))
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     return Issued(builder.sign(ca.key, _signature_hash(ca.key)), key)
 
 
 def server_cert(ca: Issued, *, host: str = "localhost", ips: Sequence[str] = ("127.0.0.1",),
-                **options: object) -> Issued:
+                key_type: KeyType = "ec256", not_before: datetime | None = None,
+                days: float = 365) -> Issued:
     """A server certificate for ``localhost`` and 127.0.0.1 (what the loopback tests dial)."""
-    return issue(ca, host, dns=(host,), ips=ips, usage="server", **options)  # type: ignore[arg-type]
+    return issue(ca, host, dns=(host,), ips=ips, usage="server", key_type=key_type,
+                 not_before=not_before, days=days)
 
 
-def client_cert(ca: Issued, common_name: str = "pacs test client", **options: object) -> Issued:
-    """A client certificate (extendedKeyUsage clientAuth), e.g. for a modality's DICOM TLS."""
-    return issue(ca, common_name, usage="client", **options)  # type: ignore[arg-type]
+def client_cert(ca: Issued, common_name: str = "pacs test client", *,
+                key_type: KeyType = "ec256", not_before: datetime | None = None,
+                days: float = 365) -> Issued:
+    """A client certificate (extendedKeyUsage clientAuth), e.g. a modality's for DICOM TLS."""
+    return issue(ca, common_name, usage="client", key_type=key_type, not_before=not_before,
+                 days=days)

@@ -18,7 +18,8 @@
     │   └── DecodeTooLarge     decoding it would take more than PACS_MAX_DECODED_MB
     ├── InvalidQuery           a query that cannot be run (malformed value, bad identifier)
     ├── UnknownPeer            a C-MOVE destination that is not registered with --peer
-    └── IllegalTransition      a workflow action the study's current state does not allow
+    ├── IllegalTransition      a workflow action the study's current state does not allow
+    └── UnreadableTlsFile      a certificate, key or CA file that cannot be read (tls.py)
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from storage.index import Index, TokenRecord
+from pacs.services.errors import PacsError
+from storage.index import Index, IndexDataError, TokenRecord
 
 PREFIX = "pacs_"
 LOOKUP_ID_HEX = 12  # 48 bits: a collision among a site's tokens is beyond reach
@@ -68,8 +69,8 @@ class Principal:
     role: Role
 
 
-class TokenError(ValueError):
-    """A token cannot be made or revoked as asked (the message says why, for the user)."""
+class TokenError(PacsError):
+    """A token cannot be made as asked (the message says why, for the user)."""
 
 
 def _hash(token: str) -> str:
@@ -104,19 +105,25 @@ class TokenService:
         expires_at = now + dt.timedelta(days=expires_days) if expires_days else None
         lookup_id = secrets.token_hex(LOOKUP_ID_HEX // 2)
         token = f"{PREFIX}{lookup_id}_{secrets.token_urlsafe(32)}"
-        with self.index.unit_of_work(write=True) as repository:
-            if repository.tokens.by_name(name) is not None:
-                raise TokenError(f"a token named {name!r} exists already")
-            record = repository.tokens.add(
-                name=name, lookup_id=lookup_id, role=role.value, secret_sha256=_hash(token),
-                created_at=now, expires_at=expires_at,
-            )
-            repository.workflow.audit(
-                actor=who, action="token-create", outcome="created",
-                detail={"name": name, "role": role.value,
-                        "expires_at": expires_at.isoformat() if expires_at else None},
-            )
-        return record, token
+        try:
+            with self.index.unit_of_work(write=True) as repository:
+                if repository.tokens.by_name(name) is None:
+                    record = repository.tokens.add(
+                        name=name, lookup_id=lookup_id, role=role.value,
+                        secret_sha256=_hash(token), created_at=now, expires_at=expires_at,
+                    )
+                    repository.workflow.audit(
+                        actor=who, action="token-create", outcome="created",
+                        detail={"name": name, "role": role.value,
+                                "expires_at": expires_at.isoformat() if expires_at else None},
+                    )
+                    return record, token
+        except IndexDataError:
+            # the name is unique in the index: another process may have taken it since the check
+            with self.index.unit_of_work() as repository:
+                if repository.tokens.by_name(name) is None:
+                    raise
+        raise TokenError(f"a token named {name!r} exists already")
 
     def list(self) -> list[TokenRecord]:
         """Every token (revoked and expired ones too), by name; never a secret or its hash."""

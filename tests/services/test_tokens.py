@@ -7,6 +7,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -212,4 +214,26 @@ def test_a_name_is_taken_once(tokens: TokenService, index: Index) -> None:
     with pytest.raises(TokenError, match="exists already"):
         tokens.create("ws", "admin")
     assert tokens.authenticate(first) == Principal("ws", Role.VIEWER)
+    assert len(_rows(index)) == 1
+
+
+def test_concurrent_creates_of_one_name_make_one_token(tokens: TokenService,
+                                                       index: Index) -> None:
+    """On PostgreSQL both transactions may pass the check; the unique index decides."""
+    barrier = threading.Barrier(6)
+
+    def create(_: int) -> str:
+        barrier.wait()
+        try:
+            return tokens.create("race", "viewer")[1]
+        except TokenError as error:
+            return str(error)
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(create, range(6)))
+
+    made = [r for r in results if r.startswith("pacs_")]
+    assert len(made) == 1
+    assert sorted(set(results) - set(made)) == ["a token named 'race' exists already"]
+    assert tokens.authenticate(made[0]) == Principal("race", Role.VIEWER)
     assert len(_rows(index)) == 1

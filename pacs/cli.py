@@ -6,6 +6,7 @@ with exit status 2 and one line on stderr.
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pacs import serve as root
 from pacs.services import tls
+from pacs.services.auth import TokenError
 from pacs.services.bulk_import import ImportResult, iter_files
 from pacs.settings import Settings
 
@@ -32,6 +34,9 @@ db_app = typer.Typer(help="Index database administration.", no_args_is_help=True
 app.add_typer(db_app, name="db")
 tls_app = typer.Typer(help="TLS certificates, keys and CAs.", no_args_is_help=True)
 app.add_typer(tls_app, name="tls")
+token_app = typer.Typer(help="API tokens of HTTP clients (Authorization: Bearer).",
+                        no_args_is_help=True)
+app.add_typer(token_app, name="token")
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -293,6 +298,66 @@ def tls_check(
         out.print(f"OK: chain verified to {ca.name}, key matches"
                   + (f", {host} is in the names" if host else ""), soft_wrap=True, markup=False)
     raise typer.Exit(0 if report.ok else 1)
+
+
+def _when(at: dt.datetime | None) -> str:
+    return f"{at:%Y-%m-%d %H:%M}" if at is not None else "-"
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Option("--name", help="unique name, recorded in the audit trail")],
+    role: Annotated[str, typer.Option("--role", help="viewer | uploader | qa | admin")],
+    expires_days: Annotated[
+        int | None, typer.Option("--expires-days", help="valid for this many days [no expiry]")
+    ] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Make a token and print its secret, once: the index keeps only a hash of it."""
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    with root.open_services(settings) as services:
+        try:
+            record, secret = services.tokens.create(name, role, expires_days, who="cli:token")
+        except TokenError as error:
+            err.print(f"pacs: error: {error}", soft_wrap=True, markup=False)
+            raise typer.Exit(2) from None
+    expiry = f"expires {_when(record.expires_at)} UTC" if record.expires_at else "no expiry"
+    out.print(f"token {record.name!r} (role {record.role}, {expiry}):", markup=False)
+    out.print(secret, soft_wrap=True, markup=False)
+    out.print("Keep it now: it will not be shown again.", markup=False)
+
+
+@token_app.command("list")
+def token_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Every token: name, role, when made, expiring, last used and revoked (UTC); no secrets."""
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    with root.open_services(settings) as services:
+        records = services.tokens.list()
+    rows = [("NAME", "ROLE", "CREATED", "EXPIRES", "LAST USED", "REVOKED")] + [
+        (r.name, r.role, _when(r.created_at), _when(r.expires_at), _when(r.last_used_at),
+         _when(r.revoked_at)) for r in records
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        out.print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+                  .rstrip(), soft_wrap=True, markup=False)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    name: Annotated[str, typer.Argument(help="the token's name")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Revoke a token: it stops working at once; exit 1 if there is no token of that name."""
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    with root.open_services(settings) as services:
+        revoked = services.tokens.revoke(name, who="cli:token")
+    if not revoked:
+        err.print(f"pacs: error: no token named {name!r}", soft_wrap=True, markup=False)
+        raise typer.Exit(1)
+    out.print(f"revoked: {name}", soft_wrap=True, markup=False)
 
 
 def main() -> None:

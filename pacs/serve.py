@@ -27,6 +27,7 @@ from pacs.dimse.handoff import Dispatcher, channel_pair, receive_forever
 from pacs.dimse.sender import StudySender
 from pacs.dimse.server import DimseServer
 from pacs.services.audit import AuditTrail
+from pacs.services.auth import TokenService
 from pacs.services.bulk_import import ImportService
 from pacs.services.consistency import ConsistencyService
 from pacs.services.decoding_limits import MB, DecodeLimits
@@ -60,6 +61,7 @@ class Services:
     retrieve: RetrieveService
     workflow: WorkflowService
     routing: RoutingService
+    tokens: TokenService
 
 
 @contextmanager
@@ -111,6 +113,7 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
                 retry_base=dt.timedelta(seconds=settings.route_retry_seconds),
                 max_attempts=settings.route_max_attempts,
             ),
+            tokens=TokenService(index=index),
         )
         yield services
     finally:

@@ -10,6 +10,7 @@ from storage.index.repository import (
     UpsertOutcome,
     UpsertResult,
 )
+from storage.index.tokens import TokenRecord
 
 __all__ = [
     "FiledPatient",
@@ -21,6 +22,7 @@ __all__ = [
     "Repository",
     "StoredInstance",
     "StudyState",
+    "TokenRecord",
     "UpsertOutcome",
     "UpsertResult",
 ]

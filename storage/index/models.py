@@ -246,6 +246,23 @@ retired_blob = Table(
 )
 """Files replaced by a correction: kept (not referenced by an instance) until the purge."""
 
+api_token = Table(
+    "api_token",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("lookup_id", String(16), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("secret_sha256", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, default=_now),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("last_used_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+"""API tokens of HTTP clients: the SHA-256 of each secret, never the secret; a token names
+its row by ``lookup_id`` (not secret), so checking one is a lookup by key and one comparison.
+Revoked tokens are kept (``revoked_at``) so that the audit trail's names stay meaningful."""
+
 TABLES: dict[Level, Table] = {
     Level.PATIENT: patient,
     Level.STUDY: study,

@@ -25,6 +25,7 @@ from storage.index.models import (
     series,
     study,
 )
+from storage.index.tokens import TokenRecords
 from storage.index.workflow import WorkflowRecords
 from storage.query import MULTI_VALUED_KEYS, UNIQUE_KEYS, Query, RetrieveItem
 
@@ -89,6 +90,7 @@ class Repository:
         self.connection = connection
         self._dialect = connection.dialect.name
         self.workflow = WorkflowRecords(connection)
+        self.tokens = TokenRecords(connection)
 
     # -- ingest --------------------------------------------------------------------------
     def find_instance(self, sop_instance_uid: str) -> StoredInstance | None:

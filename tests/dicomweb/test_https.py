@@ -144,6 +144,34 @@ def test_tls_1_2_offers_only_ecdhe_with_aead(https_archive: HttpsArchive) -> Non
         assert _handshake(https_archive, aead) == "TLSv1.2"
 
 
+def _exchange_over_tls(archive: HttpsArchive, request: bytes) -> bytes:
+    """Send ``request`` on a verified TLS connection; everything answered until it closes."""
+    with socket.create_connection(("127.0.0.1", archive.server.http_port), timeout=10) as raw, \
+            _client_context(archive.pki).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        tls.sendall(request)
+        answer = b""
+        try:
+            while chunk := tls.recv(65536):
+                answer += chunk
+        except ssl.SSLError:  # the server closed without close_notify after answering
+            pass
+        return answer
+
+
+def test_the_http_limits_hold_under_tls(https_archive: HttpsArchive) -> None:
+    """The guarded protocol of :mod:`dicomweb.server` reads the decrypted stream: headers over
+    64 KiB still answer 431, smaller ones are served; both answers carry HSTS."""
+    head = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+    filler = b"X-Filler: " + b"a" * 70 * 1024 + b"\r\n"
+    hsts = b"\r\nstrict-transport-security: max-age=31536000\r\n"
+    answer = _exchange_over_tls(https_archive, head + filler + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert hsts in answer.lower()
+    answer = _exchange_over_tls(https_archive, head + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert hsts in answer.lower()
+
+
 def test_plain_http_server_sends_no_hsts(web_archive: WebArchive) -> None:
     """Without a certificate nothing changes: plain HTTP, and no HSTS (RFC 6797 7.2)."""
     assert web_archive.server.base_url.startswith("http://")

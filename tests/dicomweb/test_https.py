@@ -6,6 +6,7 @@ and exit status 2."""
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import subprocess
@@ -180,10 +181,12 @@ def test_plain_http_server_sends_no_hsts(web_archive: WebArchive) -> None:
     assert "strict-transport-security" not in health.headers
 
 
-def _serve(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _serve(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pacs.cli", "serve", "--data-dir", str(tmp_path / "data"), *args],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})},
     )
 
 
@@ -201,6 +204,11 @@ def test_cert_without_key_or_key_without_cert_exits_2(
     assert len(lines) == 1
     assert lines[0].startswith(f"pacs: error: {expected}")
     assert not (tmp_path / "data").exists()  # nothing started
+    # the same from the environment
+    variable = "PACS_" + given.removeprefix("--").replace("-", "_").upper()
+    result = _serve(tmp_path, env={variable: str(pki.cert if given == "--tls-cert" else pki.key)})
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"pacs: error: {expected}")
 
 
 def test_key_of_another_certificate_or_missing_file_exits_2(tmp_path: Path) -> None:

@@ -16,7 +16,8 @@ and the audit of refused requests.
   configured origins only; nothing else ever answers CORS.
 - :class:`SecurityHeaders`: every answer says ``X-Content-Type-Options: nosniff``,
   ``X-Frame-Options: DENY`` and ``Referrer-Policy: no-referrer``; HTML pages also carry a
-  ``Content-Security-Policy`` with no inline script and ``frame-ancestors 'none'``. It also
+  ``Content-Security-Policy`` with no inline script and ``frame-ancestors 'none'``; under HTTPS
+  (``--tls-cert``) every answer carries ``Strict-Transport-Security`` (RFC 6797). It also
   tells the audit of 413 answers (STOW-RS bodies over the limit).
 - :class:`BodyLimit`: a request body other than STOW-RS's (the JSON of ``/api``, the UI's
   forms, a reject) is small: one over ``MAX_SMALL_BODY`` answers 413 before it is read whole
@@ -73,6 +74,10 @@ _ALWAYS = (
     ("x-frame-options", "DENY"),
     ("referrer-policy", "no-referrer"),
 )
+HSTS = ("strict-transport-security", "max-age=31536000")
+"""Under HTTPS only (RFC 6797 7.2: a browser ignores it over plain HTTP): for a year, the
+browser goes to this host over HTTPS only, even from an ``http://`` link, and gives no way
+past a certificate error."""
 
 
 def under(path: str, prefixes: Iterable[str]) -> bool:
@@ -266,6 +271,8 @@ class SecurityHeaders:
                 headers = MutableHeaders(scope=message)
                 for name, value in _ALWAYS:
                     headers.setdefault(name, value)
+                if scope.get("scheme") == "https":
+                    headers.setdefault(*HSTS)
                 if headers.get("content-type", "").startswith("text/html"):
                     policy = DOCS_POLICY if scope["path"] in _DOCS_PATHS else PAGE_POLICY
                     headers.setdefault("content-security-policy", policy)

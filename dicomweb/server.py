@@ -17,6 +17,8 @@ from typing import Any, ClassVar, Protocol
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from dicomweb.security import HSTS
+
 log = logging.getLogger("pacs")
 
 _EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -194,6 +196,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             head += [name, b": ", value, b"\r\n"]
         if retry_after:
             head.append(b"retry-after: 1\r\n")
+        if self.scheme == "https":  # on every answer over TLS (RFC 6797), these too
+            head += [HSTS[0].encode(), b": ", HSTS[1].encode(), b"\r\n"]
         head += [b"content-type: text/plain; charset=utf-8\r\n",
                  b"content-length: ", str(len(body)).encode(), b"\r\n",
                  b"x-content-type-options: nosniff\r\n",

@@ -76,6 +76,17 @@ def serve(
         str | None, typer.Option("--http-host", help="HTTP bind address [127.0.0.1]")
     ] = None,
     http_port: Annotated[str | None, typer.Option("--http-port", help="[8042]")] = None,
+    tls_cert: Annotated[
+        str | None, typer.Option("--tls-cert", help="PEM certificate chain: the HTTP port "
+                                 "speaks HTTPS only (with --tls-key) [none: plain HTTP]"),
+    ] = None,
+    tls_key: Annotated[
+        str | None, typer.Option("--tls-key", help="PEM private key of --tls-cert")
+    ] = None,
+    tls_ca: Annotated[
+        str | None, typer.Option("--tls-ca", help="PEM CA certificates client "
+                                 "certificates must chain to [none]"),
+    ] = None,
     database_url: DatabaseUrl = None,
     peer: Annotated[
         list[str] | None,
@@ -120,7 +131,8 @@ def serve(
     """Run the DIMSE SCP and the HTTP server (DICOMweb, /health) in one process."""
     settings = _settings(
         data_dir=data_dir, ae_title=ae_title, dimse_port=dimse_port, dimse_host=dimse_host,
-        http_host=http_host, http_port=http_port, database_url=database_url, peers=peer, qa=qa,
+        http_host=http_host, http_port=http_port, tls_cert=tls_cert, tls_key=tls_key,
+        tls_ca=tls_ca, database_url=database_url, peers=peer, qa=qa,
         overwrite=overwrite, log_level=log_level, dimse_processes=dimse_processes,
         cors_origins=cors_origins, max_request_mb=max_request_mb, routes=route,
         modalities=modality, stable_seconds=stable_seconds, retention_days=retention_days,

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -203,6 +204,21 @@ def _background(settings: Settings, services: Services) -> list[Worker]:
     ]
 
 
+BCP195_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+"""The TLS 1.2 cipher suites of BCP 195 (RFC 9325 4.2; the profiles of PS3.15 Annex B): ephemeral
+ECDH key exchange (forward secrecy) with an AEAD cipher, AES-GCM or ChaCha20-Poly1305, for RSA
+and ECDSA certificates alike. TLS 1.3's suites are all of that kind and are left as OpenSSL has
+them."""
+
+
+def harden_tls(context: ssl.SSLContext) -> None:
+    """A server context to BCP 195: TLS 1.2 at least (RFC 8996 deprecates 1.0 and 1.1), its
+    AEAD + ECDHE suites only, the server's order of preference, no TLS compression (CRIME)."""
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(BCP195_TLS12_CIPHERS)
+    context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_COMPRESSION
+
+
 def serve(settings: Settings) -> int:
     """Run the DIMSE listener and the HTTP server in this process until SIGINT/SIGTERM, with
     ``dimse_processes - 1`` worker processes serving a share of the associations."""
@@ -243,7 +259,16 @@ def serve(settings: Settings) -> int:
             log_level=settings.log_level.lower(),
             access_log=False,
             lifespan="on",
+            # HTTPS only on this port when a certificate is given: uvicorn wraps the socket,
+            # a plain-HTTP request fails the handshake (no redirect, no fallback)
+            ssl_certfile=settings.tls_cert,
+            ssl_keyfile=settings.tls_key,
+            ssl_ciphers=BCP195_TLS12_CIPHERS,
         )
+        if config.is_ssl:
+            config.load()  # builds config.ssl now (uvicorn would at start-up) to tighten it
+            assert config.ssl is not None
+            harden_tls(config.ssl)
         http = HttpServer(config, started=http_started)
         background = _background(settings, services)
         try:
@@ -255,9 +280,10 @@ def serve(settings: Settings) -> int:
                           settings.dimse_port, error.strerror or error)
                 return 1
             log.info(
-                "pacs serving: DIMSE %s on port %d (%d processes), HTTP on http://%s:%d "
+                "pacs serving: DIMSE %s on port %d (%d processes), HTTP on %s://%s:%d "
                 "(index: %s, data: %s)",
-                settings.ae_title, dimse.port, workers.count + 1, settings.http_host,
+                settings.ae_title, dimse.port, workers.count + 1,
+                "https" if config.is_ssl else "http", settings.http_host,
                 settings.http_port, services.index.describe(), settings.data_dir,
             )
             for worker in background:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -66,6 +67,11 @@ class Peer(BaseModel, frozen=True):
         return f"{self.ae_title}={self.host}:{self.port}"
 
 
+def _no_password() -> bytes:
+    """An encrypted key is refused rather than asked for on the terminal (OpenSSL's default)."""
+    return b""
+
+
 class Settings(BaseSettings):
     """Every setting of ``pacs serve``; env prefix ``PACS_``."""
 
@@ -79,6 +85,17 @@ class Settings(BaseSettings):
     )
     http_host: str = "127.0.0.1"
     http_port: int = 8042
+    tls_cert: Path | None = Field(
+        default=None, description="PEM certificate chain (server certificate first); with "
+        "tls_key the HTTP listener speaks HTTPS only, with HSTS",
+    )
+    tls_key: Path | None = Field(
+        default=None, validate_default=True,
+        description="PEM private key of tls_cert (not encrypted); both are given or neither",
+    )
+    tls_ca: Path | None = Field(
+        default=None, description="PEM CA certificates that client certificates must chain to",
+    )
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default SQLite file under the data dir"
     )
@@ -198,6 +215,39 @@ class Settings(BaseSettings):
     @classmethod
     def _port(cls, value: int) -> int:
         return check_port(value)
+
+    @field_validator("tls_cert", "tls_ca")
+    @classmethod
+    def _pem_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value}: no such file")
+        return value
+
+    @field_validator("tls_key")
+    @classmethod
+    def _tls_key(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        """Both ``tls_cert`` and ``tls_key`` or neither; when both, the key must be the
+        certificate's (loaded once here, so that a mismatch is one line at start-up, not a
+        failed handshake for every client)."""
+        cert = info.data.get("tls_cert")
+        if value is None:
+            if cert is not None:
+                raise ValueError("required with --tls-cert (the certificate's private key)")
+            return None
+        if not value.is_file():
+            raise ValueError(f"{value}: no such file")
+        if cert is None:
+            if "tls_cert" in info.data:  # not given (a bad one was already reported)
+                raise ValueError("needs --tls-cert too (the certificate it belongs to)")
+            return value
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(cert, value, password=_no_password)
+        except (ssl.SSLError, OSError):
+            raise ValueError(
+                f"{value} is not the unencrypted PEM private key of {cert}"
+            ) from None
+        return value
 
     @field_validator("peers", mode="before")
     @classmethod

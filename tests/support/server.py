@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -38,6 +39,8 @@ class PacsServer:
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     start_env: dict[str, str] = field(default_factory=dict)
+    tls_ca: Path | None = None
+    """The CA file a client trusts when the server speaks HTTPS (``--tls-cert``)."""
 
     def start(self) -> PacsServer:
         self.dimse_port = free_port()
@@ -69,7 +72,8 @@ class PacsServer:
                     f"pacs serve exited with {self.process.returncode}:\n{self.log()}"
                 )
             try:
-                if httpx.get(f"{self.base_url}/health", timeout=1).status_code == 200:
+                health = httpx.get(f"{self.base_url}/health", timeout=1, verify=self.verify)
+                if health.status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -77,8 +81,21 @@ class PacsServer:
         raise RuntimeError(f"pacs serve not healthy after {STARTUP_TIMEOUT_S} s:\n{self.log()}")
 
     @property
+    def scheme(self) -> str:
+        """``https`` when the server was given a certificate, by flag or env var."""
+        tls = "--tls-cert" in self.extra_args or "PACS_TLS_CERT" in self.start_env
+        return "https" if tls else "http"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """httpx's ``verify=``: a context trusting ``tls_ca`` under HTTPS."""
+        if self.scheme == "https" and self.tls_ca is not None:
+            return ssl.create_default_context(cafile=str(self.tls_ca))
+        return True
+
+    @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{self.scheme}://127.0.0.1:{self.http_port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""

@@ -24,8 +24,8 @@ from dicomweb_client.api import DICOMwebClient
 from tests.dicomweb.conftest import WebArchive
 from tests.factories.datasets import ct_instance, make_uid
 from tests.support import dcmtk
+from tests.support.pki import ServerPki, make_server_pki
 from tests.support.server import PacsServer
-from tests.support.tls_certs import ServerPki, make_server_pki
 
 STUDY = make_uid("https", "study")
 HSTS = "max-age=31536000"

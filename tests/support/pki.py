@@ -159,3 +159,20 @@ def client_cert(ca: Issued, common_name: str = "pacs test client", *,
     """A client certificate (extendedKeyUsage clientAuth), e.g. a modality's for DICOM TLS."""
     return issue(ca, common_name, usage="client", key_type=key_type, not_before=not_before,
                  days=days)
+
+
+@dataclass(frozen=True)
+class ServerPki:
+    """PEM files of a CA and a server certificate it signs, for a TLS listener's tests."""
+
+    ca: Path  # what clients trust
+    cert: Path  # the server certificate, for localhost and 127.0.0.1
+    key: Path  # its unencrypted private key
+
+
+def make_server_pki(folder: Path) -> ServerPki:
+    """A CA and a server certificate for ``localhost`` and 127.0.0.1, written in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca = make_ca()
+    cert, key = server_cert(ca).write(folder, "server")
+    return ServerPki(ca=ca.write_cert(folder / "ca.pem"), cert=cert, key=key)

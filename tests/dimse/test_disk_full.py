@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
@@ -31,32 +32,40 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_store_is_refused_with_a700_below_the_reserve(
-    small_disk: Path, tmp_path: Path, sqlite_url: str
-) -> None:
+def _server(small_disk: Path, sqlite_url: str, reserve_mb: int) -> PacsServer:
     server = PacsServer(
         data_dir=small_disk / "data", database_url=sqlite_url,
         extra_args=["--dimse-processes", "1"],
     )
-    server.start_env = {"PACS_MIN_FREE_SPACE_MB": "1"}
-    server.start()
+    server.start_env = {"PACS_MIN_FREE_SPACE_MB": str(reserve_mb)}
+    return server.start()
+
+
+def _fill(assoc: Any, tmp_path: Path, count: int, **attributes: Any) -> tuple[list[int], str]:
+    """Store CT instances until one is refused: (every status, the refusal's Error Comment)."""
+    statuses: list[int] = []
+    for number in range(1, count):
+        ds = f.ct_instance(InstanceNumber=number, **attributes)
+        answer = assoc.send_c_store(f.write_part10(ds, tmp_path / "one.dcm"))
+        statuses.append(int(answer.Status))
+        if statuses[-1] != 0x0000:
+            return statuses, str(answer.get("ErrorComment", ""))
+    return statuses, ""
+
+
+def test_store_is_refused_with_a700_below_the_reserve(
+    small_disk: Path, tmp_path: Path, sqlite_url: str
+) -> None:
+    server = _server(small_disk, sqlite_url, reserve_mb=1)
     previous = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True
-    statuses: list[int] = []
-    comment = ""
     try:
         ae = AE(ae_title="FILLER")
         ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
         assoc = ae.associate("127.0.0.1", server.dimse_port, ae_title="PACS")
         assert assoc.is_established
-        for number in range(1, 400):
-            ds = f.ct_instance(PatientID="FULL-1", InstanceNumber=number, Rows=128, Columns=128)
-            path = f.write_part10(ds, tmp_path / "one.dcm")
-            answer = assoc.send_c_store(path)
-            statuses.append(int(answer.Status))
-            if statuses[-1] != 0x0000:
-                comment = str(answer.get("ErrorComment", ""))
-                break
+        statuses, comment = _fill(assoc, tmp_path, 400, PatientID="FULL-1", Rows=128,
+                                  Columns=128)
         assoc.release()
     finally:
         _config.STORE_SEND_CHUNKED_DATASET = previous
@@ -80,28 +89,17 @@ def test_a_write_error_while_receiving_answers_a700_and_keeps_the_association(
     """No reserve: the disk fills while a data set is being received (ENOSPC inside
     pynetdicom's receive). The store answers 0xA700 naming the problem, the partial file is
     removed, and once there is room again the same association stores the next instance."""
-    server = PacsServer(
-        data_dir=small_disk / "data", database_url=sqlite_url,
-        extra_args=["--dimse-processes", "1"],
-    )
-    server.start_env = {"PACS_MIN_FREE_SPACE_MB": "0"}
-    server.start()
+    server = _server(small_disk, sqlite_url, reserve_mb=0)
     previous = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True
-    statuses: list[int] = []
-    comment = ""
     try:
         ae = AE(ae_title="FILLER")
         ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
         assoc = ae.associate("127.0.0.1", server.dimse_port, ae_title="PACS")
         assert assoc.is_established
-        for number in range(1, 40):  # 0.5 MB each, on 3 MB
-            ds = f.ct_instance(PatientID="FULL-2", InstanceNumber=number, Rows=512, Columns=512)
-            answer = assoc.send_c_store(f.write_part10(ds, tmp_path / "one.dcm"))
-            statuses.append(int(answer.Status))
-            if statuses[-1] != 0x0000:
-                comment = str(answer.get("ErrorComment", ""))
-                break
+        # 0.5 MB each, on 3 MB
+        statuses, comment = _fill(assoc, tmp_path, 40, PatientID="FULL-2", Rows=512,
+                                  Columns=512)
         assert assoc.is_established
         partial = [p for p in (small_disk / "data" / "tmp").iterdir() if p.stat().st_size]
         subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)

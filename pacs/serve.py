@@ -28,7 +28,7 @@ from pacs.dimse.handoff import Dispatcher, channel_pair, receive_forever
 from pacs.dimse.sender import StudySender
 from pacs.dimse.server import DimseServer
 from pacs.services.audit import AuditTrail
-from pacs.services.auth import TokenService
+from pacs.services.auth import Authenticator, TokenService
 from pacs.services.bulk_import import ImportService
 from pacs.services.consistency import ConsistencyService
 from pacs.services.decoding_limits import MB, DecodeLimits
@@ -63,6 +63,7 @@ class Services:
     workflow: WorkflowService
     routing: RoutingService
     tokens: TokenService
+    authenticator: Authenticator
 
 
 @contextmanager
@@ -98,6 +99,7 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
         )
         retrieve = RetrieveService(query=query, blobs=blobs, peers=peers, audit=audit.record,
                                    limits=limits)
+        tokens = TokenService(index=index)
         services = Services(
             settings=settings,
             blobs=blobs,
@@ -114,7 +116,8 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
                 retry_base=dt.timedelta(seconds=settings.route_retry_seconds),
                 max_attempts=settings.route_max_attempts,
             ),
-            tokens=TokenService(index=index),
+            tokens=tokens,
+            authenticator=Authenticator(tokens=tokens),
         )
         yield services
     finally:

@@ -27,6 +27,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 from pacs.services.errors import PacsError
 from storage.index import Index, IndexDataError, TokenRecord
@@ -63,10 +64,46 @@ def allows(role: Role, needed: Role) -> bool:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who a request acts as; ``name`` is what the audit trail records."""
+    """Who a request acts as: an API token's name or an OIDC subject, with its roles.
+
+    :attr:`actor` is what the audit trail records (``token:NAME``, ``oidc:SUBJECT``)."""
 
     name: str
-    role: Role
+    roles: frozenset[Role]
+    kind: str = "token"  # "token" (API token) or "oidc" (an identity provider's bearer token)
+
+    @classmethod
+    def of(cls, name: str, *roles: Role, kind: str = "token") -> Principal:
+        return cls(name=name, roles=frozenset(roles), kind=kind)
+
+    @property
+    def actor(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+    def may(self, needed: Role) -> bool:
+        """True when one of this principal's roles includes ``needed``."""
+        return any(allows(role, needed) for role in self.roles)
+
+
+class BearerVerifier(Protocol):
+    """Checks one kind of bearer credential (API tokens, OIDC access tokens)."""
+
+    def authenticate(self, bearer: str) -> Principal | None: ...
+
+
+class Authenticator:
+    """The one place a bearer credential becomes a :class:`Principal`: an API token
+    (``pacs_...``) is checked against the index, anything else against the OIDC issuer's
+    keys when OIDC is configured. None for a credential neither accepts."""
+
+    def __init__(self, *, tokens: BearerVerifier, oidc: BearerVerifier | None = None) -> None:
+        self.tokens = tokens
+        self.oidc = oidc
+
+    def authenticate(self, bearer: str) -> Principal | None:
+        if bearer.startswith(PREFIX) or self.oidc is None:
+            return self.tokens.authenticate(bearer)
+        return self.oidc.authenticate(bearer)
 
 
 class TokenError(PacsError):
@@ -164,4 +201,4 @@ class TokenService:
         if record.last_used_at is None or now - record.last_used_at >= USE_RECORDED_EVERY:
             with self.index.unit_of_work(write=True) as repository:
                 repository.tokens.touch(record.id, now)
-        return Principal(name=record.name, role=Role(record.role))
+        return Principal.of(record.name, Role(record.role))

@@ -77,7 +77,7 @@ def test_created_token_authenticates_as_its_name_and_role(
     assert record.name == "ohif" and record.role == "viewer"
     assert record.created_at == T0 and record.expires_at is None
     assert secret.startswith(f"pacs_{record.lookup_id}_") and len(secret) > 50
-    assert tokens.authenticate(secret) == Principal("ohif", Role.VIEWER)
+    assert tokens.authenticate(secret) == Principal.of("ohif", Role.VIEWER)
     assert _audit(index) == [("cli", "token-create", "created",
                               {"name": "ohif", "role": "viewer", "expires_at": None})]
 
@@ -121,7 +121,7 @@ def test_wrong_malformed_and_unknown_tokens_are_refused(tokens: TokenService) ->
         "pacs_XYZ_abc", secret + "é", "pacs_" + "a" * 5000,
     ]:
         assert tokens.authenticate(bearer) is None, bearer
-    assert tokens.authenticate(secret) == Principal("ws", Role.QA)
+    assert tokens.authenticate(secret) == Principal.of("ws", Role.QA)
 
 
 def test_hashes_are_compared_in_constant_time_also_for_an_unknown_id(
@@ -173,7 +173,7 @@ def test_token_expires_after_its_days(tokens: TokenService, clock: Clock) -> Non
     _, secret = tokens.create("temp", "uploader", expires_days=2)
 
     clock.advance(days=2, seconds=-1)
-    assert tokens.authenticate(secret) == Principal("temp", Role.UPLOADER)
+    assert tokens.authenticate(secret) == Principal.of("temp", Role.UPLOADER)
     clock.advance(seconds=1)
     assert tokens.authenticate(secret) is None
 
@@ -213,7 +213,7 @@ def test_a_name_is_taken_once(tokens: TokenService, index: Index) -> None:
     _, first = tokens.create("ws", "viewer")
     with pytest.raises(TokenError, match="exists already"):
         tokens.create("ws", "admin")
-    assert tokens.authenticate(first) == Principal("ws", Role.VIEWER)
+    assert tokens.authenticate(first) == Principal.of("ws", Role.VIEWER)
     assert len(_rows(index)) == 1
 
 
@@ -235,5 +235,5 @@ def test_concurrent_creates_of_one_name_make_one_token(tokens: TokenService,
     made = [r for r in results if r.startswith("pacs_")]
     assert len(made) == 1
     assert sorted(set(results) - set(made)) == ["a token named 'race' exists already"]
-    assert tokens.authenticate(made[0]) == Principal("race", Role.VIEWER)
+    assert tokens.authenticate(made[0]) == Principal.of("race", Role.VIEWER)
     assert len(_rows(index)) == 1

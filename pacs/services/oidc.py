@@ -343,11 +343,14 @@ class IssuerKeys:
 
 
 def claim_roles(claims: Mapping[str, Any], path: str) -> frozenset[Role]:
-    """The known roles named in the claim at ``path`` (dots step into objects): a list of
-    names or one space-separated string; other names and other shapes give no role."""
-    value: Any = claims
-    for step in path.split("."):
-        value = value.get(step) if isinstance(value, dict) else None
+    """The known roles named in the claim at ``path``: a list of names or one space-separated
+    string; other names and other shapes give no role. Dots step into objects, unless a claim
+    has the whole path as its name (Auth0's ``https://example.org/roles``)."""
+    value: Any = claims.get(path)
+    if value is None:
+        value = claims
+        for step in path.split("."):
+            value = value.get(step) if isinstance(value, dict) else None
     names: Iterable[Any] = (value.split() if isinstance(value, str)
                             else value if isinstance(value, list) else ())
     known = {role.value: role for role in Role}

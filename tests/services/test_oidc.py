@@ -263,6 +263,15 @@ def test_roles_from_a_space_separated_claim(jwks_file: Path, ec_key: SigningKey)
     assert verifier.verify(token).roles == {Role.VIEWER, Role.UPLOADER}
 
 
+def test_roles_from_a_namespaced_claim_whose_name_has_dots(jwks_file: Path,
+                                                           rsa_key: SigningKey) -> None:
+    claim = "https://pacs.example.org/roles"
+    verifier = file_verifier(jwks_file, role_claim=claim)
+    token = rsa_key.sign(claims(ISSUER, roles=None, **{claim: ["admin"]}))
+
+    assert verifier.verify(token).roles == {Role.ADMIN}
+
+
 @pytest.mark.parametrize("roles", [None, [], ["Viewer", "ADMIN", "superuser"], "administrators",
                                    [["admin"]], {"admin": True}])
 def test_a_token_without_a_known_role_authenticates_with_no_roles(

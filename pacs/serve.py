@@ -33,7 +33,6 @@ from pacs.services.bulk_import import ImportService
 from pacs.services.consistency import ConsistencyService
 from pacs.services.decoding_limits import MB, DecodeLimits
 from pacs.services.ingest import IngestService
-from pacs.services.oidc import OidcVerifier, build_verifier
 from pacs.services.query import QueryService
 from pacs.services.retrieve import Destination, RetrieveService
 from pacs.services.routing import RoutingService, Worker
@@ -44,6 +43,7 @@ from storage.index import Index
 
 if TYPE_CHECKING:
     from dicomweb.context import Web
+    from pacs.services.oidc import OidcVerifier
 
 log = logging.getLogger("pacs")
 
@@ -131,6 +131,8 @@ def _oidc(settings: Settings) -> OidcVerifier | None:
     first use, so a start with the identity provider down is not an error)."""
     if settings.oidc_issuer is None or settings.oidc_audience is None:
         return None
+    from pacs.services.oidc import build_verifier  # PyJWT only when OIDC is configured
+
     return build_verifier(
         issuer=settings.oidc_issuer, audience=settings.oidc_audience,
         jwks_file=settings.oidc_jwks_file, role_claim=settings.oidc_role_claim,

@@ -109,6 +109,26 @@ def serve(
     max_request_mb: Annotated[
         str | None, typer.Option("--max-request-mb", help="STOW-RS body limit in MB [1024]")
     ] = None,
+    oidc_issuer: Annotated[
+        str | None, typer.Option("--oidc-issuer", help="OpenID Connect issuer URL whose "
+                                 "bearer tokens are accepted [none]"),
+    ] = None,
+    oidc_audience: Annotated[
+        str | None, typer.Option("--oidc-audience", help="aud the tokens must contain "
+                                 "(required with --oidc-issuer)"),
+    ] = None,
+    oidc_jwks_file: Annotated[
+        str | None, typer.Option("--oidc-jwks-file", help="the issuer's keys as a JWKS file "
+                                 "[fetched from the issuer]"),
+    ] = None,
+    oidc_role_claim: Annotated[
+        str | None, typer.Option("--oidc-role-claim", help="claim with the role names, dots "
+                                 "for nested ones (Keycloak: realm_access.roles) [roles]"),
+    ] = None,
+    oidc_client_id: Annotated[
+        str | None, typer.Option("--oidc-client-id", help="the web UI's client id at the "
+                                 "issuer (sign-in with PKCE) [none]"),
+    ] = None,
     route: Annotated[
         list[str] | None,
         typer.Option("--route", help="MODALITY=PEER or *=PEER: forward archived studies "
@@ -134,7 +154,9 @@ def serve(
         http_host=http_host, http_port=http_port, tls_cert=tls_cert, tls_key=tls_key,
         tls_ca=tls_ca, database_url=database_url, peers=peer, qa=qa,
         overwrite=overwrite, log_level=log_level, dimse_processes=dimse_processes,
-        cors_origins=cors_origins, max_request_mb=max_request_mb, routes=route,
+        cors_origins=cors_origins, max_request_mb=max_request_mb, oidc_issuer=oidc_issuer,
+        oidc_audience=oidc_audience, oidc_jwks_file=oidc_jwks_file,
+        oidc_role_claim=oidc_role_claim, oidc_client_id=oidc_client_id, routes=route,
         modalities=modality, stable_seconds=stable_seconds, retention_days=retention_days,
     )
     raise typer.Exit(root.serve(settings))

@@ -43,6 +43,7 @@ from storage.index import Index
 
 if TYPE_CHECKING:
     from dicomweb.context import Web
+    from pacs.services.oidc import OidcVerifier
 
 log = logging.getLogger("pacs")
 
@@ -117,12 +118,25 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
                 max_attempts=settings.route_max_attempts,
             ),
             tokens=tokens,
-            authenticator=Authenticator(tokens=tokens),
+            authenticator=Authenticator(tokens=tokens, oidc=_oidc(settings)),
         )
         yield services
     finally:
         audit.close()  # the queued query events, before the index goes
         index.dispose()
+
+
+def _oidc(settings: Settings) -> OidcVerifier | None:
+    """The OIDC bearer-token verifier when an issuer is configured (its keys are fetched on
+    first use, so a start with the identity provider down is not an error)."""
+    if settings.oidc_issuer is None or settings.oidc_audience is None:
+        return None
+    from pacs.services.oidc import build_verifier  # PyJWT only when OIDC is configured
+
+    return build_verifier(
+        issuer=settings.oidc_issuer, audience=settings.oidc_audience,
+        jwks_file=settings.oidc_jwks_file, role_claim=settings.oidc_role_claim,
+    )
 
 
 def upgrade_database(settings: Settings) -> str:

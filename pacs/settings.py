@@ -5,9 +5,12 @@ Only the composition root (``pacs.serve``) and the CLI read it; every component 
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import re
 import ssl
+import urllib.parse
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +22,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 # without backslash or control characters; leading and trailing spaces are not significant.
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 _ORIGIN = re.compile(r"^https?://[^\s/?#]+$", re.IGNORECASE)
+_CLAIM_PATH = re.compile(r"^[^.\s]+(\.[^.\s]+)*$")
 _PEER = re.compile(r"^(?P<ae>[^=]+)=(?P<host>[^:\s]+|\[[0-9a-fA-F:]+\]):(?P<port>\d+)$")
 
 
@@ -65,6 +69,21 @@ class Peer(BaseModel, frozen=True):
 
     def __str__(self) -> str:
         return f"{self.ae_title}={self.host}:{self.port}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _needs_issuer(value: object, info: ValidationInfo) -> None:
+    """An OIDC setting without an issuer (not reported when the issuer itself was bad)."""
+    if value is not None and "oidc_issuer" in info.data and info.data["oidc_issuer"] is None:
+        raise ValueError("needs --oidc-issuer too")
 
 
 def _no_password() -> bytes:
@@ -176,6 +195,28 @@ class Settings(BaseSettings):
         description="open HTTP connections from one client address; beyond, 503 (raise it "
         "behind a reverse proxy, whose connections all come from one address)",
     )
+    oidc_issuer: str | None = Field(
+        default=None, description="OpenID Connect issuer URL (https://; http:// only for "
+        "localhost): bearer tokens it signs are accepted; its keys come from its discovery "
+        "document unless oidc_jwks_file is given",
+    )
+    oidc_audience: str | None = Field(
+        default=None, validate_default=True,
+        description="the aud a token must contain (required with oidc_issuer)",
+    )
+    oidc_jwks_file: Path | None = Field(
+        default=None, description="the issuer's keys as a JWKS file (no outbound access "
+        "needed); re-read when it changes",
+    )
+    oidc_role_claim: str = Field(
+        default="roles", description="claim holding the role names (viewer, uploader, qa, "
+        "admin): a list or a space-separated string; dots step into objects, e.g. "
+        "realm_access.roles for Keycloak",
+    )
+    oidc_client_id: str | None = Field(
+        default=None, description="the web UI's client id at the issuer (authorization-code "
+        "flow with PKCE)",
+    )
     modalities: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(), description="AE titles of known modalities (QA check; empty: any)"
     )
@@ -285,6 +326,60 @@ class Settings(BaseSettings):
             if origin != "*" and not _ORIGIN.match(origin):
                 raise ValueError(f"origin {origin!r} is not scheme://host[:port]")
         return origins
+
+    @field_validator("oidc_issuer")
+    @classmethod
+    def _oidc_issuer(cls, value: str | None) -> str | None:
+        """An issuer is compared exactly with a token's ``iss``, so it is kept as given."""
+        if value is None:
+            return None
+        parts = urllib.parse.urlsplit(value)
+        if parts.query or parts.fragment or not parts.hostname or not (
+            parts.scheme == "https" or parts.scheme == "http" and _is_loopback(parts.hostname)
+        ):
+            raise ValueError(f"{value!r} is not an https:// URL without query (http:// only "
+                             "for localhost)")
+        return value
+
+    @field_validator("oidc_audience")
+    @classmethod
+    def _oidc_audience(cls, value: str | None, info: ValidationInfo) -> str | None:
+        issuer = info.data.get("oidc_issuer")
+        if value is not None and not value.strip():
+            raise ValueError("is empty")
+        if value is None and issuer is not None:
+            raise ValueError("required with --oidc-issuer (the aud tokens for pacs carry)")
+        _needs_issuer(value, info)
+        return value
+
+    @field_validator("oidc_jwks_file")
+    @classmethod
+    def _oidc_jwks_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        _needs_issuer(value, info)
+        try:
+            document = json.loads(value.read_bytes())
+        except OSError:
+            raise ValueError(f"{value}: cannot be read") from None
+        except ValueError:
+            raise ValueError(f"{value}: not JSON") from None
+        if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+            raise ValueError(f"{value}: not a JWKS (a JSON object with a 'keys' list)")
+        return value
+
+    @field_validator("oidc_role_claim")
+    @classmethod
+    def _oidc_role_claim(cls, value: str) -> str:
+        if not _CLAIM_PATH.match(value):
+            raise ValueError(f"{value!r} is not a claim name or a dotted path of names")
+        return value
+
+    @field_validator("oidc_client_id")
+    @classmethod
+    def _oidc_client_id(cls, value: str | None, info: ValidationInfo) -> str | None:
+        _needs_issuer(value, info)
+        return value
 
     @field_validator("modalities", mode="before")
     @classmethod

@@ -25,7 +25,7 @@ import hmac
 import re
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
@@ -71,6 +71,7 @@ class Principal:
     name: str
     roles: frozenset[Role]
     kind: str = "token"  # "token" (API token) or "oidc" (an identity provider's bearer token)
+    display_name: str | None = field(default=None, compare=False)  # e.g. preferred_username
 
     @classmethod
     def of(cls, name: str, *roles: Role, kind: str = "token") -> Principal:

@@ -29,6 +29,9 @@ def pacs(*args: str) -> subprocess.CompletedProcess[str]:
         (["--peer", "WS=127.0.0.1:99999"], "--peer"),
         (["--peer", "WS=127.0.0.1:104", "--peer", "WS=127.0.0.1:105"], "--peer"),
         (["--qa", "sometimes"], "--qa"),
+        (["--oidc-issuer", "https://idp.example.org/realms/pacs"], "--oidc-audience"),
+        (["--oidc-issuer", "http://idp.example.org", "--oidc-audience", "pacs"], "--oidc-issuer"),
+        (["--oidc-audience", "pacs"], "--oidc-audience"),
     ],
 )
 def test_bad_serve_flag_exits_nonzero_with_one_line(

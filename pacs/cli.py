@@ -126,6 +126,11 @@ def serve(
         str | None, typer.Option("--retention-days", help="rejected studies are purged "
                                  "after this many days [30]"),
     ] = None,
+    audit_syslog: Annotated[
+        str | None, typer.Option("--audit-syslog", help="also send each audit event as a "
+                                 "DICOM Audit Message to syslog: HOST:PORT (UDP), "
+                                 "HOST:PORT,tls (RFC 5425) or HOST:PORT,tcp [none]"),
+    ] = None,
     log_level: Annotated[str | None, typer.Option("--log-level", help="[INFO]")] = None,
 ) -> None:
     """Run the DIMSE SCP and the HTTP server (DICOMweb, /health) in one process."""
@@ -136,6 +141,7 @@ def serve(
         overwrite=overwrite, log_level=log_level, dimse_processes=dimse_processes,
         cors_origins=cors_origins, max_request_mb=max_request_mb, routes=route,
         modalities=modality, stable_seconds=stable_seconds, retention_days=retention_days,
+        audit_syslog=audit_syslog,
     )
     raise typer.Exit(root.serve(settings))
 

@@ -306,15 +306,11 @@ class Actor:
         name: str | None = rest
         address: str | None = None
         head, at, tail = rest.rpartition("@")
-        if at and _is_address(tail):
-            name, address = head or None, tail
-        elif _is_address(rest):
-            name, address = None, rest
+        if at and (found := _address(tail)):
+            name, address = head or None, found
+        elif found := _address(rest):
+            name, address = None, found
         return cls(text, protocol, name or None, address, subject or None)
-
-    @property
-    def is_peer(self) -> bool:
-        return self.protocol in ("dimse", "http")
 
     @property
     def ae_title(self) -> str | None:
@@ -325,17 +321,27 @@ class Actor:
         """A human-meaningful name (A.5.2.3): the certificate subject, or the principal."""
         if self.tls_subject:
             return self.tls_subject
-        if self.protocol == "http" and self.name:
+        if self.protocol in _HTTP and self.name:
             return self.name.partition(":")[2] or self.name
         return None
 
 
-def _is_address(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text.strip("[]"))
-    except ValueError:
-        return False
-    return True
+_HTTP = ("http", "dicomweb")  # STOW-RS stores are audited as dicomweb:ADDRESS
+
+
+def _address(text: str) -> str | None:
+    """The IP address of ``ADDRESS``, ``ADDRESS:PORT`` or ``[ADDRESS]:PORT`` (the trail has
+    each); None when ``text`` is none of them."""
+    candidates = [text.strip("[]")]
+    host, colon, port = text.rpartition(":")
+    if colon and port.isdigit():
+        candidates.append(host.strip("[]"))
+    for candidate in candidates:
+        try:
+            return str(ipaddress.ip_address(candidate))
+        except ValueError:
+            continue
+    return None
 
 
 @dataclass

@@ -130,7 +130,10 @@ class AuditExporter:
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
         """Read the cursor (the first time: the newest row) and start sending."""
-        self._load_cursor()
+        try:
+            self._load_cursor()
+        except OutOfResources as error:  # the thread reads it once the index answers
+            log.error("audit syslog: %s", error)
         self._pending.append(application_activity(
             start=True, at=datetime.now(UTC), source=self.source, launcher=_launcher()))
         self._thread = threading.Thread(target=self._run, name="audit-syslog", daemon=True)

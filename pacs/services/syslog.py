@@ -212,12 +212,20 @@ class StreamSender:
 
 def _closed_by_peer(connection: socket.socket) -> bool:
     """A syslog receiver never writes: a readable connection was closed (or reset) by it. A
-    write to it would seem to succeed and its messages would be lost, so it is opened again."""
+    write to it would seem to succeed and its messages would be lost, so it is opened again.
+    TLS 1.3 session tickets make a connection readable too: read without waiting, they are
+    consumed and no application data follows."""
     try:
         readable, _, _ = select.select([connection], [], [], 0)
         if not readable:
             return False
-        return connection.recv(1) == b""
+        connection.setblocking(False)
+        try:
+            return connection.recv(1) == b""
+        finally:
+            connection.settimeout(SEND_TIMEOUT_S)
+    except (ssl.SSLWantReadError, BlockingIOError):
+        return False
     except (OSError, ValueError):
         return True
 

@@ -447,3 +447,33 @@ def test_a_bad_audit_syslog_flag_exits_2_with_one_line(value: str, tmp_path: Pat
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("pacs: error: --audit-syslog: ")
+
+
+def test_one_tls_connection_carries_many_batches_and_a_closed_one_is_opened_again(
+    index: Index, tmp_path: Path,
+) -> None:
+    pki_ca = make_ca("audit repository CA")
+    cert, key = server_cert(pki_ca).write(tmp_path, "receiver")
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # TLS 1.3: session tickets after the
+    server.load_cert_chain(cert, key)  # handshake make the client's socket readable
+    ca_file = pki_ca.write_cert(tmp_path / "ca.pem")
+    first = StreamReceiver(tls=server).start()
+    port = first.port
+    exporter = _exporter(index, SyslogTarget("127.0.0.1", port, Transport.TLS),
+                         tmp_path / "cursor", ca_file=ca_file)
+    exporter.export_once()
+    try:
+        for outcome in ("one", "two", "three"):
+            _write(index, {"actor": "cli", "action": "accept", "outcome": outcome,
+                           "study_instance_uid": STUDY})
+            assert exporter.export_once() == 1
+        _received(first, 3)
+        assert first.connections == 1
+    finally:
+        first.stop()  # the receiver restarts: it closes the connection
+    with StreamReceiver(tls=server, port=port) as second:
+        _write(index, {"actor": "cli", "action": "accept", "outcome": "four",
+                       "study_instance_uid": STUDY})
+        assert exporter.export_once() == 1
+        message = second.wait_for(lambda m: True, "the message after the restart")
+    assert message.xml.findtext("EventIdentification/EventOutcomeDescription") == "four"

@@ -18,8 +18,8 @@ retrieve                 110104 DICOM Instances Transferred, R: this server is t
                          e-mail), a peer's retrieval is a transfer.
 route                    110104, R, to the routing peer (a planned or retried job: 110103, R)
 query                    110112 Query, E: the query as search criteria (below)
-accept, correct,         110103 DICOM Instances Accessed, U (correct: life cycle 3, amendment)
-quarantine, stable
+accept, correct, merge,  110103 DICOM Instances Accessed, U (correct, merge: life cycle 3,
+quarantine, stable       amendment)
 reject, reject-series    110103 DICOM Instances Accessed, D (life cycle 14, logical deletion)
 delete, purge            110105 DICOM Study Deleted, D (life cycle 15, permanent erasure)
 token-*, ae-*            110113 Security Alert, E, 110137 User Security Attributes Changed:
@@ -331,7 +331,8 @@ _HTTP = ("http", "dicomweb")  # STOW-RS stores are audited as dicomweb:ADDRESS
 
 def _address(text: str) -> str | None:
     """The IP address of ``ADDRESS``, ``ADDRESS:PORT`` or ``[ADDRESS]:PORT`` (the trail has
-    each); None when ``text`` is none of them."""
+    each); None when ``text`` is none of them. An IPv6 address written with a port and no
+    brackets can read both ways: the whole text is taken when it is an address."""
     candidates = [text.strip("[]")]
     host, colon, port = text.rpartition(":")
     if colon and port.isdigit():

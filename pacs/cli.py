@@ -146,6 +146,11 @@ def serve(
         str | None, typer.Option("--retention-days", help="rejected studies are purged "
                                  "after this many days [30]"),
     ] = None,
+    audit_syslog: Annotated[
+        str | None, typer.Option("--audit-syslog", help="also send each audit event as a "
+                                 "DICOM Audit Message to syslog: HOST:PORT (UDP), "
+                                 "HOST:PORT,tls (RFC 5425) or HOST:PORT,tcp [none]"),
+    ] = None,
     log_level: Annotated[str | None, typer.Option("--log-level", help="[INFO]")] = None,
 ) -> None:
     """Run the DIMSE SCP and the HTTP server (DICOMweb, /health) in one process."""
@@ -158,6 +163,7 @@ def serve(
         oidc_audience=oidc_audience, oidc_jwks_file=oidc_jwks_file,
         oidc_role_claim=oidc_role_claim, oidc_client_id=oidc_client_id, routes=route,
         modalities=modality, stable_seconds=stable_seconds, retention_days=retention_days,
+        audit_syslog=audit_syslog,
     )
     raise typer.Exit(root.serve(settings))
 

@@ -28,6 +28,8 @@ from pacs.dimse.handoff import Dispatcher, channel_pair, receive_forever
 from pacs.dimse.sender import StudySender
 from pacs.dimse.server import DimseServer
 from pacs.services.audit import AuditTrail
+from pacs.services.audit_export import AuditExporter
+from pacs.services.audit_message import AuditSource
 from pacs.services.auth import Authenticator, TokenService
 from pacs.services.bulk_import import ImportService
 from pacs.services.consistency import ConsistencyService
@@ -36,6 +38,7 @@ from pacs.services.ingest import IngestService
 from pacs.services.query import QueryService
 from pacs.services.retrieve import Destination, RetrieveService
 from pacs.services.routing import RoutingService, Worker
+from pacs.services.syslog import SyslogHeader, SyslogTarget, sender_for
 from pacs.services.workflow import QaGate, RouteRule, WorkflowService
 from pacs.settings import QaMode, Settings
 from storage.blobs import FileStore
@@ -221,6 +224,25 @@ def _background(settings: Settings, services: Services) -> list[Worker]:
     ]
 
 
+def _audit_exporter(settings: Settings, services: Services) -> AuditExporter | None:
+    """The export of the audit trail to syslog (``--audit-syslog``), in the listening process
+    only; None when not configured."""
+    if settings.audit_syslog is None:
+        return None
+    target = SyslogTarget.parse(settings.audit_syslog)
+    header = SyslogHeader.here()
+    return AuditExporter(
+        index=services.index,
+        sender=sender_for(target, ca_file=settings.tls_ca, cert_file=settings.tls_cert,
+                          key_file=settings.tls_key),
+        source=AuditSource(ae_title=settings.ae_title, hostname=header.hostname),
+        header=header,
+        cursor_file=settings.data_dir / "audit-syslog.cursor",
+        max_bytes=target.max_bytes,
+        target=str(target),
+    )
+
+
 BCP195_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 """The TLS 1.2 cipher suites of BCP 195 (RFC 9325 4.2; the profiles of PS3.15 Annex B): ephemeral
 ECDH key exchange (forward secrecy) with an AEAD cipher, AES-GCM or ChaCha20-Poly1305, for RSA
@@ -289,6 +311,13 @@ def serve(settings: Settings) -> int:
         http = HttpServer(config, started=http_started)
         background = _background(settings, services)
         try:
+            exporter = _audit_exporter(settings, services)
+        except (ssl.SSLError, OSError) as error:
+            log.error("--audit-syslog: the TLS files cannot be used: %s", error)
+            return 1
+        if exporter is not None:
+            exporter.start()
+        try:
             workers.start()
             try:
                 dimse.start(dispatcher=workers.dispatcher())
@@ -313,6 +342,9 @@ def serve(settings: Settings) -> int:
             dimse.stop()
             workers.stop()
             services.blobs.sweep_tmp()  # partial receives of aborted associations
+            if exporter is not None:
+                services.audit.flush()  # the queued query events go out with the rest
+                exporter.stop()
         if http.failed:
             log.error("the HTTP server could not start on %s:%d", settings.http_host,
                       settings.http_port)

@@ -18,6 +18,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from pacs.services.syslog import SyslogTarget
+
 # PS3.5 6.2: an AE title is at most 16 characters of the Default Character Repertoire,
 # without backslash or control characters; leading and trailing spaces are not significant.
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
@@ -238,6 +240,12 @@ class Settings(BaseSettings):
         default=True, description="record C-FIND and QIDO-RS queries in the audit trail "
         "(batched in the background)"
     )
+    audit_syslog: str | None = Field(
+        default=None, description="also send every audit event as a DICOM Audit Message "
+        "(PS3.15 A.5) to a syslog receiver: HOST:PORT (UDP, RFC 5426), HOST:PORT,tls (RFC "
+        "5425; the receiver's certificate checked against tls_ca, else the system's CAs; "
+        "tls_cert is presented) or HOST:PORT,tcp (plain TCP, octet counting)"
+    )
     routes: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(), description="MODALITY=PEER or *=PEER: forward archived, stable studies"
     )
@@ -289,6 +297,13 @@ class Settings(BaseSettings):
                 f"{value} is not the unencrypted PEM private key of {cert}"
             ) from None
         return value
+
+    @field_validator("audit_syslog")
+    @classmethod
+    def _audit_syslog(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return str(SyslogTarget.parse(value))
 
     @field_validator("peers", mode="before")
     @classmethod

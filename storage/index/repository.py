@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 
 from storage.attributes import Level
 from storage.blobs import BlobInfo
+from storage.index.application_entities import AeRecords
 from storage.index.matching import LIST_SEPARATOR, find_statement, instances_statement
 from storage.index.models import (
     TABLES,
@@ -91,6 +92,7 @@ class Repository:
         self._dialect = connection.dialect.name
         self.workflow = WorkflowRecords(connection)
         self.tokens = TokenRecords(connection)
+        self.application_entities = AeRecords(connection)
 
     # -- ingest --------------------------------------------------------------------------
     def find_instance(self, sop_instance_uid: str) -> StoredInstance | None:

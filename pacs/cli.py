@@ -62,7 +62,8 @@ def _settings(**flags: Any) -> Settings:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "settings"
         message = str(first["msg"]).removeprefix("Value error, ")
-        flag = {"peers": "peer"}.get(where, where).replace("_", "-")
+        flag = {"peers": "peer", "modalities": "modality", "routes": "route"}.get(
+            where, where).replace("_", "-")
         err.print(f"pacs: error: --{flag}: {message}", soft_wrap=True)
         raise typer.Exit(2) from None
 

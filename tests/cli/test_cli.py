@@ -29,6 +29,9 @@ def pacs(*args: str) -> subprocess.CompletedProcess[str]:
         (["--peer", "WS=127.0.0.1:99999"], "--peer"),
         (["--peer", "WS=127.0.0.1:104", "--peer", "WS=127.0.0.1:105"], "--peer"),
         (["--qa", "sometimes"], "--qa"),
+        (["--dimse-access", "everyone"], "--dimse-access"),
+        (["--peer", "WS=work_station:104"], "--peer"),
+        (["--modality", "A_TITLE_LONGER_THAN_16"], "--modality"),
     ],
 )
 def test_bad_serve_flag_exits_nonzero_with_one_line(

@@ -291,6 +291,6 @@ def test_default_dimse_access_follows_the_bind_address(
 
 
 def test_dimse_access_given_wins() -> None:
-    assert Settings(dimse_host="0.0.0.0", dimse_access="any").effective_dimse_access is (
+    assert Settings(dimse_host="0.0.0.0", dimse_access=DimseAccess.ANY).effective_dimse_access is (
         DimseAccess.ANY)
-    assert Settings(dimse_access="registered").effective_dimse_access is DimseAccess.REGISTERED
+    assert Settings(dimse_access=DimseAccess.REGISTERED).effective_dimse_access is DimseAccess.REGISTERED

@@ -53,6 +53,7 @@ TEMPORARY_CONGESTION = 0x01
 PERMISSION_DENIED = "permission-denied"  # the audit action of a denied request
 CALLED_AE_REASON = "called AE title not recognised"
 REGISTRY_UNREADABLE = "the AE registry cannot be read"
+CHECK_FAILED = "the access check failed"
 
 _GRANTED = "_pacs_granted"  # on a pynetdicom Association: the services of its AE
 _REJECTION = "_pacs_rejection"  # on a pynetdicom Association: why it was rejected
@@ -88,7 +89,16 @@ class AccessControl:
         """An ``EVT_REQUESTED`` handler: the check, then ``then`` for an admitted request."""
 
         def requested(event: Event) -> None:
-            if self.admit(event.assoc):
+            try:
+                admitted = self.admit(event.assoc)
+            except Exception:  # pynetdicom would log it and negotiate: refuse instead
+                log.exception("the access check of an association failed")
+                if event.assoc.is_rejected:
+                    return
+                _reject(event.assoc, (REJECTED_TRANSIENT, SERVICE_PROVIDER_PRESENTATION,
+                                      TEMPORARY_CONGESTION), Rejection(CHECK_FAILED))
+                return
+            if admitted:
                 then(event)
 
         return requested

@@ -13,6 +13,7 @@ every refusal is in the audit trail.
 
 from __future__ import annotations
 
+import inspect
 import re
 import subprocess
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pynetdicom.acse import ACSE
+from pynetdicom.association import Association
 
 from tests.factories.datasets import ct_instance, make_uid, write_part10
 from tests.support import dcmtk
@@ -276,6 +279,19 @@ def test_refusals_and_denials_are_audited(site: Site) -> None:
     called = [e for e in events if e.outcome == "called AE title not recognised"]
     assert {e.detail["called_ae_title"] for e in called} >= {"ELSEWHERE"}
     assert all(e.detail["count"] >= 1 for e in events)
+
+
+def test_the_pynetdicom_flow_access_control_relies_on_is_still_there() -> None:
+    """``access.py`` rejects from ``EVT_REQUESTED`` as pynetdicom rejects itself: the request
+    primitive is set before the event, and negotiation is skipped once the handler rejected."""
+    reactor = inspect.getsource(Association.run_reactor)
+    requested = reactor.index("evt.EVT_REQUESTED")
+    assert reactor.index("self.requestor.primitive =") < requested
+    assert reactor.index("not self.is_rejected", requested) < reactor.index(
+        "self.acse.negotiate_association()", requested)
+    assert list(inspect.signature(ACSE.send_reject).parameters) == [
+        "self", "result", "source", "diagnostic"]
+    assert "self.assoc.is_rejected = True" in inspect.getsource(ACSE.send_reject)
 
 
 def test_any_mode_checks_nothing(sqlite_server: PacsServer) -> None:

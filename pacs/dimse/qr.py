@@ -83,7 +83,6 @@ class QueryRetrieveSCP(QueryRetrieveServiceClass):
         else:
             super().SCP(req, context)
 
-
     def _denied(self, access: AccessControl, req: Any, context: PresentationContext) -> bool:
         """Answer a request the calling AE may not make with a failure and its reason
         (``access.py``); True when it was refused."""

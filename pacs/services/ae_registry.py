@@ -152,6 +152,7 @@ class _Known:
     services: frozenset[Service]
     networks: tuple[Network, ...]
     any_address: bool
+    names: bool  # some hosts are names, resolved when loaded
 
     def allows_address(self, address: str) -> bool:
         if self.any_address:
@@ -335,7 +336,7 @@ class AeRegistry:
                 return current.entries
             generation = self._generation
             try:
-                entries = self._load()
+                entries = self._load(current.entries if current is not None else {})
             except IndexUnavailable as error:
                 if current is None:
                     raise OutOfResources("the AE registry cannot be read") from error
@@ -351,14 +352,22 @@ class AeRegistry:
         return (snapshot.generation == self._generation
                 and self.monotonic() - snapshot.loaded_at < self.max_age_s)
 
-    def _load(self) -> dict[str, _Known]:
+    def _load(self, before: dict[str, _Known]) -> dict[str, _Known]:
+        """The entries of the index; an entry unchanged since ``before`` and naming no host
+        (whose addresses may have changed) is taken from it, not parsed again."""
         with self.index.unit_of_work() as repository:
             records = repository.application_entities.all()
-        return {record.ae_title: self._known(record) for record in records}
+        entries = {}
+        for record in records:
+            known = before.get(record.ae_title)
+            if known is None or known.record != record or known.names:
+                known = self._known(record)
+            entries[record.ae_title] = known
+        return entries
 
     def _known(self, record: AeRecord) -> _Known:
         networks: builtins.list[Network] = []
-        any_address = False
+        any_address = names = False
         for host in record.hosts:
             if host == ANY_HOST:
                 any_address = True
@@ -367,11 +376,11 @@ class AeRegistry:
                 networks.append(ipaddress.ip_network(host))
                 continue
             except ValueError:
-                pass
+                names = True
             addresses = self._addresses(host)
             networks += [ipaddress.ip_network(address) for address in addresses]
         services = frozenset(Service(s) for s in record.services if s in Service._value2member_map_)
-        return _Known(record, services, tuple(networks), any_address)
+        return _Known(record, services, tuple(networks), any_address, names)
 
     def _addresses(self, name: str) -> builtins.list[str]:
         try:

@@ -223,6 +223,21 @@ def test_changes_elsewhere_are_seen_within_the_ttl(index: Index, ticks: Ticks) -
     assert there.destination("WS") == Destination("WS", "10.0.0.7", 104)
 
 
+def test_names_are_resolved_again_at_each_reload(index: Index, ticks: Ticks) -> None:
+    addresses = {"ct.example": ["10.0.0.5"]}
+    registry = AeRegistry(index=index, monotonic=ticks, resolve=lambda name: addresses[name])
+    registry.add("CT1", hosts=["ct.example"], allow=["store"])
+    registry.add("WS", hosts=["10.0.0.7"], allow=["find"])
+    assert registry.admit("CT1", "10.0.0.5").admitted
+
+    addresses["ct.example"] = ["10.0.0.6"]  # the modality moved; its DNS entry followed
+    ticks.now += 2.0
+
+    assert registry.admit("CT1", "10.0.0.6").admitted
+    assert registry.admit("CT1", "10.0.0.5").refused == UNLISTED_ADDRESS
+    assert registry.admit("WS", "10.0.0.7").admitted  # kept from the last load, unchanged
+
+
 def test_a_flood_of_unknown_callers_reads_the_index_once_per_ttl(
     registry: AeRegistry, index: Index, ticks: Ticks
 ) -> None:

@@ -306,6 +306,8 @@ def test_default_dimse_access_follows_the_bind_address(
 
 
 def test_dimse_access_given_wins() -> None:
-    assert Settings(dimse_host="0.0.0.0", dimse_access=DimseAccess.ANY).effective_dimse_access is (
-        DimseAccess.ANY)
-    assert Settings(dimse_access=DimseAccess.REGISTERED).effective_dimse_access is DimseAccess.REGISTERED
+    given_any = Settings(dimse_host="0.0.0.0", dimse_access=DimseAccess.ANY)
+    given_registered = Settings(dimse_access=DimseAccess.REGISTERED)
+
+    assert given_any.effective_dimse_access is DimseAccess.ANY
+    assert given_registered.effective_dimse_access is DimseAccess.REGISTERED

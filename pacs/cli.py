@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pacs import serve as root
 from pacs.services import tls
+from pacs.services.ae_registry import AeRegistryError
 from pacs.services.auth import TokenError
 from pacs.services.bulk_import import ImportResult, iter_files
 from pacs.settings import Settings
@@ -37,6 +39,9 @@ app.add_typer(tls_app, name="tls")
 token_app = typer.Typer(help="API tokens of HTTP clients (Authorization: Bearer).",
                         no_args_is_help=True)
 app.add_typer(token_app, name="token")
+ae_app = typer.Typer(help="The AE registry: remote DICOM AEs, their addresses and services.",
+                     no_args_is_help=True)
+app.add_typer(ae_app, name="ae")
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -57,7 +62,8 @@ def _settings(**flags: Any) -> Settings:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "settings"
         message = str(first["msg"]).removeprefix("Value error, ")
-        flag = {"peers": "peer"}.get(where, where).replace("_", "-")
+        flag = {"peers": "peer", "modalities": "modality", "routes": "route"}.get(
+            where, where).replace("_", "-")
         err.print(f"pacs: error: --{flag}: {message}", soft_wrap=True)
         raise typer.Exit(2) from None
 
@@ -91,6 +97,12 @@ def serve(
     peer: Annotated[
         list[str] | None,
         typer.Option("--peer", help="known remote AE, AE=HOST:PORT (repeatable)"),
+    ] = None,
+    dimse_access: Annotated[
+        str | None,
+        typer.Option("--dimse-access", help="registered: only AEs of the AE registry (pacs ae, "
+                     "--peer, --modality) may associate | any [registered unless "
+                     "--dimse-host is a loopback address]"),
     ] = None,
     qa: Annotated[str | None, typer.Option("--qa", help="auto | manual [auto]")] = None,
     overwrite: Annotated[
@@ -157,7 +169,7 @@ def serve(
     settings = _settings(
         data_dir=data_dir, ae_title=ae_title, dimse_port=dimse_port, dimse_host=dimse_host,
         http_host=http_host, http_port=http_port, tls_cert=tls_cert, tls_key=tls_key,
-        tls_ca=tls_ca, database_url=database_url, peers=peer, qa=qa,
+        tls_ca=tls_ca, database_url=database_url, peers=peer, dimse_access=dimse_access, qa=qa,
         overwrite=overwrite, log_level=log_level, dimse_processes=dimse_processes,
         cors_origins=cors_origins, max_request_mb=max_request_mb, oidc_issuer=oidc_issuer,
         oidc_audience=oidc_audience, oidc_jwks_file=oidc_jwks_file,
@@ -398,6 +410,80 @@ def token_revoke(
         err.print(f"pacs: error: no token named {name!r}", soft_wrap=True, markup=False)
         raise typer.Exit(1)
     out.print(f"revoked: {name}", soft_wrap=True, markup=False)
+
+
+def _table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        out.print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+                  .rstrip(), soft_wrap=True, markup=False)
+
+
+def _split(text: str | None) -> list[str]:
+    return [item.strip() for item in (text or "").split(",") if item.strip()]
+
+
+@ae_app.command("add")
+def ae_add(
+    ae_title: Annotated[str, typer.Argument(metavar="TITLE", help="the remote AE title")],
+    host: Annotated[str, typer.Option(
+        "--host", help="addresses it may call from, comma separated: IP addresses, networks "
+        "(10.1.2.0/24), names, or * (any address); the first is where a move destination is "
+        "reached")],
+    port: Annotated[int | None, typer.Option(
+        "--port", help="its port (needed for --move-destination)")] = None,
+    allow: Annotated[str, typer.Option(
+        "--allow", help="services it may ask for, comma separated: store, find, move, get "
+        "[none: C-ECHO only]")] = "",
+    move_destination: Annotated[bool, typer.Option(
+        "--move-destination", help="a C-MOVE destination and routing target")] = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Register a remote AE; running servers apply it within a few seconds."""
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    with root.open_services(settings) as services:
+        try:
+            record = services.ae_registry.add(
+                ae_title, hosts=_split(host), port=port, allow=_split(allow),
+                move_destination=move_destination, who="cli:ae")
+        except AeRegistryError as error:
+            err.print(f"pacs: error: {error}", soft_wrap=True, markup=False)
+            raise typer.Exit(2) from None
+    allowed = ", ".join(record.services) or "C-ECHO only"
+    out.print(f"added: {record.ae_title} (hosts {', '.join(record.hosts)}; allow {allowed}"
+              + (f"; move destination at {record.hosts[0]}:{record.port}"
+                 if record.move_destination else "") + ")", soft_wrap=True, markup=False)
+
+
+@ae_app.command("list")
+def ae_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Every registered AE: hosts, port, allowed services, move destination, source."""
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    with root.open_services(settings) as services:
+        records = services.ae_registry.list()
+    _table([("AE TITLE", "HOSTS", "PORT", "ALLOW", "MOVE DESTINATION", "SOURCE", "CREATED")] + [
+        (r.ae_title, ",".join(r.hosts), str(r.port) if r.port is not None else "-",
+         ",".join(r.services) or "-", "yes" if r.move_destination else "no", r.source,
+         _when(r.created_at)) for r in records
+    ])
+
+
+@ae_app.command("remove")
+def ae_remove(
+    ae_title: Annotated[str, typer.Argument(metavar="TITLE", help="the remote AE title")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Remove a registered AE; exit 1 if there is none of that title."""
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    with root.open_services(settings) as services:
+        removed = services.ae_registry.remove(ae_title, who="cli:ae")
+    if not removed:
+        err.print(f"pacs: error: no AE titled {ae_title.strip()!r}", soft_wrap=True,
+                  markup=False)
+        raise typer.Exit(1)
+    out.print(f"removed: {ae_title.strip()}", soft_wrap=True, markup=False)
 
 
 def main() -> None:

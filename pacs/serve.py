@@ -27,6 +27,7 @@ from pacs.dimse import handoff
 from pacs.dimse.handoff import Dispatcher, channel_pair, receive_forever
 from pacs.dimse.sender import StudySender
 from pacs.dimse.server import DimseServer
+from pacs.services.ae_registry import AeRegistry
 from pacs.services.audit import AuditTrail
 from pacs.services.audit_export import AuditExporter
 from pacs.services.audit_message import AuditSource
@@ -40,7 +41,7 @@ from pacs.services.retrieve import Destination, RetrieveService
 from pacs.services.routing import RoutingService, Worker
 from pacs.services.syslog import SyslogHeader, SyslogTarget, sender_for
 from pacs.services.workflow import QaGate, RouteRule, WorkflowService
-from pacs.settings import QaMode, Settings
+from pacs.settings import DimseAccess, QaMode, Settings
 from storage.blobs import FileStore
 from storage.index import Index
 
@@ -68,6 +69,7 @@ class Services:
     routing: RoutingService
     tokens: TokenService
     authenticator: Authenticator
+    ae_registry: AeRegistry
 
 
 @contextmanager
@@ -94,15 +96,15 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
             min_free_bytes=settings.min_free_space_mb * 1_000_000, gate=gate, limits=limits,
         )
         query = QueryService(index=index, max_results=settings.max_query_results, audit=audit)
-        peers = [Destination(p.ae_title, p.host, p.port) for p in settings.peers]
+        ae_registry = AeRegistry(index=index)  # --peer and --modality: serve() writes them
         rules = [RouteRule(*route.split("=", 1)) for route in settings.routes]
         workflow = WorkflowService(
             index=index, blobs=blobs, gate=gate, rules=rules,
             stable_after=dt.timedelta(seconds=settings.stable_seconds),
             retention=dt.timedelta(days=settings.retention_days), limits=limits,
         )
-        retrieve = RetrieveService(query=query, blobs=blobs, peers=peers, audit=audit.record,
-                                   limits=limits)
+        retrieve = RetrieveService(query=query, blobs=blobs, destinations=ae_registry,
+                                   audit=audit.record, limits=limits)
         tokens = TokenService(index=index)
         services = Services(
             settings=settings,
@@ -122,6 +124,7 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
             ),
             tokens=tokens,
             authenticator=Authenticator(tokens=tokens, oidc=_oidc(settings)),
+            ae_registry=ae_registry,
         )
         yield services
     finally:
@@ -180,7 +183,19 @@ def _dimse_server(settings: Settings, services: Services) -> DimseServer:
         read_timeout=settings.dimse_read_timeout,
         max_connections_per_host=settings.max_connections_per_host,
         refusals=services.audit.refusal,
+        registry=(services.ae_registry
+                  if settings.effective_dimse_access is DimseAccess.REGISTERED else None),
     )
+
+
+def register_flags(settings: Settings, services: Services) -> None:
+    """``--peer`` and ``--modality`` into the AE registry (the listening process, at start:
+    the workers and the CLI's commands never rewrite it)."""
+    peers = [Destination(p.ae_title, p.host, p.port) for p in settings.peers]
+    kept = services.ae_registry.sync_flags(peers, settings.modalities)
+    for title in kept:
+        log.info("AE %s: registered with pacs ae add, left as it is (the flag naming it "
+                 "changes nothing)", title)
 
 
 def _web(settings: Settings, services: Services) -> Web:
@@ -276,6 +291,7 @@ def serve(settings: Settings) -> int:
             log.info("removed %d partial files left by an earlier run", swept)
         if settings.orphan_sweep:  # before any listener opens: no store is under way
             services.consistency.sweep_orphans(grace_s=settings.orphan_grace_seconds)
+        register_flags(settings, services)
         dimse = _dimse_server(settings, services)
         workers = _Workers(settings)
         http_started = threading.Event()
@@ -326,9 +342,10 @@ def serve(settings: Settings) -> int:
                           settings.dimse_port, error.strerror or error)
                 return 1
             log.info(
-                "pacs serving: DIMSE %s on port %d (%d processes), HTTP on %s://%s:%d "
-                "(index: %s, data: %s)",
+                "pacs serving: DIMSE %s on port %d (%d processes, access: %s), HTTP on "
+                "%s://%s:%d (index: %s, data: %s)",
                 settings.ae_title, dimse.port, workers.count + 1,
+                settings.effective_dimse_access.value,
                 "https" if config.is_ssl else "http", settings.http_host,
                 settings.http_port, services.index.describe(), settings.data_dir,
             )

@@ -18,11 +18,9 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from pacs.services.ae_registry import check_ae_title, check_host
 from pacs.services.syslog import SyslogTarget
 
-# PS3.5 6.2: an AE title is at most 16 characters of the Default Character Repertoire,
-# without backslash or control characters; leading and trailing spaces are not significant.
-_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 _ORIGIN = re.compile(r"^https?://[^\s/?#]+$", re.IGNORECASE)
 _CLAIM_PATH = re.compile(r"^[^.\s]+(\.[^.\s]+)*$")
 _PEER = re.compile(r"^(?P<ae>[^=]+)=(?P<host>[^:\s]+|\[[0-9a-fA-F:]+\]):(?P<port>\d+)$")
@@ -35,14 +33,11 @@ class QaMode(StrEnum):
     MANUAL = "manual"
 
 
-def check_ae_title(value: str) -> str:
-    """Validate an AE title (PS3.5 6.2) and return it without padding."""
-    title = value.strip()
-    if not _AE_TITLE.match(title):
-        raise ValueError(
-            f"AE title {value!r} must be 1 to 16 printable ASCII characters without backslash"
-        )
-    return title
+class DimseAccess(StrEnum):
+    """Who may associate with the DIMSE listener."""
+
+    REGISTERED = "registered"  # AEs of the AE registry, from their hosts, for their services
+    ANY = "any"  # any calling AE, any called AE title, every service
 
 
 def check_port(value: int) -> int:
@@ -67,19 +62,13 @@ class Peer(BaseModel, frozen=True):
         port = int(match["port"])
         if not 1 <= port <= 65535:
             raise ValueError(f"peer {text!r}: port {port} is out of range 1-65535")
-        return cls(ae_title=check_ae_title(match["ae"]), host=match["host"].strip("[]"), port=port)
+        host = check_host(match["host"])
+        if host == "*" or "/" in host:
+            raise ValueError(f"peer {text!r}: the host is an address or a name to connect to")
+        return cls(ae_title=check_ae_title(match["ae"]), host=host, port=port)
 
     def __str__(self) -> str:
         return f"{self.ae_title}={self.host}:{self.port}"
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _needs_issuer(value: object, info: ValidationInfo) -> None:
@@ -121,6 +110,13 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy URL; default SQLite file under the data dir"
     )
     peers: Annotated[tuple[Peer, ...], NoDecode] = ()
+    dimse_access: DimseAccess | None = Field(
+        default=None,
+        description="registered: only AEs of the AE registry (pacs ae add, --peer, --modality) "
+        "may associate, from their hosts, for the services they are allowed; any: every "
+        "calling AE may do everything; default: registered when dimse_host is not a loopback "
+        "address, else any",
+    )
     qa: QaMode = QaMode.AUTO
     overwrite: bool = Field(
         default=False, description="a re-sent SOP Instance UID replaces the stored instance"
@@ -440,6 +436,14 @@ class Settings(BaseSettings):
         return max(1, min(os.cpu_count() or 1, 4))
 
     @property
+    def effective_dimse_access(self) -> DimseAccess:
+        """``dimse_access``, or by default ``registered`` unless the DIMSE listener binds a
+        loopback address (127.0.0.0/8, ::1, localhost) and so serves this host only."""
+        if self.dimse_access is not None:
+            return self.dimse_access
+        return DimseAccess.ANY if _is_loopback(self.dimse_host) else DimseAccess.REGISTERED
+
+    @property
     def effective_cors(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(origins, methods) of CORS for DICOMweb: none by default; ``*``: any origin may
         read; named origins may also POST (STOW-RS, reject), and only they pass the
@@ -455,3 +459,14 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'index.sqlite').resolve()}"
+
+
+def _is_loopback(host: str) -> bool:
+    """True for a loopback address or ``localhost``; any other name, and the wildcard
+    addresses (0.0.0.0, ::), are not."""
+    if host.strip().lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pacs.services.workflow import actor
 
@@ -83,9 +84,14 @@ class RefusalAudit:
     def __init__(self, count: Callable[..., bool] | None) -> None:
         self.count = count
 
-    def note(self, *, host: str, action: str, reason: str, ae_title: str | None = None) -> bool:
+    def note(self, *, host: str, action: str, reason: str, ae_title: str | None = None,
+             detail: dict[str, Any] | None = None) -> bool:
         """Count one refusal of ``host`` (and its calling AE title, when known); True when it
-        is the first of its kind since the last write (worth a log line)."""
+        is the first of its kind since the last write (worth a log line). ``detail`` is kept
+        of the first of a kind."""
         if self.count is None:
             return True
-        return self.count(who=actor("dimse", ae_title, host), action=action, reason=reason)
+        who = actor("dimse", ae_title, host)
+        if detail is None:
+            return self.count(who=who, action=action, reason=reason)
+        return self.count(who=who, action=action, reason=reason, detail=detail)

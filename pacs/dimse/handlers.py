@@ -10,9 +10,11 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from pacs.dimse import tuning
+from pacs.dimse.access import AccessControl, rejection
 from pacs.dimse.guard import PduLimits, RefusalAudit
 from pacs.dimse.inflight import InFlight
 from pacs.dimse.status import Status, store_status
+from pacs.services.ae_registry import Service
 from pacs.services.errors import OutOfResources, PacsError
 from pacs.services.ingest import Expected, Incoming, IngestService, Origin
 
@@ -26,12 +28,13 @@ class DimseHandlers:
 
     def __init__(
         self, ingest: IngestService, inflight: InFlight, limits: PduLimits | None = None,
-        refusals: RefusalAudit | None = None,
+        refusals: RefusalAudit | None = None, access: AccessControl | None = None,
     ) -> None:
         self.ingest = ingest
         self.inflight = inflight
         self.limits = limits
         self.refusals = refusals
+        self.access = access
         self.receive_files: Any = None  # the receive-file maker, once the server started
 
     def bindings(self) -> list[tuple[Any, Any]]:
@@ -61,13 +64,16 @@ class DimseHandlers:
         """pynetdicom refused an association (PS3.8 7.1.1.9): audited, aggregated."""
         answer = event.assoc.acceptor.primitive
         code = (answer.result, answer.result_source, answer.diagnostic) if answer else ()
-        reason = _REJECTIONS.get(code, f"rejected (result, source, reason: {code})")
+        why = rejection(event.assoc)  # when access control rejected it: its own reason
+        reason = why.reason if why else _REJECTIONS.get(
+            code, f"rejected (result, source, reason: {code})")
         requestor = event.assoc.requestor
-        log.warning("association from %s at %s rejected: %s", _calling_ae(event),
-                    requestor.address, reason)
-        if self.refusals is not None:
-            self.refusals.note(host=str(requestor.address), action="association-rejected",
-                               reason=reason, ae_title=_calling_ae(event))
+        first = self.refusals is None or self.refusals.note(
+            host=str(requestor.address), action="association-rejected", reason=reason,
+            ae_title=_calling_ae(event), detail=why.detail if why else None)
+        if first:  # a flood logs once between two audit writes
+            log.warning("association from %s at %s rejected: %s", _calling_ae(event),
+                        requestor.address, reason)
 
     def on_established(self, event: Event) -> None:
         requestor = event.assoc.requestor
@@ -89,6 +95,12 @@ class DimseHandlers:
     def on_store(self, event: Event) -> int | Dataset:
         """C-STORE (PS3.4 B.2.3): store as received, answer after the store is durable."""
         request = cast(C_STORE, event.request)
+        if self.access is not None:
+            denied = self.access.denial(event.assoc, Service.STORE)
+            if denied is not None:  # the service class removes the received data set
+                if self.receive_files is not None:
+                    self.receive_files.forget(event.dataset_path)
+                return _failure(store_status(denied), str(denied))
         expected = Expected(
             sop_class_uid=str(request.AffectedSOPClassUID),
             sop_instance_uid=str(request.AffectedSOPInstanceUID),

@@ -29,11 +29,13 @@ from pynetdicom.service_class import (
 from pynetdicom.sop_class import uid_to_service_class
 
 from pacs.dimse import encoding, tuning
+from pacs.dimse.access import AccessControl
 from pacs.dimse.contexts import is_storage_class
 from pacs.dimse.find import Find
 from pacs.dimse.identifiers import FIND_MODELS, GET_MODELS, MOVE_MODELS
 from pacs.dimse.retrieve import Retrieval
-from pacs.dimse.status import Status
+from pacs.dimse.status import Status, query_status
+from pacs.services.ae_registry import Service
 from pacs.services.query import QueryService
 from pacs.services.retrieve import RetrieveService
 
@@ -49,6 +51,14 @@ class QueryRetrieveServices:
     retrieve: RetrieveService
     ae_title: str
     fuzzy_person_names: bool = True
+    access: AccessControl | None = None  # None: every calling AE may find, move and get
+
+
+_SERVICES: dict[type[Any], tuple[Service, int]] = {
+    C_FIND: (Service.FIND, encoding.C_FIND_RSP),
+    C_MOVE: (Service.MOVE, encoding.C_MOVE_RSP),
+    C_GET: (Service.GET, encoding.C_GET_RSP),
+}
 
 
 class QueryRetrieveSCP(QueryRetrieveServiceClass):
@@ -61,6 +71,8 @@ class QueryRetrieveSCP(QueryRetrieveServiceClass):
         syntax = str(context.abstract_syntax)
         if services is None:
             super().SCP(req, context)
+        elif services.access is not None and self._denied(services.access, req, context):
+            return
         elif isinstance(req, C_FIND) and syntax in FIND_MODELS:
             Find(self, services.query, req, context, ae_title=services.ae_title,
                  fuzzy_person_names=services.fuzzy_person_names).run()
@@ -70,6 +82,24 @@ class QueryRetrieveSCP(QueryRetrieveServiceClass):
             Retrieval(self, services.retrieve, req, context).get()
         else:
             super().SCP(req, context)
+
+    def _denied(self, access: AccessControl, req: Any, context: PresentationContext) -> bool:
+        """Answer a request the calling AE may not make with a failure and its reason
+        (``access.py``); True when it was refused."""
+        service, command_field = _SERVICES.get(type(req), (None, 0))
+        denied = access.denial(self.assoc, service) if service is not None else None
+        if denied is None:
+            return False
+        command = encoding.command_set(
+            sop_class_uid=str(req.AffectedSOPClassUID),
+            command_field=command_field,
+            message_id_responded_to=int(req.MessageID or 0),
+            status=int(query_status(denied)),
+            error_comment=str(denied),
+        )
+        tuning.send_when_drained(self.assoc, encoding.p_data(
+            cast(int, context.context_id), command, None, int(self.dimse.maximum_pdu_size or 0)))
+        return True
 
 
 class StorageSCP(StorageServiceClass):

@@ -18,6 +18,7 @@ from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs.dimse import tuning
+from pacs.dimse.access import AccessControl, Registry
 from pacs.dimse.contexts import UnknownStorageClasses, scp_contexts
 from pacs.dimse.guard import ConnectionCount, PduLimits, RefusalAudit
 from pacs.dimse.handlers import DimseHandlers
@@ -51,21 +52,27 @@ class DimseServer:
         read_timeout: float = 30.0,
         max_connections_per_host: int = 16,
         refusals: Callable[..., bool] | None = None,
+        registry: Registry | None = None,
     ) -> None:
+        """``registry``: only the AEs it admits may associate, for their services, and only
+        to ``ae_title`` (``access.py``); None: any calling AE, any called AE title."""
         self.ae_title = ae_title
         self.host = host
         self.port = port
         self.inflight = InFlight()
         self.receive_folder = ingest.temp_dir()
         self._receive_files: Any = None
-        self.query_retrieve = (
-            QueryRetrieveServices(query, retrieve, ae_title, fuzzy_person_names)
-            if query is not None and retrieve is not None else None
-        )
         self.limits = PduLimits(max_pdu=max_pdu_size, read_timeout=read_timeout)
         self.connections = ConnectionCount(max_connections_per_host)
         self.refusals = RefusalAudit(refusals)
-        self.handlers = DimseHandlers(ingest, self.inflight, self.limits, self.refusals)
+        self.access = (AccessControl(registry=registry, ae_title=ae_title, refusals=self.refusals)
+                       if registry is not None else None)
+        self.query_retrieve = (
+            QueryRetrieveServices(query, retrieve, ae_title, fuzzy_person_names, self.access)
+            if query is not None and retrieve is not None else None
+        )
+        self.handlers = DimseHandlers(ingest, self.inflight, self.limits, self.refusals,
+                                      self.access)
         self.ae = AE(ae_title=ae_title)
         self.ae.maximum_associations = max_associations
         self.ae.maximum_pdu_size = max_pdu_size
@@ -91,11 +98,12 @@ class DimseServer:
         server_class = _ListeningServer if listen else _AdoptingServer
         contexts = scp_contexts()
         unknown = UnknownStorageClasses(contexts, accept_stores=self.accept_unknown_sop_classes)
+        requested = self.access.before(unknown) if self.access is not None else unknown
         server: Any = self.ae.make_server(
             (self.host, self.port),
             ae_title=self.ae_title,
             contexts=contexts,
-            evt_handlers=[*self.handlers.bindings(), (evt.EVT_REQUESTED, unknown)],
+            evt_handlers=[*self.handlers.bindings(), (evt.EVT_REQUESTED, requested)],
             server_class=server_class,
             request_handler=tuning.CountedHandler,
         )

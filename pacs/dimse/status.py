@@ -9,6 +9,7 @@ from pacs.dimse.identifiers import IdentifierMismatch
 from pacs.services.errors import (
     InvalidInstance,
     InvalidQuery,
+    NotAuthorized,
     NotFound,
     OutOfResources,
     PacsError,
@@ -20,6 +21,7 @@ from pacs.services.errors import (
 class Status(IntEnum):
     SUCCESS = 0x0000
     PROCESSING_FAILURE = 0x0110  # PS3.7 C.4.2: a handler failed unexpectedly
+    NOT_AUTHORIZED = 0x0124  # PS3.7 C.5.x "Refused: Not Authorized": a denied C-STORE
     PENDING = 0xFF00
     CANCEL = 0xFE00
     OUT_OF_RESOURCES = 0xA700
@@ -29,9 +31,13 @@ class Status(IntEnum):
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900  # C-FIND/MOVE/GET: identifier does not match
     SUBOPERATIONS_WARNING = 0xB000
     CANNOT_UNDERSTAND = 0xC000  # C-FIND/MOVE/GET: unable to process
+    # C-FIND/MOVE/GET of an AE not allowed them: "Failed: Unable to process" (Cxxx, PS3.4
+    # C.4.1.1.4, C.4.2.1.5, C.4.3.1.4), its low bits those of 0x0124 Not Authorized
+    QR_NOT_AUTHORIZED = 0xC124
 
 
 STORE_FAILURES: tuple[tuple[type[PacsError], Status], ...] = (
+    (NotAuthorized, Status.NOT_AUTHORIZED),
     (SopClassMismatch, Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS),
     (OutOfResources, Status.OUT_OF_RESOURCES),
     (InvalidInstance, Status.CANNOT_UNDERSTAND),
@@ -39,6 +45,7 @@ STORE_FAILURES: tuple[tuple[type[PacsError], Status], ...] = (
 
 # IdentifierMismatch (a subclass of InvalidQuery) is matched first: the order matters.
 QUERY_FAILURES: tuple[tuple[type[PacsError], Status], ...] = (
+    (NotAuthorized, Status.QR_NOT_AUTHORIZED),
     (UnknownPeer, Status.MOVE_DESTINATION_UNKNOWN),
     (OutOfResources, Status.OUT_OF_RESOURCES),
     (NotFound, Status.CANNOT_UNDERSTAND),

@@ -17,7 +17,8 @@
     │   │                      compressed target)
     │   └── DecodeTooLarge     decoding it would take more than PACS_MAX_DECODED_MB
     ├── InvalidQuery           a query that cannot be run (malformed value, bad identifier)
-    ├── UnknownPeer            a C-MOVE destination that is not registered with --peer
+    ├── UnknownPeer            a C-MOVE destination that is not registered (AE registry)
+    ├── NotAuthorized          a peer asks for a service it is not allowed (AE registry)
     ├── IllegalTransition      a workflow action the study's current state does not allow
     └── UnreadableTlsFile      a certificate, key or CA file that cannot be read (tls.py)
 """
@@ -90,7 +91,12 @@ class InvalidQuery(PacsError):
 
 
 class UnknownPeer(PacsError):
-    """An AE title that is not a registered peer (a C-MOVE destination, PS3.4 C.4.2.1.5)."""
+    """An AE title that is not a registered move destination (PS3.4 C.4.2.1.5)."""
+
+
+class NotAuthorized(PacsError):
+    """A registered peer asks for a service it is not allowed (a modality's C-GET): refused
+    before anything is read or sent; the message names the peer and the service."""
 
 
 class IllegalTransition(PacsError):

@@ -30,11 +30,25 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Destination:
-    """A registered remote AE (``--peer AE=HOST:PORT``)."""
+    """A remote AE to send to: a C-MOVE destination or routing target."""
 
     ae_title: str
     host: str
     port: int
+
+
+class Destinations(Protocol):
+    """Where a C-MOVE destination or routing target is found (the AE registry)."""
+
+    def destination(self, ae_title: str) -> Destination | None: ...
+
+
+class _Fixed:
+    def __init__(self, peers: Sequence[Destination]) -> None:
+        self.peers = {peer.ae_title: peer for peer in peers}
+
+    def destination(self, ae_title: str) -> Destination | None:
+        return self.peers.get(ae_title)
 
 
 @dataclass(frozen=True)
@@ -93,17 +107,20 @@ class AuditSink(Protocol):
 class RetrieveService:
     def __init__(
         self, *, query: QueryService, blobs: FileStore, peers: Sequence[Destination] = (),
-        audit: AuditSink | None = None, limits: DecodeLimits | None = None,
+        destinations: Destinations | None = None, audit: AuditSink | None = None,
+        limits: DecodeLimits | None = None,
     ) -> None:
+        """``destinations`` finds move destinations and routing targets (the AE registry);
+        without it, only ``peers`` are known."""
         self.query = query
         self.limits = limits or DecodeLimits.unlimited()
         self.blobs = blobs
-        self.peers = {peer.ae_title: peer for peer in peers}
+        self.destinations = destinations if destinations is not None else _Fixed(peers)
         self.audit = audit
 
     def destination(self, ae_title: str) -> Destination:
-        """The registered peer called ``ae_title``; :class:`UnknownPeer` otherwise."""
-        peer = self.peers.get(ae_title.strip())
+        """The move destination registered as ``ae_title``; :class:`UnknownPeer` otherwise."""
+        peer = self.destinations.destination(ae_title.strip())
         if peer is None:
             raise UnknownPeer(f"move destination {ae_title.strip()!r} is not a known peer")
         return peer

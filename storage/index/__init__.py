@@ -1,5 +1,6 @@
 """The index: SQLAlchemy tables over the blob store; the only package that speaks SQL."""
 
+from storage.index.application_entities import AeRecord
 from storage.index.database import Index, IndexDataError, IndexNotDurable, IndexUnavailable
 from storage.index.models import StudyState
 from storage.index.repository import (
@@ -13,6 +14,7 @@ from storage.index.repository import (
 from storage.index.tokens import TokenRecord
 
 __all__ = [
+    "AeRecord",
     "FiledPatient",
     "Index",
     "IndexDataError",

@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     Column,
@@ -262,6 +263,25 @@ api_token = Table(
 """API tokens of HTTP clients: the SHA-256 of each secret, never the secret; a token names
 its row by ``lookup_id`` (not secret), so checking one is a lookup by key and one comparison.
 Revoked tokens are kept (``revoked_at``) so that the audit trail's names stay meaningful."""
+
+application_entities = Table(
+    "application_entities",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("ae_title", String(16), nullable=False, unique=True),
+    Column("hosts", JSON, nullable=False),
+    Column("port", Integer),
+    Column("services", JSON, nullable=False),
+    Column("move_destination", Boolean, nullable=False, default=False, server_default=false()),
+    Column("source", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, default=_now),
+)
+"""The AE registry: the remote AEs this server knows, the addresses each may call from
+(``hosts``: JSON list of IP addresses, networks or names; ``["*"]``: any), the DIMSE services
+each may ask for (``services``: JSON list of store, find, move, get), and whether it is a
+C-MOVE destination and routing target (at its first host and ``port``). ``source`` says who
+made the entry: ``cli`` (``pacs ae add``), ``peer-flag`` or ``modality-flag`` (``pacs serve
+--peer`` / ``--modality``, rewritten at each start)."""
 
 TABLES: dict[Level, Table] = {
     Level.PATIENT: patient,

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 
 from storage.attributes import Level
 from storage.blobs import BlobInfo
+from storage.index.application_entities import AeRecords
 from storage.index.audit_feed import AuditFeed
 from storage.index.matching import LIST_SEPARATOR, find_statement, instances_statement
 from storage.index.models import (
@@ -93,6 +94,7 @@ class Repository:
         self.workflow = WorkflowRecords(connection)
         self.tokens = TokenRecords(connection)
         self.audit_feed = AuditFeed(connection)
+        self.application_entities = AeRecords(connection)
 
     # -- ingest --------------------------------------------------------------------------
     def find_instance(self, sop_instance_uid: str) -> StoredInstance | None:

@@ -32,6 +32,9 @@ def pacs(*args: str) -> subprocess.CompletedProcess[str]:
         (["--oidc-issuer", "https://idp.example.org/realms/pacs"], "--oidc-audience"),
         (["--oidc-issuer", "http://idp.example.org", "--oidc-audience", "pacs"], "--oidc-issuer"),
         (["--oidc-audience", "pacs"], "--oidc-audience"),
+        (["--dimse-access", "everyone"], "--dimse-access"),
+        (["--peer", "WS=work_station:104"], "--peer"),
+        (["--modality", "A_TITLE_LONGER_THAN_16"], "--modality"),
     ],
 )
 def test_bad_serve_flag_exits_nonzero_with_one_line(

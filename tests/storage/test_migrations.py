@@ -42,3 +42,27 @@ def test_upgrade_from_0002_keeps_every_row(database_url: str) -> None:
         assert pending_changes(index.engine) == []
     finally:
         index.dispose()
+
+
+def test_upgrade_from_0005_adds_the_ae_registry_and_keeps_tokens(database_url: str) -> None:
+    index = Index(database_url)
+    try:
+        upgrade(index.engine, "0005")
+        with index.engine.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO api_token (name, lookup_id, role, secret_sha256, created_at) "
+                "VALUES ('ohif', '0123456789ab', 'viewer', 'h', CURRENT_TIMESTAMP)"))
+        index.upgrade()
+        with index.engine.begin() as connection:
+            tokens = connection.execute(text("SELECT name FROM api_token")).scalars().all()
+            connection.execute(text(
+                "INSERT INTO application_entities (ae_title, hosts, services, source, "
+                "created_at) VALUES ('CT1', '[\"10.0.0.5\"]', '[\"store\"]', 'cli', "
+                "CURRENT_TIMESTAMP)"))
+            entry = connection.execute(text(
+                "SELECT ae_title, port, move_destination FROM application_entities")).one()
+        assert tokens == ["ohif"]
+        assert tuple(entry) == ("CT1", None, False)  # the server default: not a destination
+        assert pending_changes(index.engine) == []
+    finally:
+        index.dispose()

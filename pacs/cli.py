@@ -87,6 +87,15 @@ def serve(
         str | None, typer.Option("--tls-ca", help="PEM CA certificates client "
                                  "certificates must chain to [none]"),
     ] = None,
+    dimse_tls_port: Annotated[
+        str | None, typer.Option("--dimse-tls-port", help="DICOM TLS port, 2762 by convention "
+                                 "(needs --tls-cert, --tls-key) [none: no TLS listener]"),
+    ] = None,
+    tls_client_cert: Annotated[
+        str | None, typer.Option("--tls-client-cert", help="required | optional | none: DICOM "
+                                 "TLS clients present a certificate chained to --tls-ca "
+                                 "[required]"),
+    ] = None,
     database_url: DatabaseUrl = None,
     peer: Annotated[
         list[str] | None,
@@ -132,7 +141,8 @@ def serve(
     settings = _settings(
         data_dir=data_dir, ae_title=ae_title, dimse_port=dimse_port, dimse_host=dimse_host,
         http_host=http_host, http_port=http_port, tls_cert=tls_cert, tls_key=tls_key,
-        tls_ca=tls_ca, database_url=database_url, peers=peer, qa=qa,
+        tls_ca=tls_ca, dimse_tls_port=dimse_tls_port, tls_client_cert=tls_client_cert,
+        database_url=database_url, peers=peer, qa=qa,
         overwrite=overwrite, log_level=log_level, dimse_processes=dimse_processes,
         cors_origins=cors_origins, max_request_mb=max_request_mb, routes=route,
         modalities=modality, stable_seconds=stable_seconds, retention_days=retention_days,

@@ -29,6 +29,14 @@ class QaMode(StrEnum):
     MANUAL = "manual"
 
 
+class TlsClientCert(StrEnum):
+    """Whether a DICOM TLS client must present a certificate (chained to ``tls_ca``)."""
+
+    REQUIRED = "required"
+    OPTIONAL = "optional"  # when it presents one, it is checked as if required
+    NONE = "none"  # none is asked for
+
+
 def check_ae_title(value: str) -> str:
     """Validate an AE title (PS3.5 6.2) and return it without padding."""
     title = value.strip()
@@ -95,6 +103,16 @@ class Settings(BaseSettings):
     )
     tls_ca: Path | None = Field(
         default=None, description="PEM CA certificates that client certificates must chain to",
+    )
+    dimse_tls_port: int | None = Field(
+        default=None, description="DICOM TLS port (PS3.15 Annex B; 2762 by convention) beside "
+        "the plain DIMSE port, on dimse_host; needs tls_cert and tls_key (none: no TLS listener)",
+    )
+    tls_client_cert: TlsClientCert = Field(
+        default=TlsClientCert.REQUIRED, validate_default=True,
+        description="DICOM TLS clients must present a certificate that chains to tls_ca, is "
+        "valid now and names their address (required); may present one, checked alike "
+        "(optional); are not asked for one (none)",
     )
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default SQLite file under the data dir"
@@ -218,9 +236,14 @@ class Settings(BaseSettings):
 
     @field_validator("tls_cert", "tls_ca")
     @classmethod
-    def _pem_file(cls, value: Path | None) -> Path | None:
+    def _pem_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         if value is not None and not value.is_file():
             raise ValueError(f"{value}: no such file")
+        if value is not None and info.field_name == "tls_ca":
+            try:  # read once here: a bad file is one line at start-up
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=value)
+            except (ssl.SSLError, OSError, ValueError):
+                raise ValueError(f"{value}: no PEM CA certificate in it") from None
         return value
 
     @field_validator("tls_key")
@@ -247,6 +270,30 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{value} is not the unencrypted PEM private key of {cert}"
             ) from None
+        return value
+
+    @field_validator("dimse_tls_port")
+    @classmethod
+    def _dimse_tls_port(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is None:
+            return None
+        check_port(value)
+        if not ({"tls_cert", "tls_key"} <= info.data.keys()):
+            return value  # a bad --tls-cert or --tls-key was reported already
+        if info.data["tls_cert"] is None or info.data["tls_key"] is None:
+            raise ValueError("needs --tls-cert and --tls-key (the server's certificate)")
+        if value and value == info.data.get("dimse_port"):
+            raise ValueError(f"port {value} is the plain DIMSE port (--dimse-port) too")
+        return value
+
+    @field_validator("tls_client_cert")
+    @classmethod
+    def _tls_client_cert(cls, value: TlsClientCert, info: ValidationInfo) -> TlsClientCert:
+        """Client certificates are verified against ``tls_ca``: without one, only ``none``."""
+        if (info.data.get("dimse_tls_port") is not None and value is not TlsClientCert.NONE
+                and "tls_ca" in info.data and info.data["tls_ca"] is None):
+            raise ValueError(f"{value} needs --tls-ca (the CA client certificates must chain "
+                             "to); or 'none' to ask clients for no certificate")
         return value
 
     @field_validator("peers", mode="before")

@@ -83,9 +83,12 @@ class RefusalAudit:
     def __init__(self, count: Callable[..., bool] | None) -> None:
         self.count = count
 
-    def note(self, *, host: str, action: str, reason: str, ae_title: str | None = None) -> bool:
-        """Count one refusal of ``host`` (and its calling AE title, when known); True when it
-        is the first of its kind since the last write (worth a log line)."""
+    def note(self, *, host: str, action: str, reason: str, ae_title: str | None = None,
+             tls_subject: str | None = None) -> bool:
+        """Count one refusal of ``host`` (and its calling AE title and TLS client certificate
+        subject, when known); True when it is the first of its kind since the last write
+        (worth a log line)."""
         if self.count is None:
             return True
-        return self.count(who=actor("dimse", ae_title, host), action=action, reason=reason)
+        who = actor("dimse", ae_title, host, tls_subject=tls_subject)
+        return self.count(who=who, action=action, reason=reason)

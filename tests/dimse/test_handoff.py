@@ -18,7 +18,7 @@ def test_a_worker_reports_closed_connections_and_a_dead_worker_releases_the_rest
     dispatcher.start(count.release)
     adopted: list[tuple[socket.socket, tuple[str, int]]] = []
     worker = threading.Thread(target=handoff.receive_forever,
-                              args=(worker_end, lambda c, a: adopted.append((c, a))))
+                              args=(worker_end, lambda c, a, _tls: adopted.append((c, a))))
     worker.start()
     pairs = [socket.socketpair() for _ in range(3)]
     try:

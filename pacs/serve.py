@@ -36,7 +36,7 @@ from pacs.services.ingest import IngestService
 from pacs.services.query import QueryService
 from pacs.services.retrieve import Destination, RetrieveService
 from pacs.services.routing import RoutingService, Worker
-from pacs.services.tls import BCP195_TLS12_CIPHERS, harden_tls, server_context
+from pacs.services.tls_listener import BCP195_TLS12_CIPHERS, harden_tls, server_context
 from pacs.services.workflow import QaGate, RouteRule, WorkflowService
 from pacs.settings import QaMode, Settings, TlsClientCert
 from storage.blobs import FileStore

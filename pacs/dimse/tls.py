@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pacs.dimse.guard import RefusalAudit
-from pacs.services.tls import PeerCertificate, Resolver, resolve
+from pacs.services.tls_listener import PeerCertificate, Resolver, resolve
 
 log = logging.getLogger(__name__)
 

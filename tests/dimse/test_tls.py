@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from pacs.services.tls import PeerCertificate
+from pacs.services.tls_listener import PeerCertificate
 from pacs.settings import Settings
 from storage.index.workflow import AuditRecord
 from tests.factories import datasets as f

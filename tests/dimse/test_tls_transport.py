@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from pacs.dimse import tuning
-from pacs.services.tls import server_context
+from pacs.services.tls_listener import server_context
 from tests.support.pki import make_server_pki
 
 

@@ -78,7 +78,8 @@ def serve(
     http_port: Annotated[str | None, typer.Option("--http-port", help="[8042]")] = None,
     tls_cert: Annotated[
         str | None, typer.Option("--tls-cert", help="PEM certificate chain: the HTTP port "
-                                 "speaks HTTPS only (with --tls-key) [none: plain HTTP]"),
+                                 "speaks HTTPS only (with --tls-key), and it is the DICOM TLS "
+                                 "port's [none: plain HTTP]"),
     ] = None,
     tls_key: Annotated[
         str | None, typer.Option("--tls-key", help="PEM private key of --tls-cert")

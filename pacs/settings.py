@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     http_port: int = 8042
     tls_cert: Path | None = Field(
         default=None, description="PEM certificate chain (server certificate first); with "
-        "tls_key the HTTP listener speaks HTTPS only, with HSTS",
+        "tls_key the HTTP listener speaks HTTPS only, with HSTS; the DICOM TLS listener's too",
     )
     tls_key: Path | None = Field(
         default=None, validate_default=True,

@@ -29,6 +29,7 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 ## bench: ingest benchmark against DCMTK storescp, Orthanc and pacs (SQLite, PostgreSQL),
+## with C-STORE over DICOM TLS beside plain on one association (TLS / plain, same run),
 ## then the query/retrieve benchmark (C-FIND at 10k and 100k instances, C-MOVE, C-GET);
 ## BENCH_QUERY_ARGS=--orthanc adds Orthanc to the latter (filling it takes minutes);
 ## BENCH_BASELINE=REF also runs pacs from git commit REF, alternated, for an A/B in one run

@@ -3,6 +3,7 @@
     python -m bench.ingest                       # 2,000 small + 300 CT 512x512, all targets
     python -m bench.ingest --small 200 --ct 30   # quick run
     python -m bench.ingest --rss-run 10000       # plus peak RSS of pacs after 10,000 instances
+    python -m bench.ingest --no-tls              # without the DICOM TLS runs
 
 Why it is built this way (bench/README.md has the long version):
 
@@ -17,6 +18,9 @@ Why it is built this way (bench/README.md has the long version):
   client or server near 11-25 instances/s. One extra run shows that effect on the client.
 * Every measured run gets a fresh server and a fresh data folder, and ``sync`` runs before it,
   so writes still being flushed from the previous run do not count against the next.
+* DICOM TLS: each 1-association run of pacs-sqlite and storescp is followed at once by the
+  same run over TLS (``storescu +tls``, a client certificate, the server's TLS port), and the
+  report gives TLS / plain from those pairs: the cost of encryption, not of the machine's mood.
 * No timing is asserted: the figures are printed next to the issue's targets and saved to
   ``bench/results/``. The exit code is 1 only when a run failed outright (a store was refused,
   an instance count was wrong, a server did not start).
@@ -32,6 +36,7 @@ import os
 import platform
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -76,6 +81,7 @@ GOAL_SMALL_VS_ORTHANC = 0.75
 GOAL_CT_VS_ORTHANC = 1.0
 GOAL_PARALLEL_GAIN = 1.5
 GOAL_RSS_MB = 300.0
+GOAL_TLS_VS_PLAIN = 0.8
 
 
 def log(message: str) -> None:
@@ -198,12 +204,15 @@ class Shape:
     associations: int
     nodelay: bool = True
     title: str = ""
+    tls: bool = False  # DICOM TLS: storescu +tls to the server's TLS port
 
     @property
     def label(self) -> str:
         if self.title:
             return self.title
         text = f"{self.size} {self.associations} assoc"
+        if self.tls:
+            text += ", TLS"
         return text if self.nodelay else f"{text}, client Nagle on"
 
 
@@ -215,6 +224,39 @@ SHAPES = (
 )
 NAGLE_SHAPE = Shape("small-1-nagle", "small", 1, nodelay=False)
 RSS_SHAPE = Shape("rss", "small", 4, title="RSS run, small 4 assoc")
+TLS_SHAPES = {  # the plain shape -> its TLS twin, run right after it
+    "small-1": Shape("small-1-tls", "small", 1, tls=True),
+    "ct512-1": Shape("ct512-1-tls", "ct512", 1, tls=True),
+}
+TLS_TARGETS = ("storescp", "pacs-sqlite")
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A CA, the server's certificate and a client certificate (for 127.0.0.1), PEM files."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+    @classmethod
+    def make(cls, folder: Path) -> TlsFiles:
+        from tests.support.pki import client_cert, make_ca, server_cert
+
+        folder.mkdir(parents=True, exist_ok=True)
+        ca = make_ca("pacs bench CA")
+        cert, key = server_cert(ca).write(folder, "server")
+        client, client_key = client_cert(ca, "bench client", ips=(LOOPBACK,)).write(
+            folder, "client")
+        return cls(ca.write_cert(folder / "ca.pem"), cert, key, client, client_key)
+
+    def storescu_args(self) -> list[str]:
+        """DCMTK's client options: this certificate, the CA, the non-downgrading BCP 195
+        profile (TLS 1.2+)."""
+        return ["+tls", str(self.client_key), str(self.client_cert), "+cf", str(self.ca),
+                "--profile-bcp195-nd"]
 
 
 @dataclass(frozen=True)
@@ -236,7 +278,8 @@ def split(files: Sequence[str], parts: int) -> list[list[str]]:
 
 
 def send(
-    corpus: Corpus, profile: Path, port: int, called_aet: str, shape: Shape, work: Path
+    corpus: Corpus, profile: Path, port: int, called_aet: str, shape: Shape, work: Path,
+    tls: TlsFiles | None = None,
 ) -> SendResult:
     """Run `shape.associations` storescu processes at once; wall time from first start to last exit.
 
@@ -259,6 +302,7 @@ def send(
                 "-xf",
                 str(profile),
                 STORESCU_PROFILE,
+                *(tls.storescu_args() if tls is not None else []),
                 LOOPBACK,
                 str(port),
                 *chunk,
@@ -314,8 +358,9 @@ class Server:
     def __init__(self, work: Path) -> None:
         self.work = work
         self.aet = "ANY-SCP"
-        self.port = 0
+        self.port = 0  # where storescu sends: the TLS port when ``tls`` is set
         self.proc: subprocess.Popen[bytes] | None = None
+        self.tls: TlsFiles | None = None  # DICOM TLS (storescp and pacs)
 
     def start(self) -> None:
         raise NotImplementedError
@@ -360,7 +405,11 @@ class Storescp(Server):
         self.aet, self.port = "STORESCP", free_port()
         out = self.work / "received"
         out.mkdir(parents=True)
-        argv = ["storescp", "--fork", "-aet", self.aet, "-od", str(out), str(self.port)]
+        argv = ["storescp", "--fork", "-aet", self.aet, "-od", str(out)]
+        if self.tls is not None:
+            argv += ["+tls", str(self.tls.server_key), str(self.tls.server_cert),
+                     "+cf", str(self.tls.ca), "--profile-bcp195-nd"]
+        argv.append(str(self.port))
         self.proc = start_process(argv, self.work / "storescp.log", env=server_env())
         wait_until(lambda: port_listening(self.port), self.proc, START_TIMEOUT_S, "storescp")
 
@@ -421,12 +470,18 @@ class Pacs(Server):
         ]
         if self.database_url:
             argv += ["--database-url", self.database_url]
+        context = None
+        if self.tls is not None:  # DICOM TLS on its own port (HTTP speaks HTTPS then)
+            self.port = free_port()
+            argv += ["--dimse-tls-port", str(self.port), "--tls-cert", str(self.tls.server_cert),
+                     "--tls-key", str(self.tls.server_key), "--tls-ca", str(self.tls.ca)]
+            context = ssl.create_default_context(cafile=str(self.tls.ca))
         env = server_env()
         if self.tree is not None:  # ``python -m pacs.cli`` from that tree's folder
             env["PYTHONPATH"] = str(self.tree)
         self.proc = start_process(argv, self.work / "pacs.log", env=env, cwd=self.tree or REPO)
-        health = f"http://{LOOPBACK}:{http_port}/health"
-        wait_until(lambda: http_ok(health), self.proc, START_TIMEOUT_S, "pacs serve")
+        health = f"{'https' if context else 'http'}://{LOOPBACK}:{http_port}/health"
+        wait_until(lambda: http_ok(health, context), self.proc, START_TIMEOUT_S, "pacs serve")
 
     def stored_count(self) -> int | None:
         """Files in the blob store (``objects/``), when the store has that layout."""
@@ -550,6 +605,7 @@ class Bench:
     postgres_url: str
     keep: bool = False
     baseline_tree: Path | None = None
+    tls: TlsFiles | None = None
     counter: int = 0
     runs: list[Run] = field(default_factory=list)
 
@@ -559,7 +615,16 @@ class Bench:
         path.mkdir(parents=True)
         return path
 
-    def server(self, target: str, work: Path, database_url: str | None) -> Server:
+    def server(self, target: str, work: Path, database_url: str | None, tls: bool = False
+               ) -> Server:
+        server = self._server(target, work, database_url)
+        if tls:
+            if self.tls is None:
+                self.tls = TlsFiles.make(self.root / "tls")
+            server.tls = self.tls
+        return server
+
+    def _server(self, target: str, work: Path, database_url: str | None) -> Server:
         if target == "storescp":
             return Storescp(work)
         if target == "orthanc":
@@ -576,12 +641,13 @@ def run_once(bench: Bench, target: str, shape: Shape, corpus: Corpus) -> Run:
     work = bench.workdir(target, shape)
     try:
         with _database_for(bench, target, work.name) as database_url:
-            server = bench.server(target, work, database_url)
+            server = bench.server(target, work, database_url, tls=shape.tls)
             try:
                 server.start()
                 os.sync()
                 result = send(
-                    corpus, bench.profiles[shape.size], server.port, server.aet, shape, work
+                    corpus, bench.profiles[shape.size], server.port, server.aet, shape, work,
+                    tls=server.tls,
                 )
                 run.seconds, run.error = result.seconds, result.error
                 run.rss_mb = server.peak_rss_mb()
@@ -705,6 +771,7 @@ def render(
     out += _ratio_section(runs, targets)
     if nagle_count:
         out += _nagle_section(runs, targets, nagle_count)
+    out += _tls_section(runs, targets)
     out += _goal_section(runs, targets, rss_count)
     failures = [r for r in runs if r.error]
     if failures:
@@ -763,6 +830,30 @@ def _nagle_section(runs: Sequence[Run], targets: Sequence[str], count: int) -> l
     return out
 
 
+def _tls_section(runs: Sequence[Run], targets: Sequence[str]) -> list[str]:
+    """TLS / plain of the same shape, from runs made back to back in this bench."""
+    measured = [t for t in TLS_TARGETS if t in targets
+                and any(summarize(runs, t, s.key) for s in TLS_SHAPES.values())]
+    if not measured:
+        return []
+    out = ["", "## DICOM TLS (storescu +tls, 1 association; each TLS run right after its plain "
+           "run)", "", "| target | " + " | ".join(
+               f"{s.label} | {s.label}, TLS | TLS / plain" for s in SHAPES if s.key in TLS_SHAPES)
+           + " |", "|---" * (1 + 3 * len(TLS_SHAPES)) + "|"]
+    for target in measured:
+        cells = []
+        for plain, tls in TLS_SHAPES.items():
+            cells += [_cell(summarize(runs, target, plain)),
+                      _cell(summarize(runs, target, tls.key)),
+                      _fmt_ratio(_tls_ratio(runs, target, plain))]
+        out.append(f"| {target} | " + " | ".join(cells) + " |")
+    return out
+
+
+def _tls_ratio(runs: Sequence[Run], target: str, plain: str) -> float | None:
+    return _ratio(_rate(runs, target, TLS_SHAPES[plain].key), _rate(runs, target, plain))
+
+
 def _verdict(value: float | None, goal: float, higher_is_better: bool = True) -> str:
     if value is None:
         return "n/a"
@@ -794,6 +885,14 @@ def _goal_section(runs: Sequence[Run], targets: Sequence[str], rss_count: int) -
             out.append(
                 f"| {pacs}: {size} 4 assoc / 1 assoc | ≥ {GOAL_PARALLEL_GAIN} | "
                 f"{_fmt_ratio(gain)} | {_verdict(gain, GOAL_PARALLEL_GAIN)} |"
+            )
+    for plain, tls in TLS_SHAPES.items():
+        if summarize(runs, "pacs-sqlite", tls.key) is not None:
+            ratio = _tls_ratio(runs, "pacs-sqlite", plain)
+            out.append(
+                f"| pacs-sqlite: C-STORE over DICOM TLS / plain, {tls.size} 1 assoc | "
+                f"≥ {GOAL_TLS_VS_PLAIN} | {_fmt_ratio(ratio)} | "
+                f"{_verdict(ratio, GOAL_TLS_VS_PLAIN)} |"
             )
     rss_fig = summarize(runs, "pacs-sqlite", RSS_SHAPE.key)
     if rss_fig is not None:
@@ -848,6 +947,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="where servers keep their data during a run (default: system temp)",
     )
     ap.add_argument("--keep", action="store_true", help="keep server data folders and logs")
+    ap.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"follow each 1-association run of {' and '.join(TLS_TARGETS)} with the same run "
+        "over DICOM TLS, and report TLS / plain (default: on)",
+    )
     ap.add_argument(
         "--baseline",
         metavar="REF",
@@ -1027,6 +1133,8 @@ def _measure(
             run_once(bench, target, shape, corpus)
             if target == "pacs-sqlite" and BASELINE in targets and shape in SHAPES:
                 run_once(bench, BASELINE, shape, corpus)  # the pair, back to back
+            if args.tls and target in TLS_TARGETS and shape.key in TLS_SHAPES:
+                run_once(bench, target, TLS_SHAPES[shape.key], corpus)  # its TLS twin
     if args.rss_run > 0 and "pacs-sqlite" in targets:
         log(f"peak RSS run: {args.rss_run} small instances to pacs-sqlite")
         run_once(bench, "pacs-sqlite", RSS_SHAPE, corpora["small"].head(args.rss_run))

@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -59,10 +60,10 @@ def http_get_json(url: str, timeout: float = 5.0) -> Any:
         return json.loads(response.read() or b"null")
 
 
-def http_ok(url: str) -> bool:
-    """Whether GET `url` answers 200 now."""
+def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
+    """Whether GET `url` answers 200 now (``context``: the TLS client context of https)."""
     try:
-        with urllib.request.urlopen(url, timeout=2.0) as response:
+        with urllib.request.urlopen(url, timeout=2.0, context=context) as response:
             return int(response.status) == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False

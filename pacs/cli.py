@@ -84,7 +84,8 @@ def serve(
     http_port: Annotated[str | None, typer.Option("--http-port", help="[8042]")] = None,
     tls_cert: Annotated[
         str | None, typer.Option("--tls-cert", help="PEM certificate chain: the HTTP port "
-                                 "speaks HTTPS only (with --tls-key) [none: plain HTTP]"),
+                                 "speaks HTTPS only (with --tls-key), and it is the DICOM TLS "
+                                 "port's [none: plain HTTP]"),
     ] = None,
     tls_key: Annotated[
         str | None, typer.Option("--tls-key", help="PEM private key of --tls-cert")
@@ -92,6 +93,15 @@ def serve(
     tls_ca: Annotated[
         str | None, typer.Option("--tls-ca", help="PEM CA certificates client "
                                  "certificates must chain to [none]"),
+    ] = None,
+    dimse_tls_port: Annotated[
+        str | None, typer.Option("--dimse-tls-port", help="DICOM TLS port, 2762 by convention "
+                                 "(needs --tls-cert, --tls-key) [none: no TLS listener]"),
+    ] = None,
+    tls_client_cert: Annotated[
+        str | None, typer.Option("--tls-client-cert", help="required | optional | none: DICOM "
+                                 "TLS clients present a certificate chained to --tls-ca "
+                                 "[required]"),
     ] = None,
     database_url: DatabaseUrl = None,
     peer: Annotated[
@@ -169,7 +179,8 @@ def serve(
     settings = _settings(
         data_dir=data_dir, ae_title=ae_title, dimse_port=dimse_port, dimse_host=dimse_host,
         http_host=http_host, http_port=http_port, tls_cert=tls_cert, tls_key=tls_key,
-        tls_ca=tls_ca, database_url=database_url, peers=peer, dimse_access=dimse_access, qa=qa,
+        tls_ca=tls_ca, dimse_tls_port=dimse_tls_port, tls_client_cert=tls_client_cert,
+        database_url=database_url, peers=peer, dimse_access=dimse_access, qa=qa,
         overwrite=overwrite, log_level=log_level, dimse_processes=dimse_processes,
         cors_origins=cors_origins, max_request_mb=max_request_mb, oidc_issuer=oidc_issuer,
         oidc_audience=oidc_audience, oidc_jwks_file=oidc_jwks_file,

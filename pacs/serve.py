@@ -40,8 +40,9 @@ from pacs.services.query import QueryService
 from pacs.services.retrieve import Destination, RetrieveService
 from pacs.services.routing import RoutingService, Worker
 from pacs.services.syslog import SyslogHeader, SyslogTarget, sender_for
+from pacs.services.tls_listener import BCP195_TLS12_CIPHERS, harden_tls, server_context
 from pacs.services.workflow import QaGate, RouteRule, WorkflowService
-from pacs.settings import DimseAccess, QaMode, Settings
+from pacs.settings import DimseAccess, QaMode, Settings, TlsClientCert
 from storage.blobs import FileStore
 from storage.index import Index
 
@@ -185,6 +186,8 @@ def _dimse_server(settings: Settings, services: Services) -> DimseServer:
         refusals=services.audit.refusal,
         registry=(services.ae_registry
                   if settings.effective_dimse_access is DimseAccess.REGISTERED else None),
+        tls_port=settings.dimse_tls_port or 0,
+        tls_context=_dimse_tls_context(settings),
     )
 
 
@@ -196,6 +199,18 @@ def register_flags(settings: Settings, services: Services) -> None:
     for title in kept:
         log.info("AE %s: registered with pacs ae add, left as it is (the flag naming it "
                  "changes nothing)", title)
+
+
+_CLIENT_CERTS = {TlsClientCert.REQUIRED: ssl.CERT_REQUIRED,
+                 TlsClientCert.OPTIONAL: ssl.CERT_OPTIONAL, TlsClientCert.NONE: ssl.CERT_NONE}
+
+
+def _dimse_tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The DICOM TLS listener's context (PS3.15 Annex B, BCP 195), when it has a port."""
+    if settings.dimse_tls_port is None or settings.tls_cert is None or settings.tls_key is None:
+        return None
+    return server_context(settings.tls_cert, settings.tls_key, ca=settings.tls_ca,
+                          client_certs=_CLIENT_CERTS[settings.tls_client_cert])
 
 
 def _web(settings: Settings, services: Services) -> Web:
@@ -257,20 +272,6 @@ def _audit_exporter(settings: Settings, services: Services) -> AuditExporter | N
         target=str(target),
     )
 
-
-BCP195_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
-"""The TLS 1.2 cipher suites of BCP 195 (RFC 9325 4.2; the profiles of PS3.15 Annex B): ephemeral
-ECDH key exchange (forward secrecy) with an AEAD cipher, AES-GCM or ChaCha20-Poly1305, for RSA
-and ECDSA certificates alike. TLS 1.3's suites are all of that kind and are left as OpenSSL has
-them."""
-
-
-def harden_tls(context: ssl.SSLContext) -> None:
-    """A server context to BCP 195: TLS 1.2 at least (RFC 8996 deprecates 1.0 and 1.1), its
-    AEAD + ECDHE suites only, the server's order of preference, no TLS compression (CRIME)."""
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_ciphers(BCP195_TLS12_CIPHERS)
-    context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_COMPRESSION
 
 
 def serve(settings: Settings) -> int:
@@ -338,14 +339,18 @@ def serve(settings: Settings) -> int:
             try:
                 dimse.start(dispatcher=workers.dispatcher())
             except OSError as error:
-                log.error("cannot listen for DIMSE on %s:%d: %s", settings.dimse_host,
-                          settings.dimse_port, error.strerror or error)
+                ports = f"{settings.dimse_port}" + (f" or {settings.dimse_tls_port} (TLS)"
+                                                    if settings.dimse_tls_port else "")
+                log.error("cannot listen for DIMSE on %s:%s: %s", settings.dimse_host,
+                          ports, error.strerror or error)
                 return 1
             log.info(
-                "pacs serving: DIMSE %s on port %d (%d processes, access: %s), HTTP on "
+                "pacs serving: DIMSE %s on port %d%s (%d processes, access: %s), HTTP on "
                 "%s://%s:%d (index: %s, data: %s)",
-                settings.ae_title, dimse.port, workers.count + 1,
-                settings.effective_dimse_access.value,
+                settings.ae_title, dimse.port,
+                f", DICOM TLS on port {dimse.tls_port} (client certificates: "
+                f"{settings.tls_client_cert})" if dimse.tls is not None else "",
+                workers.count + 1, settings.effective_dimse_access.value,
                 "https" if config.is_ssl else "http", settings.http_host,
                 settings.http_port, services.index.describe(), settings.data_dir,
             )

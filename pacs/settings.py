@@ -40,6 +40,15 @@ class DimseAccess(StrEnum):
     ANY = "any"  # any calling AE, any called AE title, every service
 
 
+class TlsClientCert(StrEnum):
+    """Whether a DICOM TLS client must present a certificate (chained to ``tls_ca``)."""
+
+    REQUIRED = "required"
+    OPTIONAL = "optional"  # when it presents one, it is checked as if required
+    NONE = "none"  # none is asked for
+
+
+
 def check_port(value: int) -> int:
     if not 0 <= value <= 65535:
         raise ValueError(f"port {value} is out of range 0-65535")
@@ -97,7 +106,7 @@ class Settings(BaseSettings):
     http_port: int = 8042
     tls_cert: Path | None = Field(
         default=None, description="PEM certificate chain (server certificate first); with "
-        "tls_key the HTTP listener speaks HTTPS only, with HSTS",
+        "tls_key the HTTP listener speaks HTTPS only, with HSTS; the DICOM TLS listener's too",
     )
     tls_key: Path | None = Field(
         default=None, validate_default=True,
@@ -105,6 +114,16 @@ class Settings(BaseSettings):
     )
     tls_ca: Path | None = Field(
         default=None, description="PEM CA certificates that client certificates must chain to",
+    )
+    dimse_tls_port: int | None = Field(
+        default=None, description="DICOM TLS port (PS3.15 Annex B; 2762 by convention) beside "
+        "the plain DIMSE port, on dimse_host; needs tls_cert and tls_key (none: no TLS listener)",
+    )
+    tls_client_cert: TlsClientCert = Field(
+        default=TlsClientCert.REQUIRED, validate_default=True,
+        description="DICOM TLS clients must present a certificate that chains to tls_ca, is "
+        "valid now and names their address (required); may present one, checked alike "
+        "(optional); are not asked for one (none)",
     )
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default SQLite file under the data dir"
@@ -263,9 +282,14 @@ class Settings(BaseSettings):
 
     @field_validator("tls_cert", "tls_ca")
     @classmethod
-    def _pem_file(cls, value: Path | None) -> Path | None:
+    def _pem_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         if value is not None and not value.is_file():
             raise ValueError(f"{value}: no such file")
+        if value is not None and info.field_name == "tls_ca":
+            try:  # read once here: a bad file is one line at start-up
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=value)
+            except (ssl.SSLError, OSError, ValueError):
+                raise ValueError(f"{value}: no PEM CA certificate in it") from None
         return value
 
     @field_validator("tls_key")
@@ -300,6 +324,30 @@ class Settings(BaseSettings):
         if value is None or not value.strip():
             return None
         return str(SyslogTarget.parse(value))
+
+    @field_validator("dimse_tls_port")
+    @classmethod
+    def _dimse_tls_port(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is None:
+            return None
+        check_port(value)
+        if not ({"tls_cert", "tls_key"} <= info.data.keys()):
+            return value  # a bad --tls-cert or --tls-key was reported already
+        if info.data["tls_cert"] is None or info.data["tls_key"] is None:
+            raise ValueError("needs --tls-cert and --tls-key (the server's certificate)")
+        if value and value == info.data.get("dimse_port"):
+            raise ValueError(f"port {value} is the plain DIMSE port (--dimse-port) too")
+        return value
+
+    @field_validator("tls_client_cert")
+    @classmethod
+    def _tls_client_cert(cls, value: TlsClientCert, info: ValidationInfo) -> TlsClientCert:
+        """Client certificates are verified against ``tls_ca``: without one, only ``none``."""
+        if (info.data.get("dimse_tls_port") is not None and value is not TlsClientCert.NONE
+                and "tls_ca" in info.data and info.data["tls_ca"] is None):
+            raise ValueError(f"{value} needs --tls-ca (the CA client certificates must chain "
+                             "to); or 'none' to ask clients for no certificate")
+        return value
 
     @field_validator("peers", mode="before")
     @classmethod

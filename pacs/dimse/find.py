@@ -17,6 +17,7 @@ from pynetdicom.dsutils import decode
 from pacs.dimse import encoding, tuning
 from pacs.dimse.identifiers import FIND_MODELS, find_request, response
 from pacs.dimse.status import Status, query_status
+from pacs.dimse.tls import subject_of
 from pacs.services.errors import PacsError
 from pacs.services.query import QueryService
 from pacs.services.workflow import actor
@@ -56,7 +57,8 @@ class Find:
     def run(self) -> None:
         requestor = self.scp.assoc.requestor
         calling = str(requestor.ae_title).strip()
-        who = actor("dimse", calling, requestor.address)
+        who = actor("dimse", calling, requestor.address,
+                    tls_subject=subject_of(self.scp.assoc))
         try:
             identifier = decode(
                 cast(BytesIO, self.request.Identifier),

@@ -85,13 +85,13 @@ class RefusalAudit:
         self.count = count
 
     def note(self, *, host: str, action: str, reason: str, ae_title: str | None = None,
-             detail: dict[str, Any] | None = None) -> bool:
-        """Count one refusal of ``host`` (and its calling AE title, when known); True when it
-        is the first of its kind since the last write (worth a log line). ``detail`` is kept
-        of the first of a kind."""
+             detail: dict[str, Any] | None = None, tls_subject: str | None = None) -> bool:
+        """Count one refusal of ``host`` (and its calling AE title and TLS client certificate
+        subject, when known); True when it is the first of its kind since the last write
+        (worth a log line). ``detail`` is kept of the first of a kind."""
         if self.count is None:
             return True
-        who = actor("dimse", ae_title, host)
+        who = actor("dimse", ae_title, host, tls_subject=tls_subject)
         if detail is None:
             return self.count(who=who, action=action, reason=reason)
         return self.count(who=who, action=action, reason=reason, detail=detail)

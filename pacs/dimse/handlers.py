@@ -9,7 +9,7 @@ from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
-from pacs.dimse import tuning
+from pacs.dimse import tls, tuning
 from pacs.dimse.access import AccessControl, rejection
 from pacs.dimse.guard import PduLimits, RefusalAudit
 from pacs.dimse.inflight import InFlight
@@ -77,8 +77,10 @@ class DimseHandlers:
 
     def on_established(self, event: Event) -> None:
         requestor = event.assoc.requestor
-        log.info("association from %s at %s:%s", _calling_ae(event), requestor.address,
-                 requestor.port)
+        peer = tls.peer_of(event.assoc)
+        over = f" over TLS ({peer.subject or 'no client certificate'})" if peer else ""
+        log.info("association from %s at %s:%s%s", _calling_ae(event), requestor.address,
+                 requestor.port, over)
 
     def on_conn_close(self, event: Event) -> None:
         tuning.release_association(event.assoc)
@@ -148,6 +150,7 @@ def _origin(event: Event) -> Origin:
         protocol="dimse",
         ae_title=_calling_ae(event),
         address=f"{requestor.address}:{requestor.port}",
+        tls_subject=tls.subject_of(event.assoc),
     )
 
 

@@ -4,7 +4,8 @@ pynetdicom runs each association in a thread, and the GIL keeps a process on one
 is CPU-bound (PDU decoding, header parsing, SQL). The listening process therefore hands each
 accepted connection, round robin, to itself or to a worker process: the socket's file
 descriptor travels over a Unix socket pair (SCM_RIGHTS), and the worker serves the association
-as if it had accepted it.
+as if it had accepted it. A connection to the DICOM TLS port travels raw too, marked as such:
+the process that serves it does the TLS handshake (``tls.py``).
 
 The listening process counts the connections of each source address (``guard.py``) wherever
 they are served: a worker sends back the address of every connection it has finished
@@ -52,15 +53,17 @@ class Dispatcher:
             threading.Thread(target=self._read_reports, args=(channel, released),
                              name="dimse-handoff-reports", daemon=True).start()
 
-    def hand_off(self, connection: socket.socket, address: tuple[str, int]) -> bool:
-        """True when a worker took the connection (the caller closes its own copy)."""
+    def hand_off(self, connection: socket.socket, address: tuple[str, int], *,
+                 tls: bool = False) -> bool:
+        """True when a worker took the connection (the caller closes its own copy); ``tls``:
+        it came to the DICOM TLS port (not yet wrapped)."""
         host = str(address[0])
         with self._lock:
             target = next(self._targets)
             if target is None:
                 return False
             self._held[target][host] += 1
-        message = json.dumps([host, address[1]]).encode()
+        message = json.dumps([host, address[1], tls]).encode()
         try:
             socket.send_fds(target, [message], [connection.fileno()])
         except OSError as error:  # the worker is gone: serve it here
@@ -98,9 +101,10 @@ class Dispatcher:
 
 
 def receive_forever(
-    channel: socket.socket, adopt: Callable[[socket.socket, tuple[str, int]], None]
+    channel: socket.socket, adopt: Callable[[socket.socket, tuple[str, int], bool], None]
 ) -> None:
-    """In a worker: adopt every connection sent over ``channel`` until it closes."""
+    """In a worker: ``adopt(connection, address, tls)`` every connection sent over ``channel``
+    until it closes."""
     while True:
         try:
             message, fds, _flags, _address = socket.recv_fds(channel, _MAX_MESSAGE, 1)
@@ -108,8 +112,8 @@ def receive_forever(
             return
         if not message or not fds:
             return
-        host, port = json.loads(message)
-        adopt(socket.socket(fileno=fds[0]), (str(host), int(port)))
+        host, port, tls = json.loads(message)
+        adopt(socket.socket(fileno=fds[0]), (str(host), int(port)), bool(tls))
 
 
 def report_closed(channel: socket.socket, host: str) -> None:

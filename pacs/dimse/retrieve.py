@@ -23,6 +23,7 @@ from pacs.dimse import encoding, tuning
 from pacs.dimse.contexts import missing_context
 from pacs.dimse.identifiers import GET_MODELS, MOVE_MODELS, retrieve_query
 from pacs.dimse.status import Status, query_status
+from pacs.dimse.tls import subject_of
 from pacs.services.errors import PacsError
 from pacs.services.retrieve import RetrievePlan, RetrieveService
 from pacs.services.workflow import actor
@@ -69,7 +70,8 @@ class Retrieval:
         ]
         # for the audit trail: who asked, how, and (once known) what was planned
         requestor = scp.assoc.requestor
-        self.who = actor("dimse", str(requestor.ae_title).strip(), requestor.address)
+        self.who = actor("dimse", str(requestor.ae_title).strip(), requestor.address,
+                         tls_subject=subject_of(scp.assoc))
         self.how = (f"C-MOVE to {str(request.MoveDestination).strip()}"
                     if isinstance(request, C_MOVE) else "C-GET")
         self.plan: RetrievePlan | None = None

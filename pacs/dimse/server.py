@@ -4,12 +4,17 @@ A peer is bounded (``guard.py``): the listening process closes at once a connect
 address that already holds ``max_connections_per_host`` (counting those served by workers);
 every association reads PDUs within ``limits`` (size by type, time to arrive), and its set-up
 (ARTIM, PS3.8 9.1.5) and idleness (network timeout) last at most ``limits.read_timeout``.
+
+With a TLS context, a second listener on ``tls_port`` serves the same AE and services over
+DICOM TLS (PS3.15 Annex B): its connections are accepted, counted and handed off like plain
+ones, and wrapped in the thread that serves them (``tls.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +31,7 @@ from pacs.dimse.handoff import Dispatcher
 from pacs.dimse.inflight import InFlight
 from pacs.dimse.qr import QueryRetrieveServices
 from pacs.dimse.qr import install as install_service_classes
+from pacs.dimse.tls import TlsAcceptor
 from pacs.services.ingest import IngestService
 from pacs.services.query import QueryService
 from pacs.services.retrieve import RetrieveService
@@ -34,7 +40,8 @@ log = logging.getLogger(__name__)
 
 
 class DimseServer:
-    """Listens on ``host:port`` as ``ae_title``; one thread per association."""
+    """Listens on ``host:port`` (and, with ``tls_context``, on ``host:tls_port`` for DICOM
+    TLS) as ``ae_title``; one thread per association."""
 
     def __init__(
         self,
@@ -53,6 +60,8 @@ class DimseServer:
         max_connections_per_host: int = 16,
         refusals: Callable[..., bool] | None = None,
         registry: Registry | None = None,
+        tls_port: int = 0,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         """``registry``: only the AEs it admits may associate, for their services, and only
         to ``ae_title`` (``access.py``); None: any calling AE, any called AE title."""
@@ -73,6 +82,9 @@ class DimseServer:
         )
         self.handlers = DimseHandlers(ingest, self.inflight, self.limits, self.refusals,
                                       self.access)
+        self.tls_port = tls_port
+        self.tls = (TlsAcceptor(tls_context, timeout=read_timeout, refusals=self.refusals)
+                    if tls_context is not None else None)
         self.ae = AE(ae_title=ae_title)
         self.ae.maximum_associations = max_associations
         self.ae.maximum_pdu_size = max_pdu_size
@@ -81,6 +93,7 @@ class DimseServer:
         self.ae.require_called_aet = False
         self.accept_unknown_sop_classes = accept_unknown_sop_classes
         self._server: Any = None
+        self._tls_server: Any = None
         self._listening = False
 
     def start(
@@ -95,54 +108,79 @@ class DimseServer:
         tuning.enable_lean_store_requests()
         self.handlers.receive_files = self._receive_files
         install_service_classes(self.query_retrieve)
-        server_class = _ListeningServer if listen else _AdoptingServer
         contexts = scp_contexts()
         unknown = UnknownStorageClasses(contexts, accept_stores=self.accept_unknown_sop_classes)
         requested = self.access.before(unknown) if self.access is not None else unknown
-        server: Any = self.ae.make_server(
-            (self.host, self.port),
-            ae_title=self.ae_title,
-            contexts=contexts,
-            evt_handlers=[*self.handlers.bindings(), (evt.EVT_REQUESTED, requested)],
-            server_class=server_class,
-            request_handler=tuning.CountedHandler,
-        )
-        server.dispatcher = dispatcher
-        server.connections = self.connections
-        server.refusals = self.refusals
-        if not listen:
-            server.report_closed = report_closed
-        elif dispatcher is not None:
+        handlers: list[Any] = [*self.handlers.bindings(), (evt.EVT_REQUESTED, requested)]
+
+        def make(port: int, tls: TlsAcceptor | None) -> Any:
+            server: Any = self.ae.make_server(
+                (self.host, port),
+                ae_title=self.ae_title,
+                contexts=contexts,
+                evt_handlers=handlers,
+                server_class=_ListeningServer if listen else _AdoptingServer,
+                request_handler=tuning.CountedHandler,
+            )
+            server.dispatcher = dispatcher
+            server.connections = self.connections
+            server.refusals = self.refusals
+            server.tls = tls
+            if not listen:
+                server.report_closed = report_closed
+            tuning.register_server(self.ae, server)
+            return server
+
+        self._server = make(self.port, None)
+        if self.tls is not None:
+            try:
+                self._tls_server = make(self.tls_port, self.tls)
+            except BaseException:
+                self._close(self._server)
+                self._server = None
+                raise
+        if listen and dispatcher is not None:
             dispatcher.start(self.connections.release)
-        tuning.register_server(self.ae, server)
-        self._server = server
         self._listening = listen
         if listen:
-            threading.Thread(
-                target=server.serve_forever, name="dimse-listener", daemon=True
-            ).start()
-            self.port = server.server_address[1]
-            log.info("DIMSE %s listening on %s:%d", self.ae_title, self.host, self.port)
+            self.port = self._listen(self._server, "dimse-listener", "DIMSE")
+            if self._tls_server is not None:
+                self.tls_port = self._listen(self._tls_server, "dimse-tls-listener",
+                                             "DICOM TLS")
 
-    def adopt(self, connection: socket.socket, address: tuple[str, int]) -> None:
-        """Serve a connection accepted by the listening process."""
-        if self._server is None:
+    def _listen(self, server: Any, thread: str, what: str) -> int:
+        threading.Thread(target=server.serve_forever, name=thread, daemon=True).start()
+        port = int(server.server_address[1])
+        log.info("%s %s listening on %s:%d", what, self.ae_title, self.host, port)
+        return port
+
+    def _close(self, server: Any) -> None:
+        server.server_close()
+        tuning.unregister_server(self.ae, server)
+
+    def adopt(self, connection: socket.socket, address: tuple[str, int], tls: bool = False
+              ) -> None:
+        """Serve a connection accepted by the listening process (on its TLS port: ``tls``)."""
+        server = self._tls_server if tls else self._server
+        if server is None:
             connection.close()
             return
-        self._server.process_request(connection, address)
+        server.process_request(connection, address)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop accepting, abort open associations, wait for in-flight stores to finish."""
         if self._server is None:
             return
-        server, self._server = self._server, None
-        if self._listening:
-            server.shutdown()  # stops serve_forever, closes the socket
-        else:
-            server.server_close()
-            tuning.unregister_server(self.ae, server)
-        for assoc in list(server.active_associations):
-            assoc.abort()
+        servers = [self._server, *([self._tls_server] if self._tls_server else [])]
+        self._server = self._tls_server = None
+        for server in servers:
+            if self._listening:
+                server.shutdown()  # stops serve_forever, closes the socket
+            else:
+                self._close(server)
+        for server in servers:
+            for assoc in list(server.active_associations):
+                assoc.abort()
         if not self.inflight.wait_idle(timeout):
             log.warning(
                 "%d DIMSE requests still running after %.0f s", self.inflight.count, timeout
@@ -158,6 +196,7 @@ class _ListeningServer(ThreadedAssociationServer):
     dispatcher: Dispatcher | None = None
     connections: ConnectionCount
     refusals: RefusalAudit
+    tls: TlsAcceptor | None = None  # a DICOM TLS port: wrapped where it is served
 
     def process_request(self, request: Any, client_address: Any) -> None:
         host = str(client_address[0])
@@ -167,7 +206,8 @@ class _ListeningServer(ThreadedAssociationServer):
                 log.warning("refusing DIMSE connections from %s: it has %d open already",
                             host, self.connections.limit)
             return
-        if self.dispatcher is not None and self.dispatcher.hand_off(request, client_address):
+        if self.dispatcher is not None and self.dispatcher.hand_off(
+                request, client_address, tls=self.tls is not None):
             request.close()  # the worker holds its own descriptor of the connection
             return
         _serve(self, request, client_address)
@@ -183,6 +223,7 @@ class _AdoptingServer(ThreadedAssociationServer):
     dispatcher: Dispatcher | None = None
     connections: ConnectionCount
     refusals: RefusalAudit
+    tls: TlsAcceptor | None = None
     report_closed: Callable[[str], None] | None = None
 
     def server_bind(self) -> None:

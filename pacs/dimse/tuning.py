@@ -26,7 +26,8 @@
    acceptor polls its socket every 0.1 ms (``_run_loop_delay``), which costs a fifth of a core
    per idle association and starves concurrent ones; ours sleeps in ``select`` on the socket
    and a wake-up pipe written by ``send_pdu`` (:class:`_DulClock`), so it wakes for data either
-   way and idles for free.
+   way and idles for free. Under TLS it first asks ``SSLSocket.pending()``: bytes OpenSSL has
+   already decrypted are invisible to ``select``.
 11. ``DIMSEMessage.decode_msg``: a received C-STORE-RQ's command set is read by
    ``decoding.py`` instead of pydicom (:func:`enable_lean_store_requests`); the loop is
    pynetdicom 3.0's otherwise. Only while pynetdicom's standard log handlers are off: they
@@ -38,10 +39,13 @@
    the whole body, blocking for as long as the peer likes. An acceptor's is ours
    (:func:`bound_pdus`): a PDU longer than ``guard.PduLimits`` allows for its type is refused
    (A-ABORT, connection closed) before its body is read, and a PDU must arrive whole within
-   the read timeout; the body is read into one buffer, not 4 KiB at a time.
+   the read timeout; the body is read into one buffer, not 4 KiB at a time. Over TLS the
+   bound is the ``SSLSocket``'s own timeout: a blocking ``SSLSocket`` retries a read that the
+   kernel's SO_RCVTIMEO ended, for ever.
 13. ``RequestHandler._create_association`` and ``Association.run``: :class:`CountedHandler`
    is pynetdicom's request handler, telling its server when the association's thread ends,
-   so that connections per address are counted until they close (``guard.py``).
+   so that connections per address are counted until they close (``guard.py``); on a DICOM
+   TLS listener it first wraps the connection and handshakes, in that thread (``tls.py``).
 
 pynetdicom is pinned to 3.0.x in pyproject.toml; ``tests/dimse/test_tuning.py`` fails if any of
 these attributes disappears.
@@ -53,6 +57,7 @@ import logging
 import os
 import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -342,6 +347,8 @@ class _DulClock:
         if waker is None or raw is None or getattr(dul, "_kill_thread", False):
             time.sleep(seconds)
             return
+        if isinstance(raw, ssl.SSLSocket) and raw.pending():
+            return  # decrypted bytes wait in OpenSSL's buffer: select would not see them
         try:
             ready, _, _ = select.select([waker.read_fd, raw], [], [], DUL_IDLE_WAIT_S)
         except (OSError, ValueError):  # the socket was closed under us
@@ -446,7 +453,12 @@ def bound_pdus(assoc: Any, limits: PduLimits,
 
 def _wait_at_most(raw: socket.socket, seconds: float) -> None:
     """Each recv and send on ``raw`` waits at most ``seconds``, then fails with EAGAIN: the
-    kernel's timeouts, not ``settimeout``, which costs a ``poll`` before every call."""
+    kernel's timeouts, not ``settimeout``, which costs a ``poll`` before every call. An
+    ``SSLSocket`` gets ``settimeout`` (TimeoutError): it polls only when OpenSSL wants more
+    bytes, and a blocking one would retry a read the kernel's timeout ended."""
+    if isinstance(raw, ssl.SSLSocket):
+        raw.settimeout(max(seconds, 1e-6))
+        return
     whole = int(seconds)
     micro = max(int((seconds - whole) * 1_000_000), 0 if whole else 1)  # (0 s: no timeout)
     value = struct.pack("ll", whole, micro)
@@ -563,9 +575,19 @@ class CountedHandler(RequestHandler):
 
     def handle(self) -> None:
         closed: Callable[[Any], None] = getattr(self.server, "connection_closed")  # noqa: B009
+        secure = getattr(self.server, "tls", None)  # a tls.TlsAcceptor on a DICOM TLS port
         address = self.client_address
         try:
+            peer = None
+            if secure is not None:
+                peer = secure.handshake(self.request, address)
+                if peer is None:  # refused: closed and audited
+                    closed(address)
+                    return
+                self.request = peer.connection
             assoc = self._create_association()
+            if peer is not None:
+                peer.attach(assoc)
             run = assoc.run
 
             def run_then_report() -> None:

@@ -63,6 +63,7 @@ class Origin:
     protocol: str  # "dimse", "dicomweb", "import"
     ae_title: str | None = None
     address: str | None = None
+    tls_subject: str | None = None  # the subject of a TLS client certificate
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,8 @@ class IngestService:
                 )
                 state = result.study_state
                 if self.gate is not None:
-                    who = actor(origin.protocol, origin.ae_title, origin.address)
+                    who = actor(origin.protocol, origin.ae_title, origin.address,
+                                tls_subject=origin.tls_subject)
                     state = self.gate.after_store(repo, row, result, who)
         except OutOfResources as error:
             if created and not isinstance(error.__cause__, IndexNotDurable):

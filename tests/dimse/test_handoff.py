@@ -18,7 +18,7 @@ def test_a_worker_reports_closed_connections_and_a_dead_worker_releases_the_rest
     dispatcher.start(count.release)
     adopted: list[tuple[socket.socket, tuple[str, int]]] = []
     worker = threading.Thread(target=handoff.receive_forever,
-                              args=(worker_end, lambda c, a: adopted.append((c, a))))
+                              args=(worker_end, lambda c, a, _tls: adopted.append((c, a))))
     worker.start()
     pairs = [socket.socketpair() for _ in range(3)]
     try:
@@ -54,3 +54,28 @@ def test_a_worker_reports_closed_connections_and_a_dead_worker_releases_the_rest
         for ours, theirs in pairs:
             ours.close()
             theirs.close()
+
+
+def test_a_connection_to_the_tls_port_is_handed_off_raw_and_marked() -> None:
+    """The worker wraps it (DICOM TLS handshakes where the association is served)."""
+    listener_end, worker_end = handoff.channel_pair()
+    dispatcher = handoff.Dispatcher([listener_end])
+    adopted: list[tuple[tuple[str, int], bool]] = []
+    worker = threading.Thread(target=handoff.receive_forever,
+                              args=(worker_end, lambda c, a, tls: (adopted.append((a, tls)),
+                                                                   c.close())))
+    worker.start()
+    ours, theirs = socket.socketpair()
+    try:
+        assert not dispatcher.hand_off(ours, ("127.0.0.1", 1), tls=True)  # this process
+        assert dispatcher.hand_off(ours, ("127.0.0.1", 2), tls=True)
+        assert not dispatcher.hand_off(ours, ("127.0.0.1", 3))
+        assert dispatcher.hand_off(ours, ("127.0.0.1", 4))
+        until("the worker adopted both", lambda: len(adopted) == 2, 10)
+        assert adopted == [(("127.0.0.1", 2), True), (("127.0.0.1", 4), False)]
+    finally:
+        handoff.stop(listener_end)
+        worker.join(10)
+        worker_end.close()
+        ours.close()
+        theirs.close()

@@ -56,6 +56,12 @@ def test_pynetdicom_internals_we_tune_still_exist() -> None:
     from pynetdicom.transport import RequestHandler
 
     assert {"_create_association", "start"} <= set(RequestHandler.handle.__code__.co_names)
+    # DICOM TLS (tls.py): pynetdicom's readiness check sees decrypted bytes OpenSSL holds, and
+    # its server handshakes in the accepting thread only when given an ssl_context (ours never)
+    assert "pending" in AssociationSocket.ready.fget.__code__.co_names
+    from pynetdicom.transport import AssociationServer
+
+    assert "ssl_context" in AssociationServer.get_request.__code__.co_names
     # our decode_msg is pynetdicom's loop with a lean C-STORE-RQ branch (tuning 11.)
     original = tuning._PYNETDICOM_DECODE_MSG or DIMSEMessage.decode_msg
     theirs = set(original.__code__.co_names)

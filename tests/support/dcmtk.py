@@ -33,8 +33,15 @@ def run(name: str, *args: str, timeout: float = 600) -> subprocess.CompletedProc
     )
 
 
-def echoscu(port: int, aec: str = "PACS") -> subprocess.CompletedProcess[str]:
-    return run("echoscu", "-aec", aec, "127.0.0.1", str(port))
+def echoscu(port: int, aec: str = "PACS", *, extra: tuple[str, ...] = ()
+            ) -> subprocess.CompletedProcess[str]:
+    return run("echoscu", "-aec", aec, *extra, "127.0.0.1", str(port))
+
+
+def tls(key: Path, cert: Path, ca: Path) -> tuple[str, ...]:
+    """DCMTK's DICOM TLS options: this client key and certificate, trusting ``ca`` for the
+    server's certificate, with the Non-downgrading BCP 195 profile (TLS 1.2+, PS3.15 B.9)."""
+    return ("+tls", str(key), str(cert), "+cf", str(ca), "--profile-bcp195-nd")
 
 
 def storescu_config(files: Iterable[Path], path: Path) -> Path:
@@ -60,11 +67,12 @@ def storescu_config(files: Iterable[Path], path: Path) -> Path:
 
 
 def storescu(
-    port: int, files: list[Path], *, workdir: Path, aec: str = "PACS", aet: str = "STORESCU"
+    port: int, files: list[Path], *, workdir: Path, aec: str = "PACS", aet: str = "STORESCU",
+    extra: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
     """Send files over one association, proposing exactly the syntaxes they are stored in."""
     config = storescu_config(files, workdir / f"storescu-{id(files)}.cfg")
-    args = ["-v", "-aet", aet, "-aec", aec, "-xf", str(config), "Default"]
+    args = ["-v", "-aet", aet, "-aec", aec, "-xf", str(config), "Default", *extra]
     return run("storescu", *args, "127.0.0.1", str(port), *map(str, files))
 
 

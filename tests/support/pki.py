@@ -154,11 +154,15 @@ def server_cert(ca: Issued, *, host: str = "localhost", ips: Sequence[str] = ("1
 
 
 def client_cert(ca: Issued, common_name: str = "pacs test client", *,
+                ips: Sequence[str] = (), dns: Sequence[str] = (),
                 key_type: KeyType = "ec256", not_before: datetime | None = None,
                 days: float = 365) -> Issued:
-    """A client certificate (extendedKeyUsage clientAuth), e.g. a modality's for DICOM TLS."""
-    return issue(ca, common_name, usage="client", key_type=key_type, not_before=not_before,
-                 days=days)
+    """A client certificate (extendedKeyUsage clientAuth), e.g. a modality's for DICOM TLS,
+    naming the client by ``ips`` and ``dns`` (its subjectAltName, which DICOM TLS checks
+    against the connection's source address)."""
+    return issue(ca, common_name, dns=dns, ips=ips, usage="client", key_type=key_type,
+                 not_before=not_before, days=days)
+
 
 
 @dataclass(frozen=True)

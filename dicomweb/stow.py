@@ -45,9 +45,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from dicomweb.accept import parse_accept
-from dicomweb.context import Web, base_url
 from dicomweb.dicom_xml import to_native_xml
-from dicomweb.errors import HttpError
 from dicomweb.multipart_reader import (
     MalformedMultipart,
     MediaType,
@@ -56,6 +54,9 @@ from dicomweb.multipart_reader import (
     PartEnd,
     PartStart,
 )
+from dicomweb.urls import base_url
+from pacs.http.context import Web, WebDep
+from pacs.http.errors import HttpError
 from pacs.services.errors import (
     InvalidInstance,
     NotDicom,
@@ -144,24 +145,23 @@ _OPENAPI: dict[str, Any] = {
 }
 
 
-def router(web: Web) -> APIRouter:
-    routes = APIRouter(tags=["STOW-RS"])
+router = APIRouter(tags=["STOW-RS"])
 
-    @routes.post(
-        "/studies", name="stow_studies", summary="Store instances (STOW-RS)",
-        response_class=Response, openapi_extra=_OPENAPI,
-    )
-    async def store_instances(request: Request) -> Response:
-        return await _store(web, request, study=None)
 
-    @routes.post(
-        "/studies/{study}", summary="Store instances of one study (STOW-RS)",
-        response_class=Response, openapi_extra=_OPENAPI,
-    )
-    async def store_study_instances(study: str, request: Request) -> Response:
-        return await _store(web, request, study=study)
+@router.post(
+    "/studies", name="stow_studies", summary="Store instances (STOW-RS)",
+    response_class=Response, openapi_extra=_OPENAPI,
+)
+async def store_instances(request: Request, web: WebDep) -> Response:
+    return await _store(web, request, study=None)
 
-    return routes
+
+@router.post(
+    "/studies/{study}", summary="Store instances of one study (STOW-RS)",
+    response_class=Response, openapi_extra=_OPENAPI,
+)
+async def store_study_instances(study: str, request: Request, web: WebDep) -> Response:
+    return await _store(web, request, study=study)
 
 
 async def _store(web: Web, request: Request, *, study: str | None) -> Response:

@@ -42,7 +42,8 @@ from storage.blobs import FileStore
 from storage.index import Index
 
 if TYPE_CHECKING:
-    from dicomweb.context import Web
+    from dicomweb.wado_services import WadoServices
+    from pacs.http.context import Web
 
 log = logging.getLogger("pacs")
 
@@ -167,8 +168,7 @@ def _dimse_server(settings: Settings, services: Services) -> DimseServer:
 
 
 def _web(settings: Settings, services: Services) -> Web:
-    from dicomweb.context import Web, WebOptions
-    from dicomweb.wado_services import wado_services
+    from pacs.http.context import Web, WebOptions
 
     origins, methods = settings.effective_cors
     return Web(
@@ -183,8 +183,13 @@ def _web(settings: Settings, services: Services) -> Web:
         ),
         workflow=services.workflow,
         routing=services.routing,
-        wado=wado_services(services.retrieve, cache_dir=settings.data_dir / "cache" / "metadata"),
     )
+
+
+def _wado(settings: Settings, services: Services) -> WadoServices:
+    from dicomweb.wado_services import wado_services
+
+    return wado_services(services.retrieve, cache_dir=settings.data_dir / "cache" / "metadata")
 
 
 def _background(settings: Settings, services: Services) -> list[Worker]:
@@ -229,9 +234,9 @@ def serve(settings: Settings) -> int:
     # import this module and never serve HTTP (about 18 MB less each).
     import uvicorn
 
-    from dicomweb.app import create_app
-    from dicomweb.security import RefusalAudit
-    from dicomweb.server import HttpLimits, HttpServer, guarded_protocol
+    from pacs.http.security import RefusalAudit
+    from pacs.http.server import HttpLimits, HttpServer, guarded_protocol
+    from pacs.web import create_app
 
     configure_logging(settings.log_level)
     with open_services(settings) as services:
@@ -248,7 +253,8 @@ def serve(settings: Settings) -> int:
             return http_started.is_set() and dimse.port != 0 and workers.ready()
 
         refusals = RefusalAudit(services.audit.refusal)
-        app = create_app(web=_web(settings, services), is_ready=is_ready, audit=refusals)
+        app = create_app(web=_web(settings, services), wado_services=_wado(settings, services),
+                         is_ready=is_ready, audit=refusals)
         limits = HttpLimits(
             header_timeout=settings.http_header_timeout,
             max_connections=settings.http_max_connections,

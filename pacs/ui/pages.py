@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -24,8 +25,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from dicomweb.context import BASE_PATH, Web, client_actor
-from dicomweb.errors import status_of
+from pacs.http.context import DICOMWEB_PATH, WebDep, Who
+from pacs.http.errors import status_of
 from pacs.services.errors import InvalidQuery, PacsError
 from pacs.services.query import QueryService
 from pacs.services.workflow import CORRECTABLE, TRANSITIONS, Action, StudyReview
@@ -52,134 +53,140 @@ def static_files() -> StaticFiles:
     return StaticFiles(directory=_HERE / "static")
 
 
+@cache
 def templates() -> Jinja2Templates:
+    """The page templates, loaded once, at the first page asked for."""
     built = Jinja2Templates(directory=_HERE / "templates")
     built.env.filters.update(da=_da, when=_when, compact=_compact, grouped=_grouped)
     built.env.globals.update(
         correctable=tuple(CORRECTABLE), retryable=RETRYABLE_JOBS, states=tuple(STATES),
-        allowed=_allowed, dicomweb=BASE_PATH,
+        allowed=_allowed, dicomweb=DICOMWEB_PATH,
     )
     return built
 
 
-def router(web: Web) -> APIRouter:
-    ui = APIRouter(include_in_schema=False)
-    workflow, routing = web.workflow, web.routing
-    if workflow is None or routing is None:
-        return ui
-    pages = templates()
+router = APIRouter(include_in_schema=False)
 
-    def render(request: Request, name: str, build: Callable[[], dict[str, Any]]) -> Response:
-        """The page ``name`` with what ``build`` gathered, or the service's error as a page."""
-        try:
-            context = build()
-        except PacsError as error:
-            return _error_page(pages, request, status_of(error), str(error))
-        return pages.TemplateResponse(request, name, {**_notice(request), **context})
 
-    async def act(request: Request, call: Callable[[dict[str, str]], str],
-                  back: str) -> Response:
-        """Run one action with the posted form, then redirect to ``back`` (or the form's
-        ``next``) with ``flash`` (the action's summary) or ``error`` (the service's refusal).
-        A form posted from another site never gets here
-        (:class:`dicomweb.security.CrossSiteGuard`)."""
-        form = {key: value for key, value in (await request.form()).items()
-                if isinstance(value, str)}
-        back = _local(form.get("next")) or back
-        try:
-            notice = {"flash": await run_in_threadpool(call, form)}
-        except PacsError as error:
-            notice = {"error": str(error)}
-        return RedirectResponse(_with_query(back, notice), status_code=303)
+def _render(request: Request, name: str, build: Callable[[], dict[str, Any]]) -> Response:
+    """The page ``name`` with what ``build`` gathered, or the service's error as a page."""
+    try:
+        context = build()
+    except PacsError as error:
+        return _error_page(request, status_of(error), str(error))
+    return templates().TemplateResponse(request, name, {**_notice(request), **context})
 
-    @ui.get("/")
-    def home() -> RedirectResponse:
-        return RedirectResponse("/ui/studies", status_code=303)
 
-    @ui.get("/ui/studies", response_class=HTMLResponse)
-    def studies(request: Request, patient_name: str = "", patient_id: str = "",
-                date_from: str = "", date_to: str = "", modality: str = "", state: str = "",
-                page: int = 0) -> Response:
-        search = {"patient_name": patient_name.strip(), "patient_id": patient_id.strip(),
-                  "date_from": date_from.strip(), "date_to": date_to.strip(),
-                  "modality": modality.strip().upper(), "state": state}
+async def _act(request: Request, call: Callable[[dict[str, str]], str], back: str) -> Response:
+    """Run one action with the posted form, then redirect to ``back`` (or the form's
+    ``next``) with ``flash`` (the action's summary) or ``error`` (the service's refusal).
+    A form posted from another site never gets here
+    (:class:`pacs.http.security.CrossSiteGuard`)."""
+    form = {key: value for key, value in (await request.form()).items()
+            if isinstance(value, str)}
+    back = _local(form.get("next")) or back
+    try:
+        notice = {"flash": await run_in_threadpool(call, form)}
+    except PacsError as error:
+        notice = {"error": str(error)}
+    return RedirectResponse(_with_query(back, notice), status_code=303)
 
-        def build() -> dict[str, Any]:
-            if state and state not in STATES:
-                raise InvalidQuery(f"state {state!r} is not one of {', '.join(STATES)}")
-            reviews = workflow.studies(
-                states=[STATES[state]] if state else None,
-                patient_name=search["patient_name"] or None,
-                patient_id=search["patient_id"] or None,
-                date_from=_dicom_date("From", search["date_from"]),
-                date_to=_dicom_date("To", search["date_to"]),
-                modality=search["modality"] or None,
-                limit=PAGE_SIZE + 1, offset=max(page, 0) * PAGE_SIZE)
-            return {"reviews": reviews[:PAGE_SIZE], "search": search, "page": max(page, 0),
-                    "more": len(reviews) > PAGE_SIZE, "query": _filled(search)}
 
-        return render(request, "studies.html", build)
+@router.get("/")
+def home() -> RedirectResponse:
+    return RedirectResponse("/ui/studies", status_code=303)
 
-    @ui.get("/ui/qa", response_class=HTMLResponse)
-    def queue(request: Request) -> Response:
-        return render(request, "qa.html", lambda: {"reviews": workflow.queue()})
 
-    @ui.get("/ui/studies/{study}", response_class=HTMLResponse)
-    def study(request: Request, study: str) -> Response:
-        def build() -> dict[str, Any]:
-            review = workflow.study(study)
-            return {"review": review, "series": _series(web.query, review)}
+@router.get("/ui/studies", response_class=HTMLResponse)
+def studies(request: Request, web: WebDep, patient_name: str = "", patient_id: str = "",
+            date_from: str = "", date_to: str = "", modality: str = "", state: str = "",
+            page: int = 0) -> Response:
+    search = {"patient_name": patient_name.strip(), "patient_id": patient_id.strip(),
+              "date_from": date_from.strip(), "date_to": date_to.strip(),
+              "modality": modality.strip().upper(), "state": state}
 
-        return render(request, "study.html", build)
+    def build() -> dict[str, Any]:
+        if state and state not in STATES:
+            raise InvalidQuery(f"state {state!r} is not one of {', '.join(STATES)}")
+        reviews = web.workflow.studies(
+            states=[STATES[state]] if state else None,
+            patient_name=search["patient_name"] or None,
+            patient_id=search["patient_id"] or None,
+            date_from=_dicom_date("From", search["date_from"]),
+            date_to=_dicom_date("To", search["date_to"]),
+            modality=search["modality"] or None,
+            limit=PAGE_SIZE + 1, offset=max(page, 0) * PAGE_SIZE)
+        return {"reviews": reviews[:PAGE_SIZE], "search": search, "page": max(page, 0),
+                "more": len(reviews) > PAGE_SIZE, "query": _filled(search)}
 
-    @ui.post("/ui/studies/{study}/accept")
-    async def accept(request: Request, study: str) -> Response:
-        def call(form: dict[str, str]) -> str:
-            review = workflow.accept(study, client_actor(request))
-            return f"Accepted {_name(review)}: the study is {review.study.state}."
+    return _render(request, "studies.html", build)
 
-        return await act(request, call, f"/ui/studies/{study}")
 
-    @ui.post("/ui/studies/{study}/reject")
-    async def reject(request: Request, study: str) -> Response:
-        def call(form: dict[str, str]) -> str:
-            review = workflow.reject(study, form.get("reason", ""), client_actor(request))
-            return f"Rejected {_name(review)}: {review.study.rejection_reason}."
+@router.get("/ui/qa", response_class=HTMLResponse)
+def queue(request: Request, web: WebDep) -> Response:
+    return _render(request, "qa.html", lambda: {"reviews": web.workflow.queue()})
 
-        return await act(request, call, f"/ui/studies/{study}")
 
-    @ui.post("/ui/studies/{study}/correct")
-    async def correct(request: Request, study: str) -> Response:
-        def call(form: dict[str, str]) -> str:
-            review = workflow.correct(study, _changes(form), client_actor(request))
-            open_findings = len(review.findings)
-            return (f"Corrected {_name(review)}: the study is {review.study.state}, "
-                    f"{open_findings} open finding{'' if open_findings == 1 else 's'}.")
+@router.get("/ui/studies/{study}", response_class=HTMLResponse)
+def study(request: Request, web: WebDep, study: str) -> Response:
+    def build() -> dict[str, Any]:
+        review = web.workflow.study(study)
+        return {"review": review, "series": _series(web.query, review)}
 
-        return await act(request, call, f"/ui/studies/{study}")
+    return _render(request, "study.html", build)
 
-    @ui.get("/ui/jobs", response_class=HTMLResponse)
-    def jobs(request: Request, study: str = "") -> Response:
-        return render(request, "jobs.html",
-                      lambda: {"jobs": routing.jobs(study.strip() or None),
-                               "study": study.strip()})
 
-    @ui.post("/ui/jobs/{job_id}/retry")
-    async def retry(request: Request, job_id: int) -> Response:
-        def call(form: dict[str, str]) -> str:
-            job = routing.retry(job_id, client_actor(request))
-            return f"Job {job.id} to {job.destination} will run again ({job.state})."
+@router.post("/ui/studies/{study}/accept")
+async def accept(request: Request, web: WebDep, who: Who, study: str) -> Response:
+    def call(form: dict[str, str]) -> str:
+        review = web.workflow.accept(study, who)
+        return f"Accepted {_name(review)}: the study is {review.study.state}."
 
-        return await act(request, call, "/ui/jobs")
+    return await _act(request, call, f"/ui/studies/{study}")
 
-    @ui.get("/ui/audit", response_class=HTMLResponse)
-    def audit(request: Request, study: str = "", action: str = "") -> Response:
-        return render(request, "audit.html", lambda: {
-            "events": workflow.audit_events(study_instance_uid=study.strip() or None,
+
+@router.post("/ui/studies/{study}/reject")
+async def reject(request: Request, web: WebDep, who: Who, study: str) -> Response:
+    def call(form: dict[str, str]) -> str:
+        review = web.workflow.reject(study, form.get("reason", ""), who)
+        return f"Rejected {_name(review)}: {review.study.rejection_reason}."
+
+    return await _act(request, call, f"/ui/studies/{study}")
+
+
+@router.post("/ui/studies/{study}/correct")
+async def correct(request: Request, web: WebDep, who: Who, study: str) -> Response:
+    def call(form: dict[str, str]) -> str:
+        review = web.workflow.correct(study, _changes(form), who)
+        open_findings = len(review.findings)
+        return (f"Corrected {_name(review)}: the study is {review.study.state}, "
+                f"{open_findings} open finding{'' if open_findings == 1 else 's'}.")
+
+    return await _act(request, call, f"/ui/studies/{study}")
+
+
+@router.get("/ui/jobs", response_class=HTMLResponse)
+def jobs(request: Request, web: WebDep, study: str = "") -> Response:
+    return _render(request, "jobs.html",
+                   lambda: {"jobs": web.routing.jobs(study.strip() or None),
+                            "study": study.strip()})
+
+
+@router.post("/ui/jobs/{job_id}/retry")
+async def retry(request: Request, web: WebDep, who: Who, job_id: int) -> Response:
+    def call(form: dict[str, str]) -> str:
+        job = web.routing.retry(job_id, who)
+        return f"Job {job.id} to {job.destination} will run again ({job.state})."
+
+    return await _act(request, call, "/ui/jobs")
+
+
+@router.get("/ui/audit", response_class=HTMLResponse)
+def audit(request: Request, web: WebDep, study: str = "", action: str = "") -> Response:
+    return _render(request, "audit.html", lambda: {
+        "events": web.workflow.audit_events(study_instance_uid=study.strip() or None,
                                             action=action.strip() or None),
-            "study": study.strip(), "action": action.strip()})
-
-    return ui
+        "study": study.strip(), "action": action.strip()})
 
 
 def _series(query: QueryService, review: StudyReview) -> list[dict[str, Any]]:
@@ -233,11 +240,10 @@ def _notice(request: Request) -> dict[str, str]:
     return {key: request.query_params.get(key, "")[:500] for key in ("flash", "error")}
 
 
-def _error_page(pages: Jinja2Templates, request: Request, status: int, message: str
-                ) -> Response:
-    return pages.TemplateResponse(request, "error.html", {"status": status, "message": message,
-                                                          "flash": "", "error": ""},
-                                  status_code=status)
+def _error_page(request: Request, status: int, message: str) -> Response:
+    return templates().TemplateResponse(
+        request, "error.html", {"status": status, "message": message, "flash": "", "error": ""},
+        status_code=status)
 
 
 def _local(target: str | None) -> str | None:

@@ -16,8 +16,10 @@ from fastapi.responses import Response
 from dicomweb import dicom_json
 from dicomweb.query_params import FORMATTED, Resource, check_uid, parse
 from dicomweb.urls import base_url
-from pacs.http.context import Web, WebDep, Who
+from pacs.http.auth import Who, requires
+from pacs.http.context import Web, WebDep
 from pacs.http.errors import HttpError
+from pacs.services.auth import Role
 from pacs.services.errors import PacsError
 from storage.attributes import Level
 
@@ -35,7 +37,7 @@ _DOC = {
 }
 
 
-router = APIRouter(tags=["QIDO-RS"])
+router = APIRouter(tags=["QIDO-RS"], dependencies=[requires(Role.VIEWER)])
 
 
 def _search(web: Web, request: Request, who: str, resource: Resource, **path: str) -> Response:

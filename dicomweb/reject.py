@@ -8,8 +8,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from pacs.http.context import WebDep, Who
+from pacs.http.auth import Who, requires
+from pacs.http.context import WebDep
 from pacs.http.errors import HttpError
+from pacs.services.auth import Role
 
 # PS3.16 CID 7011 "Rejected for ..." document titles (code ^ coding scheme)
 REASONS = {
@@ -20,7 +22,7 @@ REASONS = {
 }
 
 
-router = APIRouter(tags=["Rejection (IOCM)"])
+router = APIRouter(tags=["Rejection (IOCM)"], dependencies=[requires(Role.QA)])
 
 
 @router.post("/studies/{study}/series/{series}/reject/{code}",

@@ -25,8 +25,9 @@ from dicomweb.accept import MediaRange, parse_accept
 from dicomweb.metadata import with_base
 from dicomweb.urls import base_url
 from dicomweb.wado_services import WadoDep, WadoServices
-from pacs.http.context import Who
+from pacs.http.auth import Who, requires
 from pacs.http.errors import HttpError
+from pacs.services.auth import Role
 from pacs.services.errors import CannotTranscode, DecoderBusy, NotFound
 from pacs.services.frames import OCTET_STREAM, FramePart, Offer
 from pacs.services.wado import InstanceFile
@@ -238,8 +239,8 @@ def _metadata_headers(etag: str) -> dict[str, str]:
     return {"ETag": f'W/"{etag}"', "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
 
 
-router = APIRouter(tags=["WADO-RS"])
-uri_router = APIRouter(tags=["WADO-URI"])
+router = APIRouter(tags=["WADO-RS"], dependencies=[requires(Role.VIEWER)])
+uri_router = APIRouter(tags=["WADO-URI"], dependencies=[requires(Role.VIEWER)])
 
 
 def _retrieve(

@@ -76,6 +76,14 @@ def serve(
         str | None, typer.Option("--http-host", help="HTTP bind address [127.0.0.1]")
     ] = None,
     http_port: Annotated[str | None, typer.Option("--http-port", help="[8042]")] = None,
+    auth: Annotated[
+        str | None, typer.Option("--auth", help="none | required: HTTP clients need a bearer "
+                                 "token or a UI session [none]"),
+    ] = None,
+    insecure: Annotated[
+        bool | None, typer.Option("--insecure", help="allow --auth none on a non-loopback "
+                                  "address")
+    ] = None,
     tls_cert: Annotated[
         str | None, typer.Option("--tls-cert", help="PEM certificate chain: the HTTP port "
                                  "speaks HTTPS only (with --tls-key) [none: plain HTTP]"),
@@ -131,12 +139,17 @@ def serve(
     """Run the DIMSE SCP and the HTTP server (DICOMweb, /health) in one process."""
     settings = _settings(
         data_dir=data_dir, ae_title=ae_title, dimse_port=dimse_port, dimse_host=dimse_host,
-        http_host=http_host, http_port=http_port, tls_cert=tls_cert, tls_key=tls_key,
+        http_host=http_host, http_port=http_port, auth=auth, insecure=insecure,
+        tls_cert=tls_cert, tls_key=tls_key,
         tls_ca=tls_ca, database_url=database_url, peers=peer, qa=qa,
         overwrite=overwrite, log_level=log_level, dimse_processes=dimse_processes,
         cors_origins=cors_origins, max_request_mb=max_request_mb, routes=route,
         modalities=modality, stable_seconds=stable_seconds, retention_days=retention_days,
     )
+    refusal = settings.exposed_without_auth
+    if refusal is not None:
+        err.print(f"pacs: error: {refusal}", soft_wrap=True, markup=False)
+        raise typer.Exit(2)
     raise typer.Exit(root.serve(settings))
 
 

@@ -37,7 +37,7 @@ from pacs.services.query import QueryService
 from pacs.services.retrieve import Destination, RetrieveService
 from pacs.services.routing import RoutingService, Worker
 from pacs.services.workflow import QaGate, RouteRule, WorkflowService
-from pacs.settings import QaMode, Settings
+from pacs.settings import AuthMode, QaMode, Settings
 from storage.blobs import FileStore
 from storage.index import Index
 
@@ -234,6 +234,7 @@ def serve(settings: Settings) -> int:
     # import this module and never serve HTTP (about 18 MB less each).
     import uvicorn
 
+    from pacs.http.auth import Access
     from pacs.http.security import RefusalAudit
     from pacs.http.server import HttpLimits, HttpServer, guarded_protocol
     from pacs.web import create_app
@@ -253,8 +254,12 @@ def serve(settings: Settings) -> int:
             return http_started.is_set() and dimse.port != 0 and workers.ready()
 
         refusals = RefusalAudit(services.audit.refusal)
+        access = Access(
+            authenticator=services.authenticator if settings.auth is AuthMode.REQUIRED else None,
+            refusals=services.audit.refusal,
+        )
         app = create_app(web=_web(settings, services), wado_services=_wado(settings, services),
-                         is_ready=is_ready, audit=refusals)
+                         is_ready=is_ready, access=access, audit=refusals)
         limits = HttpLimits(
             header_timeout=settings.http_header_timeout,
             max_connections=settings.http_max_connections,

@@ -3,7 +3,8 @@ composition root; no globals.
 
 Routes: ``/health``; DICOMweb (PS3.18, :mod:`dicomweb`) under ``/dicom-web``: QIDO-RS,
 WADO-RS, STOW-RS, rejection (IOCM); WADO-URI at ``/wado``; the QA and administration REST API
-(:mod:`pacs.api`) under ``/api``; the web UI (:mod:`pacs.ui`) at ``/`` and ``/ui``. Around
+(:mod:`pacs.api`) under ``/api``; the web UI (:mod:`pacs.ui`) at ``/`` and ``/ui``. Each
+route declares the role it needs (:mod:`pacs.http.auth`). Around
 them (:mod:`pacs.http.security`): security headers, the cross-site guard of state-changing
 requests, CORS on DICOMweb for configured origins only, the bound on request bodies.
 
@@ -25,6 +26,7 @@ from dicomweb.wado_services import WadoServices
 from pacs import __version__
 from pacs.api import routes as api
 from pacs.http import errors
+from pacs.http.auth import PUBLIC, Access
 from pacs.http.context import DICOMWEB_PATH, Web
 from pacs.http.security import (
     BodyLimit,
@@ -44,10 +46,11 @@ _NOT_COMPRESSED = (
 
 
 def create_app(*, web: Web, wado_services: WadoServices, is_ready: Callable[[], bool],
-               audit: RefusalAudit | None = None) -> FastAPI:
-    """The HTTP front ends over ``web`` (and ``wado_services`` for WADO). ``is_ready`` tells
-    whether every listener accepts connections; ``audit`` records the requests refused
-    (403 cross-site, 413)."""
+               access: Access | None = None, audit: RefusalAudit | None = None) -> FastAPI:
+    """The HTTP front ends over ``web`` (and ``wado_services`` for WADO). ``access`` says how
+    requests authenticate (default: not at all, ``--auth none``); ``is_ready`` tells whether
+    every listener accepts connections; ``audit`` records the requests refused (403
+    cross-site, 413)."""
     app = FastAPI(
         title="pacs",
         version=__version__,
@@ -59,9 +62,11 @@ def create_app(*, web: Web, wado_services: WadoServices, is_ready: Callable[[], 
     )
     app.state.web = web
     app.state.wado = wado_services
+    app.state.access = access if access is not None else Access()
     errors.install(app)
 
-    @app.get("/health", summary="200 once the DIMSE and HTTP listeners accept connections")
+    @app.get("/health", summary="200 once the DIMSE and HTTP listeners accept connections",
+             dependencies=[PUBLIC])
     def health() -> JSONResponse:
         if is_ready():
             return JSONResponse({"status": "ok"})

@@ -19,18 +19,22 @@ from pacs.api.models import (
     StudyDetailOut,
     StudyOut,
 )
-from pacs.http.context import WebDep, Who
+from pacs.http.auth import Who, requires
+from pacs.http.context import WebDep
+from pacs.services.auth import Role
 from pacs.services.workflow import StudyState
 
 router = APIRouter(prefix="/api", tags=["QA and administration"])
 
 
-@router.get("/qa", summary="The QA queue: quarantined studies with their findings")
+@router.get("/qa", summary="The QA queue: quarantined studies with their findings",
+            dependencies=[requires(Role.QA)])
 def queue(web: WebDep) -> list[StudyOut]:
     return [models.study_out(review) for review in web.workflow.queue()]
 
 
-@router.get("/studies", summary="Studies in any state (for review), newest first")
+@router.get("/studies", summary="Studies in any state (for review), newest first",
+            dependencies=[requires(Role.QA)])
 def studies(
     web: WebDep,
     patient_name: str | None = None, patient_id: str | None = None,
@@ -44,46 +48,54 @@ def studies(
         limit=limit, offset=offset)]
 
 
-@router.get("/studies/{study}", summary="A study's state, findings, history and jobs")
+@router.get("/studies/{study}", summary="A study's state, findings, history and jobs",
+            dependencies=[requires(Role.QA)])
 def study(web: WebDep, study: str) -> StudyDetailOut:
     return models.detail_out(web.workflow.study(study))
 
 
-@router.post("/studies/{study}/accept", summary="Accept a quarantined study (archive it)")
+@router.post("/studies/{study}/accept", summary="Accept a quarantined study (archive it)",
+             dependencies=[requires(Role.QA)])
 def accept(web: WebDep, who: Who, study: str) -> StudyDetailOut:
     return models.detail_out(web.workflow.accept(study, who))
 
 
-@router.post("/studies/{study}/reject", summary="Reject a study, with a reason")
+@router.post("/studies/{study}/reject", summary="Reject a study, with a reason",
+             dependencies=[requires(Role.QA)])
 def reject(web: WebDep, who: Who, study: str, body: RejectIn) -> StudyDetailOut:
     return models.detail_out(web.workflow.reject(study, body.reason, who))
 
 
 @router.patch("/studies/{study}",
-              summary="Correct patient/study attributes in the index and the stored files")
+              summary="Correct patient/study attributes in the index and the stored files",
+              dependencies=[requires(Role.QA)])
 def correct(web: WebDep, who: Who, study: str, body: CorrectionIn) -> StudyDetailOut:
     changes = body.model_dump(exclude_unset=True)
     return models.detail_out(web.workflow.correct(study, changes, who))
 
 
-@router.post("/studies/{study}/merge", summary="File the study under another patient")
+@router.post("/studies/{study}/merge", summary="File the study under another patient",
+             dependencies=[requires(Role.QA)])
 def merge(web: WebDep, who: Who, study: str, body: MergeIn) -> StudyDetailOut:
     return models.detail_out(web.workflow.merge(study, body.PatientID, who,
                                                 body.IssuerOfPatientID))
 
 
-@router.get("/audit", summary="The audit trail, newest first")
+@router.get("/audit", summary="The audit trail, newest first",
+            dependencies=[requires(Role.QA)])
 def audit(web: WebDep, study: str | None = None, action: str | None = None,
           limit: int = Query(default=500, ge=1, le=10000)) -> list[AuditOut]:
     return [models.audit_out(event) for event in web.workflow.audit_events(
         study_instance_uid=study, action=action, limit=limit)]
 
 
-@router.get("/jobs", summary="Routing jobs, newest first")
+@router.get("/jobs", summary="Routing jobs, newest first",
+            dependencies=[requires(Role.ADMIN)])
 def jobs(web: WebDep, study: str | None = None) -> list[JobOut]:
     return [models.job_out(job) for job in web.routing.jobs(study)]
 
 
-@router.post("/jobs/{job_id}/retry", summary="Run a failed (or done) routing job again")
+@router.post("/jobs/{job_id}/retry", summary="Run a failed (or done) routing job again",
+             dependencies=[requires(Role.ADMIN)])
 def retry(web: WebDep, who: Who, job_id: int) -> JobOut:
     return models.job_out(web.routing.retry(job_id, who))

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends
-from starlette.requests import Request
+from starlette.requests import HTTPConnection
 
 from pacs.services.ingest import IngestService
 from pacs.services.query import QueryService
 from pacs.services.retrieve import RetrieveService
 from pacs.services.routing import RoutingService
-from pacs.services.workflow import WorkflowService, actor
+from pacs.services.workflow import WorkflowService
 
 DICOMWEB_PATH = "/dicom-web"
 """Where the DICOMweb resources live (PS3.18 base URL: ``http://HOST:PORT/dicom-web``)."""
@@ -45,19 +45,10 @@ class Web:
     options: WebOptions = field(default_factory=WebOptions)
 
 
-def web_of(request: Request) -> Web:
+def web_of(request: HTTPConnection) -> Web:
     """The dependency every route that calls a service takes (``web: WebDep``)."""
     web: Web = request.app.state.web
     return web
 
 
 WebDep = Annotated[Web, Depends(web_of)]
-
-
-def client_actor(request: Request) -> str:
-    """Who made an HTTP request, for the audit trail: ``http:ADDRESS``."""
-    return actor("http", address=request.client.host if request.client else None)
-
-
-Who = Annotated[str, Depends(client_actor)]
-"""The actor of the request, as a route parameter (``who: Who``)."""

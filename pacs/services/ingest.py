@@ -63,6 +63,7 @@ class Origin:
     protocol: str  # "dimse", "dicomweb", "import"
     ae_title: str | None = None
     address: str | None = None
+    user: str | None = None  # an authenticated principal's actor (``token:NAME``)
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,8 @@ class IngestService:
                 )
                 state = result.study_state
                 if self.gate is not None:
-                    who = actor(origin.protocol, origin.ae_title, origin.address)
+                    who = actor(origin.protocol, origin.ae_title, origin.address,
+                                user=origin.user)
                     state = self.gate.after_store(repo, row, result, who)
         except OutOfResources as error:
             if created and not isinstance(error.__cause__, IndexNotDurable):

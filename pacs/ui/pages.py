@@ -25,11 +25,13 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from pacs.http.context import DICOMWEB_PATH, WebDep, Who
+from pacs.http.auth import ANONYMOUS, PUBLIC, PrincipalDep, Who, requires
+from pacs.http.context import DICOMWEB_PATH, WebDep
 from pacs.http.errors import status_of
-from pacs.services.errors import InvalidQuery, PacsError
+from pacs.services.auth import Principal, Role
+from pacs.services.errors import InvalidQuery, NotFound, PacsError
 from pacs.services.query import QueryService
-from pacs.services.workflow import CORRECTABLE, TRANSITIONS, Action, StudyReview
+from pacs.services.workflow import CORRECTABLE, TRANSITIONS, Action, StudyReview, StudyState
 from storage.attributes import Level
 from storage.query import Condition, Query, SingleValue
 
@@ -68,13 +70,21 @@ def templates() -> Jinja2Templates:
 router = APIRouter(include_in_schema=False)
 
 
-def _render(request: Request, name: str, build: Callable[[], dict[str, Any]]) -> Response:
+def _render(request: Request, principal: Principal, name: str,
+            build: Callable[[], dict[str, Any]]) -> Response:
     """The page ``name`` with what ``build`` gathered, or the service's error as a page."""
     try:
         context = build()
     except PacsError as error:
-        return _error_page(request, status_of(error), str(error))
-    return templates().TemplateResponse(request, name, {**_notice(request), **context})
+        return _error_page(request, status_of(error), str(error), principal)
+    return templates().TemplateResponse(
+        request, name, {**_notice(request), **_who(principal), **context})
+
+
+def _who(principal: Principal) -> dict[str, Any]:
+    """What every page shows of the principal: who is signed in, and which actions to offer
+    (the routes refuse the others all the same)."""
+    return {"principal": None if principal is ANONYMOUS else principal, "may": principal.may}
 
 
 async def _act(request: Request, call: Callable[[dict[str, str]], str], back: str) -> Response:
@@ -92,13 +102,15 @@ async def _act(request: Request, call: Callable[[dict[str, str]], str], back: st
     return RedirectResponse(_with_query(back, notice), status_code=303)
 
 
-@router.get("/")
+@router.get("/", dependencies=[PUBLIC])
 def home() -> RedirectResponse:
     return RedirectResponse("/ui/studies", status_code=303)
 
 
-@router.get("/ui/studies", response_class=HTMLResponse)
-def studies(request: Request, web: WebDep, patient_name: str = "", patient_id: str = "",
+@router.get("/ui/studies", response_class=HTMLResponse,
+            dependencies=[requires(Role.VIEWER)])
+def studies(request: Request, web: WebDep, principal: PrincipalDep, patient_name: str = "",
+            patient_id: str = "",
             date_from: str = "", date_to: str = "", modality: str = "", state: str = "",
             page: int = 0) -> Response:
     search = {"patient_name": patient_name.strip(), "patient_id": patient_id.strip(),
@@ -108,8 +120,11 @@ def studies(request: Request, web: WebDep, patient_name: str = "", patient_id: s
     def build() -> dict[str, Any]:
         if state and state not in STATES:
             raise InvalidQuery(f"state {state!r} is not one of {', '.join(STATES)}")
-        reviews = web.workflow.studies(
-            states=[STATES[state]] if state else None,
+        states = [STATES[state]] if state else None
+        if not principal.may(Role.QA):  # a viewer sees what every read path shows
+            states = [StudyState.ARCHIVED] if state in ("", StudyState.ARCHIVED) else []
+        reviews = [] if states == [] else web.workflow.studies(
+            states=states,
             patient_name=search["patient_name"] or None,
             patient_id=search["patient_id"] or None,
             date_from=_dicom_date("From", search["date_from"]),
@@ -119,24 +134,27 @@ def studies(request: Request, web: WebDep, patient_name: str = "", patient_id: s
         return {"reviews": reviews[:PAGE_SIZE], "search": search, "page": max(page, 0),
                 "more": len(reviews) > PAGE_SIZE, "query": _filled(search)}
 
-    return _render(request, "studies.html", build)
+    return _render(request, principal, "studies.html", build)
 
 
-@router.get("/ui/qa", response_class=HTMLResponse)
-def queue(request: Request, web: WebDep) -> Response:
-    return _render(request, "qa.html", lambda: {"reviews": web.workflow.queue()})
+@router.get("/ui/qa", response_class=HTMLResponse, dependencies=[requires(Role.QA)])
+def queue(request: Request, web: WebDep, principal: PrincipalDep) -> Response:
+    return _render(request, principal, "qa.html", lambda: {"reviews": web.workflow.queue()})
 
 
-@router.get("/ui/studies/{study}", response_class=HTMLResponse)
-def study(request: Request, web: WebDep, study: str) -> Response:
+@router.get("/ui/studies/{study}", response_class=HTMLResponse,
+            dependencies=[requires(Role.VIEWER)])
+def study(request: Request, web: WebDep, principal: PrincipalDep, study: str) -> Response:
     def build() -> dict[str, Any]:
         review = web.workflow.study(study)
+        if review.study.state != StudyState.ARCHIVED and not principal.may(Role.QA):
+            raise NotFound(f"no study {study}")  # as QIDO-RS and C-FIND answer a viewer
         return {"review": review, "series": _series(web.query, review)}
 
-    return _render(request, "study.html", build)
+    return _render(request, principal, "study.html", build)
 
 
-@router.post("/ui/studies/{study}/accept")
+@router.post("/ui/studies/{study}/accept", dependencies=[requires(Role.QA)])
 async def accept(request: Request, web: WebDep, who: Who, study: str) -> Response:
     def call(form: dict[str, str]) -> str:
         review = web.workflow.accept(study, who)
@@ -145,7 +163,7 @@ async def accept(request: Request, web: WebDep, who: Who, study: str) -> Respons
     return await _act(request, call, f"/ui/studies/{study}")
 
 
-@router.post("/ui/studies/{study}/reject")
+@router.post("/ui/studies/{study}/reject", dependencies=[requires(Role.QA)])
 async def reject(request: Request, web: WebDep, who: Who, study: str) -> Response:
     def call(form: dict[str, str]) -> str:
         review = web.workflow.reject(study, form.get("reason", ""), who)
@@ -154,7 +172,7 @@ async def reject(request: Request, web: WebDep, who: Who, study: str) -> Respons
     return await _act(request, call, f"/ui/studies/{study}")
 
 
-@router.post("/ui/studies/{study}/correct")
+@router.post("/ui/studies/{study}/correct", dependencies=[requires(Role.QA)])
 async def correct(request: Request, web: WebDep, who: Who, study: str) -> Response:
     def call(form: dict[str, str]) -> str:
         review = web.workflow.correct(study, _changes(form), who)
@@ -165,14 +183,14 @@ async def correct(request: Request, web: WebDep, who: Who, study: str) -> Respon
     return await _act(request, call, f"/ui/studies/{study}")
 
 
-@router.get("/ui/jobs", response_class=HTMLResponse)
-def jobs(request: Request, web: WebDep, study: str = "") -> Response:
-    return _render(request, "jobs.html",
+@router.get("/ui/jobs", response_class=HTMLResponse, dependencies=[requires(Role.ADMIN)])
+def jobs(request: Request, web: WebDep, principal: PrincipalDep, study: str = "") -> Response:
+    return _render(request, principal, "jobs.html",
                    lambda: {"jobs": web.routing.jobs(study.strip() or None),
                             "study": study.strip()})
 
 
-@router.post("/ui/jobs/{job_id}/retry")
+@router.post("/ui/jobs/{job_id}/retry", dependencies=[requires(Role.ADMIN)])
 async def retry(request: Request, web: WebDep, who: Who, job_id: int) -> Response:
     def call(form: dict[str, str]) -> str:
         job = web.routing.retry(job_id, who)
@@ -181,9 +199,10 @@ async def retry(request: Request, web: WebDep, who: Who, job_id: int) -> Respons
     return await _act(request, call, "/ui/jobs")
 
 
-@router.get("/ui/audit", response_class=HTMLResponse)
-def audit(request: Request, web: WebDep, study: str = "", action: str = "") -> Response:
-    return _render(request, "audit.html", lambda: {
+@router.get("/ui/audit", response_class=HTMLResponse, dependencies=[requires(Role.QA)])
+def audit(request: Request, web: WebDep, principal: PrincipalDep, study: str = "",
+          action: str = "") -> Response:
+    return _render(request, principal, "audit.html", lambda: {
         "events": web.workflow.audit_events(study_instance_uid=study.strip() or None,
                                             action=action.strip() or None),
         "study": study.strip(), "action": action.strip()})
@@ -240,9 +259,11 @@ def _notice(request: Request) -> dict[str, str]:
     return {key: request.query_params.get(key, "")[:500] for key in ("flash", "error")}
 
 
-def _error_page(request: Request, status: int, message: str) -> Response:
+def _error_page(request: Request, status: int, message: str, principal: Principal
+                ) -> Response:
     return templates().TemplateResponse(
-        request, "error.html", {"status": status, "message": message, "flash": "", "error": ""},
+        request, "error.html", {"status": status, "message": message, "flash": "", "error": "",
+                                **_who(principal)},
         status_code=status)
 
 

@@ -30,7 +30,7 @@ def test_create_list_revoke(tmp_path: Path, database_url: str) -> None:
 
     index = Index(database_url)
     try:
-        assert TokenService(index=index).authenticate(secret) == Principal("ohif", Role.VIEWER)
+        assert TokenService(index=index).authenticate(secret) == Principal.of("ohif", Role.VIEWER)
 
         listed = pacs("token", "list", *where)
         assert listed.returncode == 0, listed.stderr

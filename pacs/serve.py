@@ -36,6 +36,7 @@ from pacs.services.ingest import IngestService
 from pacs.services.query import QueryService
 from pacs.services.retrieve import Destination, RetrieveService
 from pacs.services.routing import RoutingService, Worker
+from pacs.services.sessions import SessionService
 from pacs.services.workflow import QaGate, RouteRule, WorkflowService
 from pacs.settings import AuthMode, QaMode, Settings
 from storage.blobs import FileStore
@@ -65,6 +66,7 @@ class Services:
     routing: RoutingService
     tokens: TokenService
     authenticator: Authenticator
+    sessions: SessionService
 
 
 @contextmanager
@@ -119,6 +121,7 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
             ),
             tokens=tokens,
             authenticator=Authenticator(tokens=tokens),
+            sessions=SessionService(index=index),
         )
         yield services
     finally:
@@ -183,6 +186,7 @@ def _web(settings: Settings, services: Services) -> Web:
         ),
         workflow=services.workflow,
         routing=services.routing,
+        sessions=services.sessions,
     )
 
 
@@ -254,9 +258,11 @@ def serve(settings: Settings) -> int:
             return http_started.is_set() and dimse.port != 0 and workers.ready()
 
         refusals = RefusalAudit(services.audit.refusal)
+        required = settings.auth is AuthMode.REQUIRED
         access = Access(
-            authenticator=services.authenticator if settings.auth is AuthMode.REQUIRED else None,
-            refusals=services.audit.refusal,
+            authenticator=services.authenticator if required else None,
+            sessions=services.sessions if required else None,
+            refusals=services.audit.refusal, record=services.audit.record,
         )
         app = create_app(web=_web(settings, services), wado_services=_wado(settings, services),
                          is_ready=is_ready, access=access, audit=refusals)

@@ -36,6 +36,7 @@ from pacs.http.security import (
     SecurityHeaders,
 )
 from pacs.ui import pages as ui
+from pacs.ui import sign_in
 
 # Bulk answers are compressed already or are streamed files: gzip only the JSON and text.
 _NOT_COMPRESSED = (
@@ -79,6 +80,7 @@ def create_app(*, web: Web, wado_services: WadoServices, is_ready: Callable[[], 
     app.include_router(wado.uri_router)
     app.include_router(api.router)
     app.include_router(ui.router)
+    app.include_router(sign_in.router)
     app.mount(ui.STATIC_PATH, ui.static_files(), name="ui-static")
 
     app.add_middleware(

@@ -49,6 +49,14 @@ class SessionLookup(Protocol):
     def principal(self, session_id: str) -> Principal | None: ...
 
 
+class Recorder(Protocol):
+    """:meth:`pacs.services.audit.AuditTrail.record`: one audit row, written at once."""
+
+    def __call__(self, *, who: str, action: str, outcome: str,
+                 study_instance_uid: str | None = None,
+                 detail: dict[str, Any] | None = None) -> None: ...
+
+
 class Refusals(Protocol):
     """:meth:`pacs.services.audit.AuditTrail.refusal`: counted, never blocking."""
 
@@ -71,6 +79,7 @@ class Access:
     authenticator: Authenticating | None = None
     sessions: SessionLookup | None = None
     refusals: Refusals | None = None
+    record: Recorder | None = None
     sign_in_path: str = "/ui/sign-in"
     page_prefixes: tuple[str, ...] = ("/ui",)  # answered by a redirect to the sign-in page
 
@@ -114,8 +123,18 @@ def _authenticate(request: Request, access: Access) -> Principal | None:
         return access.authenticator.authenticate(token)
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie and access.sessions is not None and _cookie_counts(request, access):
-        return access.sessions.principal(cookie)
+        found = access.sessions.principal(cookie)
+        if found is not None:
+            request.state.session_id = cookie  # the UI checks its forms' CSRF token against it
+        return found
     return None
+
+
+def session_of(request: Request) -> str | None:
+    """The id of the session that authenticated the request (None: a bearer token, or
+    authentication off)."""
+    found: str | None = getattr(request.state, "session_id", None)
+    return found
 
 
 def _cookie_counts(request: Request, access: Access) -> bool:
@@ -128,9 +147,11 @@ def _under(path: str, prefixes: tuple[str, ...]) -> bool:
     return any(path == prefix or path.startswith(prefix + "/") for prefix in prefixes)
 
 
-def credential_given(request: Request) -> bool:
-    """Whether the request carried a credential (a bearer token or a session cookie)."""
-    return "authorization" in request.headers or SESSION_COOKIE in request.cookies
+def credential_given(request: Request, access: Access) -> bool:
+    """Whether the request carried a credential: a bearer token, or a session cookie where
+    one counts."""
+    return "authorization" in request.headers or (
+        SESSION_COOKIE in request.cookies and _cookie_counts(request, access))
 
 
 class Requires:
@@ -148,7 +169,7 @@ class Requires:
         access = access_of(request)
         address = address_of(request)
         if found is None:
-            given = credential_given(request)
+            given = credential_given(request, access)
             if _under(request.url.path, access.page_prefixes):
                 target = request.url.path + (f"?{request.url.query}" if request.url.query
                                              else "")

@@ -17,6 +17,7 @@ from pacs.services.ingest import IngestService
 from pacs.services.query import QueryService
 from pacs.services.retrieve import RetrieveService
 from pacs.services.routing import RoutingService
+from pacs.services.sessions import SessionService
 from pacs.services.workflow import WorkflowService
 
 DICOMWEB_PATH = "/dicom-web"
@@ -43,6 +44,7 @@ class Web:
     workflow: WorkflowService
     routing: RoutingService
     options: WebOptions = field(default_factory=WebOptions)
+    sessions: SessionService | None = None  # the web UI's sign-in (None: no sign-in)
 
 
 def web_of(request: HTTPConnection) -> Web:

@@ -25,13 +25,30 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from pacs.http.auth import ANONYMOUS, PUBLIC, PrincipalDep, Who, requires
+from pacs.http.auth import (
+    ANONYMOUS,
+    PUBLIC,
+    PrincipalDep,
+    Who,
+    access_of,
+    address_of,
+    requires,
+    session_of,
+)
 from pacs.http.context import DICOMWEB_PATH, WebDep
 from pacs.http.errors import status_of
 from pacs.services.auth import Principal, Role
 from pacs.services.errors import InvalidQuery, NotFound, PacsError
 from pacs.services.query import QueryService
-from pacs.services.workflow import CORRECTABLE, TRANSITIONS, Action, StudyReview, StudyState
+from pacs.services.sessions import SessionService
+from pacs.services.workflow import (
+    CORRECTABLE,
+    TRANSITIONS,
+    Action,
+    StudyReview,
+    StudyState,
+    actor,
+)
 from storage.attributes import Level
 from storage.query import Condition, Query, SingleValue
 
@@ -76,15 +93,17 @@ def _render(request: Request, principal: Principal, name: str,
     try:
         context = build()
     except PacsError as error:
-        return _error_page(request, status_of(error), str(error), principal)
+        return error_page(request, status_of(error), str(error), principal)
     return templates().TemplateResponse(
-        request, name, {**_notice(request), **_who(principal), **context})
+        request, name, {**_notice(request), **who_context(request, principal), **context})
 
 
-def _who(principal: Principal) -> dict[str, Any]:
-    """What every page shows of the principal: who is signed in, and which actions to offer
-    (the routes refuse the others all the same)."""
-    return {"principal": None if principal is ANONYMOUS else principal, "may": principal.may}
+def who_context(request: Request, principal: Principal) -> dict[str, Any]:
+    """What every page shows of the principal: who is signed in, which actions to offer
+    (the routes refuse the others all the same), and the CSRF token its forms carry."""
+    session = session_of(request)
+    return {"principal": None if principal is ANONYMOUS else principal, "may": principal.may,
+            "csrf": SessionService.csrf(session) if session else ""}
 
 
 async def _act(request: Request, call: Callable[[dict[str, str]], str], back: str) -> Response:
@@ -94,7 +113,10 @@ async def _act(request: Request, call: Callable[[dict[str, str]], str], back: st
     (:class:`pacs.http.security.CrossSiteGuard`)."""
     form = {key: value for key, value in (await request.form()).items()
             if isinstance(value, str)}
-    back = _local(form.get("next")) or back
+    refused = csrf_refusal(request, form)
+    if refused is not None:
+        return refused
+    back = local_path(form.get("next")) or back
     try:
         notice = {"flash": await run_in_threadpool(call, form)}
     except PacsError as error:
@@ -259,15 +281,33 @@ def _notice(request: Request) -> dict[str, str]:
     return {key: request.query_params.get(key, "")[:500] for key in ("flash", "error")}
 
 
-def _error_page(request: Request, status: int, message: str, principal: Principal
-                ) -> Response:
+def error_page(request: Request, status: int, message: str, principal: Principal | None
+               ) -> Response:
+    who = who_context(request, principal) if principal is not None else {}
     return templates().TemplateResponse(
         request, "error.html", {"status": status, "message": message, "flash": "", "error": "",
-                                **_who(principal)},
+                                **who},
         status_code=status)
 
 
-def _local(target: str | None) -> str | None:
+def csrf_refusal(request: Request, form: Mapping[str, str]) -> Response | None:
+    """The answer to a form posted with a session cookie but without its session's CSRF
+    token (403, counted in the audit trail); None when the form may be acted on. A request
+    authenticated otherwise (a bearer token, or no authentication) carries no ambient
+    credential a page on another site could borrow: the cross-site guard is enough."""
+    session = session_of(request)
+    if session is None or SessionService.csrf_matches(session, form.get("csrf")):
+        return None
+    access = access_of(request)
+    if access.refusals is not None:
+        access.refusals(who=actor("http", address=address_of(request)),
+                        action="http-refused", reason="403 CSRF token missing or wrong",
+                        detail={"method": request.method, "path": request.url.path[:200]})
+    return error_page(request, 403, "This form is out of date or did not come from this "
+                      "site's pages: reload the page and send it again.", None)
+
+
+def local_path(target: str | None) -> str | None:
     """``target`` when it is a path on this server (never another site: no open redirect)."""
     if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
         return target

@@ -10,6 +10,7 @@ from storage.index.repository import (
     UpsertOutcome,
     UpsertResult,
 )
+from storage.index.sessions import SessionRecord
 from storage.index.tokens import TokenRecord
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "IndexUnavailable",
     "InstanceRow",
     "Repository",
+    "SessionRecord",
     "StoredInstance",
     "StudyState",
     "TokenRecord",

@@ -25,6 +25,7 @@ from storage.index.models import (
     series,
     study,
 )
+from storage.index.sessions import SessionRecords
 from storage.index.tokens import TokenRecords
 from storage.index.workflow import WorkflowRecords
 from storage.query import MULTI_VALUED_KEYS, UNIQUE_KEYS, Query, RetrieveItem
@@ -91,6 +92,7 @@ class Repository:
         self._dialect = connection.dialect.name
         self.workflow = WorkflowRecords(connection)
         self.tokens = TokenRecords(connection)
+        self.sessions = SessionRecords(connection)
 
     # -- ingest --------------------------------------------------------------------------
     def find_instance(self, sop_instance_uid: str) -> StoredInstance | None:

@@ -78,7 +78,7 @@ def wado_services(
     )
 
 
-def wado_of(request: Request) -> WadoServices:
+async def wado_of(request: Request) -> WadoServices:
     wado: WadoServices = request.app.state.wado
     return wado
 

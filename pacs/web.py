@@ -64,7 +64,7 @@ def create_app(*, web: Web, wado_services: WadoServices, is_ready: Callable[[], 
     app.state.web = web
     app.state.wado = wado_services
     app.state.access = access if access is not None else Access()
-    errors.install(app)
+    errors.install(app, page=ui.error_answer)
 
     @app.get("/health", summary="200 once the DIMSE and HTTP listeners accept connections",
              dependencies=[PUBLIC])

@@ -22,12 +22,16 @@ the application's route table and fails on a route that declares neither, or bot
 
 from __future__ import annotations
 
+import hashlib
+import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Protocol
 from urllib.parse import quote
 
 from fastapi import Depends, params
+from fastapi.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection, Request
 
 from pacs.http.errors import HttpError
@@ -80,6 +84,7 @@ class Access:
     sessions: SessionLookup | None = None
     refusals: Refusals | None = None
     record: Recorder | None = None
+    verified: VerifiedTokens | None = field(default_factory=lambda: VerifiedTokens())
     sign_in_path: str = "/ui/sign-in"
     page_prefixes: tuple[str, ...] = ("/ui",)  # answered by a redirect to the sign-in page
 
@@ -106,24 +111,68 @@ def _bearer(header: str) -> str | None:
     return token.strip()
 
 
-def authenticate(request: Request) -> Principal | None:
-    """The principal of the request (cached for the request, so it is checked once), or
+class VerifiedTokens:
+    """Bearer tokens verified in the last ``ttl`` seconds, by their SHA-256: a busy client's
+    token costs a dictionary look-up instead of an index read and a thread hand-off per
+    request. Only accepted tokens are kept, at most ``max_entries`` (then it starts over);
+    a token revoked or expired meanwhile keeps working on a server for at most ``ttl``
+    seconds, after which every server asks the index again."""
+
+    def __init__(self, ttl: float = 5.0, max_entries: int = 4096,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.clock = clock
+        self._entries: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(token: str) -> str:
+        return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def get(self, token: str) -> Principal | None:
+        key = self._key(token)
+        with self._lock:
+            found = self._entries.get(key)
+            if found is None:
+                return None
+            if self.clock() - found[0] >= self.ttl:
+                del self._entries[key]
+                return None
+            return found[1]
+
+    def put(self, token: str, principal: Principal) -> None:
+        key = self._key(token)
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[key] = (self.clock(), principal)
+
+
+async def authenticate(request: Request) -> Principal | None:
+    """The principal of the request (a dependency, so it is checked once per request), or
     None when it has no credential or one that is refused. Never raises: the route's
-    :class:`Requires` decides what a missing principal means."""
+    :class:`Requires` decides what a missing principal means. The index is asked in a worker
+    thread, and only when the answer is not at hand (authentication off, a token verified in
+    the last seconds)."""
     access = access_of(request)
-    return _authenticate(request, access) if access.required else ANONYMOUS
-
-
-def _authenticate(request: Request, access: Access) -> Principal | None:
+    if not access.required:
+        return ANONYMOUS
     header = request.headers.get("authorization")
     if header is not None:
         token = _bearer(header)
         if not token or access.authenticator is None:
             return None
-        return access.authenticator.authenticate(token)
+        known = access.verified.get(token) if access.verified is not None else None
+        if known is not None:
+            return known
+        found = await run_in_threadpool(access.authenticator.authenticate, token)
+        if found is not None and access.verified is not None:
+            access.verified.put(token, found)
+        return found
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie and access.sessions is not None and _cookie_counts(request, access):
-        found = access.sessions.principal(cookie)
+        found = await run_in_threadpool(access.sessions.principal, cookie)
         if found is not None:
             request.state.session_id = cookie  # the UI checks its forms' CSRF token against it
         return found
@@ -163,7 +212,7 @@ class Requires:
     def __repr__(self) -> str:
         return f"Requires({self.role.value})"
 
-    def __call__(
+    async def __call__(
         self, request: Request, found: Annotated[Principal | None, Depends(authenticate)]
     ) -> Principal:
         access = access_of(request)
@@ -215,7 +264,8 @@ PUBLIC = params.Depends(public)
 """``dependencies=[PUBLIC]``: a route that needs no principal, declared as such."""
 
 
-def principal_of(found: Annotated[Principal | None, Depends(authenticate)]) -> Principal:
+async def principal_of(found: Annotated[Principal | None, Depends(authenticate)]
+                       ) -> Principal:
     """The principal, for a route that declared its role (its :class:`Requires` ran first
     and refused a request without one)."""
     if found is None:
@@ -227,7 +277,8 @@ def principal_of(found: Annotated[Principal | None, Depends(authenticate)]) -> P
 PrincipalDep = Annotated[Principal, Depends(principal_of)]
 
 
-def actor_of(request: Request, found: Annotated[Principal | None, Depends(authenticate)]) -> str:
+async def actor_of(request: Request,
+                   found: Annotated[Principal | None, Depends(authenticate)]) -> str:
     """Who made the request, for the audit trail: ``http:token:NAME@ADDRESS`` (an API
     token), ``http:oidc:SUBJECT@ADDRESS``, or ``http:ADDRESS`` without authentication."""
     user = None if found is None or found is ANONYMOUS else found.actor

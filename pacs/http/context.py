@@ -47,7 +47,7 @@ class Web:
     sessions: SessionService | None = None  # the web UI's sign-in (None: no sign-in)
 
 
-def web_of(request: HTTPConnection) -> Web:
+async def web_of(request: HTTPConnection) -> Web:
     """The dependency every route that calls a service takes (``web: WebDep``)."""
     web: Web = request.app.state.web
     return web

@@ -36,7 +36,7 @@ from pacs.http.auth import (
     session_of,
 )
 from pacs.http.context import DICOMWEB_PATH, WebDep
-from pacs.http.errors import status_of
+from pacs.http.errors import HttpError, status_of
 from pacs.services.auth import Principal, Role
 from pacs.services.errors import InvalidQuery, NotFound, PacsError
 from pacs.services.query import QueryService
@@ -288,6 +288,17 @@ def error_page(request: Request, status: int, message: str, principal: Principal
         request, "error.html", {"status": status, "message": message, "flash": "", "error": "",
                                 **who},
         status_code=status)
+
+
+def error_answer(request: Request, error: HttpError) -> Response | None:
+    """A refusal on a UI page (e.g. 403: a page the role does not include) as a page of its
+    own, with the same status and headers; None for anything else (a redirect, other paths)."""
+    path = request.url.path
+    if error.status < 400 or not (path == "/ui" or path.startswith("/ui/")):
+        return None
+    answer = error_page(request, error.status, error.message, None)
+    answer.headers.update(error.headers)
+    return answer
 
 
 def csrf_refusal(request: Request, form: Mapping[str, str]) -> Response | None:

@@ -106,7 +106,7 @@ async def sign_in(
 
 @router.post("/ui/sign-out", dependencies=[PUBLIC])
 async def sign_out(request: Request, web: WebDep) -> Response:
-    principal = await run_in_threadpool(authenticate, request)  # the session's, if still good
+    principal = await authenticate(request)  # the session's, if the cookie is still good
     form = {key: value for key, value in (await request.form()).items()
             if isinstance(value, str)}
     refused = csrf_refusal(request, form)

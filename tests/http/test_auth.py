@@ -17,7 +17,8 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 from requests import HTTPError
 
-from pacs.services.auth import TokenService
+from pacs.http.auth import VerifiedTokens
+from pacs.services.auth import Principal, Role, TokenService
 from storage.index import Index
 from tests.factories.datasets import ct_instance, make_uid
 from tests.support import dcmtk
@@ -259,3 +260,32 @@ def test_a_ui_page_without_a_session_sends_the_browser_to_sign_in(site: Site) ->
     answer = site.call("GET", "/ui/qa?x=1", follow_redirects=False)
     assert answer.status_code == 303
     assert answer.headers["location"] == "/ui/sign-in?next=%2Fui%2Fqa%3Fx%3D1"
+
+
+def test_a_revoked_token_stops_working_within_seconds(site: Site) -> None:
+    """Verified tokens are remembered for a few seconds (bench/RESULTS-auth.md): a token
+    revoked while in use is refused once that is over, by every server."""
+    secret = token(site.server, "soon-revoked", "viewer")
+    assert site.call("GET", "/dicom-web/studies", headers=bearer(secret)).status_code == 200
+    assert site.server.cli("token", "revoke", "soon-revoked").returncode == 0
+    refused = until("the revoked token refused", lambda: (
+        lambda answer: answer if answer.status_code == 401 else None)(
+            site.call("GET", "/dicom-web/studies", headers=bearer(secret))), timeout=30)
+    assert refused.headers["www-authenticate"] == INVALID
+
+
+def test_verified_tokens_are_kept_for_a_few_seconds_only() -> None:
+    now = [100.0]
+    kept = VerifiedTokens(ttl=5.0, max_entries=2, clock=lambda: now[0])
+    viewer = Principal.of("viewer", Role.VIEWER)
+    kept.put("pacs_a", viewer)
+    assert kept.get("pacs_a") == viewer
+    assert kept.get("pacs_b") is None
+    now[0] += 4.9
+    assert kept.get("pacs_a") == viewer
+    now[0] += 0.1
+    assert kept.get("pacs_a") is None  # asked of the index again
+    kept.put("pacs_a", viewer)
+    kept.put("pacs_b", viewer)
+    kept.put("pacs_c", viewer)  # full: starts over
+    assert kept.get("pacs_a") is None and kept.get("pacs_c") == viewer

@@ -138,6 +138,8 @@ def test_a_viewer_sees_no_review_actions_and_no_review_pages(site: Site, page: P
     assert answer is not None and answer.status == 404
     answer = page.goto("/ui/qa")
     assert answer is not None and answer.status == 403
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Forbidden")
+    expect(page.get_by_role("alert")).to_contain_text("this needs the qa role")
 
 
 def test_a_qa_reviewer_accepts_from_the_queue(site: Site, page: Page) -> None:

@@ -8,7 +8,8 @@ the application's route table and fails on a route that declares neither, or bot
 
 - **Credentials**: ``Authorization: Bearer <token>`` (an API token or an OIDC access token,
   RFC 6750), checked by the services' :class:`~pacs.services.auth.Authenticator`; or the web
-  UI's session cookie (:mod:`pacs.ui.sessions`), which authenticates reading requests
+  UI's session cookie (:mod:`pacs.ui.sign_in`, :mod:`pacs.services.sessions`), which
+  authenticates reading requests
   anywhere (a page, the thumbnails it shows) and state changes only on the UI's own forms,
   which carry a CSRF token. With ``--auth none`` every request is :data:`ANONYMOUS`, who may
   do everything, and the audit trail names its address only (``http:ADDRESS``).
@@ -32,6 +33,7 @@ from urllib.parse import quote
 
 from fastapi import Depends, params
 from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection, Request
 
 from pacs.http.errors import HttpError
@@ -203,6 +205,12 @@ def credential_given(request: Request, access: Access) -> bool:
         SESSION_COOKIE in request.cookies and _cookie_counts(request, access))
 
 
+BEARER = HTTPBearer(auto_error=False, scheme_name="bearer", description=(
+    "An API token (`pacs token create`) or, where OIDC is configured, an OIDC access token."))
+"""Only for the OpenAPI document (its Authorize button, a lock on every protected route);
+:func:`authenticate` reads the header itself."""
+
+
 class Requires:
     """The dependency that declares, and enforces, the role a route needs."""
 
@@ -213,7 +221,8 @@ class Requires:
         return f"Requires({self.role.value})"
 
     async def __call__(
-        self, request: Request, found: Annotated[Principal | None, Depends(authenticate)]
+        self, request: Request, found: Annotated[Principal | None, Depends(authenticate)],
+        _scheme: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
     ) -> Principal:
         access = access_of(request)
         address = address_of(request)
@@ -256,7 +265,7 @@ def requires(role: Role) -> params.Depends:
     return params.Depends(Requires(role))
 
 
-def public() -> None:
+async def public() -> None:
     """A route anyone may call: it tells nothing about patients (``/health``, sign-in)."""
 
 

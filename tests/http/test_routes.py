@@ -125,3 +125,13 @@ def test_the_roles_of_the_issue(app: FastAPI) -> None:
     assert all(method == "GET" for method, _ in viewer)
     assert {key for key in table if key[1].startswith("/api/")} <= (
         by_role[Role.QA] | by_role[Role.ADMIN])
+
+
+def test_the_openapi_document_says_which_routes_need_a_bearer_token(app: FastAPI) -> None:
+    document = app.openapi()
+    assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    for (method, path), access in access_table(app).items():
+        operation = document["paths"].get(path, {}).get(method.lower())
+        if operation is None:  # the UI's pages are not in the API's document
+            continue
+        assert (operation.get("security") == [{"bearer": []}]) is (access is not None), path

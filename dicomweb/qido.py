@@ -14,9 +14,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from dicomweb import dicom_json
-from dicomweb.context import Web, base_url, client_actor
-from dicomweb.errors import HttpError
 from dicomweb.query_params import FORMATTED, Resource, check_uid, parse
+from dicomweb.urls import base_url
+from pacs.http.auth import Who, requires
+from pacs.http.context import Web, WebDep
+from pacs.http.errors import HttpError
+from pacs.services.auth import Role
 from pacs.services.errors import PacsError
 from storage.attributes import Level
 
@@ -34,69 +37,73 @@ _DOC = {
 }
 
 
-def router(web: Web) -> APIRouter:
-    api = APIRouter(tags=["QIDO-RS"])
+router = APIRouter(tags=["QIDO-RS"], dependencies=[requires(Role.VIEWER)])
 
-    def search(request: Request, resource: Resource, **path: str) -> Response:
-        _check_accept(request)
-        who = client_actor(request)
-        try:
-            for name, uid in path.items():
-                check_uid(name, uid)
-            qido = parse(resource, request.query_params.multi_items(), path=path,
-                         fuzzy_default=web.options.fuzzy_person_names)
-        except (PacsError, HttpError) as error:  # refused before it became a query
-            web.query.refused(who=who, how="QIDO-RS", reason=str(error))
-            raise
-        result = web.query.search(qido.query, capped=qido.capped, who=who)  # audited there
-        root = base_url(request)
-        level = resource.level
-        body = [dicom_json.dataset(_answer(row, qido.returned, level, root))
-                for row in result.rows]
-        warnings = list(qido.warnings)
-        if result.capped:
-            warnings.append(_CAPPED_TEXT)
-        headers = {}
-        if warnings:
-            agent = request.url.netloc or "pacs"
-            headers["Warning"] = ", ".join(
-                f'299 {agent} "{text.replace(chr(34), chr(39))}"' for text in warnings
-            )
-        return Response(json.dumps(body, ensure_ascii=False, separators=(",", ":")),
-                        media_type=MEDIA_TYPE, headers=headers)
 
-    @api.get("/studies", summary="Search for studies", responses=_DOC)  # type: ignore[arg-type]
-    def studies(request: Request) -> Response:
-        return search(request, Resource.STUDIES)
+def _search(web: Web, request: Request, who: str, resource: Resource, **path: str) -> Response:
+    _check_accept(request)
+    try:
+        for name, uid in path.items():
+            check_uid(name, uid)
+        qido = parse(resource, request.query_params.multi_items(), path=path,
+                     fuzzy_default=web.options.fuzzy_person_names)
+    except (PacsError, HttpError) as error:  # refused before it became a query
+        web.query.refused(who=who, how="QIDO-RS", reason=str(error))
+        raise
+    result = web.query.search(qido.query, capped=qido.capped, who=who)  # audited there
+    root = base_url(request)
+    level = resource.level
+    body = [dicom_json.dataset(_answer(row, qido.returned, level, root))
+            for row in result.rows]
+    warnings = list(qido.warnings)
+    if result.capped:
+        warnings.append(_CAPPED_TEXT)
+    headers = {}
+    if warnings:
+        agent = request.url.netloc or "pacs"
+        headers["Warning"] = ", ".join(
+            f'299 {agent} "{text.replace(chr(34), chr(39))}"' for text in warnings
+        )
+    return Response(json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+                    media_type=MEDIA_TYPE, headers=headers)
 
-    @api.get("/series", summary="Search for series in every study",
-             responses=_DOC)  # type: ignore[arg-type]
-    def all_series(request: Request) -> Response:
-        return search(request, Resource.SERIES)
 
-    @api.get("/instances", summary="Search for instances in every study",
-             responses=_DOC)  # type: ignore[arg-type]
-    def all_instances(request: Request) -> Response:
-        return search(request, Resource.INSTANCES)
+@router.get("/studies", summary="Search for studies", responses=_DOC)  # type: ignore[arg-type]
+def studies(request: Request, web: WebDep, who: Who) -> Response:
+    return _search(web, request, who, Resource.STUDIES)
 
-    @api.get("/studies/{study}/series", summary="Search for the series of a study",
-             responses=_DOC)  # type: ignore[arg-type]
-    def study_series(request: Request, study: str) -> Response:
-        return search(request, Resource.STUDY_SERIES, StudyInstanceUID=study)
 
-    @api.get("/studies/{study}/instances", summary="Search for the instances of a study",
-             responses=_DOC)  # type: ignore[arg-type]
-    def study_instances(request: Request, study: str) -> Response:
-        return search(request, Resource.STUDY_INSTANCES, StudyInstanceUID=study)
+@router.get("/series", summary="Search for series in every study",
+            responses=_DOC)  # type: ignore[arg-type]
+def all_series(request: Request, web: WebDep, who: Who) -> Response:
+    return _search(web, request, who, Resource.SERIES)
 
-    @api.get("/studies/{study}/series/{series}/instances",
-             summary="Search for the instances of a series",
-             responses=_DOC)  # type: ignore[arg-type]
-    def series_instances(request: Request, study: str, series: str) -> Response:
-        return search(request, Resource.SERIES_INSTANCES, StudyInstanceUID=study,
-                      SeriesInstanceUID=series)
 
-    return api
+@router.get("/instances", summary="Search for instances in every study",
+            responses=_DOC)  # type: ignore[arg-type]
+def all_instances(request: Request, web: WebDep, who: Who) -> Response:
+    return _search(web, request, who, Resource.INSTANCES)
+
+
+@router.get("/studies/{study}/series", summary="Search for the series of a study",
+            responses=_DOC)  # type: ignore[arg-type]
+def study_series(request: Request, web: WebDep, who: Who, study: str) -> Response:
+    return _search(web, request, who, Resource.STUDY_SERIES, StudyInstanceUID=study)
+
+
+@router.get("/studies/{study}/instances", summary="Search for the instances of a study",
+            responses=_DOC)  # type: ignore[arg-type]
+def study_instances(request: Request, web: WebDep, who: Who, study: str) -> Response:
+    return _search(web, request, who, Resource.STUDY_INSTANCES, StudyInstanceUID=study)
+
+
+@router.get("/studies/{study}/series/{series}/instances",
+            summary="Search for the instances of a series",
+            responses=_DOC)  # type: ignore[arg-type]
+def series_instances(request: Request, web: WebDep, who: Who, study: str,
+                     series: str) -> Response:
+    return _search(web, request, who, Resource.SERIES_INSTANCES, StudyInstanceUID=study,
+                   SeriesInstanceUID=series)
 
 
 def _check_accept(request: Request) -> None:

@@ -5,11 +5,13 @@ path; ``POST /dicom-web/studies/{s}/reject/{code}`` rejects the whole study (QA 
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from dicomweb.context import Web, client_actor
-from dicomweb.errors import HttpError
+from pacs.http.auth import Who, requires
+from pacs.http.context import WebDep
+from pacs.http.errors import HttpError
+from pacs.services.auth import Role
 
 # PS3.16 CID 7011 "Rejected for ..." document titles (code ^ coding scheme)
 REASONS = {
@@ -20,29 +22,25 @@ REASONS = {
 }
 
 
-def router(web: Web) -> APIRouter:
-    api = APIRouter(tags=["Rejection (IOCM)"])
-    workflow = web.workflow
-    if workflow is None:
-        return api
+router = APIRouter(tags=["Rejection (IOCM)"], dependencies=[requires(Role.QA)])
 
-    @api.post("/studies/{study}/series/{series}/reject/{code}",
-              summary="Reject a series from a viewer (e.g. 113001^DCM)")
-    def reject_series(request: Request, study: str, series: str, code: str) -> JSONResponse:
-        reason = _reason(code)
-        review = workflow.reject_series(study, series, reason, client_actor(request))
-        return JSONResponse({"StudyInstanceUID": study, "SeriesInstanceUID": series,
-                             "reason": reason, "state": review.study.state.value})
 
-    @api.post("/studies/{study}/reject/{code}",
-              summary="Reject a study from a viewer (e.g. 113001^DCM)")
-    def reject_study(request: Request, study: str, code: str) -> JSONResponse:
-        reason = _reason(code)
-        review = workflow.reject(study, reason, client_actor(request))
-        return JSONResponse({"StudyInstanceUID": study, "reason": reason,
-                             "state": review.study.state.value})
+@router.post("/studies/{study}/series/{series}/reject/{code}",
+             summary="Reject a series from a viewer (e.g. 113001^DCM)")
+def reject_series(web: WebDep, who: Who, study: str, series: str, code: str) -> JSONResponse:
+    reason = _reason(code)
+    review = web.workflow.reject_series(study, series, reason, who)
+    return JSONResponse({"StudyInstanceUID": study, "SeriesInstanceUID": series,
+                         "reason": reason, "state": review.study.state.value})
 
-    return api
+
+@router.post("/studies/{study}/reject/{code}",
+             summary="Reject a study from a viewer (e.g. 113001^DCM)")
+def reject_study(web: WebDep, who: Who, study: str, code: str) -> JSONResponse:
+    reason = _reason(code)
+    review = web.workflow.reject(study, reason, who)
+    return JSONResponse({"StudyInstanceUID": study, "reason": reason,
+                         "state": review.study.state.value})
 
 
 def _reason(code: str) -> str:
@@ -50,5 +48,3 @@ def _reason(code: str) -> str:
     if meaning is None:
         raise HttpError(400, f"rejection code {code!r} is not one of {', '.join(REASONS)}")
     return f"{meaning} ({code})"
-
-

@@ -45,9 +45,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from dicomweb.accept import parse_accept
-from dicomweb.context import Web, base_url
 from dicomweb.dicom_xml import to_native_xml
-from dicomweb.errors import HttpError
 from dicomweb.multipart_reader import (
     MalformedMultipart,
     MediaType,
@@ -56,6 +54,11 @@ from dicomweb.multipart_reader import (
     PartEnd,
     PartStart,
 )
+from dicomweb.urls import base_url
+from pacs.http.auth import ANONYMOUS, PrincipalDep, requires
+from pacs.http.context import Web, WebDep
+from pacs.http.errors import HttpError
+from pacs.services.auth import Principal, Role
 from pacs.services.errors import (
     InvalidInstance,
     NotDicom,
@@ -144,27 +147,28 @@ _OPENAPI: dict[str, Any] = {
 }
 
 
-def router(web: Web) -> APIRouter:
-    routes = APIRouter(tags=["STOW-RS"])
-
-    @routes.post(
-        "/studies", name="stow_studies", summary="Store instances (STOW-RS)",
-        response_class=Response, openapi_extra=_OPENAPI,
-    )
-    async def store_instances(request: Request) -> Response:
-        return await _store(web, request, study=None)
-
-    @routes.post(
-        "/studies/{study}", summary="Store instances of one study (STOW-RS)",
-        response_class=Response, openapi_extra=_OPENAPI,
-    )
-    async def store_study_instances(study: str, request: Request) -> Response:
-        return await _store(web, request, study=study)
-
-    return routes
+router = APIRouter(tags=["STOW-RS"], dependencies=[requires(Role.UPLOADER)])
 
 
-async def _store(web: Web, request: Request, *, study: str | None) -> Response:
+@router.post(
+    "/studies", name="stow_studies", summary="Store instances (STOW-RS)",
+    response_class=Response, openapi_extra=_OPENAPI,
+)
+async def store_instances(request: Request, web: WebDep, principal: PrincipalDep) -> Response:
+    return await _store(web, request, principal, study=None)
+
+
+@router.post(
+    "/studies/{study}", summary="Store instances of one study (STOW-RS)",
+    response_class=Response, openapi_extra=_OPENAPI,
+)
+async def store_study_instances(study: str, request: Request, web: WebDep,
+                                principal: PrincipalDep) -> Response:
+    return await _store(web, request, principal, study=study)
+
+
+async def _store(web: Web, request: Request, principal: Principal, *,
+                 study: str | None) -> Response:
     answer_type = _answer_type(request)
     boundary = _boundary(request, web.options.max_request_bytes)
     length = request.headers.get("content-length")
@@ -172,7 +176,8 @@ async def _store(web: Web, request: Request, *, study: str | None) -> Response:
         await run_in_threadpool(web.ingest.check_room, int(length))  # else 503 before reading
     parts = await _receive(request, boundary, web)
     try:
-        origin = Origin(protocol="dicomweb", address=_client(request))
+        origin = Origin(protocol="dicomweb", address=_client(request),
+                        user=None if principal is ANONYMOUS else principal.actor)
         results = await run_in_threadpool(_store_parts, web.ingest, parts, origin, study)
     finally:
         for part in parts:

@@ -11,11 +11,8 @@ Stored files are streamed in chunks with a ``Content-Length`` when every part is
 
 from __future__ import annotations
 
-import gzip
 import logging
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
 from typing import Annotated, Any
 
@@ -25,10 +22,12 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomweb import multipart, rendering
 from dicomweb.accept import MediaRange, parse_accept
-from dicomweb.context import Web, base_url, client_actor
-from dicomweb.errors import HttpError
 from dicomweb.metadata import with_base
-from dicomweb.wado_services import WadoServices, wado_services
+from dicomweb.urls import base_url
+from dicomweb.wado_services import WadoDep, WadoServices
+from pacs.http.auth import Who, requires
+from pacs.http.errors import HttpError
+from pacs.services.auth import Role
 from pacs.services.errors import CannotTranscode, DecoderBusy, NotFound
 from pacs.services.frames import OCTET_STREAM, FramePart, Offer
 from pacs.services.wado import InstanceFile
@@ -54,10 +53,6 @@ WindowParam = Annotated[
     str | None, Query(description="center,width[,linear|linear_exact|sigmoid]")
 ]
 Quality = Annotated[str | None, Query(description="JPEG quality 1-100")]
-
-
-def services_of(web: Web) -> WadoServices:
-    return web.wado if web.wado is not None else wado_services(web.retrieve)
 
 
 # -- Accept ----------------------------------------------------------------------------------
@@ -239,324 +234,324 @@ def parse_bulk_path(text: str) -> tuple[int, ...]:
     return tuple(steps)
 
 
-class _Bodies:
-    """Finished metadata answers by (ETag, base URL, content coding), bounded by bytes: a warm
-    600-instance series is then one index look-up and a send. (The JSON gzip middleware would
-    spend tens of milliseconds compressing it at each request; here it is done once, fast.)"""
-
-    def __init__(self, max_bytes: int = 64 << 20) -> None:
-        self.entries: OrderedDict[tuple[str, str, bool], bytes] = OrderedDict()
-        self.size = 0
-        self.max_bytes = max_bytes
-        self.lock = threading.Lock()
-
-    def get(self, key: tuple[str, str, bool], make: Callable[[], bytes]) -> bytes:
-        with self.lock:
-            found = self.entries.get(key)
-            if found is not None:
-                self.entries.move_to_end(key)
-                return found
-        body = make()
-        if key[2]:
-            body = gzip.compress(body, compresslevel=1, mtime=0)
-        with self.lock:
-            if key not in self.entries and len(body) <= self.max_bytes:
-                self.entries[key] = body
-                self.size += len(body)
-                while self.size > self.max_bytes:
-                    _, dropped = self.entries.popitem(last=False)
-                    self.size -= len(dropped)
-        return body
-
-
 # -- WADO-RS ---------------------------------------------------------------------------------
 def _metadata_headers(etag: str) -> dict[str, str]:
     return {"ETag": f'W/"{etag}"', "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
 
 
-def router(web: Web) -> APIRouter:
-    api = APIRouter(tags=["WADO-RS"])
-    wado = services_of(web)
-    bodies = _Bodies()
+router = APIRouter(tags=["WADO-RS"], dependencies=[requires(Role.VIEWER)])
+uri_router = APIRouter(tags=["WADO-URI"], dependencies=[requires(Role.VIEWER)])
 
-    def retrieve(
-        request: Request, study: str, series: str | None = None, instance: str | None = None
-    ) -> Response:
-        accept = accept_of(request)
-        offers = dicom_offers(parse_accept(accept))
-        if not offers:
-            raise _not_acceptable(accept, 'instances are multipart/related; '
-                                  'type="application/dicom"')
-        single = instance is not None and not offers[0][0]
-        preferences = [syntax for part, syntax in offers if part != single]
-        if not preferences:
-            raise _not_acceptable(accept, "a study or series is multipart/related")
-        items = wado.instances.instances(study, series, instance, who=client_actor(request))
-        files = wado.instances.files(items, preferences)
-        if single:
-            (file,) = files
-            headers = {} if file.size is None else {"Content-Length": str(file.size)}
-            return StreamingResponse(
-                _primed(file.chunks(), 1),
-                media_type=f"{DICOM}; transfer-syntax={file.transfer_syntax}",
-                headers=headers,
-            )
-        return _multipart_response(_instance_parts(files, base_url(request)), DICOM)
 
-    @api.get("/studies/{study}", summary="Retrieve a study's instances (multipart DICOM)",
-             responses=_DICOM_RESPONSES, response_class=Response)
-    def retrieve_study(request: Request, study: str) -> Response:
-        return retrieve(request, study)
-
-    @api.get("/studies/{study}/series/{series}", response_class=Response,
-             summary="Retrieve a series' instances (multipart DICOM)", responses=_DICOM_RESPONSES)
-    def retrieve_series(request: Request, study: str, series: str) -> Response:
-        return retrieve(request, study, series)
-
-    @api.get(_INSTANCE, summary="Retrieve an instance (multipart or single DICOM)",
-             responses=_DICOM_RESPONSES, response_class=Response)
-    def retrieve_instance(request: Request, study: str, series: str, instance: str) -> Response:
-        return retrieve(request, study, series, instance)
-
-    def metadata(
-        request: Request, study: str, series: str | None = None, instance: str | None = None
-    ) -> Response:
-        accept = accept_of(request)
-        if not any(m.matches(DICOM_JSON) or m.matches("application/json")
-                   for m in parse_accept(accept)):
-            raise _not_acceptable(accept, "metadata is application/dicom+json")
-        if request.headers.get("if-none-match"):
-            current = wado.metadata.current_etag(study, series, instance)
-            if _etag_matches(request, current):
-                return Response(status_code=304, headers=_metadata_headers(current))
-        items = wado.metadata.items(study, series, instance)
-        etag = wado.metadata.etag(items)
-        headers = _metadata_headers(etag)
-        base = base_url(request)
-        zipped = "gzip" in request.headers.get("accept-encoding", "")
-
-        def make() -> bytes:
-            parts = wado.metadata.metadata(items).parts
-            return with_base(b"[" + b",".join(parts) + b"]", base)
-
-        body = bodies.get((etag, base, zipped), make)
-        if zipped:
-            headers["Content-Encoding"] = "gzip"
-        return Response(body, media_type=DICOM_JSON, headers=headers)
-
-    @api.get("/studies/{study}/metadata", summary="Metadata of a study's instances (DICOM JSON)",
-             responses=_JSON_RESPONSES, response_class=Response)
-    def study_metadata(request: Request, study: str) -> Response:
-        return metadata(request, study)
-
-    @api.get("/studies/{study}/series/{series}/metadata", response_class=Response,
-             summary="Metadata of a series' instances (DICOM JSON)", responses=_JSON_RESPONSES)
-    def series_metadata(request: Request, study: str, series: str) -> Response:
-        return metadata(request, study, series)
-
-    @api.get(_INSTANCE + "/metadata", summary="Metadata of an instance (DICOM JSON)",
-             responses=_JSON_RESPONSES, response_class=Response)
-    def instance_metadata(request: Request, study: str, series: str, instance: str) -> Response:
-        return metadata(request, study, series, instance)
-
-    def frames_answer(request: Request, item: RetrieveItem, numbers: list[int]) -> Response:
-        accept = accept_of(request)
-        offers = frame_offers(parse_accept(accept))
-        single = len(numbers) == 1 and bool(offers) and not offers[0][0]
-        usable = [offer for part, offer in offers if part != single]
-        if not usable:
-            raise _not_acceptable(accept, 'frames are multipart/related; '
-                                  'type="application/octet-stream" (or the stored image type)')
-        return _frame_response(wado.frames.frames(item, numbers, usable), not single)
-
-    @api.get(_INSTANCE + "/frames/{frames}", summary="Frames of an instance (pixel data)",
-             responses=_MULTIPART_RESPONSES, response_class=Response)
-    def frames(request: Request, study: str, series: str, instance: str, frames: str) -> Response:
-        numbers = parse_frame_list(frames)
-        item = wado.instances.instance(study, series, instance)
-        return frames_answer(request, item, numbers)
-
-    @api.get(_INSTANCE + "/bulk/{path:path}", summary="A bulk data value of an instance",
-             responses=_MULTIPART_RESPONSES, response_class=Response)
-    def bulk(request: Request, study: str, series: str, instance: str, path: str) -> Response:
-        steps = parse_bulk_path(path)
-        item = wado.instances.instance(study, series, instance)
-        value = wado.frames.bulk(item, steps)
-        if value is None:  # Pixel Data: its frames
-            count = wado.frames.frame_count(item)
-            return frames_answer(request, item, list(range(1, count + 1)))
-        accept = accept_of(request)
-        offers = frame_offers(parse_accept(accept))
-        if not offers or offers[0][1].media_type != OCTET_STREAM:
-            raise _not_acceptable(accept, "bulk data is application/octet-stream")
-        if not offers[0][0]:
-            return StreamingResponse(value.chunks, media_type=OCTET_STREAM,
-                                     headers={"Content-Length": str(value.size)})
-        part = multipart.Part(OCTET_STREAM, value.chunks, value.size)
-        return _multipart_response([part], OCTET_STREAM)
-
-    def rendered(
-        request: Request, item: RetrieveItem, frame: int, viewport: str | None,
-        window: str | None, quality: str | None, thumbnail: bool,
-    ) -> Response:
-        options = _rendering(_image_type(request), viewport, window, quality, thumbnail)
-        return Response(_render(wado, item, frame, options), media_type=options.media_type)
-
-    def rendered_many(
-        request: Request, items: Sequence[RetrieveItem], viewport: str | None,
-        window: str | None, quality: str | None,
-    ) -> Response:
-        """Each instance's first frame rendered, as one multipart answer (PS3.18 10.4.1.1.3);
-        instances without pixels (reports, documents) or that cannot be decoded are left out."""
-        options = _rendering(_image_type(request), viewport, window, quality, thumbnail=False)
-        base = base_url(request)
-
-        def images() -> Iterator[multipart.Part]:
-            for item in items:
-                try:
-                    image = _render(wado, item, 1, options)
-                except (NotFound, CannotTranscode, DecoderBusy) as error:  # or DecodeTooLarge
-                    log.info("rendered %s: %s left out: %s", item.series_instance_uid,
-                             item.sop_instance_uid, error)
-                    continue
-                location = (f"{base}/studies/{item.study_instance_uid}/series/"
-                            f"{item.series_instance_uid}/instances/{item.sop_instance_uid}")
-                yield multipart.Part(options.media_type, (image,), len(image), location)
-
-        boundary = multipart.new_boundary()
+def _retrieve(
+    wado: WadoServices, request: Request, who: str, study: str, series: str | None = None,
+    instance: str | None = None,
+) -> Response:
+    accept = accept_of(request)
+    offers = dicom_offers(parse_accept(accept))
+    if not offers:
+        raise _not_acceptable(accept, 'instances are multipart/related; '
+                              'type="application/dicom"')
+    single = instance is not None and not offers[0][0]
+    preferences = [syntax for part, syntax in offers if part != single]
+    if not preferences:
+        raise _not_acceptable(accept, "a study or series is multipart/related")
+    items = wado.instances.instances(study, series, instance, who=who)
+    files = wado.instances.files(items, preferences)
+    if single:
+        (file,) = files
+        headers = {} if file.size is None else {"Content-Length": str(file.size)}
         return StreamingResponse(
-            _primed(multipart.stream(boundary, images())),
-            media_type=multipart.content_type(boundary, options.media_type),
+            _primed(file.chunks(), 1),
+            media_type=f"{DICOM}; transfer-syntax={file.transfer_syntax}",
+            headers=headers,
         )
+    return _multipart_response(_instance_parts(files, base_url(request)), DICOM)
 
-    @api.get("/studies/{study}/rendered", summary="A study's images rendered (multipart)",
-             responses=_MULTIPART_RESPONSES, response_class=Response)
-    def rendered_study(
-        request: Request, study: str, viewport: Viewport = None, window: WindowParam = None,
-        quality: Quality = None,
-    ) -> Response:
-        items = wado.instances.instances(study)
-        return rendered_many(request, items, viewport, window, quality)
 
-    @api.get("/studies/{study}/series/{series}/rendered", response_class=Response,
-             summary="A series' images rendered (multipart)", responses=_MULTIPART_RESPONSES)
-    def rendered_series(
-        request: Request, study: str, series: str, viewport: Viewport = None,
-        window: WindowParam = None, quality: Quality = None,
-    ) -> Response:
-        items = wado.instances.instances(study, series)
-        return rendered_many(request, items, viewport, window, quality)
+@router.get("/studies/{study}", summary="Retrieve a study's instances (multipart DICOM)",
+            responses=_DICOM_RESPONSES, response_class=Response)
+def retrieve_study(request: Request, wado: WadoDep, who: Who, study: str) -> Response:
+    return _retrieve(wado, request, who, study)
 
-    @api.get(_INSTANCE + "/rendered", summary="An instance rendered (first frame) as JPEG/PNG",
-             responses=_IMAGE_RESPONSES, response_class=Response)
-    def rendered_instance(
-        request: Request, study: str, series: str, instance: str, viewport: Viewport = None,
-        window: WindowParam = None, quality: Quality = None,
-    ) -> Response:
-        item = wado.instances.instance(study, series, instance)
-        return rendered(request, item, 1, viewport, window, quality, thumbnail=False)
 
-    @api.get(_INSTANCE + "/frames/{frame}/rendered", response_class=Response,
-             summary="A frame rendered as JPEG/PNG", responses=_IMAGE_RESPONSES)
-    def rendered_frame(
-        request: Request, study: str, series: str, instance: str, frame: str,
-        viewport: Viewport = None, window: WindowParam = None, quality: Quality = None,
-    ) -> Response:
-        numbers = parse_frame_list(frame)
-        if len(numbers) != 1:
-            raise HttpError(400, "a rendered frame is one frame number")
-        item = wado.instances.instance(study, series, instance)
-        return rendered(request, item, numbers[0], viewport, window, quality, thumbnail=False)
+@router.get("/studies/{study}/series/{series}", response_class=Response,
+            summary="Retrieve a series' instances (multipart DICOM)",
+            responses=_DICOM_RESPONSES)
+def retrieve_series(request: Request, wado: WadoDep, who: Who, study: str,
+                    series: str) -> Response:
+    return _retrieve(wado, request, who, study, series)
 
-    def thumbnail(request: Request, items: Sequence[RetrieveItem], frame: int,
-                  viewport: str | None) -> Response:
-        representative = items[len(items) // 2]
-        return rendered(request, representative, frame, viewport, None, None, thumbnail=True)
 
-    @api.get("/studies/{study}/thumbnail", summary="A study thumbnail (a representative image)",
-             responses=_IMAGE_RESPONSES, response_class=Response)
-    def study_thumbnail(request: Request, study: str, viewport: Viewport = None) -> Response:
-        items = wado.instances.instances(study)
-        first_series = [i for i in items if i.series_instance_uid == items[0].series_instance_uid]
-        return thumbnail(request, first_series, 1, viewport)
+@router.get(_INSTANCE, summary="Retrieve an instance (multipart or single DICOM)",
+            responses=_DICOM_RESPONSES, response_class=Response)
+def retrieve_instance(request: Request, wado: WadoDep, who: Who, study: str, series: str,
+                      instance: str) -> Response:
+    return _retrieve(wado, request, who, study, series, instance)
 
-    @api.get("/studies/{study}/series/{series}/thumbnail", response_class=Response,
-             summary="A series thumbnail (its middle image)", responses=_IMAGE_RESPONSES)
-    def series_thumbnail(
-        request: Request, study: str, series: str, viewport: Viewport = None
-    ) -> Response:
-        return thumbnail(request, wado.instances.instances(study, series), 1, viewport)
 
-    @api.get(_INSTANCE + "/thumbnail", summary="An instance thumbnail",
-             responses=_IMAGE_RESPONSES, response_class=Response)
-    def instance_thumbnail(
-        request: Request, study: str, series: str, instance: str, viewport: Viewport = None
-    ) -> Response:
-        return thumbnail(request, wado.instances.instances(study, series, instance), 1, viewport)
+def _metadata(
+    wado: WadoServices, request: Request, study: str, series: str | None = None,
+    instance: str | None = None,
+) -> Response:
+    accept = accept_of(request)
+    if not any(m.matches(DICOM_JSON) or m.matches("application/json")
+               for m in parse_accept(accept)):
+        raise _not_acceptable(accept, "metadata is application/dicom+json")
+    if request.headers.get("if-none-match"):
+        current = wado.metadata.current_etag(study, series, instance)
+        if _etag_matches(request, current):
+            return Response(status_code=304, headers=_metadata_headers(current))
+    items = wado.metadata.items(study, series, instance)
+    etag = wado.metadata.etag(items)
+    headers = _metadata_headers(etag)
+    base = base_url(request)
+    zipped = "gzip" in request.headers.get("accept-encoding", "")
 
-    @api.get(_INSTANCE + "/frames/{frame}/thumbnail", summary="A frame thumbnail",
-             responses=_IMAGE_RESPONSES, response_class=Response)
-    def frame_thumbnail(
-        request: Request, study: str, series: str, instance: str, frame: str,
-        viewport: Viewport = None,
-    ) -> Response:
-        numbers = parse_frame_list(frame)
-        if len(numbers) != 1:
-            raise HttpError(400, "a thumbnail is of one frame")
-        items = wado.instances.instances(study, series, instance)
-        return thumbnail(request, items, numbers[0], viewport)
+    def make() -> bytes:
+        parts = wado.metadata.metadata(items).parts
+        return with_base(b"[" + b",".join(parts) + b"]", base)
 
-    return api
+    body = wado.answers.get((etag, base, zipped), make)
+    if zipped:
+        headers["Content-Encoding"] = "gzip"
+    return Response(body, media_type=DICOM_JSON, headers=headers)
+
+
+@router.get("/studies/{study}/metadata",
+            summary="Metadata of a study's instances (DICOM JSON)",
+            responses=_JSON_RESPONSES, response_class=Response)
+def study_metadata(request: Request, wado: WadoDep, study: str) -> Response:
+    return _metadata(wado, request, study)
+
+
+@router.get("/studies/{study}/series/{series}/metadata", response_class=Response,
+            summary="Metadata of a series' instances (DICOM JSON)", responses=_JSON_RESPONSES)
+def series_metadata(request: Request, wado: WadoDep, study: str, series: str) -> Response:
+    return _metadata(wado, request, study, series)
+
+
+@router.get(_INSTANCE + "/metadata", summary="Metadata of an instance (DICOM JSON)",
+            responses=_JSON_RESPONSES, response_class=Response)
+def instance_metadata(request: Request, wado: WadoDep, study: str, series: str,
+                      instance: str) -> Response:
+    return _metadata(wado, request, study, series, instance)
+
+
+def _frames_answer(wado: WadoServices, request: Request, item: RetrieveItem,
+                   numbers: list[int]) -> Response:
+    accept = accept_of(request)
+    offers = frame_offers(parse_accept(accept))
+    single = len(numbers) == 1 and bool(offers) and not offers[0][0]
+    usable = [offer for part, offer in offers if part != single]
+    if not usable:
+        raise _not_acceptable(accept, 'frames are multipart/related; '
+                              'type="application/octet-stream" (or the stored image type)')
+    return _frame_response(wado.frames.frames(item, numbers, usable), not single)
+
+
+@router.get(_INSTANCE + "/frames/{frames}", summary="Frames of an instance (pixel data)",
+            responses=_MULTIPART_RESPONSES, response_class=Response)
+def frames(request: Request, wado: WadoDep, study: str, series: str, instance: str,
+           frames: str) -> Response:
+    numbers = parse_frame_list(frames)
+    item = wado.instances.instance(study, series, instance)
+    return _frames_answer(wado, request, item, numbers)
+
+
+@router.get(_INSTANCE + "/bulk/{path:path}", summary="A bulk data value of an instance",
+            responses=_MULTIPART_RESPONSES, response_class=Response)
+def bulk(request: Request, wado: WadoDep, study: str, series: str, instance: str,
+         path: str) -> Response:
+    steps = parse_bulk_path(path)
+    item = wado.instances.instance(study, series, instance)
+    value = wado.frames.bulk(item, steps)
+    if value is None:  # Pixel Data: its frames
+        count = wado.frames.frame_count(item)
+        return _frames_answer(wado, request, item, list(range(1, count + 1)))
+    accept = accept_of(request)
+    offers = frame_offers(parse_accept(accept))
+    if not offers or offers[0][1].media_type != OCTET_STREAM:
+        raise _not_acceptable(accept, "bulk data is application/octet-stream")
+    if not offers[0][0]:
+        return StreamingResponse(value.chunks, media_type=OCTET_STREAM,
+                                 headers={"Content-Length": str(value.size)})
+    part = multipart.Part(OCTET_STREAM, value.chunks, value.size)
+    return _multipart_response([part], OCTET_STREAM)
+
+
+def _rendered(
+    wado: WadoServices, request: Request, item: RetrieveItem, frame: int,
+    viewport: str | None, window: str | None, quality: str | None, thumbnail: bool,
+) -> Response:
+    options = _rendering(_image_type(request), viewport, window, quality, thumbnail)
+    return Response(_render(wado, item, frame, options), media_type=options.media_type)
+
+
+def _rendered_many(
+    wado: WadoServices, request: Request, items: Sequence[RetrieveItem], viewport: str | None,
+    window: str | None, quality: str | None,
+) -> Response:
+    """Each instance's first frame rendered, as one multipart answer (PS3.18 10.4.1.1.3);
+    instances without pixels (reports, documents) or that cannot be decoded are left out."""
+    options = _rendering(_image_type(request), viewport, window, quality, thumbnail=False)
+    base = base_url(request)
+
+    def images() -> Iterator[multipart.Part]:
+        for item in items:
+            try:
+                image = _render(wado, item, 1, options)
+            except (NotFound, CannotTranscode, DecoderBusy) as error:  # or DecodeTooLarge
+                log.info("rendered %s: %s left out: %s", item.series_instance_uid,
+                         item.sop_instance_uid, error)
+                continue
+            location = (f"{base}/studies/{item.study_instance_uid}/series/"
+                        f"{item.series_instance_uid}/instances/{item.sop_instance_uid}")
+            yield multipart.Part(options.media_type, (image,), len(image), location)
+
+    boundary = multipart.new_boundary()
+    return StreamingResponse(
+        _primed(multipart.stream(boundary, images())),
+        media_type=multipart.content_type(boundary, options.media_type),
+    )
+
+
+@router.get("/studies/{study}/rendered", summary="A study's images rendered (multipart)",
+            responses=_MULTIPART_RESPONSES, response_class=Response)
+def rendered_study(
+    request: Request, wado: WadoDep, study: str, viewport: Viewport = None,
+    window: WindowParam = None, quality: Quality = None,
+) -> Response:
+    items = wado.instances.instances(study)
+    return _rendered_many(wado, request, items, viewport, window, quality)
+
+
+@router.get("/studies/{study}/series/{series}/rendered", response_class=Response,
+            summary="A series' images rendered (multipart)", responses=_MULTIPART_RESPONSES)
+def rendered_series(
+    request: Request, wado: WadoDep, study: str, series: str, viewport: Viewport = None,
+    window: WindowParam = None, quality: Quality = None,
+) -> Response:
+    items = wado.instances.instances(study, series)
+    return _rendered_many(wado, request, items, viewport, window, quality)
+
+
+@router.get(_INSTANCE + "/rendered",
+            summary="An instance rendered (first frame) as JPEG/PNG",
+            responses=_IMAGE_RESPONSES, response_class=Response)
+def rendered_instance(
+    request: Request, wado: WadoDep, study: str, series: str, instance: str,
+    viewport: Viewport = None, window: WindowParam = None, quality: Quality = None,
+) -> Response:
+    item = wado.instances.instance(study, series, instance)
+    return _rendered(wado, request, item, 1, viewport, window, quality, thumbnail=False)
+
+
+@router.get(_INSTANCE + "/frames/{frame}/rendered", response_class=Response,
+            summary="A frame rendered as JPEG/PNG", responses=_IMAGE_RESPONSES)
+def rendered_frame(
+    request: Request, wado: WadoDep, study: str, series: str, instance: str, frame: str,
+    viewport: Viewport = None, window: WindowParam = None, quality: Quality = None,
+) -> Response:
+    numbers = parse_frame_list(frame)
+    if len(numbers) != 1:
+        raise HttpError(400, "a rendered frame is one frame number")
+    item = wado.instances.instance(study, series, instance)
+    return _rendered(wado, request, item, numbers[0], viewport, window, quality,
+                     thumbnail=False)
+
+
+def _thumbnail(wado: WadoServices, request: Request, items: Sequence[RetrieveItem],
+               frame: int, viewport: str | None) -> Response:
+    representative = items[len(items) // 2]
+    return _rendered(wado, request, representative, frame, viewport, None, None,
+                     thumbnail=True)
+
+
+@router.get("/studies/{study}/thumbnail",
+            summary="A study thumbnail (a representative image)",
+            responses=_IMAGE_RESPONSES, response_class=Response)
+def study_thumbnail(request: Request, wado: WadoDep, study: str,
+                    viewport: Viewport = None) -> Response:
+    items = wado.instances.instances(study)
+    first_series = [i for i in items if i.series_instance_uid == items[0].series_instance_uid]
+    return _thumbnail(wado, request, first_series, 1, viewport)
+
+
+@router.get("/studies/{study}/series/{series}/thumbnail", response_class=Response,
+            summary="A series thumbnail (its middle image)", responses=_IMAGE_RESPONSES)
+def series_thumbnail(
+    request: Request, wado: WadoDep, study: str, series: str, viewport: Viewport = None
+) -> Response:
+    return _thumbnail(wado, request, wado.instances.instances(study, series), 1, viewport)
+
+
+@router.get(_INSTANCE + "/thumbnail", summary="An instance thumbnail",
+            responses=_IMAGE_RESPONSES, response_class=Response)
+def instance_thumbnail(
+    request: Request, wado: WadoDep, study: str, series: str, instance: str,
+    viewport: Viewport = None,
+) -> Response:
+    return _thumbnail(wado, request, wado.instances.instances(study, series, instance), 1,
+                      viewport)
+
+
+@router.get(_INSTANCE + "/frames/{frame}/thumbnail", summary="A frame thumbnail",
+            responses=_IMAGE_RESPONSES, response_class=Response)
+def frame_thumbnail(
+    request: Request, wado: WadoDep, study: str, series: str, instance: str, frame: str,
+    viewport: Viewport = None,
+) -> Response:
+    numbers = parse_frame_list(frame)
+    if len(numbers) != 1:
+        raise HttpError(400, "a thumbnail is of one frame")
+    items = wado.instances.instances(study, series, instance)
+    return _thumbnail(wado, request, items, numbers[0], viewport)
 
 
 # -- WADO-URI --------------------------------------------------------------------------------
-def uri_router(web: Web) -> APIRouter:
-    api = APIRouter(tags=["WADO-URI"])
-    wado = services_of(web)
-
-    @api.get(
-        "/wado",
-        summary="WADO-URI (PS3.18 9): an instance as DICOM, JPEG or PNG",
-        responses={200: {"content": {DICOM: {}, rendering.JPEG: {}, rendering.PNG: {}}}},
-        response_class=Response,
-    )
-    def wado_uri(
-        request: Request,
-        requestType: str | None = None,  # noqa: N803 - the standard's parameter names
-        studyUID: str | None = None,  # noqa: N803
-        seriesUID: str | None = None,  # noqa: N803
-        objectUID: str | None = None,  # noqa: N803
-        contentType: str | None = None,  # noqa: N803
-        transferSyntax: str | None = None,  # noqa: N803
-        rows: str | None = None,
-        columns: str | None = None,
-        windowCenter: str | None = None,  # noqa: N803
-        windowWidth: str | None = None,  # noqa: N803
-        frameNumber: str | None = None,  # noqa: N803
-        imageQuality: str | None = None,  # noqa: N803
-    ) -> Response:
-        if requestType != "WADO":
-            raise HttpError(400, "requestType must be WADO")
-        if not (studyUID and seriesUID and objectUID):
-            raise HttpError(400, "studyUID, seriesUID and objectUID are required")
-        wanted = [t.split(";")[0].strip().lower() for t in (contentType or "image/jpeg").split(",")]
-        for media_type in wanted:
-            if media_type == DICOM:
-                (item,) = wado.instances.instances(studyUID, seriesUID, objectUID,
-                                                   who=client_actor(request), how="WADO-URI")
-                syntax = (transferSyntax or ExplicitVRLittleEndian).strip()
-                (file,) = wado.instances.files([item], [syntax])
-                headers = {} if file.size is None else {"Content-Length": str(file.size)}
-                return StreamingResponse(_primed(file.chunks(), 1), media_type=DICOM,
-                                         headers=headers)
-            if media_type in rendering.MEDIA_TYPES or media_type in ("image/*", "*/*"):
-                item = wado.instances.instance(studyUID, seriesUID, objectUID)
-                return _uri_image(wado, item, media_type, rows, columns, windowCenter,
-                                  windowWidth, frameNumber, imageQuality)
-        raise HttpError(406, f"contentType {contentType!r}: application/dicom, image/jpeg or "
-                             "image/png")
-
-    return api
+@uri_router.get(
+    "/wado",
+    summary="WADO-URI (PS3.18 9): an instance as DICOM, JPEG or PNG",
+    responses={200: {"content": {DICOM: {}, rendering.JPEG: {}, rendering.PNG: {}}}},
+    response_class=Response,
+)
+def wado_uri(
+    wado: WadoDep,
+    who: Who,
+    requestType: str | None = None,  # noqa: N803 - the standard's parameter names
+    studyUID: str | None = None,  # noqa: N803
+    seriesUID: str | None = None,  # noqa: N803
+    objectUID: str | None = None,  # noqa: N803
+    contentType: str | None = None,  # noqa: N803
+    transferSyntax: str | None = None,  # noqa: N803
+    rows: str | None = None,
+    columns: str | None = None,
+    windowCenter: str | None = None,  # noqa: N803
+    windowWidth: str | None = None,  # noqa: N803
+    frameNumber: str | None = None,  # noqa: N803
+    imageQuality: str | None = None,  # noqa: N803
+) -> Response:
+    if requestType != "WADO":
+        raise HttpError(400, "requestType must be WADO")
+    if not (studyUID and seriesUID and objectUID):
+        raise HttpError(400, "studyUID, seriesUID and objectUID are required")
+    wanted = [t.split(";")[0].strip().lower() for t in (contentType or "image/jpeg").split(",")]
+    for media_type in wanted:
+        if media_type == DICOM:
+            (item,) = wado.instances.instances(studyUID, seriesUID, objectUID, who=who,
+                                               how="WADO-URI")
+            syntax = (transferSyntax or ExplicitVRLittleEndian).strip()
+            (file,) = wado.instances.files([item], [syntax])
+            headers = {} if file.size is None else {"Content-Length": str(file.size)}
+            return StreamingResponse(_primed(file.chunks(), 1), media_type=DICOM,
+                                     headers=headers)
+        if media_type in rendering.MEDIA_TYPES or media_type in ("image/*", "*/*"):
+            item = wado.instances.instance(studyUID, seriesUID, objectUID)
+            return _uri_image(wado, item, media_type, rows, columns, windowCenter,
+                              windowWidth, frameNumber, imageQuality)
+    raise HttpError(406, f"contentType {contentType!r}: application/dicom, image/jpeg or "
+                         "image/png")
 
 
 def _uri_image(

@@ -82,6 +82,14 @@ def serve(
         str | None, typer.Option("--http-host", help="HTTP bind address [127.0.0.1]")
     ] = None,
     http_port: Annotated[str | None, typer.Option("--http-port", help="[8042]")] = None,
+    auth: Annotated[
+        str | None, typer.Option("--auth", help="none | required: HTTP clients need a bearer "
+                                 "token or a UI session [none]"),
+    ] = None,
+    insecure: Annotated[
+        bool | None, typer.Option("--insecure", help="allow --auth none on a non-loopback "
+                                  "address")
+    ] = None,
     tls_cert: Annotated[
         str | None, typer.Option("--tls-cert", help="PEM certificate chain: the HTTP port "
                                  "speaks HTTPS only (with --tls-key), and it is the DICOM TLS "
@@ -178,7 +186,8 @@ def serve(
     """Run the DIMSE SCP and the HTTP server (DICOMweb, /health) in one process."""
     settings = _settings(
         data_dir=data_dir, ae_title=ae_title, dimse_port=dimse_port, dimse_host=dimse_host,
-        http_host=http_host, http_port=http_port, tls_cert=tls_cert, tls_key=tls_key,
+        http_host=http_host, http_port=http_port, auth=auth, insecure=insecure,
+        tls_cert=tls_cert, tls_key=tls_key,
         tls_ca=tls_ca, dimse_tls_port=dimse_tls_port, tls_client_cert=tls_client_cert,
         database_url=database_url, peers=peer, dimse_access=dimse_access, qa=qa,
         overwrite=overwrite, log_level=log_level, dimse_processes=dimse_processes,
@@ -188,6 +197,10 @@ def serve(
         modalities=modality, stable_seconds=stable_seconds, retention_days=retention_days,
         audit_syslog=audit_syslog,
     )
+    refusal = settings.exposed_without_auth
+    if refusal is not None:
+        err.print(f"pacs: error: {refusal}", soft_wrap=True, markup=False)
+        raise typer.Exit(2)
     raise typer.Exit(root.serve(settings))
 
 

@@ -39,15 +39,17 @@ from pacs.services.ingest import IngestService
 from pacs.services.query import QueryService
 from pacs.services.retrieve import Destination, RetrieveService
 from pacs.services.routing import RoutingService, Worker
+from pacs.services.sessions import SessionService
 from pacs.services.syslog import SyslogHeader, SyslogTarget, sender_for
 from pacs.services.tls_listener import BCP195_TLS12_CIPHERS, harden_tls, server_context
 from pacs.services.workflow import QaGate, RouteRule, WorkflowService
-from pacs.settings import DimseAccess, QaMode, Settings, TlsClientCert
+from pacs.settings import AuthMode, DimseAccess, QaMode, Settings, TlsClientCert
 from storage.blobs import FileStore
 from storage.index import Index
 
 if TYPE_CHECKING:
-    from dicomweb.context import Web
+    from dicomweb.wado_services import WadoServices
+    from pacs.http.context import Web
     from pacs.services.oidc import OidcVerifier
 
 log = logging.getLogger("pacs")
@@ -71,6 +73,7 @@ class Services:
     tokens: TokenService
     authenticator: Authenticator
     ae_registry: AeRegistry
+    sessions: SessionService
 
 
 @contextmanager
@@ -126,6 +129,7 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
             tokens=tokens,
             authenticator=Authenticator(tokens=tokens, oidc=_oidc(settings)),
             ae_registry=ae_registry,
+            sessions=SessionService(index=index),
         )
         yield services
     finally:
@@ -214,8 +218,7 @@ def _dimse_tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 def _web(settings: Settings, services: Services) -> Web:
-    from dicomweb.context import Web, WebOptions
-    from dicomweb.wado_services import wado_services
+    from pacs.http.context import Web, WebOptions
 
     origins, methods = settings.effective_cors
     return Web(
@@ -230,8 +233,14 @@ def _web(settings: Settings, services: Services) -> Web:
         ),
         workflow=services.workflow,
         routing=services.routing,
-        wado=wado_services(services.retrieve, cache_dir=settings.data_dir / "cache" / "metadata"),
+        sessions=services.sessions,
     )
+
+
+def _wado(settings: Settings, services: Services) -> WadoServices:
+    from dicomweb.wado_services import wado_services
+
+    return wado_services(services.retrieve, cache_dir=settings.data_dir / "cache" / "metadata")
 
 
 def _background(settings: Settings, services: Services) -> list[Worker]:
@@ -281,9 +290,10 @@ def serve(settings: Settings) -> int:
     # import this module and never serve HTTP (about 18 MB less each).
     import uvicorn
 
-    from dicomweb.app import create_app
-    from dicomweb.security import RefusalAudit
-    from dicomweb.server import HttpLimits, HttpServer, guarded_protocol
+    from pacs.http.auth import Access
+    from pacs.http.security import RefusalAudit
+    from pacs.http.server import HttpLimits, HttpServer, guarded_protocol
+    from pacs.web import create_app
 
     configure_logging(settings.log_level)
     with open_services(settings) as services:
@@ -301,7 +311,14 @@ def serve(settings: Settings) -> int:
             return http_started.is_set() and dimse.port != 0 and workers.ready()
 
         refusals = RefusalAudit(services.audit.refusal)
-        app = create_app(web=_web(settings, services), is_ready=is_ready, audit=refusals)
+        required = settings.auth is AuthMode.REQUIRED
+        access = Access(
+            authenticator=services.authenticator if required else None,
+            sessions=services.sessions if required else None,
+            refusals=services.audit.refusal, record=services.audit.record,
+        )
+        app = create_app(web=_web(settings, services), wado_services=_wado(settings, services),
+                         is_ready=is_ready, access=access, audit=refusals)
         limits = HttpLimits(
             header_timeout=settings.http_header_timeout,
             max_connections=settings.http_max_connections,

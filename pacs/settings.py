@@ -26,6 +26,13 @@ _CLAIM_PATH = re.compile(r"^[^.\s]+(\.[^.\s]+)*$")
 _PEER = re.compile(r"^(?P<ae>[^=]+)=(?P<host>[^:\s]+|\[[0-9a-fA-F:]+\]):(?P<port>\d+)$")
 
 
+class AuthMode(StrEnum):
+    """Whether HTTP clients must authenticate (``required``: a bearer token or a session)."""
+
+    NONE = "none"
+    REQUIRED = "required"
+
+
 class QaMode(StrEnum):
     """How new studies pass the QA gate."""
 
@@ -47,6 +54,17 @@ class TlsClientCert(StrEnum):
     OPTIONAL = "optional"  # when it presents one, it is checked as if required
     NONE = "none"  # none is asked for
 
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address is loopback only (``127.0.0.0/8``, ``::1``, ``localhost``);
+    a wildcard (``0.0.0.0``, ``::``, empty) or another name is not."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def check_port(value: int) -> int:
@@ -104,6 +122,14 @@ class Settings(BaseSettings):
     )
     http_host: str = "127.0.0.1"
     http_port: int = 8042
+    auth: AuthMode = Field(
+        default=AuthMode.NONE, description="required: every HTTP route but /health and "
+        "sign-in needs a bearer token (pacs token create) or a UI session with a role; none: "
+        "anyone who reaches the port may do everything (loopback only, unless insecure)",
+    )
+    insecure: bool = Field(
+        default=False, description="serve with auth none on a non-loopback address anyway",
+    )
     tls_cert: Path | None = Field(
         default=None, description="PEM certificate chain (server certificate first); with "
         "tls_key the HTTP listener speaks HTTPS only, with HSTS; the DICOM TLS listener's too",
@@ -476,6 +502,20 @@ class Settings(BaseSettings):
         if value not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError(f"sqlite_synchronous {value!r} is not OFF, NORMAL, FULL or EXTRA")
         return value
+
+    @property
+    def exposed_without_auth(self) -> str | None:
+        """Why ``pacs serve`` must not start as configured: a listener that others on the
+        network can reach while HTTP needs no authentication (``--insecure`` allows it);
+        None when it may."""
+        if self.auth is AuthMode.REQUIRED or self.insecure:
+            return None
+        for flag, host in (("--http-host", self.http_host), ("--dimse-host", self.dimse_host)):
+            if not is_loopback(host):
+                return (f"{flag} {host} is reachable from the network but --auth is none: "
+                        "anyone could read and change every study; use --auth required "
+                        "(pacs token create makes tokens), a loopback address, or --insecure")
+        return None
 
     @property
     def effective_dimse_processes(self) -> int:

@@ -64,6 +64,7 @@ class Origin:
     ae_title: str | None = None
     address: str | None = None
     tls_subject: str | None = None  # the subject of a TLS client certificate
+    user: str | None = None  # an authenticated principal's actor (``token:NAME``)
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,8 @@ class IngestService:
                 state = result.study_state
                 if self.gate is not None:
                     who = actor(origin.protocol, origin.ae_title, origin.address,
-                                tls_subject=origin.tls_subject)
+                                tls_subject=origin.tls_subject,
+                                user=origin.user)
                     state = self.gate.after_store(repo, row, result, who)
         except OutOfResources as error:
             if created and not isinstance(error.__cause__, IndexNotDurable):

@@ -11,6 +11,7 @@ from storage.index.repository import (
     UpsertOutcome,
     UpsertResult,
 )
+from storage.index.sessions import SessionRecord
 from storage.index.tokens import TokenRecord
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "IndexUnavailable",
     "InstanceRow",
     "Repository",
+    "SessionRecord",
     "StoredInstance",
     "StudyState",
     "TokenRecord",

@@ -283,6 +283,24 @@ C-MOVE destination and routing target (at its first host and ``port``). ``source
 made the entry: ``cli`` (``pacs ae add``), ``peer-flag`` or ``modality-flag`` (``pacs serve
 --peer`` / ``--modality``, rewritten at each start)."""
 
+ui_session = Table(
+    "ui_session",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("secret_sha256", String(64), nullable=False, unique=True),
+    Column("principal", String(200), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("roles", String(64), nullable=False),
+    Column("token_fk", Integer, ForeignKey("api_token.id", ondelete="CASCADE"), index=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, default=_now),
+    Column("last_seen_at", DateTime(timezone=True), nullable=False, default=_now),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+)
+"""Signed-in web UI sessions: the SHA-256 of the random id the browser's cookie carries (never
+the id), who signed in and with which roles, the API token signed in with (its revocation
+ends the session), when the session was last used and when it ends at the latest. In the
+index, so every server of a site knows every session."""
+
 TABLES: dict[Level, Table] = {
     Level.PATIENT: patient,
     Level.STUDY: study,

@@ -27,6 +27,7 @@ from storage.index.models import (
     series,
     study,
 )
+from storage.index.sessions import SessionRecords
 from storage.index.tokens import TokenRecords
 from storage.index.workflow import WorkflowRecords
 from storage.query import MULTI_VALUED_KEYS, UNIQUE_KEYS, Query, RetrieveItem
@@ -95,6 +96,7 @@ class Repository:
         self.tokens = TokenRecords(connection)
         self.audit_feed = AuditFeed(connection)
         self.application_entities = AeRecords(connection)
+        self.sessions = SessionRecords(connection)
 
     # -- ingest --------------------------------------------------------------------------
     def find_instance(self, sop_instance_uid: str) -> StoredInstance | None:

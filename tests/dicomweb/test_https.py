@@ -160,7 +160,7 @@ def _exchange_over_tls(archive: HttpsArchive, request: bytes) -> bytes:
 
 
 def test_the_http_limits_hold_under_tls(https_archive: HttpsArchive) -> None:
-    """The guarded protocol of :mod:`dicomweb.server` reads the decrypted stream: headers over
+    """The guarded protocol of :mod:`pacs.http.server` reads the decrypted stream: headers over
     64 KiB still answer 431, smaller ones are served; both answers carry HSTS."""
     head = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
     filler = b"X-Filler: " + b"a" * 70 * 1024 + b"\r\n"

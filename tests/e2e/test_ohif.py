@@ -4,7 +4,9 @@ a CT series renders (pixels on the viewport, not a blank canvas) and scrolls (th
 changes on the next slice).
 
 OHIF runs on its own origin (a static server on another port), so pacs is started with
-``--cors-origins`` naming it, exactly as docs/ohif.md tells users. ``make ohif`` fetches the
+``--cors-origins`` naming it, exactly as docs/ohif.md tells users, and with ``--auth
+required``: OHIF sends the viewer token the shipped configuration is given (every request
+without it would answer 401). ``make ohif`` fetches the
 pinned ``@ohif/app`` dist; ``make browser`` installs Chromium. Screenshots go to
 ``tests/artifacts/`` (git-ignored).
 """
@@ -25,7 +27,7 @@ from pydicom.dataset import Dataset
 from tests.factories.datasets import ct_instance, make_uid, mr_instance
 from tests.support import dcmtk, ohif
 from tests.support.browser import ARTIFACTS, chromium, launched
-from tests.support.server import PacsServer
+from tests.support.server import PacsServer, token
 from tests.support.wait import until
 
 pytestmark = pytest.mark.slow
@@ -71,9 +73,11 @@ def viewer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Viewer]:
     with ohif.static_site(dist) as site:
         pacs = PacsServer(data_dir=root / "data",
                           database_url=f"sqlite:///{root / 'index.sqlite'}",
-                          extra_args=["--cors-origins", site.origin]).start()
+                          extra_args=["--cors-origins", site.origin, "--auth", "required"])
+        viewer_token = token(pacs, "ohif", "viewer")
+        pacs.start()
         try:
-            site.configure(ohif.app_config(pacs.base_url))
+            site.configure(ohif.app_config(pacs.base_url, viewer_token))
             dcmtk.store_datasets(pacs.dimse_port, [ct_slice(n) for n in range(1, SLICES + 1)],
                                  workdir=root / "ct")
             dcmtk.store_datasets(pacs.dimse_port,

@@ -76,12 +76,19 @@ def dist_or_skip(version: str = OHIF_VERSION) -> Path:
     pytest.fail(f"OHIF {version} is not in {CACHE}: run `make ohif` (npm pack @ohif/app)")
 
 
-def app_config(pacs_url: str) -> str:
-    """The shipped ``docs/ohif-app-config.js`` pointing at ``pacs_url``, as docs/ohif.md
-    tells users to do."""
+SHIPPED_TOKEN = "const PACS_TOKEN = null;"  # what the shipped config says: no token
+
+
+def app_config(pacs_url: str, token: str | None = None) -> str:
+    """The shipped ``docs/ohif-app-config.js`` pointing at ``pacs_url`` (and sending
+    ``token`` as its bearer token), as docs/ohif.md tells users to do."""
     text = SHIPPED_CONFIG.read_text()
     if SHIPPED_PACS_URL not in text:
         raise AssertionError(f"{SHIPPED_CONFIG} no longer points at {SHIPPED_PACS_URL}")
+    if SHIPPED_TOKEN not in text:
+        raise AssertionError(f"{SHIPPED_CONFIG} no longer has {SHIPPED_TOKEN!r}")
+    if token is not None:
+        text = text.replace(SHIPPED_TOKEN, f"const PACS_TOKEN = {token!r};")
     return text.replace(SHIPPED_PACS_URL, pacs_url)
 
 

@@ -167,6 +167,18 @@ class PacsServer:
         )
 
 
+def token(server: PacsServer, name: str, role: str, *extra: str) -> str:
+    """A new API token made by ``pacs token create`` on the server's index: its secret."""
+    made = server.cli("token", "create", "--name", name, "--role", role, *extra)
+    assert made.returncode == 0, made.stderr
+    (secret,) = [line for line in made.stdout.split() if line.startswith("pacs_")]
+    return secret
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
 def wait_gone(pids: list[int], timeout: float = 30.0) -> list[int]:
     """The PIDs still alive after waiting up to ``timeout`` seconds (zombies count as gone)."""
     deadline = time.monotonic() + timeout

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Protocol
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from dicomweb.security import HSTS
+from pacs.http.security import HSTS
 
 log = logging.getLogger("pacs")
 

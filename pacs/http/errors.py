@@ -13,10 +13,11 @@ traceback goes to the log.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from pacs.services.errors import (
     CannotTranscode,
@@ -74,11 +75,16 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def install(app: FastAPI) -> None:
-    """Register the handlers that turn errors into JSON answers."""
+def install(app: FastAPI,
+            page: Callable[[Request, HttpError], Response | None] | None = None) -> None:
+    """Register the handlers that turn errors into JSON answers; ``page`` may answer an
+    :class:`HttpError` as an HTML page instead (the web UI's, for its own paths)."""
 
     @app.exception_handler(HttpError)
-    async def _http_error(_request: Request, error: HttpError) -> JSONResponse:
+    async def _http_error(request: Request, error: HttpError) -> Response:
+        answer = page(request, error) if page is not None else None
+        if answer is not None:
+            return answer
         return error_response(error.status, error.message, error.headers)
 
     @app.exception_handler(IllegalTransition)

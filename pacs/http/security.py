@@ -24,7 +24,7 @@ and the audit of refused requests.
   (by its ``Content-Length``, or as soon as a chunked body passes the limit). STOW-RS bodies
   are bounded by ``--max-request-mb`` in :mod:`dicomweb.stow`.
 - :class:`RefusalAudit`: refused requests (403, 413, and 408 / 431 / 503 from
-  :mod:`dicomweb.server`) as ``http-refused`` audit events, counted per client address and
+  :mod:`pacs.http.server`) as ``http-refused`` audit events, counted per client address and
   outcome by the service's audit writer, which writes one row of each kind per flush.
 """
 
@@ -116,7 +116,7 @@ class RefusalAudit:
                     reason=f"{refusal.status} {refusal.reason}", detail=detail)
 
     def refused_connection(self, status: int, reason: str, *, client: str | None) -> None:
-        """The listener's hook (:class:`dicomweb.server.RefusalHook`)."""
+        """The listener's hook (:class:`pacs.http.server.RefusalHook`)."""
         self.refused(Refusal(status, reason, client))
 
 

@@ -90,7 +90,14 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
     try:
         if upgrade:
             index.upgrade()
-        gate = QaGate(manual=settings.qa is QaMode.MANUAL, modalities=settings.modalities)
+        ae_registry = AeRegistry(index=index)  # --peer and --modality: serve() writes them
+
+        def registered_store(ae_title: str) -> bool:
+            entry = ae_registry.lookup(ae_title)
+            return entry is not None and "store" in entry.services
+
+        gate = QaGate(manual=settings.qa is QaMode.MANUAL, modalities=settings.modalities,
+                      registered_store=registered_store)
         limits = DecodeLimits(
             max_decoded_bytes=settings.max_decoded_mb * MB,
             max_concurrent=settings.max_concurrent_decodes,
@@ -100,7 +107,6 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
             min_free_bytes=settings.min_free_space_mb * 1_000_000, gate=gate, limits=limits,
         )
         query = QueryService(index=index, max_results=settings.max_query_results, audit=audit)
-        ae_registry = AeRegistry(index=index)  # --peer and --modality: serve() writes them
         rules = [RouteRule(*route.split("=", 1)) for route in settings.routes]
         workflow = WorkflowService(
             index=index, blobs=blobs, gate=gate, rules=rules,

@@ -189,11 +189,16 @@ def study_patient_consistency(facts: InstanceFacts) -> list[Finding]:
     )]
 
 
-def known_modality(modalities: Collection[str]) -> Callable[[InstanceFacts], list[Finding]]:
-    """The calling AE must be one of ``modalities`` (not checked when the list is empty)."""
+def known_modality(
+    modalities: Collection[str], registered: Callable[[str], bool] | None = None
+) -> Callable[[InstanceFacts], list[Finding]]:
+    """The calling AE must be one of ``modalities``, or an AE ``registered`` says may store
+    (the AE registry); not checked when ``modalities`` is empty."""
 
     def check(facts: InstanceFacts) -> list[Finding]:
         if not modalities or facts.calling_ae is None or facts.calling_ae in modalities:
+            return []
+        if registered is not None and registered(facts.calling_ae):
             return []
         return [Finding("unknown-modality",
                         f"calling AE {facts.calling_ae!r} is not a known modality",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -143,11 +143,14 @@ def actor(protocol: str, ae_title: str | None = None, address: str | None = None
 class QaGate:
     """The checks of one instance, run inside its ingest transaction."""
 
-    def __init__(self, *, manual: bool = False, modalities: Sequence[str] = ()) -> None:
+    def __init__(self, *, manual: bool = False, modalities: Sequence[str] = (),
+                 registered_store: Callable[[str], bool] | None = None) -> None:
+        """``modalities``: the known modalities' AE titles (``--modality``); an AE for which
+        ``registered_store`` is true (the AE registry: allowed to store) is known too."""
         self.manual = manual
         checks: list[InstanceCheck] = list(INSTANCE_CHECKS)
         if modalities:
-            checks.append(known_modality(frozenset(modalities)))
+            checks.append(known_modality(frozenset(modalities), registered_store))
         self.checks = tuple(checks)
 
     @property

@@ -410,3 +410,34 @@ def test_a_calling_ae_that_is_not_a_known_modality_is_a_finding(
         assert held["state"] == "quarantined"
         assert [f["code"] for f in held["findings"]] == ["unknown-modality"]
         assert "STORESCU" in held["findings"][0]["message"]
+
+
+def test_an_ae_registered_to_store_is_a_known_modality(
+    modality_server: PacsServer, tmp_path: Path
+) -> None:
+    """``pacs ae add MR1 --allow store`` makes MR1 a known modality for the QA check, beside
+    the ``--modality`` list, without a restart; an AE registered without store is not."""
+    added = modality_server.cli("ae", "add", "MR1", "--host", "127.0.0.1", "--allow", "store")
+    assert added.returncode == 0, added.stderr
+    added = modality_server.cli("ae", "add", "WS1", "--host", "127.0.0.1", "--allow", "find")
+    assert added.returncode == 0, added.stderr
+    with httpx.Client(timeout=60) as http:
+        archive = Archive(modality_server, tmp_path, http)
+        attempts = iter(range(1000))
+
+        def store(ae: str) -> str:
+            study = make_uid("qa", "registered", ae, str(next(attempts)))
+            path = write_part10(ct_instance(PatientID=f"QA-{ae}", StudyInstanceUID=study),
+                                tmp_path / f"{study}.dcm")
+            result = dcmtk.storescu(modality_server.dimse_port, [path], workdir=tmp_path,
+                                    aet=ae)
+            assert dcmtk.successes(result) == 1, dcmtk.status_lines(result)
+            return study
+
+        # each server process reads the registry at most every 2 s: the CLI's entries reach
+        # it within that, so MR1's studies are archived from then on
+        until("MR1 counts as a known modality",
+              lambda: archive.state(store("MR1")) == "archived")
+        held = archive.api("GET", f"/studies/{store('WS1')}").json()
+        assert held["state"] == "quarantined"
+        assert [f["code"] for f in held["findings"]] == ["unknown-modality"]

@@ -50,10 +50,10 @@ dcmtk:
 ## browser: Debian's chromium for the UI tests (Playwright drives /usr/bin/chromium; no
 ## `playwright install`, nothing downloaded at test time); apt-get when missing and root
 browser:
-	@test -x /usr/bin/chromium || { \
+	@{ test -x /usr/bin/chromium && test -x /usr/bin/certutil; } || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
-	  else echo "chromium is missing: install the 'chromium' package (apt-get install chromium)"; exit 1; fi; }
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium libnss3-tools; \
+	  else echo "chromium or certutil is missing: install the 'chromium' and 'libnss3-tools' packages"; exit 1; fi; }
 
 ## orthanc: Debian's Orthanc and its DICOMweb plugin, a STOW-RS client the tests push into pacs
 ## with (apt-get when missing and root). The tests start their own Orthanc on free loopback

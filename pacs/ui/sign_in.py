@@ -3,7 +3,9 @@ pages send the browser on to the studies).
 
 ``GET /ui/sign-in`` shows a form for a credential the server's authenticator accepts: an API
 token (``pacs token create``) or, where OIDC is configured, an OIDC access token pasted in.
-``POST /ui/sign-in`` checks it and opens a session (:mod:`pacs.services.sessions`): the
+``POST /ui/sign-in`` checks it (a refusal is audited as ``auth-failed`` with the verifier's
+reason, an OIDC identity with no pacs role is refused with 403) and opens a session
+(:mod:`pacs.services.sessions`, ending no later than an OIDC token's ``exp``): the
 cookie ``pacs_session`` carries its random id, ``HttpOnly`` (no script reads it),
 ``SameSite=Strict`` (no other site's page sends it), ``Secure`` under HTTPS, ``Path=/`` (the
 study page's thumbnails come from DICOMweb), and no ``Max-Age`` (it ends with the browser;

@@ -239,6 +239,8 @@ def _web(settings: Settings, services: Services) -> Web:
         ),
         workflow=services.workflow,
         routing=services.routing,
+        tokens=services.tokens,
+        ae_registry=services.ae_registry,
         sessions=services.sessions,
     )
 

@@ -3,10 +3,11 @@ composition root; no globals.
 
 Routes: ``/health``; DICOMweb (PS3.18, :mod:`dicomweb`) under ``/dicom-web``: QIDO-RS,
 WADO-RS, STOW-RS, rejection (IOCM); WADO-URI at ``/wado``; the QA and administration REST API
-(:mod:`pacs.api`) under ``/api``; the web UI (:mod:`pacs.ui`) at ``/`` and ``/ui``. Each
-route declares the role it needs (:mod:`pacs.http.auth`). Around
-them (:mod:`pacs.http.security`): security headers, the cross-site guard of state-changing
-requests, CORS on DICOMweb for configured origins only, the bound on request bodies.
+(:mod:`pacs.api`: the review, jobs, tokens, the AE registry, purge) under ``/api``; the web UI
+(:mod:`pacs.ui`) at ``/`` and ``/ui``. Each route declares the role it needs
+(:mod:`pacs.http.auth`). Around them (:mod:`pacs.http.security`): security headers, the
+cross-site guard of state-changing requests, CORS on DICOMweb for configured origins only,
+the bound on request bodies.
 
 The routers are module-level: a route takes what it calls as a dependency that reads
 ``app.state`` (``web: WebDep``, ``wado: WadoDep``), which this factory fills with what the
@@ -24,6 +25,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from dicomweb import qido, reject, stow, wado
 from dicomweb.wado_services import WadoServices
 from pacs import __version__
+from pacs.api import admin
 from pacs.api import routes as api
 from pacs.http import errors
 from pacs.http.auth import PUBLIC, Access
@@ -79,6 +81,7 @@ def create_app(*, web: Web, wado_services: WadoServices, is_ready: Callable[[], 
     app.include_router(reject.router, prefix=DICOMWEB_PATH)
     app.include_router(wado.uri_router)
     app.include_router(api.router)
+    app.include_router(admin.router)
     app.include_router(ui.router)
     app.include_router(sign_in.router)
     app.mount(ui.STATIC_PATH, ui.static_files(), name="ui-static")

@@ -1,13 +1,15 @@
-"""The JSON bodies of the QA and administration API (:mod:`pacs.api.routes`): what it
-answers (``...Out``) and what it takes (``...In``)."""
+"""The JSON bodies of the QA and administration API (:mod:`pacs.api.routes`,
+:mod:`pacs.api.admin`): what it answers (``...Out``) and what it takes (``...In``)."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pacs.services.ae_registry import MAX_HOSTS, AeRecord, Service
+from pacs.services.auth import MAX_EXPIRES_DAYS, Role, TokenRecord
 from pacs.services.workflow import AuditRecord, FindingRecord, JobRecord, StudyReview
 
 
@@ -89,6 +91,95 @@ class CorrectionIn(BaseModel):
 class MergeIn(BaseModel):
     PatientID: str = Field(min_length=1, description="the patient to file the study under")
     IssuerOfPatientID: str | None = None
+
+
+class TokenOut(BaseModel):
+    """An API token as listed: never its secret nor the secret's hash."""
+
+    name: str
+    role: str
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class TokenCreatedOut(BaseModel):
+    """A new token, and its secret: shown this once, never again."""
+
+    token: TokenOut
+    secret: str = Field(description="send it as Authorization: Bearer <secret>; keep it now, "
+                        "the server keeps only its hash")
+
+
+class TokenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64,
+                      description="unique (revoked names too), recorded in the audit trail: "
+                      "letters, digits, . _ @ -")
+    role: Role
+    expires_days: int | None = Field(default=None, ge=1, le=MAX_EXPIRES_DAYS,
+                                     description="valid for this many days (none: no expiry)")
+
+
+Host = Annotated[str, Field(min_length=1, max_length=260)]
+ServiceName = Annotated[str, Field(min_length=1, max_length=16)]
+
+
+class AeOut(BaseModel):
+    """A registered AE; ``source`` says who made it (``cli``: ``pacs ae`` or this API;
+    ``peer-flag``, ``modality-flag``: the flags of ``pacs serve``)."""
+
+    ae_title: str
+    hosts: list[str]
+    port: int | None
+    allow: list[str]
+    move_destination: bool
+    source: str
+    created_at: datetime
+
+
+class AeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ae_title: str = Field(min_length=1, max_length=64,
+                          description="the remote AE title (PS3.5: up to 16 characters)")
+    hosts: list[Host] = Field(min_length=1, max_length=MAX_HOSTS, description=(
+        "addresses it may call from: IP addresses, networks (10.1.2.0/24), names, or * (any "
+        "address); the first is where a move destination is reached"))
+    port: int | None = Field(default=None, ge=1, le=65535,
+                             description="its port (needed for move_destination)")
+    allow: list[ServiceName] = Field(
+        default=[], max_length=len(Service) * 2,
+        description="services it may ask for: store, find, move, get (none: C-ECHO only)")
+    move_destination: bool = Field(default=False,
+                                   description="a C-MOVE destination and routing target")
+
+
+class PurgeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    retention_days: float | None = Field(
+        default=None, ge=0, le=36500, description="purge studies rejected longer ago than "
+        "this (default: the server's --retention-days; 0: every rejected study)")
+
+
+class PurgeOut(BaseModel):
+    retention_days: float
+    purged: list[str] = Field(description="the purged studies' Study Instance UIDs")
+
+
+def token_out(record: TokenRecord) -> TokenOut:
+    return TokenOut(name=record.name, role=record.role, created_at=record.created_at,
+                    expires_at=record.expires_at, last_used_at=record.last_used_at,
+                    revoked_at=record.revoked_at)
+
+
+def ae_out(record: AeRecord) -> AeOut:
+    return AeOut(ae_title=record.ae_title, hosts=list(record.hosts), port=record.port,
+                 allow=list(record.services), move_destination=record.move_destination,
+                 source=record.source, created_at=record.created_at)
 
 
 def finding_out(found: FindingRecord) -> FindingOut:

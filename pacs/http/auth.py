@@ -17,7 +17,8 @@ the application's route table and fails on a route that declares neither, or bot
   Bearer realm="pacs"`` (and ``error="invalid_token"`` when one was given, RFC 6750 3.1) and
   a JSON body that says which of the two, nothing more; a UI page redirects to the sign-in
   page instead. A principal without the role: ``403``. Both are audited as counted refusals
-  (``auth-failed``: ``http:ADDRESS``, ``missing`` or ``invalid``; ``permission-denied``:
+  (``auth-failed``: ``http:ADDRESS``, ``missing`` or ``invalid``, with the reason an OIDC
+  token was refused, ``invalid: expired``, never the token; ``permission-denied``:
   ``http:token:NAME@ADDRESS``, the route and the role it needs), so a flood costs a counter.
 """
 
@@ -37,7 +38,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection, Request
 
 from pacs.http.errors import HttpError
-from pacs.services.auth import Principal, Role
+from pacs.services.auth import CredentialRefused, Principal, Role
 from pacs.services.workflow import actor
 
 REALM = "pacs"
@@ -73,7 +74,10 @@ class Refusals(Protocol):
 class Authenticating(Protocol):
     """:class:`pacs.services.auth.Authenticator`: a bearer credential to a principal."""
 
-    def authenticate(self, bearer: str) -> Principal | None: ...
+    def verify(self, bearer: str) -> Principal:
+        """The principal; :class:`~pacs.services.auth.CredentialRefused` (with the reason
+        for the audit trail, when there is one to tell) for a credential not accepted."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -168,16 +172,20 @@ async def authenticate(request: Request) -> Principal | None:
         known = access.verified.get(token) if access.verified is not None else None
         if known is not None:
             return known
-        found = await run_in_threadpool(access.authenticator.authenticate, token)
-        if found is not None and access.verified is not None:
+        try:
+            found = await run_in_threadpool(access.authenticator.verify, token)
+        except CredentialRefused as refused:
+            request.state.refused_because = refused.reason  # for the audit, never the token
+            return None
+        if access.verified is not None:
             access.verified.put(token, found)
         return found
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie and access.sessions is not None and _cookie_counts(request, access):
-        found = await run_in_threadpool(access.sessions.principal, cookie)
-        if found is not None:
+        signed_in = await run_in_threadpool(access.sessions.principal, cookie)
+        if signed_in is not None:
             request.state.session_id = cookie  # the UI checks its forms' CSRF token against it
-        return found
+        return signed_in
     return None
 
 
@@ -196,6 +204,14 @@ def _cookie_counts(request: Request, access: Access) -> bool:
 
 def _under(path: str, prefixes: tuple[str, ...]) -> bool:
     return any(path == prefix or path.startswith(prefix + "/") for prefix in prefixes)
+
+
+def refused_because(request: Request) -> str | None:
+    """Why the request's credential was refused, when the verifier told (an OIDC token:
+    "expired", "wrong audience"; never an API token, whose refusal tells nothing of which
+    tokens exist): a few words for the audit trail, never the credential."""
+    because: str | None = getattr(request.state, "refused_because", None)
+    return because
 
 
 def credential_given(request: Request, access: Access) -> bool:
@@ -233,9 +249,11 @@ class Requires:
                                              else "")
                 raise HttpError(303, "sign in first", headers={
                     "Location": f"{access.sign_in_path}?next={quote(target, safe='')}"})
+            kind = "invalid" if given else "missing"
+            because = refused_because(request) if given else None
             _count(access, who=actor("http", address=address), action="auth-failed",
-                   reason=f"{'invalid' if given else 'missing'} credential",
-                   detail={"reason": "invalid" if given else "missing",
+                   reason=f"{kind} credential" + (f": {because}" if because else ""),
+                   detail={"reason": f"{kind}: {because}" if because else kind,
                            "method": request.method, "path": request.url.path[:200]})
             challenge = f'Bearer realm="{REALM}"'
             if given:

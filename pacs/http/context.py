@@ -13,6 +13,8 @@ from typing import Annotated
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
+from pacs.services.ae_registry import AeRegistry
+from pacs.services.auth import TokenService
 from pacs.services.ingest import IngestService
 from pacs.services.query import QueryService
 from pacs.services.retrieve import RetrieveService
@@ -43,6 +45,8 @@ class Web:
     ingest: IngestService
     workflow: WorkflowService
     routing: RoutingService
+    tokens: TokenService  # the admin routes: API tokens
+    ae_registry: AeRegistry  # the admin routes: the AE registry
     options: WebOptions = field(default_factory=WebOptions)
     sessions: SessionService | None = None  # the web UI's sign-in (None: no sign-in)
 

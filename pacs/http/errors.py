@@ -20,12 +20,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from pacs.services.errors import (
+    AlreadyExists,
     CannotTranscode,
     DecoderBusy,
     DecodeTooLarge,
     IllegalTransition,
     InvalidInstance,
     InvalidQuery,
+    InvalidValue,
     NotFound,
     OutOfResources,
     PacsError,
@@ -59,6 +61,8 @@ STATUS: tuple[tuple[type[PacsError], int], ...] = (
     (CannotTranscode, 406),  # no acceptable representation (PS3.18 8.7.3)
     (UnknownPeer, 404),
     (OutOfResources, 503),
+    (AlreadyExists, 409),  # a token name, an AE title taken
+    (InvalidValue, 400),  # a token's name or role, an AE's host or port
 )
 RETRY_AFTER_S = 5  # seconds a client is told to wait when every decoding slot is taken
 

@@ -45,9 +45,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from pacs.services.errors import OutOfResources, PacsError
+from pacs.services.errors import AlreadyExists, InvalidValue, OutOfResources
 from pacs.services.retrieve import Destination
 from storage.index import AeRecord, Index, IndexDataError, IndexUnavailable
+
+# AeRecord: what the front ends format (they never import the index themselves).
+__all__ = ["AeRecord", "AeRegistry", "AeRegistryError", "AeTitleTaken", "Service",
+           "check_ae_title", "check_host"]
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +97,12 @@ UNKNOWN_AE = "calling AE title not registered"
 UNLISTED_ADDRESS = "calling AE title not registered for this address"
 
 
-class AeRegistryError(PacsError):
+class AeRegistryError(InvalidValue):
     """An entry cannot be made as asked (the message says why, for the user)."""
+
+
+class AeTitleTaken(AeRegistryError, AlreadyExists):
+    """The AE title is registered already (entries are not changed in place: remove first)."""
 
 
 def check_ae_title(value: str) -> str:
@@ -221,7 +229,7 @@ class AeRegistry:
             if existing is None:
                 raise
         by = f" (by {_source_flag(existing.source)})" if existing.source in FLAG_SOURCES else ""
-        raise AeRegistryError(f"AE title {title!r} is registered already{by}: remove it first")
+        raise AeTitleTaken(f"AE title {title!r} is registered already{by}: remove it first")
 
     def remove(self, ae_title: str, *, who: str = "cli") -> bool:
         """Remove an entry at once (every process within ``max_age_s``); False when there is

@@ -29,8 +29,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from pacs.services.errors import PacsError
+from pacs.services.errors import AlreadyExists, InvalidValue, PacsError
 from storage.index import Index, IndexDataError, TokenRecord
+
+# TokenRecord: what the front ends format (they never import the index themselves).
+__all__ = ["Authenticator", "CredentialRefused", "Principal", "Role", "TokenError",
+           "TokenExists", "TokenRecord", "TokenService", "allows"]
 
 PREFIX = "pacs_"
 LOOKUP_ID_HEX = 12  # 48 bits: a collision among a site's tokens is beyond reach
@@ -72,6 +76,9 @@ class Principal:
     roles: frozenset[Role]
     kind: str = "token"  # "token" (API token) or "oidc" (an identity provider's bearer token)
     display_name: str | None = field(default=None, compare=False)  # e.g. preferred_username
+    expires_at: dt.datetime | None = field(default=None, compare=False)
+    """When the credential it was proved with ends, if it says (an OIDC token's ``exp``): a
+    web UI session opened with it ends then too."""
 
     @classmethod
     def of(cls, name: str, *roles: Role, kind: str = "token") -> Principal:
@@ -86,29 +93,65 @@ class Principal:
         return any(allows(role, needed) for role in self.roles)
 
 
+class CredentialRefused(PacsError):
+    """A bearer credential that is not accepted. ``reason`` says why in a few words for the
+    audit trail ("expired", "wrong audience"), or is None when saying more would tell which
+    API tokens exist; the client gets a plain 401 either way. Never holds the credential."""
+
+    def __init__(self, reason: str | None = None) -> None:
+        super().__init__(reason or "invalid credential")
+        self.reason = reason
+
+
 class BearerVerifier(Protocol):
-    """Checks one kind of bearer credential (API tokens, OIDC access tokens)."""
+    """Checks one kind of bearer credential (API tokens)."""
 
     def authenticate(self, bearer: str) -> Principal | None: ...
+
+
+class ExplainingVerifier(Protocol):
+    """Checks one kind of bearer credential and says why one is refused (OIDC tokens:
+    :meth:`pacs.services.oidc.OidcVerifier.verify`)."""
+
+    def verify(self, bearer: str) -> Principal:
+        """The principal; :class:`CredentialRefused` with the reason otherwise."""
+        ...
 
 
 class Authenticator:
     """The one place a bearer credential becomes a :class:`Principal`: an API token
     (``pacs_...``) is checked against the index, anything else against the OIDC issuer's
-    keys when OIDC is configured. None for a credential neither accepts."""
+    keys when OIDC is configured."""
 
-    def __init__(self, *, tokens: BearerVerifier, oidc: BearerVerifier | None = None) -> None:
+    def __init__(self, *, tokens: BearerVerifier,
+                 oidc: ExplainingVerifier | None = None) -> None:
         self.tokens = tokens
         self.oidc = oidc
 
-    def authenticate(self, bearer: str) -> Principal | None:
+    def verify(self, bearer: str) -> Principal:
+        """The principal of ``bearer``; :class:`CredentialRefused` for a credential neither
+        accepts (with the OIDC verifier's reason; none for an API token)."""
         if bearer.startswith(PREFIX) or self.oidc is None:
-            return self.tokens.authenticate(bearer)
-        return self.oidc.authenticate(bearer)
+            found = self.tokens.authenticate(bearer)
+            if found is None:
+                raise CredentialRefused()
+            return found
+        return self.oidc.verify(bearer)
+
+    def authenticate(self, bearer: str) -> Principal | None:
+        """The principal of ``bearer``; None for a credential neither accepts."""
+        try:
+            return self.verify(bearer)
+        except CredentialRefused:
+            return None
 
 
-class TokenError(PacsError):
+class TokenError(InvalidValue):
     """A token cannot be made as asked (the message says why, for the user)."""
+
+
+class TokenExists(TokenError, AlreadyExists):
+    """A token of that name exists already (revoked ones too: names are never reused)."""
 
 
 def _hash(token: str) -> str:
@@ -161,7 +204,7 @@ class TokenService:
             with self.index.unit_of_work() as repository:
                 if repository.tokens.by_name(name) is None:
                     raise
-        raise TokenError(f"a token named {name!r} exists already")
+        raise TokenExists(f"a token named {name!r} exists already")
 
     def list(self) -> list[TokenRecord]:
         """Every token (revoked and expired ones too), by name; never a secret or its hash."""

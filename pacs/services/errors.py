@@ -20,6 +20,11 @@
     ├── UnknownPeer            a C-MOVE destination that is not registered (AE registry)
     ├── NotAuthorized          a peer asks for a service it is not allowed (AE registry)
     ├── IllegalTransition      a workflow action the study's current state does not allow
+    ├── InvalidValue           a value given for a change cannot be used (a token's name or
+    │   │                      role, an AE's host: auth.py TokenError, ae_registry.py)
+    │   └── AlreadyExists      the name or title is taken (a token, a registered AE)
+    ├── CredentialRefused      a bearer credential not accepted, with the reason (auth.py)
+    │   └── OidcError          an OIDC access token not accepted (oidc.py)
     └── UnreadableTlsFile      a certificate, key or CA file that cannot be read (tls.py)
 """
 
@@ -105,3 +110,12 @@ class IllegalTransition(PacsError):
     def __init__(self, message: str, *, current_state: str) -> None:
         super().__init__(message)
         self.current_state = current_state
+
+
+class InvalidValue(PacsError):
+    """A value given for a change (a token's name, an AE's host) that cannot be used; the
+    message says which and why, for the user."""
+
+
+class AlreadyExists(InvalidValue):
+    """What a change would add exists already (a token of that name, an AE of that title)."""

@@ -30,6 +30,7 @@ instead. The token itself is never logged.
 
 from __future__ import annotations
 
+import datetime as dt
 import http.client
 import ipaddress
 import json
@@ -49,8 +50,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from pacs.services.auth import Principal, Role
-from pacs.services.errors import PacsError
+from pacs.services.auth import CredentialRefused, Principal, Role
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +71,13 @@ ALLOWED_ALGORITHMS = RSA_ALGORITHMS | frozenset(_EC_ALGORITHM.values()) | {"EdDS
 _PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth")
 
 
-class OidcError(PacsError):
+class OidcError(CredentialRefused):
     """A bearer token that is not accepted; ``reason`` says why in a few words (for the
     audit trail, never for the client, which gets a plain 401)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
-        self.reason = reason
+        self.reason: str = reason
 
 
 class KeySetError(ValueError):
@@ -406,6 +406,7 @@ class OidcVerifier:
         return Principal(
             name=subject, roles=claim_roles(claims, self.role_claim), kind="oidc",
             display_name=_name(claims.get("preferred_username")),
+            expires_at=_expiry(claims.get("exp")),
         )
 
     def authenticate(self, bearer: str) -> Principal | None:
@@ -415,6 +416,14 @@ class OidcVerifier:
         except OidcError as error:
             log.info("OIDC bearer token refused: %s", error.reason)
             return None
+
+
+def _expiry(exp: Any) -> dt.datetime | None:
+    """``exp`` (seconds since the epoch, RFC 7519 2 NumericDate) as a UTC datetime."""
+    try:
+        return dt.datetime.fromtimestamp(float(exp), dt.UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
 
 
 def _reason(error: jwt.PyJWTError) -> str:

@@ -557,11 +557,14 @@ class WorkflowService:
                           detail={"job": job_id, "destination": rule.destination,
                                   "rule": str(rule)})
 
-    def purge(self, now: dt.datetime | None = None, *, who: str = "pacs:purge") -> list[str]:
-        """Delete rejected studies older than the retention period, rows then files."""
+    def purge(self, now: dt.datetime | None = None, *, who: str = "pacs:purge",
+              retention: dt.timedelta | None = None) -> list[str]:
+        """Delete rejected studies older than the retention period (``retention``, else the
+        configured one), rows then files; the purged studies' UIDs."""
         now = now or dt.datetime.now(dt.UTC)
         with self._unit_of_work() as repository:
-            due = repository.workflow.purgeable(now - self.retention)
+            due = repository.workflow.purgeable(
+                now - (self.retention if retention is None else retention))
         purged = []
         for study_instance_uid in due:
             with self._unit_of_work(write=True) as repository:

@@ -3,7 +3,9 @@ pages send the browser on to the studies).
 
 ``GET /ui/sign-in`` shows a form for a credential the server's authenticator accepts: an API
 token (``pacs token create``) or, where OIDC is configured, an OIDC access token pasted in.
-``POST /ui/sign-in`` checks it and opens a session (:mod:`pacs.services.sessions`): the
+``POST /ui/sign-in`` checks it (a refusal is audited as ``auth-failed`` with the verifier's
+reason, an OIDC identity with no pacs role is refused with 403) and opens a session
+(:mod:`pacs.services.sessions`, ending no later than an OIDC token's ``exp``): the
 cookie ``pacs_session`` carries its random id, ``HttpOnly`` (no script reads it),
 ``SameSite=Strict`` (no other site's page sends it), ``Secure`` under HTTPS, ``Path=/`` (the
 study page's thumbnails come from DICOMweb), and no ``Max-Age`` (it ends with the browser;
@@ -27,7 +29,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from pacs.http.auth import PUBLIC, SESSION_COOKIE, access_of, address_of, authenticate
 from pacs.http.context import WebDep
-from pacs.services.auth import Principal
+from pacs.services.auth import CredentialRefused, Principal
 from pacs.services.workflow import actor
 from pacs.ui.pages import csrf_refusal, local_path, templates
 
@@ -83,19 +85,29 @@ async def sign_in(
                      "again.", status=403)
     authenticator, sessions = access.authenticator, web.sessions
     credential = token.strip()
-    principal = await run_in_threadpool(authenticator.authenticate, credential) \
-        if credential else None
     address = address_of(request)
-    if principal is None:
+    try:
+        if not credential:
+            raise CredentialRefused()
+        principal = await run_in_threadpool(authenticator.verify, credential)
+    except CredentialRefused as refused:
+        kind = "invalid" if credential else "missing"
+        because = refused.reason if credential else None
         if access.refusals is not None:
             access.refusals(who=actor("http", address=address), action="auth-failed",
-                            reason=f"{'invalid' if credential else 'missing'} credential",
-                            detail={"reason": "invalid" if credential else "missing",
+                            reason=f"{kind} credential" + (f": {because}" if because else ""),
+                            detail={"reason": f"{kind}: {because}" if because else kind,
                                     "method": "POST", "path": SIGN_IN_PATH})
         return _form(request, target, "That token is not valid (unknown, revoked or "
                      "expired)." if credential else "Paste a token to sign in.", status=401)
-    session = await run_in_threadpool(sessions.open, principal,
-                                      expires_at=getattr(principal, "expires_at", None))
+    if not principal.roles:  # an OIDC identity without a pacs role: nothing to sign in to
+        if access.refusals is not None:
+            access.refusals(who=actor("http", address=address, user=principal.actor),
+                            action="permission-denied", reason="no role",
+                            detail={"method": "POST", "path": SIGN_IN_PATH, "needed": "a role"})
+        return _form(request, target, "You are known, but have no role here (viewer, "
+                     "uploader, qa or admin): ask an administrator.", status=403)
+    session = await run_in_threadpool(sessions.open, principal, expires_at=principal.expires_at)
     await run_in_threadpool(_record, request, principal, "sign-in", "signed in")
     answer = RedirectResponse(target, status_code=303)
     answer.set_cookie(SESSION_COOKIE, session.id, path="/", httponly=True, samesite="strict",

@@ -36,7 +36,8 @@ def make_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], 
     root = tmp_path_factory.mktemp("routes")
     with open_services(Settings(data_dir=root)) as services:
         web = Web(query=services.query, retrieve=services.retrieve, ingest=services.ingest,
-                  workflow=services.workflow, routing=services.routing)
+                  workflow=services.workflow, routing=services.routing,
+                  tokens=services.tokens, ae_registry=services.ae_registry)
         yield lambda: create_app(web=web, wado_services=wado_services(services.retrieve),
                                  is_ready=lambda: True)
 
@@ -106,7 +107,8 @@ def test_a_route_without_a_declaration_is_caught(app: FastAPI) -> None:
 
 
 def test_the_roles_of_the_issue(app: FastAPI) -> None:
-    """viewer reads, uploader stores, qa reviews (and OHIF's reject), admin runs jobs."""
+    """viewer reads, uploader stores, qa reviews (and OHIF's reject), admin runs jobs, keeps
+    the tokens and the AE registry, and purges."""
     table = access_table(app)
     by_role: dict[Role | None, set[tuple[str, str]]] = {}
     for key, access in table.items():
@@ -114,7 +116,11 @@ def test_the_roles_of_the_issue(app: FastAPI) -> None:
     assert by_role[Role.UPLOADER] == {("POST", "/dicom-web/studies"),
                                       ("POST", "/dicom-web/studies/{study}")}
     assert by_role[Role.ADMIN] == {("GET", "/api/jobs"), ("POST", "/api/jobs/{job_id}/retry"),
-                                   ("GET", "/ui/jobs"), ("POST", "/ui/jobs/{job_id}/retry")}
+                                   ("GET", "/ui/jobs"), ("POST", "/ui/jobs/{job_id}/retry"),
+                                   ("GET", "/api/tokens"), ("POST", "/api/tokens"),
+                                   ("DELETE", "/api/tokens/{name}"), ("GET", "/api/ae"),
+                                   ("POST", "/api/ae"), ("DELETE", "/api/ae/{title}"),
+                                   ("POST", "/api/purge")}
     assert ("POST", "/dicom-web/studies/{study}/series/{series}/reject/{code}") in by_role[
         Role.QA]
     assert ("GET", "/api/audit") in by_role[Role.QA]

@@ -4,6 +4,7 @@ rotation, roles from a claim, and the Authenticator's routing of API tokens and 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import socket
 import threading
@@ -13,7 +14,14 @@ import pytest
 from pydantic import ValidationError
 
 from pacs import serve as root
-from pacs.services.auth import PREFIX, Authenticator, Principal, Role, TokenService
+from pacs.services.auth import (
+    PREFIX,
+    Authenticator,
+    CredentialRefused,
+    Principal,
+    Role,
+    TokenService,
+)
 from pacs.services.oidc import (
     MAX_KEY_AGE,
     MAX_TOKEN,
@@ -510,6 +518,29 @@ def test_api_tokens_go_to_the_token_service_and_others_to_oidc(
     assert authenticator.authenticate("garbage") is None
     # without OIDC configured, an identity provider's token is just unknown
     assert Authenticator(tokens=tokens).authenticate(oidc_token) is None
+
+
+def test_the_authenticator_tells_why_an_oidc_token_is_refused_and_not_an_api_token(
+    index: Index, jwks_file: Path, rsa_key: SigningKey
+) -> None:
+    """The reason goes to the audit trail (pacs.http.auth); an API token's refusal tells
+    nothing of which tokens exist."""
+    authenticator = Authenticator(tokens=TokenService(index=index),
+                                  oidc=file_verifier(jwks_file))
+    with pytest.raises(CredentialRefused) as expired:
+        authenticator.verify(rsa_key.sign(claims(ISSUER, lifetime=-120)))
+    assert expired.value.reason == "expired"
+    with pytest.raises(CredentialRefused) as unknown:
+        authenticator.verify(PREFIX + "0" * 12 + "_nope")
+    assert unknown.value.reason is None
+    assert "nope" not in str(unknown.value)
+
+
+def test_an_oidc_principal_carries_its_token_expiry(verifier: OidcVerifier,
+                                                    rsa_key: SigningKey) -> None:
+    made = claims(ISSUER, lifetime=600)
+    principal = verifier.verify(rsa_key.sign(made))
+    assert principal.expires_at == dt.datetime.fromtimestamp(made["exp"], dt.UTC)
 
 
 def test_the_composition_root_builds_the_verifier_the_settings_describe(

@@ -271,6 +271,7 @@ def fetch_json(url: str, *, timeout: float = FETCH_TIMEOUT) -> Any:
         with _opener(url).open(request, timeout=timeout) as response:
             body = response.read(MAX_DOCUMENT + 1)
     except urllib.error.HTTPError as error:
+        error.close()
         raise KeySetError(f"{url}: HTTP {error.code}") from None
     except (OSError, ValueError, http.client.HTTPException) as error:  # URLError, timeouts, ...
         raise KeySetError(f"{url}: {getattr(error, 'reason', None) or error}") from None
@@ -320,6 +321,8 @@ def post_form(url: str, form: Mapping[str, str], *, headers: Mapping[str, str] |
             code = found if isinstance(found, str) and _ERROR_CODE.fullmatch(found) else None
         except (OSError, ValueError, http.client.HTTPException):
             pass
+        finally:
+            error.close()
         raise TokenRequestError(f"{url}: HTTP {error.code}" + (f" {code}" if code else ""),
                                 code) from None
     except (OSError, ValueError, http.client.HTTPException) as error:

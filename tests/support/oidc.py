@@ -159,6 +159,17 @@ class Login:
     id_claims: dict[str, Any] = field(default_factory=dict)
     id_token: bool = True
     consent_page: bool = False  # a page with a link back (id "consent"), not a redirect
+    id_key: SigningKey | None = None  # signs the ID token instead of the issuer's key
+
+
+def _basic(header: str) -> tuple[str, str] | None:
+    """The client id and secret of ``client_secret_basic`` (RFC 6749 2.3.1: each
+    form-urlencoded, then HTTP Basic)."""
+    scheme, _, encoded = header.partition(" ")
+    if scheme != "Basic":
+        return None
+    client, _, secret = base64.b64decode(encoded).decode().partition(":")
+    return urllib.parse.unquote_plus(client), urllib.parse.unquote_plus(secret)
 
 
 def s256(verifier: str) -> str:
@@ -257,8 +268,8 @@ class LoopbackIssuer:
         granted = self._codes.pop(form.get("code", ""), None)  # one use
         if form.get("grant_type") != "authorization_code":
             refusal = "unsupported_grant_type"
-        elif self.client_secret is not None and form.get("authorization") != "Basic " + \
-                base64.b64encode(f"{self.client_id}:{self.client_secret}".encode()).decode():
+        elif self.client_secret is not None and _basic(form.get("authorization", "")) != (
+                self.client_id, self.client_secret):
             refusal = "invalid_client"
         elif granted is None:
             refusal = "invalid_grant"
@@ -279,7 +290,7 @@ class LoopbackIssuer:
             extra = {"nonce": params.get("nonce"), "azp": self.client_id, **login.id_claims}
             identity = claims(self.issuer, self.client_id, subject=login.subject, roles=None,
                               **extra)
-            answer["id_token"] = self.signer.sign(identity)
+            answer["id_token"] = (login.id_key or self.signer).sign(identity)
         return 200, answer
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:

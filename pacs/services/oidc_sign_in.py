@@ -4,7 +4,8 @@ flow (OIDC Core 3.1) with PKCE (RFC 7636, method ``S256``).
 :meth:`OidcSignIn.start` finds the issuer's endpoints (OIDC Discovery, cached), makes a
 random ``state`` (the callback's key), a ``nonce`` (for the ID token) and a PKCE code
 verifier, keeps a pending sign-in in the index for :data:`PENDING` (the hash of the state,
-the nonce, the verifier's S256 challenge, the redirect URI, the page to go on to) and gives
+the nonce, the verifier's S256 challenge, the redirect URI, the page to go on to; at most
+:data:`MAX_PENDING` at once, since anyone may start one) and gives
 back the authorization request's URL and the verifier. The front end puts the verifier in a
 short-lived cookie: it binds the sign-in to the browser that started it, and it is nowhere
 else (the index holds only its challenge, as the identity provider does).
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pacs.services.auth import Principal
-from pacs.services.errors import PacsError
+from pacs.services.errors import SignInRefused
 from pacs.services.oidc import (
     FETCH_TIMEOUT,
     MAX_KEY_AGE,
@@ -57,6 +58,7 @@ from storage.index import Index, PendingSignIn
 log = logging.getLogger(__name__)
 
 PENDING = dt.timedelta(minutes=10)  # time to sign in at the identity provider and come back
+MAX_PENDING = 10_000  # sign-ins under way at once: anyone may start one, none may fill the index
 SCOPE = "openid"
 CHALLENGE_METHOD = "S256"
 MAX_STATE = 100  # characters of a callback's state; ours have 43
@@ -92,21 +94,12 @@ def _hash(state: str) -> str:
     return hashlib.sha256(state.encode("ascii")).hexdigest()
 
 
-class SignInRefused(PacsError):
-    """A sign-in that did not succeed: ``str(error)`` is for the browser, ``reason`` for the
-    audit trail; ``next_path`` is the page the sign-in was for, when it is known."""
-
-    def __init__(self, message: str, reason: str, next_path: str | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.next_path = next_path
-
-
 _UNAVAILABLE = "The identity provider cannot be reached just now: try again later."
 _START_AGAIN = "This sign-in is unknown, was used already or took too long: sign in again."
 _OTHER_BROWSER = ("This sign-in was started in another browser or window, or its cookie was "
                   "lost: sign in again from this page.")
 _NOT_COMPLETED = "The identity provider did not complete the sign-in: sign in again."
+_TOO_MANY = "Too many sign-ins are under way: try again in a few minutes."
 _NOT_ACCEPTED = ("The identity provider's answer is not accepted by this server: ask its "
                  "administrator (the audit trail says why).")
 
@@ -209,7 +202,7 @@ class OidcSignIn:
     def __init__(self, *, index: Index, issuer: str, client_id: str, access: OidcVerifier,
                  client_secret: str | None = None, redirect_uri: str | None = None,
                  endpoints: ProviderEndpoints | None = None, pending: dt.timedelta = PENDING,
-                 timeout: float = FETCH_TIMEOUT,
+                 max_pending: int = MAX_PENDING, timeout: float = FETCH_TIMEOUT,
                  clock: Callable[[], dt.datetime] = _now) -> None:
         self.index = index
         self.issuer = issuer
@@ -221,6 +214,7 @@ class OidcSignIn:
         self.redirect_uri = redirect_uri
         self.endpoints = endpoints or ProviderEndpoints(issuer, timeout=timeout)
         self.pending = pending
+        self.max_pending = max_pending
         self.timeout = timeout
         self.clock = clock
 
@@ -245,6 +239,8 @@ class OidcSignIn:
         now = self.clock()
         with self.index.unit_of_work(write=True) as repository:
             repository.sign_ins.remove_ended(now)
+            if repository.sign_ins.count() >= self.max_pending:
+                raise SignInRefused(_TOO_MANY, "too many sign-ins under way", next_path)
             repository.sign_ins.add(
                 state_sha256=_hash(state), created_at=now, expires_at=now + self.pending,
                 pending=PendingSignIn(nonce=nonce, code_challenge=challenge,

@@ -40,7 +40,7 @@ from pacs.http.auth import PUBLIC, SESSION_COOKIE, access_of, address_of, authen
 from pacs.http.context import Web, WebDep
 from pacs.http.urls import root_url
 from pacs.services.auth import Principal
-from pacs.services.oidc_sign_in import SignInRefused
+from pacs.services.errors import SignInRefused
 from pacs.services.workflow import actor
 from pacs.ui.pages import csrf_refusal, local_path, templates
 

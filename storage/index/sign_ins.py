@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, insert
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.engine import Connection
 
 from storage.index.models import ui_sign_in
@@ -60,3 +60,6 @@ class SignInRecords:
             delete(ui_sign_in).where(ui_sign_in.c.expires_at <= now))
         return int(deleted.rowcount or 0)
 
+    def count(self) -> int:
+        return int(self.connection.execute(select(func.count()).select_from(ui_sign_in))
+                   .scalar_one())

@@ -26,13 +26,13 @@ from sqlalchemy import text
 
 from pacs import serve as root
 from pacs.services.auth import Principal, Role
+from pacs.services.errors import SignInRefused
 from pacs.services.oidc import IssuerKeys, KeySetError, OidcVerifier, post_form
 from pacs.services.oidc_sign_in import (
     PENDING,
     Authorization,
     OidcSignIn,
     ProviderEndpoints,
-    SignInRefused,
     code_challenge,
     code_verifier,
 )
@@ -177,6 +177,19 @@ def test_ended_sign_ins_are_cleared_at_the_next_start(index: Index,
     clock.now += PENDING
     flow.start(callback_url=CALLBACK, next_path="/ui/qa")
     assert [row["next_path"] for row in pending_rows(index)] == ["/ui/qa"]
+
+
+def test_no_more_than_so_many_sign_ins_are_under_way(index: Index,
+                                                     idp: LoopbackIssuer) -> None:
+    clock = Clock()
+    flow = sign_in(index, idp, clock=clock, max_pending=2)
+    for _ in range(2):
+        flow.start(callback_url=CALLBACK, next_path="/")
+    refused = refusal(lambda: flow.start(callback_url=CALLBACK, next_path="/ui/qa"))
+    assert refused.reason == "too many sign-ins under way"
+    assert len(pending_rows(index)) == 2
+    clock.now += PENDING  # the old ones ended: room again
+    flow.start(callback_url=CALLBACK, next_path="/")
 
 
 # --- finish -----------------------------------------------------------------------------------

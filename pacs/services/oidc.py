@@ -447,17 +447,6 @@ class OidcVerifier:
         self.role_claim = role_claim
         self.leeway = leeway
 
-    def verify(self, bearer: str) -> Principal:
-        """The principal of a valid token; :class:`OidcError` with the reason otherwise."""
-        claims = self.claims(bearer)
-        subject = _name(claims.get("sub"))
-        if subject is None:
-            raise OidcError("bad subject")
-        return Principal(
-            name=subject, roles=claim_roles(claims, self.role_claim), kind="oidc",
-            display_name=_name(claims.get("preferred_username")),
-        )
-
     def claims(self, token: str) -> dict[str, Any]:
         """The claims of a token whose signature and claims hold (also for an ID token,
         with the client id as the audience); :class:`OidcError` otherwise."""
@@ -485,6 +474,17 @@ class OidcVerifier:
         except jwt.PyJWTError as error:
             raise OidcError(_reason(error)) from None
         return claims
+
+    def verify(self, bearer: str) -> Principal:
+        """The principal of a valid token; :class:`OidcError` with the reason otherwise."""
+        claims = self.claims(bearer)
+        subject = _name(claims.get("sub"))
+        if subject is None:
+            raise OidcError("bad subject")
+        return Principal(
+            name=subject, roles=claim_roles(claims, self.role_claim), kind="oidc",
+            display_name=_name(claims.get("preferred_username")),
+        )
 
     def authenticate(self, bearer: str) -> Principal | None:
         """The principal of a valid token; None otherwise (the reason is logged)."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from functools import partial
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request
@@ -37,12 +37,15 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
 from pacs.http.auth import PUBLIC, SESSION_COOKIE, access_of, address_of, authenticate
-from pacs.http.context import Web, WebDep
+from pacs.http.context import WebDep
 from pacs.http.urls import root_url
 from pacs.services.auth import Principal
 from pacs.services.errors import SignInRefused
 from pacs.services.workflow import actor
 from pacs.ui.pages import csrf_refusal, local_path, templates
+
+if TYPE_CHECKING:  # PyJWT is imported only where OIDC is configured
+    from pacs.services.oidc_sign_in import OidcSignIn
 
 SIGN_IN_PATH = "/ui/sign-in"
 OIDC_START_PATH = "/ui/sign-in/oidc"
@@ -60,10 +63,9 @@ def _secure(request: Request) -> bool:
     return request.url.scheme == "https"
 
 
-def _form(request: Request, web: Web, next_path: str, error: str = "",
-          status: int = 200) -> Response:
+def _form(request: Request, next_path: str, error: str = "", status: int = 200) -> Response:
     token = secrets.token_urlsafe(32)
-    flow = web.oidc_sign_in
+    flow = _oidc_sign_in(request)
     page = templates().TemplateResponse(
         request, "sign_in.html",
         {"next": next_path, "csrf": token, "error": error, "flash": "", "principal": None,
@@ -79,12 +81,17 @@ def _form(request: Request, web: Web, next_path: str, error: str = "",
     return page
 
 
+def _oidc_sign_in(request: Request) -> OidcSignIn | None:
+    """The sign-in at the identity provider, where configured (what ``web: WebDep`` holds)."""
+    flow: OidcSignIn | None = request.app.state.web.oidc_sign_in
+    return flow
+
+
 @router.get(SIGN_IN_PATH, dependencies=[PUBLIC])
-def sign_in_page(request: Request, web: WebDep,
-                 next: str = "") -> Response:  # noqa: A002 - the form's
+def sign_in_page(request: Request, next: str = "") -> Response:  # noqa: A002 - the form's
     if not access_of(request).required:
         return RedirectResponse(local_path(next) or HOME, status_code=303)
-    return _form(request, web, local_path(next) or HOME)
+    return _form(request, local_path(next) or HOME)
 
 
 @router.post(SIGN_IN_PATH, dependencies=[PUBLIC])
@@ -100,7 +107,7 @@ async def sign_in(
         return RedirectResponse(target, status_code=303)
     expected = request.cookies.get(SIGN_IN_COOKIE, "")
     if not (expected and csrf.isascii() and hmac.compare_digest(expected, csrf)):
-        return _form(request, web, target, "The sign-in form was out of date: please sign in "
+        return _form(request, target, "The sign-in form was out of date: please sign in "
                      "again.", status=403)
     authenticator, sessions = access.authenticator, web.sessions
     credential = token.strip()
@@ -113,7 +120,7 @@ async def sign_in(
                             reason=f"{'invalid' if credential else 'missing'} credential",
                             detail={"reason": "invalid" if credential else "missing",
                                     "method": "POST", "path": SIGN_IN_PATH})
-        return _form(request, web, target, "That token is not valid (unknown, revoked or "
+        return _form(request, target, "That token is not valid (unknown, revoked or "
                      "expired)." if credential else "Paste a token to sign in.", status=401)
     session = await run_in_threadpool(sessions.open, principal,
                                       expires_at=getattr(principal, "expires_at", None))
@@ -135,13 +142,13 @@ async def oidc_start(request: Request, web: WebDep,
     if not access_of(request).required or web.sessions is None:
         return RedirectResponse(target, status_code=303)
     if flow is None:
-        return _form(request, web, target, "Signing in at an identity provider is not "
+        return _form(request, target, "Signing in at an identity provider is not "
                      "configured on this server: use a token.", status=404)
     try:
         started = await run_in_threadpool(partial(
             flow.start, callback_url=root_url(request) + CALLBACK_PATH, next_path=target))
     except SignInRefused as refused:
-        return _form(request, web, target, str(refused), status=503)
+        return _form(request, target, str(refused), status=503)
     answer = RedirectResponse(started.url, status_code=303,
                               headers={"Cache-Control": "no-store"})
     answer.set_cookie(PKCE_COOKIE, started.verifier, max_age=started.max_age,
@@ -169,13 +176,25 @@ async def oidc_callback(request: Request, web: WebDep, state: str = "", code: st
                             action="auth-failed", reason=f"OIDC sign-in: {refused.reason}",
                             detail={"reason": refused.reason, "method": "GET",
                                     "path": CALLBACK_PATH})
-        answer = _form(request, web, refused.next_path or HOME, str(refused), status=401)
+        answer = _form(request, refused.next_path or HOME, str(refused), status=401)
         answer.delete_cookie(PKCE_COOKIE, path=CALLBACK_PATH, httponly=True, samesite="lax",
                              secure=_secure(request))
         return answer
-    session = await run_in_threadpool(sessions.open, signed.principal,
-                                      expires_at=getattr(signed.principal, "expires_at", None))
-    await run_in_threadpool(_record, request, signed.principal, "sign-in", "signed in")
+    principal, address = signed.principal, address_of(request)
+    if not principal.roles:  # as with a pasted token: an identity with no pacs role
+        if access.refusals is not None:
+            access.refusals(who=actor("http", address=address, user=principal.actor),
+                            action="permission-denied", reason="no role",
+                            detail={"method": "GET", "path": CALLBACK_PATH,
+                                    "needed": "a role"})
+        answer = _form(request, signed.next_path, "You are known, but have no role here "
+                       "(viewer, uploader, qa or admin): ask an administrator.", status=403)
+        answer.delete_cookie(PKCE_COOKIE, path=CALLBACK_PATH, httponly=True, samesite="lax",
+                             secure=_secure(request))
+        return answer
+    session = await run_in_threadpool(sessions.open, principal,
+                                      expires_at=getattr(principal, "expires_at", None))
+    await run_in_threadpool(_record, request, principal, "sign-in", "signed in")
     answer = templates().TemplateResponse(
         request, "signed_in.html",
         {"next": signed.next_path, "principal": None, "may": lambda _role: False,

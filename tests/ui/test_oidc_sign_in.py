@@ -329,3 +329,14 @@ def test_the_sign_in_page_offers_the_identity_provider_only_when_configured(
         assert httpx.get(f"{plain.base_url}/ui/sign-in/oidc", timeout=30).status_code == 404
     finally:
         plain.stop()
+
+
+def test_an_identity_without_a_pacs_role_is_refused(site: Site, context: BrowserContext,
+                                                    page: Page) -> None:
+    site.idp.login = Login(subject="nina", roles=["nurse"])
+    with page.expect_response(lambda r: "/ui/sign-in/callback" in r.url) as callback:
+        start(page, site)
+    assert callback.value.status == 403
+    expect(page.get_by_role("alert")).to_contain_text("no role here")
+    assert not cookies(context, "pacs_session")
+    assert not any("nina" in e["actor"] for e in site.audit("sign-in"))

@@ -5,18 +5,10 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from pacs.http.context import DICOMWEB_PATH
+from pacs.http.urls import root_url
 
 
 def base_url(request: Request) -> str:
-    """The absolute DICOMweb base URL as this client reached the server (for RetrieveURL).
-
-    Built from the Host header; a Host that names this server's own address without a port
-    (dicomweb-client sends ``Host: 127.0.0.1`` on POSTs) gets the port the request came in
-    on, so the URLs work. A name (a proxy's Host) is trusted as it is."""
-    url = request.base_url
-    server = request.scope.get("server")
-    if url.port is None and server and server[1] not in (80, 443) and url.hostname in (
-        server[0], "localhost", "127.0.0.1", "::1"
-    ):
-        url = url.replace(port=server[1])
-    return str(url).rstrip("/") + DICOMWEB_PATH
+    """The absolute DICOMweb base URL as this client reached the server (for RetrieveURL):
+    :func:`pacs.http.urls.root_url` and the DICOMweb path."""
+    return root_url(request) + DICOMWEB_PATH

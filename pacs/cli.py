@@ -159,6 +159,16 @@ def serve(
         str | None, typer.Option("--oidc-client-id", help="the web UI's client id at the "
                                  "issuer (sign-in with PKCE) [none]"),
     ] = None,
+    oidc_client_secret: Annotated[
+        str | None, typer.Option("--oidc-client-secret", help="the client secret of a "
+                                 "confidential client (prefer PACS_OIDC_CLIENT_SECRET: a "
+                                 "flag shows in ps) [none: a public client]"),
+    ] = None,
+    oidc_redirect_uri: Annotated[
+        str | None, typer.Option("--oidc-redirect-uri", help="the callback URL registered "
+                                 "at the issuer [derived from the request: "
+                                 "http(s)://HOST/ui/sign-in/callback]"),
+    ] = None,
     route: Annotated[
         list[str] | None,
         typer.Option("--route", help="MODALITY=PEER or *=PEER: forward archived studies "
@@ -193,7 +203,8 @@ def serve(
         overwrite=overwrite, log_level=log_level, dimse_processes=dimse_processes,
         cors_origins=cors_origins, max_request_mb=max_request_mb, oidc_issuer=oidc_issuer,
         oidc_audience=oidc_audience, oidc_jwks_file=oidc_jwks_file,
-        oidc_role_claim=oidc_role_claim, oidc_client_id=oidc_client_id, routes=route,
+        oidc_role_claim=oidc_role_claim, oidc_client_id=oidc_client_id,
+        oidc_client_secret=oidc_client_secret, oidc_redirect_uri=oidc_redirect_uri, routes=route,
         modalities=modality, stable_seconds=stable_seconds, retention_days=retention_days,
         audit_syslog=audit_syslog,
     )

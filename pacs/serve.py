@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from dicomweb.wado_services import WadoServices
     from pacs.http.context import Web
     from pacs.services.oidc import OidcVerifier
+    from pacs.services.oidc_sign_in import OidcSignIn
 
 log = logging.getLogger("pacs")
 
@@ -74,6 +75,7 @@ class Services:
     authenticator: Authenticator
     ae_registry: AeRegistry
     sessions: SessionService
+    oidc_sign_in: OidcSignIn | None = None  # the web UI's sign-in at the identity provider
 
 
 @contextmanager
@@ -116,6 +118,7 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
         retrieve = RetrieveService(query=query, blobs=blobs, destinations=ae_registry,
                                    audit=audit.record, limits=limits)
         tokens = TokenService(index=index)
+        oidc = _oidc(settings)
         services = Services(
             settings=settings,
             blobs=blobs,
@@ -133,9 +136,10 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
                 max_attempts=settings.route_max_attempts,
             ),
             tokens=tokens,
-            authenticator=Authenticator(tokens=tokens, oidc=_oidc(settings)),
+            authenticator=Authenticator(tokens=tokens, oidc=oidc),
             ae_registry=ae_registry,
             sessions=SessionService(index=index),
+            oidc_sign_in=_oidc_sign_in(settings, index, oidc),
         )
         yield services
     finally:
@@ -153,6 +157,22 @@ def _oidc(settings: Settings) -> OidcVerifier | None:
     return build_verifier(
         issuer=settings.oidc_issuer, audience=settings.oidc_audience,
         jwks_file=settings.oidc_jwks_file, role_claim=settings.oidc_role_claim,
+    )
+
+
+def _oidc_sign_in(settings: Settings, index: Index,
+                  oidc: OidcVerifier | None) -> OidcSignIn | None:
+    """The web UI's sign-in at the issuer (authorization-code flow with PKCE) when a client
+    id is configured; its endpoints are discovered at the first sign-in."""
+    if oidc is None or settings.oidc_client_id is None:
+        return None
+    from pacs.services.oidc_sign_in import OidcSignIn
+
+    secret = settings.oidc_client_secret
+    return OidcSignIn(
+        index=index, issuer=oidc.issuer, client_id=settings.oidc_client_id, access=oidc,
+        client_secret=secret.get_secret_value() if secret is not None else None,
+        redirect_uri=settings.oidc_redirect_uri,
     )
 
 
@@ -242,6 +262,7 @@ def _web(settings: Settings, services: Services) -> Web:
         tokens=services.tokens,
         ae_registry=services.ae_registry,
         sessions=services.sessions,
+        oidc_sign_in=services.oidc_sign_in,
     )
 
 

@@ -15,7 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pacs.services.ae_registry import check_ae_title, check_host
@@ -257,8 +257,18 @@ class Settings(BaseSettings):
         "realm_access.roles for Keycloak",
     )
     oidc_client_id: str | None = Field(
-        default=None, description="the web UI's client id at the issuer (authorization-code "
-        "flow with PKCE)",
+        default=None, description="the web UI's client id at the issuer: the sign-in page "
+        "offers signing in there (authorization-code flow with PKCE)",
+    )
+    oidc_client_secret: SecretStr | None = Field(
+        default=None, exclude=True,  # never dumped (the DIMSE workers' copy goes without it)
+        description="the client secret, for a confidential client (client_secret_basic); "
+        "none for a public client",
+    )
+    oidc_redirect_uri: str | None = Field(
+        default=None, description="the callback URL registered at the issuer "
+        "(https://HOST/ui/sign-in/callback); by default it is derived from each request's "
+        "Host",
     )
     modalities: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(), description="AE titles of known modalities (QA check; empty: any)"
@@ -463,7 +473,24 @@ class Settings(BaseSettings):
     @field_validator("oidc_client_id")
     @classmethod
     def _oidc_client_id(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and (not value.strip() or not value.isprintable()):
+            raise ValueError("is empty or not printable")
         _needs_issuer(value, info)
+        return value
+
+    @field_validator("oidc_client_secret", "oidc_redirect_uri")
+    @classmethod
+    def _oidc_client_option(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("oidc_client_id") is None \
+                and "oidc_client_id" in info.data:
+            raise ValueError("needs --oidc-client-id too")
+        if isinstance(value, SecretStr) and not value.get_secret_value():
+            raise ValueError("is empty")
+        if info.field_name == "oidc_redirect_uri" and value is not None:
+            parts = urllib.parse.urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
+                raise ValueError(f"{value!r} is not an absolute http(s):// URL without a "
+                                 "fragment")
         return value
 
     @field_validator("modalities", mode="before")

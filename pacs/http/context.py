@@ -8,7 +8,7 @@ never builds or configures a service itself, nor reads settings.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends
 from starlette.requests import HTTPConnection
@@ -21,6 +21,9 @@ from pacs.services.retrieve import RetrieveService
 from pacs.services.routing import RoutingService
 from pacs.services.sessions import SessionService
 from pacs.services.workflow import WorkflowService
+
+if TYPE_CHECKING:  # PyJWT is imported only where OIDC is configured
+    from pacs.services.oidc_sign_in import OidcSignIn
 
 DICOMWEB_PATH = "/dicom-web"
 """Where the DICOMweb resources live (PS3.18 base URL: ``http://HOST:PORT/dicom-web``)."""
@@ -49,6 +52,7 @@ class Web:
     ae_registry: AeRegistry  # the admin routes: the AE registry
     options: WebOptions = field(default_factory=WebOptions)
     sessions: SessionService | None = None  # the web UI's sign-in (None: no sign-in)
+    oidc_sign_in: OidcSignIn | None = None  # signing in at the identity provider (PKCE)
 
 
 async def web_of(request: HTTPConnection) -> Web:

@@ -15,7 +15,10 @@ and the audit of refused requests.
 - :class:`DicomWebCors`: CORS headers on DICOMweb (``/dicom-web``, ``/wado``) for the
   configured origins only; nothing else ever answers CORS.
 - :class:`SecurityHeaders`: every answer says ``X-Content-Type-Options: nosniff``,
-  ``X-Frame-Options: DENY`` and ``Referrer-Policy: no-referrer``; HTML pages also carry a
+  ``X-Frame-Options: DENY`` and ``Referrer-Policy: same-origin`` (no other site learns a
+  page's URL; ``no-referrer`` would also make a browser send ``Origin: null`` with the UI's
+  own form posts where it sends no Fetch Metadata, plain HTTP to a host name, and
+  :class:`CrossSiteGuard` would refuse them all); HTML pages also carry a
   ``Content-Security-Policy`` with no inline script and ``frame-ancestors 'none'``; under HTTPS
   (``--tls-cert``) every answer carries ``Strict-Transport-Security`` (RFC 6797). It also
   tells the audit of 413 answers (STOW-RS bodies over the limit).
@@ -72,7 +75,7 @@ _LONGEST = 200  # characters of a path or origin kept in an audit row
 _ALWAYS = (
     ("x-content-type-options", "nosniff"),
     ("x-frame-options", "DENY"),
-    ("referrer-policy", "no-referrer"),
+    ("referrer-policy", "same-origin"),
 )
 HSTS = ("strict-transport-security", "max-age=31536000")
 """Under HTTPS only (RFC 6797 7.2: a browser ignores it over plain HTTP): for a year, the

@@ -12,6 +12,9 @@
     ├── OutOfResources         disk full, index unreachable or locked: try again later
     │   └── DecoderBusy        every decoding slot stayed taken: try again shortly
     ├── NotFound               no such object
+    ├── SignInRefused          a sign-in at the OIDC identity provider that did not succeed:
+    │                          a message for the browser, a reason for the audit trail
+    │                          (oidc_sign_in.py)
     ├── CannotTranscode        a stored instance cannot be converted to the transfer syntax
     │   │                      a peer accepts (no decoder, corrupt codestream, or a
     │   │                      compressed target)
@@ -76,6 +79,17 @@ class DecoderBusy(OutOfResources):
 
 class NotFound(PacsError):
     """The requested object does not exist (or is not visible)."""
+
+
+class SignInRefused(PacsError):
+    """A sign-in at the identity provider that did not succeed: ``str(error)`` is for the
+    browser (no token, no URL, no detail of the provider's answer), ``reason`` a few words for
+    the audit trail; ``next_path`` is the page the sign-in was for, when it is known."""
+
+    def __init__(self, message: str, reason: str, next_path: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.next_path = next_path
 
 
 class CannotTranscode(PacsError):

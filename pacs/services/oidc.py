@@ -36,6 +36,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import threading
 import time
 import urllib.error
@@ -246,29 +247,106 @@ class _CheckedRedirect(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def fetch_json(url: str, *, timeout: float = FETCH_TIMEOUT) -> Any:
-    """GET a JSON document of at most :data:`MAX_DOCUMENT` bytes; :class:`KeySetError` for
-    anything else (unreachable, an HTTP error, too large, not JSON)."""
-    check_url(url)
+def _opener(url: str, *, redirects: bool = True) -> urllib.request.OpenerDirector:
     # a loopback issuer is reached directly, never through a proxy from the environment
     proxies = urllib.request.ProxyHandler(
         {} if is_loopback(urllib.parse.urlsplit(url).hostname) else None
     )
-    opener = urllib.request.build_opener(proxies, _CheckedRedirect())
+    return urllib.request.build_opener(
+        proxies, _CheckedRedirect() if redirects else _NoRedirect())
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
+                         headers: Any, newurl: str) -> urllib.request.Request | None:
+        return None  # urllib then raises the 3xx as an HTTPError
+
+
+def fetch_json(url: str, *, timeout: float = FETCH_TIMEOUT) -> Any:
+    """GET a JSON document of at most :data:`MAX_DOCUMENT` bytes; :class:`KeySetError` for
+    anything else (unreachable, an HTTP error, too large, not JSON)."""
+    check_url(url)
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     try:
-        with opener.open(request, timeout=timeout) as response:
+        with _opener(url).open(request, timeout=timeout) as response:
             body = response.read(MAX_DOCUMENT + 1)
     except urllib.error.HTTPError as error:
+        error.close()
         raise KeySetError(f"{url}: HTTP {error.code}") from None
     except (OSError, ValueError, http.client.HTTPException) as error:  # URLError, timeouts, ...
         raise KeySetError(f"{url}: {getattr(error, 'reason', None) or error}") from None
+    return _json(url, body)
+
+
+def _json(url: str, body: bytes) -> Any:
     if len(body) > MAX_DOCUMENT:
         raise KeySetError(f"{url}: larger than {MAX_DOCUMENT} bytes")
     try:
         return json.loads(body)
     except ValueError:
         raise KeySetError(f"{url}: not JSON") from None
+
+
+class TokenRequestError(KeySetError):
+    """A token endpoint that did not give tokens (RFC 6749 5.2); ``error`` is the error code
+    it answered, when it said one (``invalid_grant``, ...)."""
+
+    def __init__(self, message: str, error: str | None = None) -> None:
+        super().__init__(message)
+        self.error = error
+
+
+_ERROR_CODE = re.compile(r"[a-z_]{1,40}")  # RFC 6749 5.2: error codes are a few words
+
+
+def post_form(url: str, form: Mapping[str, str], *, headers: Mapping[str, str] | None = None,
+              timeout: float = FETCH_TIMEOUT) -> Any:
+    """POST ``form`` (``application/x-www-form-urlencoded``) and read a JSON answer of at most
+    :data:`MAX_DOCUMENT` bytes: a token request (RFC 6749 4.1.3). Redirects are not followed
+    (the form holds a one-time code). :class:`TokenRequestError` for anything but a 200 with
+    JSON."""
+    check_url(url)
+    request = urllib.request.Request(
+        url, data=urllib.parse.urlencode(dict(form)).encode("ascii"), method="POST",
+        headers={"Content-Type": "application/x-www-form-urlencoded",
+                 "Accept": "application/json", **(headers or {})})
+    try:
+        with _opener(url, redirects=False).open(request, timeout=timeout) as response:
+            body = response.read(MAX_DOCUMENT + 1)
+    except urllib.error.HTTPError as error:
+        code = None
+        try:
+            answer = json.loads(error.read(MAX_DOCUMENT))
+            found = answer.get("error") if isinstance(answer, dict) else None
+            code = found if isinstance(found, str) and _ERROR_CODE.fullmatch(found) else None
+        except (OSError, ValueError, http.client.HTTPException):
+            pass
+        finally:
+            error.close()
+        raise TokenRequestError(f"{url}: HTTP {error.code}" + (f" {code}" if code else ""),
+                                code) from None
+    except (OSError, ValueError, http.client.HTTPException) as error:
+        raise TokenRequestError(f"{url}: {getattr(error, 'reason', None) or error}") from None
+    try:
+        return _json(url, body)
+    except KeySetError as error:
+        raise TokenRequestError(str(error)) from None
+
+
+def discovery_url(issuer: str) -> str:
+    return issuer.rstrip("/") + "/.well-known/openid-configuration"
+
+
+def discover(issuer: str, *, timeout: float = FETCH_TIMEOUT) -> dict[str, Any]:
+    """The issuer's provider metadata (OIDC Discovery 4: ``{issuer}/.well-known/openid-
+    configuration``), which must name the same issuer (4.3)."""
+    document = fetch_json(discovery_url(issuer), timeout=timeout)
+    if not isinstance(document, dict):
+        raise KeySetError("the discovery document is not a JSON object")
+    if document.get("issuer") != issuer:
+        raise KeySetError(f"the discovery document names issuer "
+                          f"{document.get('issuer')!r}, not {issuer!r}")
+    return document
 
 
 class IssuerKeys:
@@ -296,7 +374,7 @@ class IssuerKeys:
 
     @property
     def discovery_url(self) -> str:
-        return self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        return discovery_url(self.issuer)
 
     def find(self, kid: str | None) -> VerificationKey:
         keys = self._keys
@@ -330,13 +408,7 @@ class IssuerKeys:
         log.info("OIDC: %d keys fetched from %s", len(keys.keys), self.issuer)
 
     def _fetch(self) -> KeySet:
-        discovery = fetch_json(self.discovery_url, timeout=self.timeout)
-        if not isinstance(discovery, dict):
-            raise KeySetError("the discovery document is not a JSON object")
-        if discovery.get("issuer") != self.issuer:  # OIDC Discovery 4.3
-            raise KeySetError(f"the discovery document names issuer "
-                              f"{discovery.get('issuer')!r}, not {self.issuer!r}")
-        jwks_uri = discovery.get("jwks_uri")
+        jwks_uri = discover(self.issuer, timeout=self.timeout).get("jwks_uri")
         if not isinstance(jwks_uri, str):
             raise KeySetError("the discovery document has no jwks_uri")
         return parse_jwks(fetch_json(check_url(jwks_uri), timeout=self.timeout))
@@ -375,14 +447,15 @@ class OidcVerifier:
         self.role_claim = role_claim
         self.leeway = leeway
 
-    def verify(self, bearer: str) -> Principal:
-        """The principal of a valid token; :class:`OidcError` with the reason otherwise."""
-        if len(bearer) > MAX_TOKEN:
+    def claims(self, token: str) -> dict[str, Any]:
+        """The claims of a token whose signature and claims hold (also for an ID token,
+        with the client id as the audience); :class:`OidcError` otherwise."""
+        if len(token) > MAX_TOKEN:
             raise OidcError("too large")
-        if not bearer.isascii():
+        if not token.isascii():
             raise OidcError("malformed")
         try:
-            header = jwt.get_unverified_header(bearer)
+            header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise OidcError("malformed") from None
         alg, kid = header.get("alg"), header.get("kid")
@@ -394,12 +467,17 @@ class OidcVerifier:
         if alg not in key.algorithms:
             raise OidcError("algorithm not allowed")
         try:
-            claims = jwt.decode(
-                bearer, key.key, algorithms=[alg], audience=self.audience, issuer=self.issuer,
+            claims: dict[str, Any] = jwt.decode(
+                token, key.key, algorithms=[alg], audience=self.audience, issuer=self.issuer,
                 leeway=self.leeway, options={"require": list(REQUIRED_CLAIMS)},
             )
         except jwt.PyJWTError as error:
             raise OidcError(_reason(error)) from None
+        return claims
+
+    def verify(self, bearer: str) -> Principal:
+        """The principal of a valid token; :class:`OidcError` with the reason otherwise."""
+        claims = self.claims(bearer)
         subject = _name(claims.get("sub"))
         if subject is None:
             raise OidcError("bad subject")

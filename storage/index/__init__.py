@@ -12,6 +12,7 @@ from storage.index.repository import (
     UpsertResult,
 )
 from storage.index.sessions import SessionRecord
+from storage.index.sign_ins import PendingSignIn
 from storage.index.tokens import TokenRecord
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "IndexNotDurable",
     "IndexUnavailable",
     "InstanceRow",
+    "PendingSignIn",
     "Repository",
     "SessionRecord",
     "StoredInstance",

@@ -301,6 +301,25 @@ the id), who signed in and with which roles, the API token signed in with (its r
 ends the session), when the session was last used and when it ends at the latest. In the
 index, so every server of a site knows every session."""
 
+ui_sign_in = Table(
+    "ui_sign_in",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("state_sha256", String(64), nullable=False, unique=True),
+    Column("nonce", String(64), nullable=False),
+    Column("code_challenge", String(64), nullable=False),
+    Column("redirect_uri", String(2000), nullable=False),
+    Column("next_path", String(2000), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, default=_now),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+)
+"""Sign-ins under way at the OpenID Connect identity provider (authorization-code flow with
+PKCE), for a few minutes each: the SHA-256 of the ``state`` sent there (never the state), the
+``nonce`` its ID token must carry, the PKCE challenge the browser's cookie must answer (the
+verifier itself is in that cookie only), the redirect URI the code is bound to and the page
+to go on to. In the index, so any server of a site can take the callback; each row is
+deleted by the callback that uses it."""
+
 TABLES: dict[Level, Table] = {
     Level.PATIENT: patient,
     Level.STUDY: study,

@@ -28,6 +28,7 @@ from storage.index.models import (
     study,
 )
 from storage.index.sessions import SessionRecords
+from storage.index.sign_ins import SignInRecords
 from storage.index.tokens import TokenRecords
 from storage.index.workflow import WorkflowRecords
 from storage.query import MULTI_VALUED_KEYS, UNIQUE_KEYS, Query, RetrieveItem
@@ -97,6 +98,7 @@ class Repository:
         self.audit_feed = AuditFeed(connection)
         self.application_entities = AeRecords(connection)
         self.sessions = SessionRecords(connection)
+        self.sign_ins = SignInRecords(connection)
 
     # -- ingest --------------------------------------------------------------------------
     def find_instance(self, sop_instance_uid: str) -> StoredInstance | None:

@@ -220,7 +220,7 @@ def test_pages_carry_a_security_policy_that_lets_them_work(site: Site, page: Pag
     assert "unsafe-inline" not in policy
     assert headers["x-frame-options"] == "DENY"
     assert headers["x-content-type-options"] == "nosniff"
-    assert headers["referrer-policy"] == "no-referrer"
+    assert headers["referrer-policy"] == "same-origin"
     assert page.locator("script:not([src])").count() == 0
     _card(page, study).get_by_role("button", name="Accept").click()
     expect(_notice(page)).to_contain_text("Accepted")

@@ -131,6 +131,10 @@ def serve(
         str | None,
         typer.Option("--dimse-processes", help="processes serving associations [CPU cores, max 4]"),
     ] = None,
+    dimse_transport: Annotated[
+        str | None,
+        typer.Option("--dimse-transport", help="fast, or stock: pynetdicom as published [fast]"),
+    ] = None,
     cors_origins: Annotated[
         str | None,
         typer.Option("--cors-origins", help="origins of viewers on other sites allowed to "
@@ -201,6 +205,7 @@ def serve(
         tls_ca=tls_ca, dimse_tls_port=dimse_tls_port, tls_client_cert=tls_client_cert,
         database_url=database_url, peers=peer, dimse_access=dimse_access, qa=qa,
         overwrite=overwrite, log_level=log_level, dimse_processes=dimse_processes,
+        dimse_transport=dimse_transport,
         cors_origins=cors_origins, max_request_mb=max_request_mb, oidc_issuer=oidc_issuer,
         oidc_audience=oidc_audience, oidc_jwks_file=oidc_jwks_file,
         oidc_role_claim=oidc_role_claim, oidc_client_id=oidc_client_id,

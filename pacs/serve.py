@@ -27,6 +27,8 @@ from pacs.dimse import handoff
 from pacs.dimse.handoff import Dispatcher, channel_pair, receive_forever
 from pacs.dimse.sender import StudySender
 from pacs.dimse.server import DimseServer
+from pacs.dimse.transport import Transport
+from pacs.dimse.transport import install as install_transport
 from pacs.services.ae_registry import AeRegistry
 from pacs.services.audit import AuditTrail
 from pacs.services.audit_export import AuditExporter
@@ -131,7 +133,8 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
             retrieve=retrieve,
             workflow=workflow,
             routing=RoutingService(
-                index=index, retrieve=retrieve, sender=StudySender(settings.ae_title),
+                index=index, retrieve=retrieve,
+                sender=StudySender(settings.ae_title, transport=_transport(settings)),
                 retry_base=dt.timedelta(seconds=settings.route_retry_seconds),
                 max_attempts=settings.route_max_attempts,
             ),
@@ -196,6 +199,20 @@ def configure_logging(level: str) -> None:
         logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
+_TRANSPORT: Transport | None = None
+
+
+def _transport(settings: Settings) -> Transport:
+    """The process's DIMSE transport (``PACS_DIMSE_TRANSPORT``), installed the first time it is
+    asked for: by the routing sender or the DIMSE server, whichever this process makes first."""
+    global _TRANSPORT
+    if _TRANSPORT is None:
+        _TRANSPORT = install_transport(str(settings.dimse_transport))
+    elif _TRANSPORT.name != settings.dimse_transport:
+        raise RuntimeError(f"the DIMSE transport is {_TRANSPORT.name} in this process already")
+    return _TRANSPORT
+
+
 def _dimse_server(settings: Settings, services: Services) -> DimseServer:
     # pynetdicom writes received datasets with tempfile: keep them on the store's file
     # system, so that a store is a rename, not a copy.
@@ -218,6 +235,7 @@ def _dimse_server(settings: Settings, services: Services) -> DimseServer:
                   if settings.effective_dimse_access is DimseAccess.REGISTERED else None),
         tls_port=settings.dimse_tls_port or 0,
         tls_context=_dimse_tls_context(settings),
+        transport=_transport(settings),
     )
 
 

@@ -47,6 +47,13 @@ class DimseAccess(StrEnum):
     ANY = "any"  # any calling AE, any called AE title, every service
 
 
+class DimseTransport(StrEnum):
+    """How DIMSE messages travel (``pacs/dimse/transport``)."""
+
+    FAST = "fast"  # pacs's fast path over pynetdicom (the default)
+    STOCK = "stock"  # pynetdicom exactly as published: the yardstick and the fall-back
+
+
 class TlsClientCert(StrEnum):
     """Whether a DICOM TLS client must present a certificate (chained to ``tls_ca``)."""
 
@@ -175,6 +182,11 @@ class Settings(BaseSettings):
     dimse_processes: int = Field(
         default=0, ge=0, le=64,
         description="processes serving DIMSE associations (0: one per CPU core, at most 4)",
+    )
+    dimse_transport: DimseTransport = Field(
+        default=DimseTransport.FAST,
+        description="how DIMSE messages travel: fast (pacs's transport over pynetdicom) or "
+        "stock (pynetdicom exactly as published, slower; Q/R re-encodes the instances it sends)",
     )
     min_free_space_mb: int = Field(
         default=100, ge=0,

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, cast
 from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.dsutils import decode
 
-from pacs.dimse import encoding, tuning
 from pacs.dimse.identifiers import FIND_MODELS, find_request, response
 from pacs.dimse.status import Status, query_status
 from pacs.dimse.tls import subject_of
+from pacs.dimse.transport import encoding, fast
 from pacs.services.errors import PacsError
 from pacs.services.query import QueryService
 from pacs.services.workflow import actor
@@ -112,6 +112,6 @@ class Find:
             data_set=data is not None,
             error_comment=comment or None,
         )
-        tuning.send_when_drained(
+        fast.send_when_drained(
             self.scp.assoc, encoding.p_data(self.context_id, command, data, self.max_pdu)
         )

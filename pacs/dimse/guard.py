@@ -5,7 +5,7 @@ Every input a peer controls is bounded before it costs memory or time:
 * :class:`PduLimits`: the largest PDU of each type the server reads (a P-DATA-TF PDU up to the
   Maximum Length it advertises, PS3.8 D.1; an A-ASSOCIATE-RQ up to 64 KiB; the fixed-size
   PDUs, 4 bytes by PS3.8 9.3, up to 1 KiB) and the time a PDU, once begun, has to arrive.
-  Enforced by ``tuning.bound_pdus`` in pynetdicom's one PDU reader.
+  Enforced by ``transport.fast.bound_pdus`` in pynetdicom's one PDU reader.
 * :class:`ConnectionCount`: connections open at once per source address, counted by the
   listening process for the connections it serves and those it hands to workers (they report
   each close back, ``handoff.py``); the excess is closed before it costs a thread.

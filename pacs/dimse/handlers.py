@@ -9,11 +9,12 @@ from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
-from pacs.dimse import tls, tuning
+from pacs.dimse import tls
 from pacs.dimse.access import AccessControl, rejection
 from pacs.dimse.guard import PduLimits, RefusalAudit
 from pacs.dimse.inflight import InFlight
 from pacs.dimse.status import Status, store_status
+from pacs.dimse.transport import Transport
 from pacs.services.ae_registry import Service
 from pacs.services.errors import OutOfResources, PacsError
 from pacs.services.ingest import Expected, Incoming, IngestService, Origin
@@ -29,12 +30,14 @@ class DimseHandlers:
     def __init__(
         self, ingest: IngestService, inflight: InFlight, limits: PduLimits | None = None,
         refusals: RefusalAudit | None = None, access: AccessControl | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self.ingest = ingest
         self.inflight = inflight
         self.limits = limits
         self.refusals = refusals
         self.access = access
+        self.transport = transport or Transport()
         self.receive_files: Any = None  # the receive-file maker, once the server started
 
     def bindings(self) -> list[tuple[Any, Any]]:
@@ -50,9 +53,7 @@ class DimseHandlers:
         ]
 
     def on_conn_open(self, event: Event) -> None:
-        tuning.tune_association(event.assoc)
-        if self.limits is not None:
-            tuning.bound_pdus(event.assoc, self.limits, self._closed_by_limit)
+        self.transport.accepted(event.assoc, self.limits, self._closed_by_limit)
 
     def _closed_by_limit(self, assoc: Any, reason: str) -> None:
         if self.refusals is not None:
@@ -83,8 +84,7 @@ class DimseHandlers:
                  requestor.port, over)
 
     def on_conn_close(self, event: Event) -> None:
-        tuning.release_association(event.assoc)
-        partial = tuning.partial_dataset_file(event.assoc)
+        partial = self.transport.closed(event.assoc)
         if partial is not None:
             if self.receive_files is not None:
                 self.receive_files.forget(partial)

@@ -1,7 +1,8 @@
 """The service classes this SCP uses instead of pynetdicom's for its hot paths.
 
-pynetdicom picks a service class per request (``tuning.install_service_class``); these keep
-its event model where it is cheap and replace what is not:
+On the fast transport (``transport.fast``), pynetdicom picks these as the service classes of
+requests (``serve_requests_with``); they keep its event model where it is cheap and replace
+what is not (the stock transport serves Q/R by event handlers instead, ``published.py``):
 
 * :class:`QueryRetrieveSCP`: C-FIND (``find.py``) and C-MOVE / C-GET (``retrieve.py``), with
   responses written by ``encoding.py``, instances sent from their files;
@@ -28,13 +29,13 @@ from pynetdicom.service_class import (
 )
 from pynetdicom.sop_class import uid_to_service_class
 
-from pacs.dimse import encoding, tuning
 from pacs.dimse.access import AccessControl
 from pacs.dimse.contexts import is_storage_class
 from pacs.dimse.find import Find
 from pacs.dimse.identifiers import FIND_MODELS, GET_MODELS, MOVE_MODELS
 from pacs.dimse.retrieve import Retrieval
 from pacs.dimse.status import Status, query_status
+from pacs.dimse.transport import Transport, encoding, fast
 from pacs.services.ae_registry import Service
 from pacs.services.query import QueryService
 from pacs.services.retrieve import RetrieveService
@@ -97,7 +98,7 @@ class QueryRetrieveSCP(QueryRetrieveServiceClass):
             status=int(query_status(denied)),
             error_comment=str(denied),
         )
-        tuning.send_when_drained(self.assoc, encoding.p_data(
+        fast.send_when_drained(self.assoc, encoding.p_data(
             cast(int, context.context_id), command, None, int(self.dimse.maximum_pdu_size or 0)))
         return True
 
@@ -134,16 +135,16 @@ class StorageSCP(StorageServiceClass):
             sop_instance_uid=str(req.AffectedSOPInstanceUID),
             error_comment=comment or None,
         )
-        tuning.send_when_drained(
+        fast.send_when_drained(
             self.assoc,
             encoding.p_data(context_id, command, None, int(self.dimse.maximum_pdu_size or 0)),
         )
 
 
-def install(services: QueryRetrieveServices | None) -> None:
-    """Serve Q/R (when ``services`` is given) and storage requests with the classes above."""
+def install(services: QueryRetrieveServices | None, transport: Transport) -> None:
+    """Serve Q/R (when ``services`` is given) and storage requests with the classes above,
+    on the fast transport (their responses go straight to its DUL)."""
     QueryRetrieveSCP.services = services
-    tuning.enable_chunked_send()
     query_retrieve = frozenset(FIND_MODELS) | frozenset(MOVE_MODELS) | frozenset(GET_MODELS)
 
     def choose(uid: str) -> type[Any] | None:
@@ -156,4 +157,4 @@ def install(services: QueryRetrieveServices | None) -> None:
             return StorageSCP
         return None
 
-    tuning.install_service_class(choose)
+    transport.serve_requests_with(choose)

@@ -19,11 +19,11 @@ from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.dsutils import decode
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 
-from pacs.dimse import encoding, tuning
 from pacs.dimse.contexts import missing_context
 from pacs.dimse.identifiers import GET_MODELS, MOVE_MODELS, retrieve_query
 from pacs.dimse.status import Status, query_status
 from pacs.dimse.tls import subject_of
+from pacs.dimse.transport import encoding, fast
 from pacs.services.errors import PacsError
 from pacs.services.retrieve import RetrievePlan, RetrieveService
 from pacs.services.workflow import actor
@@ -105,7 +105,7 @@ class Retrieval:
             )
             return
         try:
-            with tuning.reactor_paused(store):
+            with fast.reactor_paused(store):
                 counts = self._send(store, plan, as_scu_only=False)
         finally:
             if store.is_established:
@@ -196,7 +196,7 @@ class Retrieval:
                 if store is self.scp.assoc:  # C-GET: on the requestor's association
                     answer = store.send_c_store(ready.path, msg_id=(message_id + number) % 65536)
                 else:  # C-MOVE: our association to the destination, its reactor held paused
-                    answer = tuning.send_file(
+                    answer = fast.send_file(
                         store, ready.path, msg_id=(message_id + number) % 65536,
                         originator_aet=originator, originator_id=message_id,
                     )
@@ -280,13 +280,13 @@ class Retrieval:
             counts=counts,
         )
         max_pdu = int(self.scp.dimse.maximum_pdu_size or 0)
-        tuning.send_when_drained(
+        fast.send_when_drained(
             self.scp.assoc, encoding.p_data(self.context_id, command, data, max_pdu)
         )
 
 
 def _tune(event: Any) -> None:
-    tuning.tune_association(event.assoc, acceptor=False)
+    fast.tune_association(event.assoc, acceptor=False)
 
 
 def _accepted(store: Association, *, as_scu_only: bool) -> dict[str, list[str]]:

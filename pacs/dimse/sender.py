@@ -11,8 +11,8 @@ from typing import Any
 
 from pynetdicom import AE, build_context, evt
 
-from pacs.dimse import tuning
 from pacs.dimse.contexts import missing_context
+from pacs.dimse.transport import Transport
 from pacs.services.errors import CannotTranscode, NotFound
 from pacs.services.retrieve import Destination, RetrievePlan, RetrieveService
 from pacs.services.routing import SendReport
@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 
 
 class StudySender:
-    def __init__(self, ae_title: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, ae_title: str, *, transport: Transport, timeout: float = 30.0) -> None:
         self.ae_title = ae_title
+        self.transport = transport
         self.timeout = timeout
 
     def __call__(self, destination: Destination, plan: RetrievePlan,
@@ -34,7 +35,7 @@ class StudySender:
         contexts = [build_context(cls, list(ts)) for cls, ts in plan.proposals()]
         assoc = ae.associate(destination.host, destination.port, contexts=contexts,
                              ae_title=destination.ae_title,
-                             evt_handlers=[(evt.EVT_CONN_OPEN, _tune)])
+                             evt_handlers=[(evt.EVT_CONN_OPEN, self._opened)])
         if not assoc.is_established:
             return SendReport(0, len(plan.items),
                               f"cannot associate with {destination.ae_title} at "
@@ -45,13 +46,13 @@ class StudySender:
                 str(ts) for ts in context.transfer_syntax)
         sent, failed, error = 0, 0, None
         try:
-            with tuning.reactor_paused(assoc):
+            with self.transport.sending(assoc):
                 for number, item in enumerate(plan.items, start=1):
                     if not assoc.is_established:
                         failed += len(plan.items) - number + 1
                         error = error or "the peer closed the association"
                         break
-                    problem = _store(assoc, item, accepted, retrieve, number)
+                    problem = _store(self.transport, assoc, item, accepted, retrieve, number)
                     if problem is None:
                         sent += 1
                     else:
@@ -62,9 +63,12 @@ class StudySender:
                 assoc.release()
         return SendReport(sent, failed, error)
 
+    def _opened(self, event: Any) -> None:
+        self.transport.requested(event.assoc)
 
-def _store(assoc: Any, item: Any, accepted: dict[str, list[str]], retrieve: RetrieveService,
-           number: int) -> str | None:
+
+def _store(transport: Transport, assoc: Any, item: Any, accepted: dict[str, list[str]],
+           retrieve: RetrieveService, number: int) -> str | None:
     syntaxes = accepted.get(item.sop_class_uid or "")
     if not syntaxes:  # no context for the class at all: say so, not "no transfer syntax"
         problem = missing_context(assoc, item.sop_class_uid or "", peer_is_requestor=False)
@@ -72,7 +76,7 @@ def _store(assoc: Any, item: Any, accepted: dict[str, list[str]], retrieve: Retr
         return f"{item.sop_instance_uid}: {problem}"
     try:
         with retrieve.prepared(item, syntaxes) as ready:
-            answer = tuning.send_file(assoc, ready.path, msg_id=number % 65536,
+            answer = transport.send_file(assoc, ready.path, msg_id=number % 65536,
                                       originator_aet=None, originator_id=None)
     except (CannotTranscode, NotFound) as problem:
         return str(problem)
@@ -85,6 +89,3 @@ def _store(assoc: Any, item: Any, accepted: dict[str, list[str]], retrieve: Retr
         return f"{item.sop_instance_uid}: C-STORE answered 0x{int(status):04X}"
     return None
 
-
-def _tune(event: Any) -> None:
-    tuning.tune_association(event.assoc, acceptor=False)

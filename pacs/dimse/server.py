@@ -22,7 +22,7 @@ from typing import Any
 from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
-from pacs.dimse import tuning
+from pacs.dimse import qr
 from pacs.dimse.access import AccessControl, Registry
 from pacs.dimse.contexts import UnknownStorageClasses, scp_contexts
 from pacs.dimse.guard import ConnectionCount, PduLimits, RefusalAudit
@@ -30,8 +30,9 @@ from pacs.dimse.handlers import DimseHandlers
 from pacs.dimse.handoff import Dispatcher
 from pacs.dimse.inflight import InFlight
 from pacs.dimse.qr import QueryRetrieveServices
-from pacs.dimse.qr import install as install_service_classes
 from pacs.dimse.tls import TlsAcceptor
+from pacs.dimse.transport import Transport
+from pacs.dimse.transport.serving import CountedHandler, register_server, unregister_server
 from pacs.services.ingest import IngestService
 from pacs.services.query import QueryService
 from pacs.services.retrieve import RetrieveService
@@ -62,9 +63,12 @@ class DimseServer:
         registry: Registry | None = None,
         tls_port: int = 0,
         tls_context: ssl.SSLContext | None = None,
+        transport: Transport,
     ) -> None:
         """``registry``: only the AEs it admits may associate, for their services, and only
-        to ``ae_title`` (``access.py``); None: any calling AE, any called AE title."""
+        to ``ae_title`` (``access.py``); None: any calling AE, any called AE title.
+        ``transport``: installed already (``transport.install``)."""
+        self.transport = transport
         self.ae_title = ae_title
         self.host = host
         self.port = port
@@ -81,7 +85,7 @@ class DimseServer:
             if query is not None and retrieve is not None else None
         )
         self.handlers = DimseHandlers(ingest, self.inflight, self.limits, self.refusals,
-                                      self.access)
+                                      self.access, transport)
         self.tls_port = tls_port
         self.tls = (TlsAcceptor(tls_context, timeout=read_timeout, refusals=self.refusals)
                     if tls_context is not None else None)
@@ -103,15 +107,18 @@ class DimseServer:
         """Listen on ``host:port`` (handing connections to ``dispatcher`` when given), or, with
         ``listen=False`` (a worker process), only serve connections passed to :meth:`adopt`,
         telling ``report_closed(host)`` when each one closes."""
-        self._receive_files = tuning.enable_chunked_receive(self.receive_folder)
-        tuning.skip_unheard_log_handlers()
-        tuning.enable_lean_store_requests()
+        self._receive_files = self.transport.receive_files(self.receive_folder)
         self.handlers.receive_files = self._receive_files
-        install_service_classes(self.query_retrieve)
         contexts = scp_contexts()
         unknown = UnknownStorageClasses(contexts, accept_stores=self.accept_unknown_sop_classes)
         requested = self.access.before(unknown) if self.access is not None else unknown
         handlers: list[Any] = [*self.handlers.bindings(), (evt.EVT_REQUESTED, requested)]
+        if self.transport.fast_service_classes:
+            qr.install(self.query_retrieve, self.transport)
+        elif self.query_retrieve is not None:
+            from pacs.dimse.published import PublishedQueryRetrieve
+
+            handlers += PublishedQueryRetrieve(self.query_retrieve).bindings()
 
         def make(port: int, tls: TlsAcceptor | None) -> Any:
             server: Any = self.ae.make_server(
@@ -120,7 +127,7 @@ class DimseServer:
                 contexts=contexts,
                 evt_handlers=handlers,
                 server_class=_ListeningServer if listen else _AdoptingServer,
-                request_handler=tuning.CountedHandler,
+                request_handler=CountedHandler,
             )
             server.dispatcher = dispatcher
             server.connections = self.connections
@@ -128,7 +135,7 @@ class DimseServer:
             server.tls = tls
             if not listen:
                 server.report_closed = report_closed
-            tuning.register_server(self.ae, server)
+            register_server(self.ae, server)
             return server
 
         self._server = make(self.port, None)
@@ -156,7 +163,7 @@ class DimseServer:
 
     def _close(self, server: Any) -> None:
         server.server_close()
-        tuning.unregister_server(self.ae, server)
+        unregister_server(self.ae, server)
 
     def adopt(self, connection: socket.socket, address: tuple[str, int], tls: bool = False
               ) -> None:

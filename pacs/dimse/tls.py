@@ -5,7 +5,7 @@ pynetdicom wraps an accepted socket and completes the handshake in the accepting
 other, and a worker process could not use a TLS session made in the listening process. So the
 TLS listener accepts and hands off raw connections like the plain one (``handoff.py``), and the
 thread that will serve the association, in whichever process, wraps the socket with the server
-context and handshakes there (``tuning.CountedHandler``), within the read timeout.
+context and handshakes there (``transport.serving.CountedHandler``), within the read timeout.
 
 A client is refused, its connection closed and the refusal audited (``guard.RefusalAudit``),
 when the handshake fails (not TLS, below TLS 1.2, no BCP 195 suite, no certificate when one is

@@ -24,13 +24,14 @@ from pynetdicom.dimse_messages import C_ECHO_RQ, C_FIND_RQ, C_STORE_RQ, DIMSEMes
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
 from pynetdicom.dsutils import create_file_meta, decode, encode
 
-from pacs.dimse import decoding, tuning
+from pacs.dimse.transport import decoding
+from pacs.dimse.transport import fast
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 ODD_UID = "1.2.826.0.1.3680043.8.498.123"  # odd length: padded with a NUL
 EVEN_UID = "1.2.826.0.1.3680043.8.498.1234"
 PYNETDICOM_DECODE_MSG = DIMSEMessage.decode_msg if DIMSEMessage.decode_msg is not (
-    tuning._decode_msg) else tuning._PYNETDICOM_DECODE_MSG
+    fast._decode_msg) else fast._PYNETDICOM_DECODE_MSG
 PRIMITIVE_FIELDS = ("MessageID", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Priority",
                     "MoveOriginatorApplicationEntityTitle", "MoveOriginatorMessageID")
 
@@ -87,7 +88,7 @@ def lean(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_store_request_decodes_as_pynetdicom_does(fields: dict[str, Any], max_pdu: int) -> None:
     pieces = _p_data(_store(**fields), C_STORE_RQ, max_pdu)
     theirs = _decode(PYNETDICOM_DECODE_MSG, pieces)
-    ours = _decode(tuning._decode_msg, pieces)
+    ours = _decode(fast._decode_msg, pieces)
     assert type(ours) is decoding.ReceivedStoreRequest and type(theirs) is C_STORE_RQ
     mine, reference = ours.message_to_primitive(), theirs.message_to_primitive()
     for field in PRIMITIVE_FIELDS:
@@ -109,7 +110,7 @@ def test_store_request_streams_to_the_same_file_as_pynetdicom(
     monkeypatch.setattr(dimse_messages, "write_file_meta_info", write_file_meta_info)
     pieces = _p_data(_store(originator="MOVESCU"), C_STORE_RQ, 32)
     files = []
-    for decode_msg in (PYNETDICOM_DECODE_MSG, tuning._decode_msg):
+    for decode_msg in (PYNETDICOM_DECODE_MSG, fast._decode_msg):
         message = _decode(decode_msg, pieces)
         message._data_set_file.close()
         primitive = message.message_to_primitive()
@@ -131,7 +132,7 @@ def test_other_messages_are_left_to_pynetdicom() -> None:
     find.Identifier = BytesIO(b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ")
     for primitive, message in ((echo, C_ECHO_RQ), (find, C_FIND_RQ)):
         assert decoding.store_request(_command(primitive, message)) is None
-        decoded = _decode(tuning._decode_msg, _p_data(primitive, message, 0))
+        decoded = _decode(fast._decode_msg, _p_data(primitive, message, 0))
         assert type(decoded) is message
 
 
@@ -161,7 +162,7 @@ def test_lean_path_only_while_standard_log_handlers_are_off(
 ) -> None:
     monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", False)
     monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "standard")
-    decoded = _decode(tuning._decode_msg, _p_data(_store(), C_STORE_RQ, 0))
+    decoded = _decode(fast._decode_msg, _p_data(_store(), C_STORE_RQ, 0))
     assert type(decoded) is C_STORE_RQ  # pynetdicom's log handler looks classes up exactly
 
 
@@ -178,7 +179,7 @@ def test_a_request_without_data_set_is_complete_at_its_command(
     piece = dimse_messages.P_DATA()
     piece.presentation_data_value_list.append((1, b"\x03" + bytes(raw)))
     message = DIMSEMessage()
-    assert tuning._decode_msg(message, piece, None) is True
+    assert fast._decode_msg(message, piece, None) is True
     assert message._data_set_file is None
 
 
@@ -252,7 +253,7 @@ def _compare(raw: bytes) -> None:
     command_set = decode(BytesIO(raw), True, True)
     assert command_set.CommandField == 0x0001
     ours = C_STORE_RQ()
-    ours.__class__ = decoding.ReceivedStoreRequest  # as tuning._decode_msg does
+    ours.__class__ = decoding.ReceivedStoreRequest  # as fast._decode_msg does
     ours._elements, ours._raw, ours.context_id = elements, raw, 1
     theirs = C_STORE_RQ()
     theirs.command_set, theirs.context_id = command_set, 1

@@ -11,7 +11,7 @@ from pynetdicom.dimse_messages import C_FIND_RSP, C_MOVE_RSP, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_FIND, C_MOVE, C_STORE
 from pynetdicom.dsutils import decode, encode
 
-from pacs.dimse import encoding
+from pacs.dimse.transport import encoding
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 FIND = "1.2.840.10008.5.1.4.1.2.2.1"

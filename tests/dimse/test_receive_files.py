@@ -12,8 +12,8 @@ import pytest
 from pydicom.filewriter import write_file_meta_info
 from pynetdicom.dsutils import create_file_meta
 
-from pacs.dimse import receive_files
-from pacs.dimse.receive_files import ReceiveFiles, file_meta, write_file_meta
+from pacs.dimse.transport import receive_files
+from pacs.dimse.transport.receive_files import ReceiveFiles, file_meta, write_file_meta
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 

@@ -1,4 +1,4 @@
-"""The DUL's waits and the bounded PDU reader (``tuning.py``) on an ``SSLSocket``.
+"""The DUL's waits and the bounded PDU reader (``fast.py``) on an ``SSLSocket``.
 
 OpenSSL decrypts a whole TLS record at a time: the bytes of it not yet read wait in its buffer,
 where ``select`` does not see them (``SSLSocket.pending()`` does). And a blocking ``SSLSocket``
@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from pacs.dimse import tuning
+from pacs.dimse.transport import fast
 from pacs.services.tls_listener import server_context
 from tests.support.pki import make_server_pki
 
@@ -52,12 +52,12 @@ class _DulThread(threading.Thread):
 
     def __init__(self, raw: Any) -> None:
         super().__init__()
-        self._pacs_waker = tuning._Waker()
+        self._pacs_waker = fast._Waker()
         self.socket = SimpleNamespace(socket=raw)
         self._kill_thread = False
 
     def run(self) -> None:
-        tuning._DulClock.sleep(0.0001)
+        fast._DulClock.sleep(0.0001)
 
     def close(self) -> None:
         self._pacs_waker.close()
@@ -79,7 +79,7 @@ def test_the_dul_does_not_sleep_on_decrypted_bytes_select_cannot_see(
         waits.append(args[3])
         return original(*args)
 
-    monkeypatch.setattr(tuning.select, "select", watched)
+    monkeypatch.setattr(fast.select, "select", watched)
     try:
         dul.start()
         dul.join(10)
@@ -97,10 +97,10 @@ def test_a_stalled_tls_peer_ends_the_read_at_the_deadline(
     outcome: list[BaseException | bool] = []
 
     def read() -> None:
-        tuning._wait_at_most(server, 0.5)
+        fast._wait_at_most(server, 0.5)
         view = memoryview(bytearray(206))
         try:
-            outcome.append(tuning._receive_into(server, view, time.monotonic() + 0.5, 0.5))
+            outcome.append(fast._receive_into(server, view, time.monotonic() + 0.5, 0.5))
         except BaseException as error:  # noqa: BLE001 (what ended the read is the result)
             outcome.append(error)
 

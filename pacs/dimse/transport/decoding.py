@@ -22,7 +22,7 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import decode
 
-from pacs.dimse.encoding import NO_DATA_SET
+from pacs.dimse.transport.encoding import NO_DATA_SET
 
 _HEAD = struct.Struct("<HHI")
 _US = struct.Struct("<H")
@@ -90,7 +90,7 @@ def us(value: bytes) -> int:
 
 class ReceivedStoreRequest(C_STORE_RQ):
     """A C-STORE-RQ read by :func:`store_request`; set as a received message's class by
-    ``tuning._decode_msg``, with ``_elements`` and ``_raw`` (the encoded command set)."""
+    ``fast._decode_msg``, with ``_elements`` and ``_raw`` (the encoded command set)."""
 
     _elements: dict[int, bytes]
     _raw: bytes

@@ -1,13 +1,18 @@
-"""The two places this project reaches into pynetdicom 3.0 internals, for speed (perf-notes).
+"""The fast DIMSE transport (``PACS_DIMSE_TRANSPORT=fast``): where pacs reaches into pynetdicom.
 
-1. ``AssociationSocket.socket``: set TCP_NODELAY on every accepted socket, so responses are
-   not held back by Nagle's algorithm.
+Installed by :class:`FastTransport` (``transport.install("fast")``), never at import time. Each
+item names the pynetdicom 3.0 internals it relies on; ``UPSTREAM`` pins the source of every
+upstream function replaced, copied or wrapped, and ``tests/dimse/test_transport.py`` fails when
+any of them changes or an attribute used here disappears.
+
+1. ``AssociationSocket.socket``: TCP_NODELAY on the sockets of the associations pacs requests.
 2. ``DULServiceProvider._run_loop_delay``: the reactor's sleep between polls (default 1 ms) is
    the latency floor of every PDU on one association; 0.1 ms gives 1.15-1.65x the rate.
 3. ``DIMSEMessage._data_set_file``: with chunked receive, pynetdicom leaves the partial
    temporary file behind when an association aborts mid-dataset; we remove it on close.
-4. ``ApplicationEntity._servers``: a server made with ``make_server`` (to choose its class)
-   must be registered there, as ``start_server`` does, or its ``shutdown`` fails.
+5. ``pynetdicom.association.uid_to_service_class``: the one place an association picks the
+   service class of a request; C-FIND, C-MOVE and C-GET get pacs's (``qr.py``), which write
+   their responses with the lean encoder and send instances from files.
 6. ``Association._reactor_checkpoint``, ``_is_paused``, ``_get_valid_context``,
    ``_check_received_status``, ``_handle_no_response``: C-MOVE sub-operations are sent with
    the requestor's reactor held paused for the whole batch (:func:`reactor_paused`,
@@ -32,9 +37,6 @@
    ``decoding.py`` instead of pydicom (:func:`enable_lean_store_requests`); the loop is
    pynetdicom 3.0's otherwise. Only while pynetdicom's standard log handlers are off: they
    look a message's class up exactly.
-5. ``pynetdicom.association.uid_to_service_class``: the one place an association picks the
-   service class of a request; C-MOVE and C-GET get ours (``retrieve.py``), which sends from
-   files instead of re-encoding decoded datasets.
 12. ``DULServiceProvider._read_pdu_data``: the one place pynetdicom reads a PDU, header then
    the whole body, blocking for as long as the peer likes. An acceptor's is ours
    (:func:`bound_pdus`): a PDU longer than ``guard.PduLimits`` allows for its type is refused
@@ -42,13 +44,8 @@
    the read timeout; the body is read into one buffer, not 4 KiB at a time. Over TLS the
    bound is the ``SSLSocket``'s own timeout: a blocking ``SSLSocket`` retries a read that the
    kernel's SO_RCVTIMEO ended, for ever.
-13. ``RequestHandler._create_association`` and ``Association.run``: :class:`CountedHandler`
-   is pynetdicom's request handler, telling its server when the association's thread ends,
-   so that connections per address are counted until they close (``guard.py``); on a DICOM
-   TLS listener it first wraps the connection and handshakes, in that thread (``tls.py``).
 
-pynetdicom is pinned to 3.0.x in pyproject.toml; ``tests/dimse/test_tuning.py`` fails if any of
-these attributes disappears.
+(4 and 13, the server glue both transports use, are in ``serving.py``.)
 """
 
 from __future__ import annotations
@@ -63,44 +60,31 @@ import threading
 import time
 import types
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 from pynetdicom import _config, evt
-from pynetdicom.transport import RequestHandler
 
 from pacs.dimse.guard import PduLimits
+from pacs.dimse.transport import Transport
 
 log = logging.getLogger(__name__)
 
 REACTOR_DELAY_S = 0.0001
 
 
-def enable_chunked_receive(folder: Path | None = None) -> Any:
-    """C-STORE datasets are written to a temporary file as they arrive, never held whole; with
-    ``folder``, into files made ahead of time there (see 9. above). Returns the maker of those
-    files (``stop()`` it before sweeping ``folder``), or None."""
-    _config.STORE_RECV_CHUNKED_DATASET = True
-    if folder is None:
-        return None
+def _receive_files(folder: Path) -> Any:
+    """C-STORE data sets are written into files made ahead of time in ``folder`` (see 9.)."""
     from pynetdicom import dimse_messages
 
-    from pacs.dimse.receive_files import ReceiveFiles, file_meta, write_file_meta
+    from pacs.dimse.transport.receive_files import ReceiveFiles, file_meta, write_file_meta
 
     files = ReceiveFiles(folder)
     setattr(dimse_messages, "NamedTemporaryFile", files)  # noqa: B010
     setattr(dimse_messages, "create_file_meta", file_meta)  # noqa: B010
     setattr(dimse_messages, "write_file_meta_info", write_file_meta)  # noqa: B010
     return files
-
-
-def skip_unheard_log_handlers() -> None:
-    """pynetdicom binds handlers that format every PDU and DIMSE message into its INFO and
-    DEBUG lines; when its logger drops those lines anyway, it binds none (``LOG_HANDLER_LEVEL``,
-    a public setting). Call after logging is configured."""
-    if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
-        _config.LOG_HANDLER_LEVEL = "none"
 
 
 def enable_lean_store_requests() -> None:
@@ -122,7 +106,7 @@ def _decode_msg(self: Any, primitive: Any, assoc: Any = None) -> bool:
     from pynetdicom.dsutils import decode
     from pynetdicom.pdu_primitives import P_DATA
 
-    from pacs.dimse import decoding, encoding
+    from pacs.dimse.transport import decoding, encoding
 
     if primitive is None or primitive.__class__ != P_DATA:
         return False
@@ -176,11 +160,6 @@ def _decode_msg(self: Any, primitive: Any, assoc: Any = None) -> bool:
                 transfer_syntax=context.transfer_syntax[0],
             ))
     return False
-
-
-def enable_chunked_send() -> None:
-    """``send_c_store(path)`` streams the data set from the file (no decode, byte-identical)."""
-    _config.STORE_SEND_CHUNKED_DATASET = True
 
 
 def install_service_class(choose: Callable[[str], type[Any] | None]) -> None:
@@ -422,17 +401,6 @@ def partial_dataset_file(assoc: Any) -> Path | None:
     return Path(handle.name)
 
 
-def register_server(ae: Any, server: Any) -> None:
-    """What ``AE.start_server`` does for its own servers (see 4. above)."""
-    ae._servers.append(server)
-
-
-def unregister_server(ae: Any, server: Any) -> None:
-    """Undo :func:`register_server` for a server that never ran ``serve_forever``."""
-    if server in ae._servers:
-        ae._servers.remove(server)
-
-
 _PDU_HEADER = struct.Struct(">BxL")  # PDU-type, reserved, PDU-length (PS3.8 9.3.1)
 _INVALID_PDU_PARAMETER_VALUE = 0x06  # A-ABORT reason/diag. (PS3.8 9.3.8)
 _REASON_NOT_SPECIFIED = 0x00
@@ -569,36 +537,68 @@ def _close(dul: Any, reason: int, why: str) -> None:
         refused(assoc, why)
 
 
-class CountedHandler(RequestHandler):
-    """pynetdicom's request handler; its server's ``connection_closed(client_address)`` is
-    called once the connection's association thread ends (see 13. above)."""
 
-    def handle(self) -> None:
-        closed: Callable[[Any], None] = getattr(self.server, "connection_closed")  # noqa: B009
-        secure = getattr(self.server, "tls", None)  # a tls.TlsAcceptor on a DICOM TLS port
-        address = self.client_address
-        try:
-            peer = None
-            if secure is not None:
-                peer = secure.handshake(self.request, address)
-                if peer is None:  # refused: closed and audited
-                    closed(address)
-                    return
-                self.request = peer.connection
-            assoc = self._create_association()
-            if peer is not None:
-                peer.attach(assoc)
-            run = assoc.run
 
-            def run_then_report() -> None:
-                try:
-                    run()
-                finally:
-                    closed(address)
+class FastTransport(Transport):
+    """pacs's fast path over pynetdicom 3.0 (the items above)."""
 
-            assoc.run = run_then_report  # type: ignore[method-assign]
-            evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": address})
-            assoc.start()
-        except BaseException:
-            closed(address)
-            raise
+    name = "fast"
+    fast_service_classes = True  # Q/R by qr.py's service classes (5.)
+
+    def install(self) -> None:
+        super().install()
+        enable_lean_store_requests()
+
+    def receive_files(self, folder: Path) -> Any:
+        return _receive_files(folder)
+
+    def accepted(self, assoc: Any, limits: PduLimits | None,
+                 refused: Callable[[Any, str], None] | None = None) -> None:
+        tune_association(assoc)
+        if limits is not None:
+            bound_pdus(assoc, limits, refused)
+
+    def closed(self, assoc: Any) -> Path | None:
+        release_association(assoc)
+        return partial_dataset_file(assoc)
+
+    def requested(self, assoc: Any) -> None:
+        tune_association(assoc, acceptor=False)
+
+    def sending(self, assoc: Any) -> AbstractContextManager[None]:
+        return reactor_paused(assoc)
+
+    def send_file(self, assoc: Any, path: Path, *, msg_id: int, originator_aet: str | None,
+                  originator_id: int | None) -> Any:
+        return send_file(assoc, path, msg_id=msg_id, originator_aet=originator_aet,
+                         originator_id=originator_id)
+
+    def serve_requests_with(self, choose: Callable[[str], type[Any] | None]) -> None:
+        """Requests are served by ``choose(uid)`` when it names a class (5.)."""
+        install_service_class(choose)
+
+
+# The upstream code this module and serving.py replace, copy, wrap or rely on, by the SHA-256
+# (first 16 hex digits) of its source in pynetdicom 3.0.4; a release that changes any of them
+# fails tests/dimse/test_transport.py, which names the items above to look at again.
+UPSTREAM: dict[str, tuple[str, str]] = {  # upstream function: (hash, the items relying on it)
+    "pynetdicom.dul.DULServiceProvider.run_reactor": ("e3a10eb3a0931e48", "2, 10"),
+    "pynetdicom.dul.DULServiceProvider.send_pdu": ("7cbce5da8594124e", "7, 10"),
+    "pynetdicom.dul.DULServiceProvider._process_recv_primitive": ("4c0ebbb3e646e35e", "7"),
+    "pynetdicom.dul.DULServiceProvider._read_pdu_data": ("19f2d4e38c13c835", "12 (copied)"),
+    "pynetdicom.dul.DULServiceProvider._decode_pdu": ("fc71dd1bf853e1ce", "12"),
+    "pynetdicom.dimse_messages.DIMSEMessage.decode_msg": ("f51c777e841a76be", "3, 9, 11 (copied)"),
+    "pynetdicom.dsutils.create_file_meta": ("035ed415f5aeea15", "9"),
+    "pynetdicom.sop_class.uid_to_service_class": ("88fa4636b8cbaacd", "5"),
+    "pynetdicom.association.Association._serve_request": ("2f24c1759cdf6c8c", "5"),
+    "pynetdicom.association.Association._run_reactor": ("f28838c5559e462a", "8 (copied)"),
+    "pynetdicom.association.Association.send_c_store": ("fa5a8127f349f8e7", "6 (copied)"),
+    "pynetdicom.association.Association._get_valid_context": ("117a52c2ae6720e0", "6"),
+    "pynetdicom.association.Association._check_received_status": ("364c3ae215b58646", "6"),
+    "pynetdicom.association.Association._handle_no_response": ("6f3d62518395c3a8", "6"),
+    "pynetdicom.service_class.StorageServiceClass.SCP": ("63afca7fc6c6e7ee", "5 (qr.StorageSCP)"),
+    "pynetdicom.transport.RequestHandler.handle": ("034823fb4df3a874", "serving.py (copied)"),
+    "pynetdicom.transport.RequestHandler._create_association": (
+        "05c8d12b79863cdb", "serving.py"),
+    "pynetdicom.ae.ApplicationEntity.start_server": ("d3868a2df83d3cc0", "serving.py"),
+}

@@ -6,8 +6,8 @@ writes a File Meta Information built with pydicom, before the data set's first b
 module gives it files created ahead of time by a background thread, in the store's temporary
 folder (so a store is still a rename), and writes the File Meta Information from bytes.
 
-Installed by ``tuning.enable_chunked_receive``; ``tests/dimse/test_receive_files.py`` checks the
-File Meta Information against pydicom's.
+Installed by the fast transport (``fast._receive_files``);
+``tests/dimse/test_receive_files.py`` checks the File Meta Information against pydicom's.
 """
 
 from __future__ import annotations

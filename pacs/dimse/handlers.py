@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
@@ -15,6 +16,7 @@ from pacs.dimse.guard import PduLimits, RefusalAudit
 from pacs.dimse.inflight import InFlight
 from pacs.dimse.status import Status, store_status
 from pacs.dimse.transport import Transport
+from pacs.dimse.transport.inline import StoreRequest
 from pacs.services.ae_registry import Service
 from pacs.services.errors import OutOfResources, PacsError
 from pacs.services.ingest import Expected, Incoming, IngestService, Origin
@@ -53,7 +55,8 @@ class DimseHandlers:
         ]
 
     def on_conn_open(self, event: Event) -> None:
-        self.transport.accepted(event.assoc, self.limits, self._closed_by_limit)
+        self.transport.accepted(event.assoc, self.limits, self._closed_by_limit,
+                                self.store_received)
 
     def _closed_by_limit(self, assoc: Any, reason: str) -> None:
         if self.refusals is not None:
@@ -95,36 +98,47 @@ class DimseHandlers:
         return int(Status.SUCCESS)
 
     def on_store(self, event: Event) -> int | Dataset:
-        """C-STORE (PS3.4 B.2.3): store as received, answer after the store is durable."""
+        """C-STORE (PS3.4 B.2.3) by pynetdicom's Storage service class."""
         request = cast(C_STORE, event.request)
+        path = event.dataset_path
+        files = self.receive_files
+        failure = files.failure(path) if files is not None else None
+        digest = files.written(path) if files is not None and failure is None else None
+        status, comment = self.store_received(
+            event.assoc,
+            StoreRequest(sop_class_uid=str(request.AffectedSOPClassUID),
+                         sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                         message_id=int(request.MessageID or 0),
+                         context_id=int(request._context_id or 0)),
+            path, digest, failure)
+        return _failure(Status(status), comment) if status else int(Status.SUCCESS)
+
+    def store_received(self, assoc: Any, request: StoreRequest, path: Path,
+                       digest: tuple[str, int] | None, failure: str | None) -> tuple[int, str]:
+        """Store the data set received into ``path`` (its SHA-256 and size in ``digest`` when
+        the receiver hashed it; ``failure``: why it could not be written whole), answering
+        only once the store is durable: (status, error comment)."""
         if self.access is not None:
-            denied = self.access.denial(event.assoc, Service.STORE)
-            if denied is not None:  # the service class removes the received data set
-                if self.receive_files is not None:
-                    self.receive_files.forget(event.dataset_path)
-                return _failure(store_status(denied), str(denied))
-        expected = Expected(
-            sop_class_uid=str(request.AffectedSOPClassUID),
-            sop_instance_uid=str(request.AffectedSOPInstanceUID),
-        )
+            denied = self.access.denial(assoc, Service.STORE)
+            if denied is not None:  # the received data set is removed by the caller
+                return int(store_status(denied)), str(denied)[:_ERROR_COMMENT_MAX]
+        expected = Expected(sop_class_uid=request.sop_class_uid,
+                            sop_instance_uid=request.sop_instance_uid)
         with self.inflight:
             try:
-                path = event.dataset_path
-                failure = self.receive_files.failure(path) if self.receive_files else None
                 if failure is not None:
                     path.unlink(missing_ok=True)
                     raise OutOfResources(failure)
-                digest = self.receive_files.written(path) if self.receive_files else None
                 outcome = self.ingest.store(
-                    Incoming.received_file(path, digest), _origin(event), expected
+                    Incoming.received_file(path, digest), _origin(assoc), expected
                 )
             except PacsError as error:
                 status = store_status(error)
                 log.warning("C-STORE %s from %s failed (0x%04X): %s", expected.sop_instance_uid,
-                            _calling_ae(event), status, error)
-                return _failure(status, str(error))
+                            _ae_title(assoc), status, error)
+                return int(status), str(error)[:_ERROR_COMMENT_MAX]
         log.debug("C-STORE %s: %s", outcome.sop_instance_uid, outcome.status)
-        return int(Status.SUCCESS)
+        return int(Status.SUCCESS), ""
 
 
 def _calling_ae(event: Event) -> str:
@@ -144,13 +158,13 @@ _REJECTIONS: dict[tuple[int | None, ...], str] = {
 }
 
 
-def _origin(event: Event) -> Origin:
-    requestor = event.assoc.requestor
+def _origin(assoc: Any) -> Origin:
+    requestor = assoc.requestor
     return Origin(
         protocol="dimse",
-        ae_title=_calling_ae(event),
+        ae_title=_ae_title(assoc),
         address=f"{requestor.address}:{requestor.port}",
-        tls_subject=tls.subject_of(event.assoc),
+        tls_subject=tls.subject_of(assoc),
     )
 
 

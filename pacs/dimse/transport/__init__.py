@@ -55,9 +55,11 @@ class Transport:
         the folder), or None: pynetdicom's temporary files."""
         return None
 
-    def accepted(self, assoc: Any, limits: PduLimits | None,
-                 refused: Any = None) -> None:
-        """An acceptor's connection opened (EVT_CONN_OPEN), before the association starts."""
+    def accepted(self, assoc: Any, limits: PduLimits | None, refused: Any = None,
+                 store: Any = None) -> None:
+        """An acceptor's connection opened (EVT_CONN_OPEN), before the association starts:
+        ``refused(assoc, why)`` is told of a connection closed for breaking ``limits``;
+        ``store`` (``inline.Store``) may serve C-STORE requests without pynetdicom's messages."""
 
     def closed(self, assoc: Any) -> Path | None:
         """An acceptor's connection closed: the file of a data set it left half-received,

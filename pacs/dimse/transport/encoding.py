@@ -106,6 +106,21 @@ def p_data(context_id: int, command: bytes, data_set: bytes | None, max_pdu: int
     return primitives
 
 
+def pdus(context_id: int, command: bytes, data_set: bytes | None, max_pdu: int) -> bytes:
+    """The fragments of :func:`p_data` as encoded P-DATA-TF PDUs (PS3.8 9.3.5), one PDV each,
+    for writing to the socket as they are."""
+    encoded = []
+    for primitive in p_data(context_id, command, data_set, max_pdu):
+        for pdv_context, value in primitive.presentation_data_value_list:
+            item = _PDV.pack(len(value) + 1, pdv_context) + value
+            encoded.append(_PDU.pack(0x04, len(item)) + item)
+    return b"".join(encoded)
+
+
+_PDV = struct.Struct(">LB")  # item length (context ID, control header and fragment), context ID
+_PDU = struct.Struct(">BxL")  # PDU type, reserved, length
+
+
 @cache
 def _keyword(keyword: str) -> tuple[int, str]:
     tag = tag_for_keyword(keyword)

@@ -44,6 +44,10 @@ any of them changes or an attribute used here disappears.
    the read timeout; the body is read into one buffer, not 4 KiB at a time. Over TLS the
    bound is the ``SSLSocket``'s own timeout: a blocking ``SSLSocket`` retries a read that the
    kernel's SO_RCVTIMEO ended, for ever.
+14. ``DULServiceProvider.state_machine``, ``Association._accepted_cx``, ``_sent_release``,
+   ``DIMSEServiceProvider.message``, ``maximum_pdu_size``: a C-STORE request is read,
+   stored and answered by the DUL thread that reads its PDUs (``inline.py``), without
+   pynetdicom's P-DATA primitives, DIMSE messages, reactor thread or service class.
 
 (4 and 13, the server glue both transports use, are in ``serving.py``.)
 """
@@ -68,6 +72,7 @@ from pynetdicom import _config, evt
 
 from pacs.dimse.guard import PduLimits
 from pacs.dimse.transport import Transport
+from pacs.dimse.transport.inline import InlineStore, Store
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +103,12 @@ def enable_lean_store_requests() -> None:
 
 
 _PYNETDICOM_DECODE_MSG: Any = None  # pynetdicom's, once replaced (for the tests)
+
+
+def _lean_requests_heard() -> bool:
+    """Whether C-STORE requests may bypass pynetdicom's messages: only while its standard log
+    handlers are off (they would log every message, and look each one's class up exactly)."""
+    return bool(_config.LOG_HANDLER_LEVEL == "none")
 
 
 def _decode_msg(self: Any, primitive: Any, assoc: Any = None) -> bool:
@@ -413,6 +424,7 @@ def bound_pdus(assoc: Any, limits: PduLimits,
     dul = assoc.dul
     dul._pacs_limits = limits
     dul._pacs_refused = refused
+    dul._pacs_inline = None
     dul._read_pdu_data = types.MethodType(_read_pdu, dul)
     raw = dul.socket.socket
     if raw is not None:
@@ -469,6 +481,10 @@ def _read_pdu(self: Any) -> None:
     except OSError as exc:
         log.error("Connection closed before the entire PDU was received: %s", exc)
         self.event_queue.put("Evt17")
+        return
+    inline = self._pacs_inline
+    if pdu_type == 0x04 and inline is not None and inline.offer(pdu):
+        self._idle_timer.restart()  # (pynetdicom's loop does on a PDU: here it never sees it)
         return
     try:
         decoded, event = self._decode_pdu(pdu)
@@ -549,18 +565,27 @@ class FastTransport(Transport):
         super().install()
         enable_lean_store_requests()
 
+    def __init__(self) -> None:
+        self._files: Any = None
+
     def receive_files(self, folder: Path) -> Any:
-        return _receive_files(folder)
+        self._files = _receive_files(folder)
+        return self._files
 
     def accepted(self, assoc: Any, limits: PduLimits | None,
-                 refused: Callable[[Any, str], None] | None = None) -> None:
+                 refused: Callable[[Any, str], None] | None = None,
+                 store: Store | None = None) -> None:
         tune_association(assoc)
         if limits is not None:
             bound_pdus(assoc, limits, refused)
+            if store is not None and self._files is not None and _lean_requests_heard():
+                assoc.dul._pacs_inline = InlineStore(assoc.dul, store, self._files)
 
     def closed(self, assoc: Any) -> Path | None:
         release_association(assoc)
-        return partial_dataset_file(assoc)
+        inline = getattr(assoc.dul, "_pacs_inline", None)
+        partial = inline.partial() if inline is not None else None
+        return partial or partial_dataset_file(assoc)
 
     def requested(self, assoc: Any) -> None:
         tune_association(assoc, acceptor=False)

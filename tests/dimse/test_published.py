@@ -7,7 +7,8 @@ It serves C-ECHO and C-STORE with ``DimseHandlers``, Q/R with ``PublishedQueryRe
 real index and file store, with access control on (the AE registry): storescu stores, findscu,
 movescu and getscu query and retrieve, CT1 may store only. Move destinations are registered as
 ``--peer`` registers them: DEST (a storescp accepting every transfer syntax), PLAIN (uncompressed
-only) and DEAD (nothing listens).
+only) and DEAD (nothing listens). C-FIND answers are compared with those of a ``pacs serve``
+(the fast path, in its own process) that stored the same files.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from tests.factories.datasets import (
 from tests.support import dcmtk
 from tests.support.files import comparable
 from tests.support.index import index_datasets
-from tests.support.server import free_port
+from tests.support.server import PacsServer, free_port
 from tests.support.wait import until
 
 DOE_STUDY = make_uid("published", "doe-john-study")
@@ -188,6 +189,22 @@ def site(module_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
     as_published()
 
 
+@pytest.fixture(scope="module")
+def fast(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PacsServer]:
+    """``pacs serve`` (the fast path, another process) with the files ``site`` stored, in the
+    same order: the same rows in the same order."""
+    root = tmp_path_factory.mktemp("fast")
+    server = PacsServer(data_dir=root / "data", database_url=f"sqlite:///{root / 'index.sqlite'}")
+    try:
+        server.start()
+        files = list(site.sent.values())
+        stored = dcmtk.storescu(server.dimse_port, files, workdir=root)
+        assert dcmtk.successes(stored) == len(files), dcmtk.status_lines(stored)
+        yield server
+    finally:
+        server.stop()
+
+
 def _text(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout + result.stderr
 
@@ -284,6 +301,46 @@ def test_find_refuses_a_bad_identifier_with_a_comment(
     assert len(_comments(result)) == 1 and _comments(result)[0], _text(result)
     refused = [e for e in site.audit_events("query") if e.outcome == "refused"]
     assert any(e.actor == "dimse:FINDSCU@127.0.0.1" for e in refused)
+
+
+@pytest.mark.parametrize(
+    ("keys", "model"),
+    [
+        (["QueryRetrieveLevel=STUDY", "PatientName=doe*", "SpecificCharacterSet", "PatientID",
+          "PatientBirthDate", "StudyDate", "StudyTime", "AccessionNumber", "StudyDescription",
+          "ReferringPhysicianName", "ModalitiesInStudy", "SOPClassesInStudy",
+          "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "RetrieveAETitle",
+          "InstanceAvailability", "StudyInstanceUID"], "-S"),
+        (["QueryRetrieveLevel=STUDY", "SpecificCharacterSet=ISO_IR 192", "PatientName=*ller*",
+          "StudyDescription", "ReferringPhysicianName"], "-S"),
+        (["QueryRetrieveLevel=SERIES", f"StudyInstanceUID={BIG_STUDY}", "SeriesInstanceUID",
+          "SeriesNumber", "Modality", "SeriesDescription", "NumberOfSeriesRelatedInstances",
+          "RequestAttributesSequence"], "-S"),
+        (["QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={DOE_STUDY}",
+          "SeriesInstanceUID={ct series}", "SOPInstanceUID", "SOPClassUID", "InstanceNumber"],
+         "-S"),
+        (["QueryRetrieveLevel=PATIENT", "PatientID=P-*", "PatientName", "PatientSex",
+          "NumberOfPatientRelatedStudies", "NumberOfPatientRelatedSeries",
+          "NumberOfPatientRelatedInstances"], "-P"),
+    ],
+    ids=["study", "non-ascii", "series", "image", "patient-root"],
+)
+def test_find_answers_as_the_fast_path_does(
+    site: Site, fast: PacsServer, keys: list[str], model: str
+) -> None:
+    series = site.find("SERIES", f"StudyInstanceUID={DOE_STUDY}", "SeriesInstanceUID",
+                       "Modality=CT")
+    keys = [key.replace("{ct series}", str(series[0].SeriesInstanceUID)) for key in keys]
+    ours_result, ours = dcmtk.findscu(site.port, keys, workdir=site.workdir, model=model)
+    theirs_result, theirs = dcmtk.findscu(fast.dimse_port, keys, workdir=site.workdir,
+                                          model=model)
+    assert theirs, dcmtk.status_lines(theirs_result)
+    assert [_elements(r) for r in ours] == [_elements(r) for r in theirs]
+    assert _text(ours_result).count("(Pending)") == _text(theirs_result).count("(Pending)")
+
+
+def _elements(identifier: Dataset) -> list[tuple[Any, str, Any]]:
+    return [(element.tag, element.VR, element.value) for element in identifier]
 
 
 def test_find_cancel_stops_the_pending_responses(site: Site) -> None:

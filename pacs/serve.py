@@ -134,7 +134,7 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
             workflow=workflow,
             routing=RoutingService(
                 index=index, retrieve=retrieve,
-                sender=StudySender(settings.ae_title, transport=_transport(settings)),
+                sender=StudySender(settings.ae_title, transport=lambda: _transport(settings)),
                 retry_base=dt.timedelta(seconds=settings.route_retry_seconds),
                 max_attempts=settings.route_max_attempts,
             ),
@@ -204,7 +204,8 @@ _TRANSPORT: Transport | None = None
 
 def _transport(settings: Settings) -> Transport:
     """The process's DIMSE transport (``PACS_DIMSE_TRANSPORT``), installed the first time it is
-    asked for: by the routing sender or the DIMSE server, whichever this process makes first."""
+    asked for: by the DIMSE server as it is made, or by the routing sender as it first sends
+    (a command that only opens the services installs nothing)."""
     global _TRANSPORT
     if _TRANSPORT is None:
         _TRANSPORT = install_transport(str(settings.dimse_transport))

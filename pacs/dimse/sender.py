@@ -7,6 +7,7 @@ unchanged when its transfer syntax was accepted, decoded otherwise (``RetrieveSe
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import AE, build_context, evt
@@ -21,10 +22,16 @@ log = logging.getLogger(__name__)
 
 
 class StudySender:
-    def __init__(self, ae_title: str, *, transport: Transport, timeout: float = 30.0) -> None:
+    def __init__(self, ae_title: str, *, transport: Callable[[], Transport],
+                 timeout: float = 30.0) -> None:
+        """``transport``: gives the process's transport, installed (when the first job runs)."""
         self.ae_title = ae_title
-        self.transport = transport
+        self._transport = transport
         self.timeout = timeout
+
+    @property
+    def transport(self) -> Transport:
+        return self._transport()
 
     def __call__(self, destination: Destination, plan: RetrievePlan,
                  retrieve: RetrieveService) -> SendReport:

@@ -118,7 +118,7 @@ class DimseServer:
         elif self.query_retrieve is not None:
             from pacs.dimse.published import PublishedQueryRetrieve
 
-            handlers += PublishedQueryRetrieve(self.query_retrieve).bindings()
+            handlers += PublishedQueryRetrieve(self.query_retrieve, self.transport).bindings()
 
         def make(port: int, tls: TlsAcceptor | None) -> Any:
             server: Any = self.ae.make_server(

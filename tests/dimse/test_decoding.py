@@ -24,8 +24,7 @@ from pynetdicom.dimse_messages import C_ECHO_RQ, C_FIND_RQ, C_STORE_RQ, DIMSEMes
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
 from pynetdicom.dsutils import create_file_meta, decode, encode
 
-from pacs.dimse.transport import decoding
-from pacs.dimse.transport import fast
+from pacs.dimse.transport import decoding, fast
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 ODD_UID = "1.2.826.0.1.3680043.8.498.123"  # odd length: padded with a NUL

@@ -130,9 +130,11 @@ def test_standard_log_handlers_only_when_their_lines_are_kept(
         logger.setLevel(level)
 
 
-def test_service_classes_are_ours_once_installed() -> None:
+def test_service_classes_are_ours_once_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     from pacs.dimse import qr
 
+    # (undone afterwards: other tests of this process need pynetdicom as published)
+    monkeypatch.setattr(association, "uid_to_service_class", association.uid_to_service_class)
     qr.install(None, FastTransport())
     chosen = getattr(association, "uid_to_service_class")  # noqa: B009
     assert chosen("1.2.840.10008.5.1.4.1.2.2.1") is qr.QueryRetrieveSCP  # Study Root FIND

@@ -105,7 +105,7 @@ class Retrieval:
             )
             return
         try:
-            with fast.reactor_paused(store):
+            with fast.sending(store):
                 counts = self._send(store, plan, as_scu_only=False)
         finally:
             if store.is_established:
@@ -119,7 +119,8 @@ class Retrieval:
         except PacsError as error:
             self._fail(query_status(error), str(error))
             return
-        counts = self._send(self.scp.assoc, plan, as_scu_only=True)
+        with fast.outbound(self.scp.assoc):
+            counts = self._send(self.scp.assoc, plan, as_scu_only=True)
         if counts is not None and self.scp.assoc.is_established:
             self._final(counts)
         elif counts is not None:
@@ -193,13 +194,12 @@ class Retrieval:
             return None
         try:
             with self.service.prepared(item, syntaxes) as ready:
-                if store is self.scp.assoc:  # C-GET: on the requestor's association
-                    answer = store.send_c_store(ready.path, msg_id=(message_id + number) % 65536)
-                else:  # C-MOVE: our association to the destination, its reactor held paused
-                    answer = fast.send_file(
-                        store, ready.path, msg_id=(message_id + number) % 65536,
-                        originator_aet=originator, originator_id=message_id,
-                    )
+                # C-GET: on the requestor's association; C-MOVE: on ours to the destination
+                answer = fast.send_file(
+                    store, ready.path, msg_id=(message_id + number) % 65536,
+                    originator_aet=originator,
+                    originator_id=message_id if originator is not None else None,
+                )
         except PacsError as error:  # cannot transcode (too large to decode), gone, decoder busy
             log.warning("sub-operation for %s failed: %s", item.sop_instance_uid, error)
             return None
@@ -286,7 +286,7 @@ class Retrieval:
 
 
 def _tune(event: Any) -> None:
-    fast.tune_association(event.assoc, acceptor=False)
+    fast.requested(event.assoc)
 
 
 def _accepted(store: Association, *, as_scu_only: bool) -> dict[str, list[str]]:

@@ -73,6 +73,48 @@ def store_request(raw: bytes) -> dict[int, bytes] | None:
     return elements
 
 
+C_STORE_RSP_FIELD = 0x8001
+# element number → VR of what a C-STORE-RSP may carry (PS3.7 9.3.1.2, C.4.2.1.4 statuses)
+_RESPONSE_ELEMENTS = {
+    0x0000: "UL",  # Command Group Length
+    0x0002: "UI",  # Affected SOP Class UID
+    0x0100: "US",  # Command Field
+    0x0120: "US",  # Message ID Being Responded To
+    0x0800: "US",  # Command Data Set Type
+    0x0900: "US",  # Status
+    0x0901: "AT",  # Offending Element
+    0x0902: "LO",  # Error Comment
+    0x0903: "US",  # Error ID
+    0x1000: "UI",  # Affected SOP Instance UID
+}
+
+
+def store_response(raw: bytes) -> tuple[int, int, str] | None:
+    """(Message ID Being Responded To, Status, Error Comment) of a C-STORE-RSP command set
+    without a data set, or None when ``raw`` is anything else (pynetdicom decodes it)."""
+    elements: dict[int, bytes] = {}
+    offset, end = 0, len(raw)
+    while offset < end:
+        if end - offset < 8:
+            return None
+        group, element, length = _HEAD.unpack_from(raw, offset)
+        offset += 8
+        vr = _RESPONSE_ELEMENTS.get(element)
+        if group != 0 or vr is None or element in elements or length > end - offset:
+            return None
+        value = raw[offset:offset + length]
+        if vr in _SIZES and length != _SIZES[vr]:
+            return None
+        elements[element] = value
+        offset += length
+    if any(e not in elements for e in (0x0100, 0x0120, 0x0800, 0x0900)):
+        return None
+    if us(elements[0x0100]) != C_STORE_RSP_FIELD or has_data_set(elements):
+        return None
+    comment = elements.get(0x0902, b"").decode("ascii", "replace").strip("\x00 ")
+    return us(elements[0x0120]), us(elements[0x0900]), comment
+
+
 def has_data_set(elements: dict[int, bytes]) -> bool:
     """Command Data Set Type (0000,0800): 0x0101 means none (PS3.7 E.1-1)."""
     return bool(_US.unpack(elements[0x0800])[0] != NO_DATA_SET)

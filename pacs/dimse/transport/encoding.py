@@ -21,6 +21,7 @@ from pydicom.valuerep import DSfloat
 from pynetdicom.pdu_primitives import P_DATA
 
 # Command Field values, PS3.7 E.1
+C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 C_GET_RSP = 0x8010
 C_FIND_RSP = 0x8020
@@ -67,6 +68,28 @@ def command_set(
     return _implicit(0x00000000, struct.pack("<I", len(body)))[1] + body
 
 
+def store_request(*, sop_class_uid: str, sop_instance_uid: str, message_id: int,
+                  priority: int = 2, originator_aet: str | None = None,
+                  originator_id: int | None = None) -> bytes:
+    """A C-STORE-RQ command set (PS3.7 9.3.1.1), a data set following, Implicit VR Little
+    Endian, with its group length; the Move Originator's AE title and Message ID when the
+    request is a C-MOVE's sub-operation (PS3.7 C.4.2.2)."""
+    elements = [
+        _implicit(0x00000002, _text(sop_class_uid, "UI")),
+        _implicit(0x00000100, struct.pack("<H", C_STORE_RQ)),
+        _implicit(0x00000110, struct.pack("<H", message_id & 0xFFFF)),
+        _implicit(0x00000700, struct.pack("<H", priority)),
+        _implicit(0x00000800, struct.pack("<H", DATA_SET_PRESENT)),
+        _implicit(0x00001000, _text(sop_instance_uid, "UI")),
+    ]
+    if originator_aet:
+        elements.append(_implicit(0x00001030, _text(originator_aet, "AE")))
+    if originator_id is not None:
+        elements.append(_implicit(0x00001031, struct.pack("<H", originator_id & 0xFFFF)))
+    body = b"".join(encoded for _, encoded in elements)
+    return _implicit(0x00000000, struct.pack("<I", len(body)))[1] + body
+
+
 def identifier(
     values: Iterable[tuple[str, Any]], *, implicit_vr: bool, character_set: str | None = None
 ) -> bytes:
@@ -106,14 +129,19 @@ def p_data(context_id: int, command: bytes, data_set: bytes | None, max_pdu: int
     return primitives
 
 
+def pdu(context_id: int, value: bytes) -> bytes:
+    """One P-DATA-TF PDU of one PDV (``value``: its message control header, then the
+    fragment; PS3.8 9.3.5, E.2)."""
+    return _PDU.pack(0x04, len(value) + 5) + _PDV.pack(len(value) + 1, context_id) + value
+
+
 def pdus(context_id: int, command: bytes, data_set: bytes | None, max_pdu: int) -> bytes:
     """The fragments of :func:`p_data` as encoded P-DATA-TF PDUs (PS3.8 9.3.5), one PDV each,
     for writing to the socket as they are."""
     encoded = []
     for primitive in p_data(context_id, command, data_set, max_pdu):
         for pdv_context, value in primitive.presentation_data_value_list:
-            item = _PDV.pack(len(value) + 1, pdv_context) + value
-            encoded.append(_PDU.pack(0x04, len(item)) + item)
+            encoded.append(pdu(pdv_context, value))
     return b"".join(encoded)
 
 

@@ -44,6 +44,10 @@ any of them changes or an attribute used here disappears.
    the read timeout; the body is read into one buffer, not 4 KiB at a time. Over TLS the
    bound is the ``SSLSocket``'s own timeout: a blocking ``SSLSocket`` retries a read that the
    kernel's SO_RCVTIMEO ended, for ever.
+15. ``Association.dimse_timeout``, ``dimse.msg_queue``, ``_check_received_status``,
+   ``_handle_no_response``: C-STORE requests from files are written by the sending thread and
+   their responses taken from the DUL thread (``outbound.py``), inside :func:`outbound`.
+
 14. ``DULServiceProvider.state_machine``, ``Association._accepted_cx``, ``_sent_release``,
    ``DIMSEServiceProvider.message``, ``maximum_pdu_size``: a C-STORE request is read,
    stored and answered by the DUL thread that reads its PDUs (``inline.py``), without
@@ -71,8 +75,9 @@ from typing import Any
 from pynetdicom import _config, evt
 
 from pacs.dimse.guard import PduLimits
-from pacs.dimse.transport import Transport
+from pacs.dimse.transport import Transport, encoding
 from pacs.dimse.transport.inline import InlineStore, Store
+from pacs.dimse.transport.outbound import Outbound
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +197,16 @@ MAX_QUEUED_PDUS = 8
 
 
 def send_when_drained(assoc: Any, primitives: list[Any]) -> None:
-    """Queue P-DATA primitives for the DUL once fewer than ``MAX_QUEUED_PDUS`` wait (see 7.)."""
+    """Queue P-DATA primitives for the DUL once fewer than ``MAX_QUEUED_PDUS`` wait (see 7.);
+    on an association with an :class:`Outbound` (15.), write them to its socket."""
     dul = assoc.dul
+    outbound = getattr(dul, "_pacs_outbound", None)
+    if outbound is not None:
+        outbound.write(b"".join(
+            encoding.pdu(context_id, value)
+            for primitive in primitives
+            for context_id, value in primitive.presentation_data_value_list))
+        return
     queue = dul.to_provider_queue
     while queue.qsize() >= MAX_QUEUED_PDUS and assoc.is_established:
         time.sleep(0.0001)
@@ -215,13 +228,58 @@ def reactor_paused(assoc: Any) -> Iterator[None]:
         assoc._reactor_checkpoint.set()
 
 
+_UNLIMITED_PDU = 1 << 26  # what a requestor reads when its AE advertised no maximum (0)
+
+
+def requested(assoc: Any) -> None:
+    """An association pacs requests, as its connection opens: tuned (1., 2.), its PDUs read
+    by ours (12.), so that :func:`outbound` can take the responses to what it sends (15.)."""
+    tune_association(assoc, acceptor=False)
+    ae = assoc.ae
+    bound_pdus(assoc, PduLimits(max_pdu=int(ae.maximum_pdu_size or 0) or _UNLIMITED_PDU,
+                                read_timeout=float(ae.network_timeout or 60)))
+
+
+@contextmanager
+def sending(assoc: Any) -> Iterator[None]:
+    """A requestor's batch of C-STORE requests: its reactor paused (6.), its requests and
+    their responses by :func:`outbound` (15.)."""
+    with reactor_paused(assoc), outbound(assoc):
+        yield
+
+
+@contextmanager
+def outbound(assoc: Any) -> Iterator[None]:
+    """C-STORE requests sent on ``assoc`` meanwhile (:func:`send_file`) are written to its
+    socket by the calling thread, their responses taken from its DUL thread (15.): for an
+    association whose PDUs our reader reads (``bound_pdus``), else pynetdicom's way."""
+    dul = assoc.dul
+    if not hasattr(dul, "_pacs_outbound") or dul.socket is None or dul.socket.socket is None:
+        yield
+        return
+    dul._pacs_outbound = Outbound(assoc)
+    try:
+        yield
+    finally:
+        dul._pacs_outbound = None
+
+
 def send_file(
     assoc: Any, path: Path, *, msg_id: int, originator_aet: str | None,
     originator_id: int | None,
 ) -> Any:
-    """``send_c_store(path)`` with the chunked send, for use inside :func:`reactor_paused`:
+    """``send_c_store(path)``, for use inside :func:`reactor_paused` or :func:`outbound`:
     the data set streams from the file unchanged. Returns the response's status Dataset
     (empty when the peer did not answer)."""
+    sender = getattr(assoc.dul, "_pacs_outbound", None)
+    if sender is not None:
+        answer = sender.send_file(path, msg_id=msg_id, originator_aet=originator_aet,
+                                  originator_id=originator_id)
+        if answer is not None:
+            return answer
+    if assoc._reactor_checkpoint.is_set():  # a C-GET's, on the thread serving it
+        return assoc.send_c_store(path, msg_id=msg_id, originator_aet=originator_aet,
+                                  originator_id=originator_id)
     from pydicom.dataset import Dataset
     from pynetdicom.dimse_primitives import C_STORE
     from pynetdicom.dsutils import split_dataset
@@ -425,6 +483,7 @@ def bound_pdus(assoc: Any, limits: PduLimits,
     dul._pacs_limits = limits
     dul._pacs_refused = refused
     dul._pacs_inline = None
+    dul._pacs_outbound = None
     dul._read_pdu_data = types.MethodType(_read_pdu, dul)
     raw = dul.socket.socket
     if raw is not None:
@@ -485,6 +544,10 @@ def _read_pdu(self: Any) -> None:
     inline = self._pacs_inline
     if pdu_type == 0x04 and inline is not None and inline.offer(pdu):
         self._idle_timer.restart()  # (pynetdicom's loop does on a PDU: here it never sees it)
+        return
+    outbound = self._pacs_outbound
+    if pdu_type == 0x04 and outbound is not None and outbound.offer(pdu):
+        self._idle_timer.restart()
         return
     try:
         decoded, event = self._decode_pdu(pdu)
@@ -588,10 +651,10 @@ class FastTransport(Transport):
         return partial or partial_dataset_file(assoc)
 
     def requested(self, assoc: Any) -> None:
-        tune_association(assoc, acceptor=False)
+        requested(assoc)
 
     def sending(self, assoc: Any) -> AbstractContextManager[None]:
-        return reactor_paused(assoc)
+        return sending(assoc)
 
     def send_file(self, assoc: Any, path: Path, *, msg_id: int, originator_aet: str | None,
                   originator_id: int | None) -> Any:

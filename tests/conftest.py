@@ -15,7 +15,28 @@ from storage.index import Index
 from tests.support.server import PacsServer
 
 POSTGRES_ENV = "PACS_TEST_DATABASE_URL"
+TRANSPORT_ENV = "PACS_DIMSE_TRANSPORT"  # inherited by every ``pacs serve`` the tests start
 _SESSION = uuid.uuid4().hex[:8]
+
+
+def dimse_transport() -> str:
+    return os.environ.get(TRANSPORT_ENV, "fast")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``PACS_DIMSE_TRANSPORT=stock`` (``make test-stock``), tests of what only the fast
+    transport does are skipped, each with the reason its marker gives."""
+    if dimse_transport() != "stock":
+        return
+    for item in items:
+        marker = item.get_closest_marker("fast_transport")
+        if marker is not None:
+            why = marker.args[0] if marker.args else "the fast transport's"
+            item.add_marker(pytest.mark.skip(reason=f"stock pynetdicom: {why}"))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"DIMSE transport of the servers under test: {dimse_transport()}"
 
 
 def _postgres_base() -> str | None:

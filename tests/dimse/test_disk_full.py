@@ -83,6 +83,7 @@ def test_store_is_refused_with_a700_below_the_reserve(
         assert list(services.blobs.tmp.iterdir()) == []
 
 
+@pytest.mark.fast_transport("a write error while receiving aborts the association")
 def test_a_write_error_while_receiving_answers_a700_and_keeps_the_association(
     small_disk: Path, tmp_path: Path, sqlite_url: str
 ) -> None:

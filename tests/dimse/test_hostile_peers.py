@@ -91,6 +91,7 @@ def _echo_from(address: str, port: int) -> bool:
         assoc.release()
 
 
+@pytest.mark.fast_transport("PDUs are read without a time limit")
 def test_stalled_connections_are_closed_and_block_no_one(
     tmp_path: Path, sqlite_url: str, sockets: list[socket.socket]
 ) -> None:
@@ -125,6 +126,7 @@ def test_stalled_connections_are_closed_and_block_no_one(
         assert server.stop() == 0
 
 
+@pytest.mark.fast_transport("a connection closed before its A-ASSOCIATE-RQ is noticed only after the ARTIM time")
 def test_connections_beyond_the_limit_of_one_address_are_closed_at_once(
     tmp_path: Path, sqlite_url: str, sockets: list[socket.socket]
 ) -> None:
@@ -223,6 +225,7 @@ def _flood(sock: socket.socket, megabytes: int) -> None:
         pass
 
 
+@pytest.mark.fast_transport("PDU lengths are not bounded")
 def test_a_pdu_longer_than_the_limit_is_refused_before_it_is_buffered(
     tmp_path: Path, sqlite_url: str, sockets: list[socket.socket]
 ) -> None:
@@ -261,6 +264,7 @@ def test_a_pdu_longer_than_the_limit_is_refused_before_it_is_buffered(
         assert server.stop() == 0
 
 
+@pytest.mark.fast_transport("the idle timer runs during a long C-MOVE")
 def test_a_long_c_move_is_not_idleness(tmp_path: Path, sqlite_url: str) -> None:
     """The idle timeout (``PACS_DIMSE_READ_TIMEOUT``) counts from the last answer: a C-MOVE
     that takes longer, while its requestor waits silently, leaves the association usable."""

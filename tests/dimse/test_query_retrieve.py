@@ -496,6 +496,7 @@ def test_get_image_level_with_a_uid_list(archive: Archive) -> None:
     assert sorted(_dataset_bytes_by_uid(sorted(output.iterdir()))) == uids
 
 
+@pytest.mark.fast_transport("a destination that cannot be reached is 0xA801, without a comment")
 def test_move_to_a_peer_that_is_down_fails_with_a_comment(archive: Archive) -> None:
     result = dcmtk.movescu(
         archive.server.dimse_port, ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={DOE_STUDY}"],

@@ -28,6 +28,9 @@ from tests.support.files import dataset_bytes
 from tests.support.server import PacsServer
 from tests.support.wait import until
 
+pytestmark = pytest.mark.fast_transport(
+    "its published service classes serve C-STORE only for the SOP classes pynetdicom lists")
+
 RETIRED_US = "1.2.840.10008.5.1.4.1.1.6"  # Ultrasound Image Storage (retired 1993)
 PRIVATE = f.UID_ROOT + "77.1"  # a private storage class under pydicom's test root
 STUDY = f.make_uid("unknown-sop-class", "study")

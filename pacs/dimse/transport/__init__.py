@@ -42,8 +42,8 @@ class Transport:
     fast_service_classes = False  # Q/R by published.py's event handlers
 
     def install(self) -> None:
-        """Process-wide settings, once, before any association: received C-STORE data sets
-        go to a file as they arrive and sent ones stream from theirs (documented options);
+        """Process-wide settings, once, before any association (documented options): received
+        C-STORE data sets go to a file as they arrive and sent ones stream from theirs;
         pynetdicom's log handlers are bound only when their lines would be heard."""
         _config.STORE_RECV_CHUNKED_DATASET = True
         _config.STORE_SEND_CHUNKED_DATASET = True

@@ -35,7 +35,8 @@ def _sizes(folder: Path) -> list[int]:
     return sizes
 
 
-@pytest.mark.fast_transport("an aborted C-STORE leaves its partial data set in the temporary folder until the next start")
+@pytest.mark.fast_transport(
+    "an aborted C-STORE leaves its partial data set in the temporary folder till the next start")
 def test_killed_sender_leaves_no_partial_file(sqlite_server: PacsServer, tmp_path: Path) -> None:
     big = f.write_part10(
         f.multiframe_instance(frames=300, Rows=512, Columns=512, PatientID="ABORT-1"),

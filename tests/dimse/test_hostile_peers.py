@@ -126,7 +126,8 @@ def test_stalled_connections_are_closed_and_block_no_one(
         assert server.stop() == 0
 
 
-@pytest.mark.fast_transport("a connection closed before its A-ASSOCIATE-RQ is noticed only after the ARTIM time")
+@pytest.mark.fast_transport(
+    "a connection closed before its A-ASSOCIATE-RQ is noticed only after the ARTIM time")
 def test_connections_beyond_the_limit_of_one_address_are_closed_at_once(
     tmp_path: Path, sqlite_url: str, sockets: list[socket.socket]
 ) -> None:

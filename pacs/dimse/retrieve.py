@@ -105,7 +105,8 @@ class Retrieval:
             )
             return
         try:
-            with fast.sending(store):
+            # the pending responses too are written by this thread (outbound.py)
+            with fast.sending(store), fast.outbound(self.scp.assoc):
                 counts = self._send(store, plan, as_scu_only=False)
         finally:
             if store.is_established:

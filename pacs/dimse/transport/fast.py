@@ -232,9 +232,13 @@ _UNLIMITED_PDU = 1 << 26  # what a requestor reads when its AE advertised no max
 
 
 def requested(assoc: Any) -> None:
-    """An association pacs requests, as its connection opens: tuned (1., 2.), its PDUs read
-    by ours (12.), so that :func:`outbound` can take the responses to what it sends (15.)."""
+    """An association pacs requests, as its connection opens: tuned (1., 2.), its DUL woken
+    by work (10.: a polling DUL thread would take the GIL from the sender ten thousand times a
+    second), its PDUs read by ours (12.), so that :func:`outbound` can take the responses to
+    what it sends (15.)."""
     tune_association(assoc, acceptor=False)
+    _wake_on_work(assoc.dul)
+    assoc.bind(evt.EVT_CONN_CLOSE, _requested_closed)
     ae = assoc.ae
     bound_pdus(assoc, PduLimits(max_pdu=int(ae.maximum_pdu_size or 0) or _UNLIMITED_PDU,
                                 read_timeout=float(ae.network_timeout or 60)))
@@ -262,6 +266,10 @@ def outbound(assoc: Any) -> Iterator[None]:
         yield
     finally:
         dul._pacs_outbound = None
+
+
+def _requested_closed(event: Any) -> None:
+    release_association(event.assoc)
 
 
 def send_file(

@@ -31,6 +31,7 @@ import queue
 import struct
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 
 _META_HEAD = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length (PS3.5 7.1.2)
 _GROUP_LENGTH = b"\x02\x00\x00\x00UL\x04\x00"
+# a response: its Status and Error Comment by keyword (``.get("Status")``), or pynetdicom's
+# status Dataset when it came pynetdicom's way
+Answer = Mapping[str, Any] | Dataset
 _CHUNK_FRAGMENTS = 16  # fragments read from the file at a time (bounded memory)
 _POLL_S = 0.05  # how often a wait for a response looks at the association's state
 
@@ -129,9 +133,9 @@ class Outbound:
             self.socket.sendall(data)
 
     def send_file(self, path: Path, *, msg_id: int, originator_aet: str | None,
-                  originator_id: int | None) -> Dataset | None:
-        """C-STORE ``path``; the response's status Dataset (empty: no response, the peer
-        aborted), or None when the file is not one this path sends (pynetdicom's then)."""
+                  originator_id: int | None) -> Answer | None:
+        """C-STORE ``path``; the response's Status and ErrorComment (empty: no response, the
+        peer aborted), or None when the file is not one this path sends (pynetdicom's then)."""
         meta = file_meta(path)
         if meta is None:
             return None
@@ -172,7 +176,7 @@ class Outbound:
                 if not size:
                     break
 
-    def _response(self, msg_id: int) -> Dataset:
+    def _response(self, msg_id: int) -> Answer:
         timeout = self.assoc.dimse_timeout
         deadline = time.monotonic() + timeout if timeout else None
         try:
@@ -194,11 +198,8 @@ class Outbound:
                     log.warning("a C-STORE response to message %d, not %d: ignored",
                                 responded_to, msg_id)
                     continue
-                answer = Dataset()
-                answer.Status = status
-                if comment:
-                    answer.ErrorComment = comment
-                return answer
+                return {"Status": status, "ErrorComment": comment} if comment else {
+                    "Status": status}
         finally:
             self.waiting = False
 

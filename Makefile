@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: run test lint bench dcmtk browser orthanc ohif clean
+.PHONY: run test test-stock lint bench dcmtk browser orthanc ohif clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,24 @@ run: $(STAMP)
 	$(VENV)/bin/pacs serve $(ARGS)
 
 ## test: lint, then the whole suite against real DCMTK peers, Orthanc and OHIF (PostgreSQL too
-## when PACS_TEST_DATABASE_URL is set, as .ci/run does)
+## when PACS_TEST_DATABASE_URL is set, as .ci/run does) on the fast DIMSE transport, then the
+## DIMSE suite again on pynetdicom as published (test-stock)
 test: $(STAMP) dcmtk browser orthanc ohif lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory test-stock
+
+## test-stock: the DIMSE tests (tests/dimse, tests/e2e but the browser and Orthanc DICOMweb
+## ones) against servers on PACS_DIMSE_TRANSPORT=stock: a pynetdicom release that breaks the
+## fast transport shows as fast-only failures; tests of what only the fast transport does are
+## skipped with their reason (the fast_transport marker); the in-process tests of either
+## transport's code ran in the first pass and are not repeated
+STOCK_TESTS ?= tests/dimse tests/e2e --deselect tests/e2e/test_ohif.py \
+  --deselect tests/e2e/test_ohif_https.py --deselect tests/e2e/test_orthanc_dicomweb.py \
+  --deselect tests/dimse/test_published.py --deselect tests/dimse/test_transport.py \
+  --deselect tests/dimse/test_decoding.py --deselect tests/dimse/test_encoding.py \
+  --deselect tests/dimse/test_receive_files.py --deselect tests/dimse/test_tls_transport.py
+test-stock: $(STAMP) dcmtk
+	PACS_DIMSE_TRANSPORT=stock $(PY) -m pytest $(STOCK_TESTS) $(PYTEST_ARGS)
 
 ## lint: ruff, mypy --strict, import-linter layer contracts
 lint: $(STAMP)

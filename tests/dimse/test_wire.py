@@ -11,6 +11,7 @@ as published (``PACS_DIMSE_TRANSPORT=stock``), whose answers are the yardstick.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -565,6 +566,32 @@ def test_a_sub_operation_the_destination_fails_is_named_in_the_final_response(wi
     assert sorted(wire.picky.acknowledged) == sorted(set(wire.study) - {refused})
 
 
+def test_c_moves_to_an_aborting_storescp_leak_no_descriptor(wire: Wire) -> None:
+    """20 C-MOVEs whose destination aborts each transfer, ten at a time (fewer than the
+    connections one address may hold): the listening process (it serves the associations,
+    ``--dimse-processes 1``) holds no more descriptors afterwards than before them, but for
+    a few sockets of aborted associations that pynetdicom leaves to the garbage collector
+    (one kept a C-MOVE would be 20)."""
+    assert wire.server.process is not None
+    pid = wire.server.process.pid
+    port = wire.server.dimse_port
+    keys = ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={STUDY}"]
+
+    def moves(destination: str) -> list[subprocess.CompletedProcess[str]]:
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            return list(pool.map(lambda _: dcmtk.movescu(port, keys, destination=destination),
+                                 range(10)))
+
+    # the database connections and threads of ten at a time made before the baseline
+    assert all("(Success)" in dcmtk.status_lines(done) for done in moves("SMALL"))
+    baseline = open_fds(pid)
+    for _ in range(2):
+        moves("ABORTS")  # (their answers: test_a_destination_that_aborts_mid_transfer)
+    until(f"at most {baseline} + 5 descriptors", lambda: open_fds(pid) <= baseline + 5, 30)
+    assert dcmtk.echoscu(port).returncode == 0
+
+
+# (last on the module's server: on the fast transport its C-MOVE outlives the test)
 @pytest.mark.xfail(dimse_transport() == "fast", strict=True, reason=(
     "fast transport: after the destination's A-ABORT, outbound.py waits for the C-STORE-RSP "
     "until its DIMSE timeout (30 s; it looks at assoc.is_established, which the reactor it "
@@ -587,22 +614,57 @@ def test_a_destination_that_aborts_mid_transfer(wire: Wire) -> None:
     assert dcmtk.echoscu(wire.server.dimse_port).returncode == 0
 
 
-def test_c_moves_to_an_aborting_storescp_leak_no_descriptor(wire: Wire) -> None:
-    """20 C-MOVEs whose destination aborts each transfer, ten at a time (fewer than the
-    connections one address may hold): the listening process (it serves the associations,
-    ``--dimse-processes 1``) holds no more descriptors afterwards, and answers each."""
-    assert wire.server.process is not None
-    pid = wire.server.process.pid
-    port = wire.server.dimse_port
-    keys = ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={STUDY}"]
-    for _ in range(2):  # pools and caches filled before the baseline
-        assert "(Success)" in dcmtk.status_lines(dcmtk.movescu(port, keys, destination="SMALL"))
-    baseline = open_fds(pid)
-    with ThreadPoolExecutor(max_workers=10) as pool:
-        results = list(pool.map(lambda _: dcmtk.movescu(port, keys, destination="ABORTS"),
-                                range(20)))
-    for result in results:
-        text = dcmtk.status_lines(result)
-        assert "Final Move Response" in text and "(Success)" not in text, text
-    until(f"back to {baseline} descriptors", lambda: open_fds(pid) <= baseline, 30)
-    assert dcmtk.echoscu(port).returncode == 0
+@pytest.mark.xfail(dimse_transport() == "fast", strict=True, reason=(
+    "fast transport: the DUL of an association pacs requested keeps waking its pipe after "
+    "the connection closed and release_association closed the pipe (the send_pdu wrapper "
+    "holds the _Waker): a NUL byte is written to whatever descriptor took the number, here "
+    "an idle HTTP client's connection"))
+def test_an_aborted_transfer_writes_nothing_to_other_connections(tmp_path: Path) -> None:
+    """While a C-MOVE waits on the destination that aborted it, the descriptors that
+    association held are reused by new connections (here ten idle HTTP clients, which the
+    server has nothing to say to within its header timeout): none receives a byte."""
+    quitter = Destination("QUITTER", abort_at=2)
+    server = PacsServer(data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path}/i.db",
+                        extra_args=["--dimse-processes", "1", "--peer", quitter.peer],
+                        start_env={"PACS_HTTP_HEADER_TIMEOUT": "120"})
+    datasets = [f.ct_instance(PatientID="WIRE-512", StudyInstanceUID=STUDY, InstanceNumber=n)
+                for n in (1, 2, 3)]
+    idle: list[socket.socket] = []
+    try:
+        server.start()
+        assert server.process is not None
+        pid = server.process.pid
+        dcmtk.store_datasets(server.dimse_port, datasets, workdir=tmp_path)
+        ae = AE(ae_title="MOVER")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        ae.dimse_timeout = 120
+        assoc = ae.associate("127.0.0.1", server.dimse_port, ae_title="PACS")
+        assert assoc.is_established
+        before = open_fds(pid)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            moving = pool.submit(lambda: list(assoc.send_c_move(
+                study_identifier(), "QUITTER", StudyRootQueryRetrieveInformationModelMove)))
+            until("the destination aborted", lambda: len(quitter.received) == 2, 30)
+            until("its connection closed (or the C-MOVE answered)",
+                  lambda: moving.done() or open_fds(pid) <= before, 30)
+            idle += [socket.create_connection(("127.0.0.1", server.http_port))
+                     for _ in range(10)]
+            responses = moving.result()
+        assoc.release()
+        received = [_pending(sock) for sock in idle]
+    finally:
+        for sock in idle:
+            sock.close()
+        server.stop()
+        quitter.server.shutdown()
+    assert int(responses[-1][0].Status) == WARNING_SOME_FAILED
+    assert received == [b""] * 10
+
+
+def _pending(sock: socket.socket) -> bytes:
+    """What ``sock`` has received so far, without waiting."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(4096)
+    except BlockingIOError:
+        return b""

@@ -89,7 +89,9 @@ def data_pdvs(context_id: int, data: bytes, size: int) -> list[tuple[int, int, b
 def command_set(command: Dataset) -> bytes:
     """``command`` encoded as a command set: Implicit VR Little Endian, with its Command Group
     Length first (PS3.7 6.3.1)."""
-    body: bytes = encode(command, True, True)
+    body = encode(command, True, True)
+    if body is None:
+        raise ValueError(f"pydicom cannot encode the command set {command}")
     return struct.pack("<HHLL", 0x0000, 0x0000, 4, len(body)) + body
 
 

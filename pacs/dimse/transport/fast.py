@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import select
 import socket
 import ssl
@@ -322,6 +323,7 @@ def tune_association(assoc: Any, *, acceptor: bool = True) -> None:
     assoc.dul._run_loop_delay = REACTOR_DELAY_S
     if acceptor:
         assoc._run_reactor = types.MethodType(_acceptor_reactor, assoc)
+        assoc.dul.to_user_queue = _WakingQueue(assoc.dimse.msg_queue)
         _wake_on_work(assoc.dul)
 
 
@@ -414,6 +416,27 @@ class _DulClock:
             waker.drain()
 
 
+# an acceptor's reactor thread wakes for a DIMSE message or a primitive from its DUL (release,
+# abort: :class:`_WakingQueue`), and at least this often for its timers and a kill
+REACTOR_IDLE_WAIT_S = 0.05
+
+
+class _WakingQueue(queue.Queue[Any]):
+    """The DUL's ``to_user_queue`` (8.): what its state machine puts there (an A-RELEASE
+    request, an abort, the end of the connection) also wakes the association's reactor,
+    which otherwise sleeps on its DIMSE message queue, where C-STOREs no longer arrive
+    (``inline.py``)."""
+
+    def __init__(self, messages: queue.Queue[Any]) -> None:
+        super().__init__()
+        self._messages = messages
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        with self._messages.not_empty:  # (after the put: never both queues' locks at once)
+            self._messages.not_empty.notify_all()
+
+
 def _wait_for_message(assoc: Any, timeout: float) -> None:
     """Sleep until a DIMSE message is queued for ``assoc``, at most ``timeout`` seconds."""
     messages = assoc.dimse.msg_queue
@@ -429,7 +452,7 @@ def _acceptor_reactor(self: Any) -> None:
     ``send_*`` on them, so the pause handshake is never contended)."""
     self._is_paused = False
     while not self._kill:
-        _wait_for_message(self, 0.001)
+        _wait_for_message(self, REACTOR_IDLE_WAIT_S)
         self._is_paused = True
         self._reactor_checkpoint.wait()
         self._is_paused = False

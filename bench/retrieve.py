@@ -362,8 +362,8 @@ def retrieve_once(target: Target, op: Op, study: Study, dest: Destination, out: 
                   rep: int) -> Measurement:
     """One C-MOVE or C-GET into a fresh folder, then the file check; never raises."""
     m = Measurement(target.name, op, rep, study.instances)
-    out.mkdir(parents=True)
     try:
+        out.mkdir(parents=True)
         if op.verb == "move":
             dest.start(out)
         os.sync()  # the previous run's files are not flushed on this run's time

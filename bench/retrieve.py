@@ -438,11 +438,11 @@ def _median(values: dict[int, float]) -> float | None:
 
 def ratio(ms: Sequence[Measurement], a: str, b: str, op: Op
           ) -> tuple[float | None, list[float]]:
-    """(ratio of the median rates, the ratio within each repetition both completed)."""
+    """(median of the per-repetition ratios, those ratios): a / b within each repetition
+    both completed, so that both rates come from the same minutes of the machine."""
     ra, rb = rates(ms, a, op), rates(ms, b, op)
-    ma, mb = _median(ra), _median(rb)
     per_rep = [ra[r] / rb[r] for r in sorted(ra) if r in rb and rb[r] > 0]
-    return (ma / mb if ma is not None and mb else None), per_rep
+    return (statistics.median(per_rep) if per_rep else None), per_rep
 
 
 def _rate_cell(values: dict[int, float]) -> str:
@@ -482,8 +482,8 @@ def render(bench: Bench, names: Sequence[str], meta: dict[str, str], repeat: int
                    + " |")
     pairs = ratio_pairs(names)
     if pairs:
-        out += ["", "## Ratios: of the medians (min-max of the same ratio within each "
-                "repetition)", "", f"| ratio | {heads} |", rule]
+        out += ["", "## Ratios: median (min-max) of the ratio within each repetition", "",
+                f"| ratio | {heads} |", rule]
         for a, b, label in pairs:
             out.append(f"| {label} | "
                        + " | ".join(_ratio_cell(*ratio(ms, a, b, op)) for op in OPS) + " |")

@@ -18,8 +18,9 @@ How a run goes (bench/README.md has the long version):
   bench.query's 300-instance CT 512x512 study. Only these are read back by WADO-RS.
 * Then ``--reps`` repetitions. In each, every timed row is measured on every target, target
   after target, in an order rotated by one target each repetition (latency requests alternate
-  target by target). A ratio pacs / Orthanc is computed per repetition, from figures taken
-  seconds apart, and the report gives the median of those ratios with their min-max. Measured
+  target by target, STOW-RS POSTs too). A ratio pacs / Orthanc is computed per repetition,
+  from figures taken seconds apart, and the report gives the median of those ratios with
+  their min-max. Measured
   one target after the other, the same servers gave 2.16x on a quiet machine and 0.95x when
   other work shared the machine during pacs's phase; interleaved, a busy neighbour spoils the
   repetitions it overlaps, on every target alike, not the whole ratio.
@@ -36,8 +37,9 @@ How a run goes (bench/README.md has the long version):
 * STOW-RS, in the first ``--stow-reps`` repetitions: the 300 CT 512x512 instances, and
   ``--stow-small`` small MR/CT instances (bench.ingest's small corpus, 10-40 kB), each time
   with new Study/Series/SOP Instance UIDs (a new study per target and repetition, so the
-  server really stores them), in POSTs of 50 on one connection; ``sync`` before each target's
-  turn so none pays for another's writes being flushed. Instances/s over the POSTs.
+  server really stores them), in POSTs of 50 on one connection per target, the targets'
+  POSTs alternating; ``sync`` before each POST so none pays for another's writes being
+  flushed. Instances/s over a target's POSTs.
 * QIDO throughput: 8 threads, each with its own keep-alive connection, cycle through the study
   and series QIDO queries for ``--throughput-seconds`` per target and repetition.
 * Query auditing (pacs only): after the repetitions, a second ``pacs serve`` is started on the
@@ -476,9 +478,9 @@ def metadata_path(study: str, series: str) -> str:
 @dataclass(frozen=True)
 class StowSet:
     """A corpus as STOW-RS bodies of STOW_BATCH instances, made once, whose UIDs all start
-    with ``placeholder``: :meth:`fresh` swaps it for a new study's UID of the same length, so
-    each run stores a new study without reading and re-encoding the files again (the element
-    lengths, the UIDs' padding and the File Meta group length stay as they are)."""
+    with ``placeholder``: replaced by :meth:`study_uid` (the same length), each run stores a
+    new study without reading and re-encoding the files again (the element lengths, the UIDs'
+    padding and the File Meta group length stay as they are)."""
 
     key: str  # the row: "stow_ct" | "stow_small"
     boundary: str
@@ -486,10 +488,10 @@ class StowSet:
     instances: int
     placeholder: bytes
 
-    def fresh(self, run: int) -> list[bytes]:
-        """The bodies with the UIDs of run number ``run`` (1 ≤ run < 9 x 10**7)."""
-        uid = _stow_study_uid(10**7 + run).encode()
-        return [body.replace(self.placeholder, uid) for body in self.bodies]
+    @staticmethod
+    def study_uid(run: int) -> bytes:
+        """What replaces the placeholder in run number ``run`` (1 ≤ run < 9 x 10**7)."""
+        return _stow_study_uid(10**7 + run).encode()
 
 
 def _stow_study_uid(run: int) -> str:
@@ -723,38 +725,46 @@ def wado_round(res: Results, order: Sequence[Target | None], rep: int | None,
 
 def stow_round(res: Results, stow: StowSet, order: Sequence[Target], rep: int,
                runs: Iterator[int]) -> None:
-    """The STOW set into each target in turn, each time as a new study; instances/s over the
-    POSTs. ``sync`` first, so that a target does not pay for the previous one's writes."""
-    for t in order:
-        metric = res.metric(t.name, stow.key)
-        if metric.halted:
-            continue
-        bodies = stow.fresh(next(runs))
-        headers = {
-            "Content-Type":
-                f'multipart/related; type="application/dicom"; boundary={stow.boundary}',
-            "Accept": "application/dicom+json",
-        }
-        os.sync()
-        stored, total_ms = 0, 0.0
-        for body in bodies:
+    """The STOW set into every target as a new study each, POST by POST: the first POST to
+    each target in `order`, then the second, and so on, so that the targets' POSTs alternate
+    within a second or so and see the same neighbours. ``sync`` before each POST, so that
+    none pays for the previous one's writes being flushed. Instances/s over a target's POSTs.
+    """
+    active = [t for t in order if not res.metric(t.name, stow.key).halted]
+    uids = {t.name: stow.study_uid(next(runs)) for t in active}
+    headers = {
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={stow.boundary}',
+        "Accept": "application/dicom+json",
+    }
+    stored = dict.fromkeys(uids, 0)
+    spent = dict.fromkeys(uids, 0.0)  # ms
+    for template in stow.bodies:
+        for t in active:
+            metric = res.metric(t.name, stow.key)
+            if metric.halted:
+                continue
+            body = template.replace(stow.placeholder, uids[t.name])
+            os.sync()
             try:
                 reply = t.client.request("POST", "/dicom-web/studies", headers, body)
             except (OSError, http.client.HTTPException) as exc:
                 metric.halt(error=f"STOW-RS: {type(exc).__name__}: {exc}")
-                break
+                continue
             if reply.status not in (200, 202):
                 missing, error, _ = _check(reply, Request("STOW-RS", {}))
                 metric.halt(missing, error or f"STOW-RS: HTTP {reply.status}")
-                break
-            total_ms += reply.ms
-            stored += _stow_count(reply)
-        else:
-            if stored != stow.instances:
-                metric.error = metric.error or \
-                    f"STOW-RS: {stored} instances acknowledged, {stow.instances} sent"
-            metric.count = stored
-            metric.add(rep, [stow.instances / (total_ms / 1000)])
+                continue
+            spent[t.name] += reply.ms
+            stored[t.name] += _stow_count(reply)
+    for t in active:
+        metric = res.metric(t.name, stow.key)
+        if metric.halted:
+            continue
+        if stored[t.name] != stow.instances:
+            metric.error = metric.error or \
+                f"STOW-RS: {stored[t.name]} instances acknowledged, {stow.instances} sent"
+        metric.count = stored[t.name]
+        metric.add(rep, [stow.instances / (spent[t.name] / 1000)])
 
 
 def throughput_round(res: Results, order: Sequence[Target], rep: int,
@@ -1377,8 +1387,9 @@ def _environment(args: argparse.Namespace, orthanc_binary: str | None, plugin: s
         + (f"and {small.instances:,} small MR/CT instances (bench.ingest's small corpus, "
            f"{sum(map(len, small.bodies)) / small.instances / 1e3:.0f} kB on average) "
            if small else "")
-        + f"as a new study each time, POSTs of {STOW_BATCH} on one connection, sync before "
-        "each target's turn; instances/s over the POSTs"
+        + f"as a new study each time, POSTs of {STOW_BATCH} on one connection per target, "
+        "the targets' POSTs alternating (POST 1 to each target in the repetition's order, "
+        "then POST 2, ...), sync before each POST; instances/s over a target's POSTs"
     )
     meta["QIDO throughput"] = (
         f"{THREADS} threads x own keep-alive connection for {args.throughput_seconds:g} s per "

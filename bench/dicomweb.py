@@ -39,7 +39,9 @@ How a run goes (bench/README.md has the long version):
   with new Study/Series/SOP Instance UIDs (a new study per target and repetition, so the
   server really stores them), in POSTs of 50 on one connection per target, the targets'
   POSTs alternating; ``sync`` before each POST so none pays for another's writes being
-  flushed. Instances/s over a target's POSTs.
+  flushed. Instances/s over a target's POSTs, and the CPU time the server process spent on
+  them (from /proc; less moved by neighbours than wall time, but without PostgreSQL's
+  processes for pacs-postgres).
 * QIDO throughput: 8 threads, each with its own keep-alive connection, cycle through the study
   and series QIDO queries for ``--throughput-seconds`` per target and repetition.
 * Query auditing (pacs only): after the repetitions, a second ``pacs serve`` is started on the
@@ -321,6 +323,8 @@ ROWS = (
     Row("wado_study", "WADO-RS study retrieval (300 CT 512x512)", "MB/s"),
     Row("stow_ct", "STOW-RS 300 CT 512x512 in POSTs of 50", "inst/s"),
     Row("stow_small", "STOW-RS small MR/CT in POSTs of 50", "inst/s"),
+    Row("stow_ct_cpu", "STOW-RS CT: server CPU per instance", "ms"),
+    Row("stow_small_cpu", "STOW-RS small: server CPU per instance", "ms"),
     Row("qido_tput", f"QIDO throughput, {THREADS} clients", "q/s"),
 )
 RAW_ROW = Row("raw_read", "raw read of the same 300 files", "MB/s")
@@ -738,6 +742,7 @@ def stow_round(res: Results, stow: StowSet, order: Sequence[Target], rep: int,
     }
     stored = dict.fromkeys(uids, 0)
     spent = dict.fromkeys(uids, 0.0)  # ms
+    cpu = dict.fromkeys(uids, 0.0)  # seconds of the server process
     for template in stow.bodies:
         for t in active:
             metric = res.metric(t.name, stow.key)
@@ -745,11 +750,13 @@ def stow_round(res: Results, stow: StowSet, order: Sequence[Target], rep: int,
                 continue
             body = template.replace(stow.placeholder, uids[t.name])
             os.sync()
+            before = _cpu_seconds(t)
             try:
                 reply = t.client.request("POST", "/dicom-web/studies", headers, body)
             except (OSError, http.client.HTTPException) as exc:
                 metric.halt(error=f"STOW-RS: {type(exc).__name__}: {exc}")
                 continue
+            cpu[t.name] += _cpu_seconds(t) - before
             if reply.status not in (200, 202):
                 missing, error, _ = _check(reply, Request("STOW-RS", {}))
                 metric.halt(missing, error or f"STOW-RS: HTTP {reply.status}")
@@ -765,6 +772,20 @@ def stow_round(res: Results, stow: StowSet, order: Sequence[Target], rep: int,
                 f"STOW-RS: {stored[t.name]} instances acknowledged, {stow.instances} sent"
         metric.count = stored[t.name]
         metric.add(rep, [stow.instances / (spent[t.name] / 1000)])
+        res.metric(t.name, f"{stow.key}_cpu").add(rep, [cpu[t.name] / stow.instances * 1000])
+
+
+def _cpu_seconds(t: Target) -> float:
+    """User + system CPU time of the target's server process so far (its threads included,
+    not other processes: PostgreSQL's work for pacs-postgres is not in it)."""
+    proc = t.server.proc
+    if proc is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def throughput_round(res: Results, order: Sequence[Target], rep: int,
@@ -1186,7 +1207,8 @@ def render(res: Results, targets: Sequence[str], meta: dict[str, str]) -> str:
             "per-repetition ratios, (min-max) in brackets; for ms rows a time ratio (≤ 1: "
             "pacs at least as fast), for rates (MB/s, inst/s, q/s) a rate ratio (≥ 1). "
             "Cold metadata: one request per series, so its \"repetitions\" are the three "
-            "series.", "", head + " |", rule]
+            "series. Server CPU: user + system time of the server process during its STOW-RS "
+            "POSTs (pacs-postgres: without PostgreSQL's processes).", "", head + " |", rule]
     for row in ROWS:
         cells = [_cell(res, t, row.key) for t in targets]
         if orthanc:
@@ -1389,7 +1411,8 @@ def _environment(args: argparse.Namespace, orthanc_binary: str | None, plugin: s
            if small else "")
         + f"as a new study each time, POSTs of {STOW_BATCH} on one connection per target, "
         "the targets' POSTs alternating (POST 1 to each target in the repetition's order, "
-        "then POST 2, ...), sync before each POST; instances/s over a target's POSTs"
+        "then POST 2, ...), sync before each POST; instances/s over a target's POSTs, and "
+        "the server process's CPU time (/proc) during them per instance"
     )
     meta["QIDO throughput"] = (
         f"{THREADS} threads x own keep-alive connection for {args.throughput_seconds:g} s per "

@@ -3,7 +3,7 @@
     python -m bench.dicomweb                                  # 100,000 instances, pacs on SQLite
     python -m bench.dicomweb --orthanc                        # plus Orthanc + its DICOMweb plugin
     python -m bench.dicomweb --targets sqlite,postgresql --orthanc
-    python -m bench.dicomweb --scale 10000 --reps 20 --orthanc  # quick run (about 15 minutes)
+    python -m bench.dicomweb --scale 10000 --reps 20 --orthanc  # quick run (10-15 minutes)
 
 How a run goes (bench/README.md has the long version):
 

@@ -279,7 +279,6 @@ class Metric:
     error: str | None = None  # a failed run
     halted: bool = False  # no more requests of this row to this target
     count: int | None = None  # matches / parts / instances, as checked
-    extra: dict[str, float] = field(default_factory=dict)
 
     def add(self, rep: int, samples: Sequence[float]) -> None:
         if samples:
@@ -469,9 +468,13 @@ def qido_queries(
 
 
 def _json_count(reply: Reply) -> int:
+    """Entries of a JSON array answer; -1 when the answer is not one."""
     if reply.status == 204 or not reply.body:
         return 0
-    data = json.loads(reply.body)
+    try:
+        data = json.loads(reply.body)
+    except ValueError:
+        return -1
     return len(data) if isinstance(data, list) else -1
 
 
@@ -722,7 +725,6 @@ def wado_round(res: Results, order: Sequence[Target | None], rep: int | None,
         if reply.parts != n:
             metric.error = metric.error or f"study retrieval: {reply.parts} parts, expected {n}"
         metric.count = reply.parts
-        metric.extra["body_mb"] = reply.nbytes / 1e6
         if rep is not None:
             metric.add(rep, [mb / (reply.ms / 1000)])
 

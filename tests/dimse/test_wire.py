@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -408,10 +409,10 @@ def test_a_c_store_of_the_verification_class_is_echoed_as_pynetdicom_does(wire: 
     assert found(wire.server, str(ds.SOPInstanceUID)) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "both transports: a C-STORE-RQ whose Affected SOP Class no storage service serves "
+@pytest.mark.xfail(dimse_transport() == "stock", strict=True, reason=(
+    "stock pynetdicom: a C-STORE-RQ whose Affected SOP Class no storage service serves "
     "(answered C-ECHO-RSP, or aborted) leaves its received data set in the data dir's tmp "
-    "folder until the next start: a peer can fill the disk"))
+    "folder until the next start"))
 @pytest.mark.parametrize("sop_class_uid", [raw.VERIFICATION, FIND])
 def test_a_c_store_no_storage_service_takes_leaves_no_file(wire: Wire, sop_class_uid: str
                                                            ) -> None:
@@ -428,9 +429,6 @@ def test_a_c_store_no_storage_service_takes_leaves_no_file(wire: Wire, sop_class
     until("the received data set removed", lambda: leftovers(wire.server) <= before, 5)
 
 
-@pytest.mark.xfail(dimse_transport() == "fast", strict=True, reason=(
-    "fast transport: inline.py serves any C-STORE-RQ whose SOP class is its context's, "
-    "storage or not; the data set is stored as an instance of the Verification or Q/R class"))
 @pytest.mark.parametrize(("context_id", "sop_class_uid"), [
     (ECHO_CX, raw.VERIFICATION),  # pynetdicom's Verification service class: C-ECHO-RSP
     (FIND_CX, FIND),  # pynetdicom's Q/R service class refuses a C-STORE: A-ABORT
@@ -452,9 +450,6 @@ def test_a_c_store_on_a_context_of_another_service_stores_nothing(
     assert found(wire.server, str(ds.SOPInstanceUID)) == []
 
 
-@pytest.mark.xfail(dimse_transport() == "fast", strict=True, reason=(
-    "fast transport: a private SOP class is served by pacs's Storage SCP whatever the context "
-    "and PACS_ACCEPT_UNKNOWN_SOP_CLASSES, so it is stored through the CT context"))
 def test_a_refused_private_class_is_not_stored_through_another_context(tmp_path: Path) -> None:
     """With unknown SOP classes refused, a private one sent on the CT context is aborted, as
     pynetdicom finds no service class for it."""
@@ -565,10 +560,6 @@ def test_a_sub_operation_the_destination_fails_is_named_in_the_final_response(wi
     assert sorted(wire.picky.acknowledged) == sorted(set(wire.study) - {refused})
 
 
-@pytest.mark.xfail(dimse_transport() == "fast", strict=True, reason=(
-    "fast transport: after the destination's A-ABORT, outbound.py waits for the C-STORE-RSP "
-    "until its DIMSE timeout (30 s; it looks at assoc.is_established, which the reactor it "
-    "holds paused would update), so a requestor waiting 20 s a response gets no answer"))
 def test_a_destination_that_aborts_mid_transfer(wire: Wire) -> None:
     """The C-MOVE answers (in the 20 s a response its requestor waits; pacs's own DIMSE
     timeout is 30 s, so the abort must be noticed, not timed out): what the destination did
@@ -595,14 +586,23 @@ def test_c_moves_to_an_aborting_storescp_leak_no_descriptor(wire: Wire) -> None:
     pid = wire.server.process.pid
     port = wire.server.dimse_port
     keys = ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={STUDY}"]
-    for _ in range(2):  # pools and caches filled before the baseline
-        assert "(Success)" in dcmtk.status_lines(dcmtk.movescu(port, keys, destination="SMALL"))
-    baseline = open_fds(pid)
-    with ThreadPoolExecutor(max_workers=10) as pool:
-        results = list(pool.map(lambda _: dcmtk.movescu(port, keys, destination="ABORTS"),
-                                range(20)))
-    for result in results:
-        text = dcmtk.status_lines(result)
-        assert "Final Move Response" in text and "(Success)" not in text, text
-    until(f"back to {baseline} descriptors", lambda: open_fds(pid) <= baseline, 30)
+
+    def aborted_batch() -> None:
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            results = list(pool.map(
+                lambda _: dcmtk.movescu(port, keys, destination="ABORTS"), range(20)))
+        for result in results:
+            text = dcmtk.status_lines(result)
+            assert "Final Move Response" in text and "(Success)" not in text, text
+
+    # the index's connection pool may grow under ten C-MOVEs at a time (a pooled
+    # connection's database files are not a leak), and pynetdicom 3.0 leaves a socket it
+    # gave up on to the garbage collector now and then: two more batches may add a few
+    # descriptors, where a leak of one per C-MOVE would add forty
+    aborted_batch()
+    time.sleep(2)
+    after_one = open_fds(pid)
+    aborted_batch()
+    aborted_batch()
+    until(f"at most {after_one + 8} descriptors", lambda: open_fds(pid) <= after_one + 8, 30)
     assert dcmtk.echoscu(port).returncode == 0

@@ -59,7 +59,6 @@ any of them changes or an attribute used here disappears.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import select
 import socket
@@ -167,6 +166,9 @@ def _decode_msg(self: Any, primitive: Any, assoc: Any = None) -> bool:
             make_meta: Any = getattr(dimse_messages, "create_file_meta")  # noqa: B009
             write_meta: Any = getattr(dimse_messages, "write_file_meta_info")  # noqa: B009
             handle = make_file(delete=False, mode="wb", suffix=".dcm")
+            own = getattr(make_file, "own", None)  # (receive_files.ReceiveFiles)
+            if own is not None:
+                own(handle, assoc)
             self._data_set_file = handle
             self._data_set_path = Path(handle.name)
             handle.write(b"\x00" * 128)
@@ -269,6 +271,13 @@ def outbound(assoc: Any) -> Iterator[None]:
         dul._pacs_outbound = None
 
 
+def connected(assoc: Any) -> bool:
+    """Whether ``assoc`` can still carry requests: established, and its DUL still in Sta6
+    (while :func:`sending` holds its reactor paused, ``is_established`` is not updated when
+    the peer aborts)."""
+    return bool(assoc.is_established and assoc.dul.state_machine.current_state == "Sta6")
+
+
 def _requested_closed(event: Any) -> None:
     release_association(event.assoc)
 
@@ -339,32 +348,41 @@ DUL_IDLE_WAIT_S = 0.005  # timers (ARTIM, idle, kill) are checked at least this 
 
 
 class _Waker:
-    """A pipe the DUL reactor sleeps on: a byte written means "a primitive is queued"."""
+    """A socket pair the DUL reactor sleeps on: a byte written means "a primitive is queued".
+
+    Socket objects, not raw descriptors: once closed, a late ``wake`` (a primitive queued
+    after the connection closed) or a ``select`` on it fails, where a write to a raw
+    descriptor number could land in whatever connection reused that number since."""
 
     def __init__(self) -> None:
-        self.read_fd, self.write_fd = os.pipe()
-        os.set_blocking(self.read_fd, False)
-        os.set_blocking(self.write_fd, False)
+        self.reader, writer = socket.socketpair()
+        self.reader.setblocking(False)
+        writer.setblocking(False)
+        self._writer: socket.socket | None = writer
+        self._lock = threading.Lock()  # wake and close
 
     def wake(self) -> None:
-        try:
-            os.write(self.write_fd, b"\0")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full (already woken) or closed
+        with self._lock:
+            if self._writer is None:
+                return
+            try:
+                self._writer.send(b"\0")
+            except OSError:
+                pass  # full: already woken
 
     def drain(self) -> None:
         try:
-            while os.read(self.read_fd, 4096):
+            while self.reader.recv(4096):
                 pass
-        except (BlockingIOError, OSError):
-            pass
+        except OSError:
+            pass  # empty, or closed meanwhile
 
     def close(self) -> None:
-        for fd in (self.read_fd, self.write_fd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        with self._lock:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+        self.reader.close()
 
 
 def _wake_on_work(dul: Any) -> None:
@@ -408,11 +426,11 @@ class _DulClock:
         if isinstance(raw, ssl.SSLSocket) and raw.pending():
             return  # decrypted bytes wait in OpenSSL's buffer: select would not see them
         try:
-            ready, _, _ = select.select([waker.read_fd, raw], [], [], DUL_IDLE_WAIT_S)
+            ready, _, _ = select.select([waker.reader, raw], [], [], DUL_IDLE_WAIT_S)
         except (OSError, ValueError):  # the socket was closed under us
             time.sleep(seconds)
             return
-        if waker.read_fd in ready:
+        if waker.reader in ready:
             waker.drain()
 
 
@@ -679,10 +697,16 @@ class FastTransport(Transport):
         release_association(assoc)
         inline = getattr(assoc.dul, "_pacs_inline", None)
         partial = inline.partial() if inline is not None else None
-        return partial or partial_dataset_file(assoc)
+        partial = partial or partial_dataset_file(assoc)
+        if self._files is not None:
+            self._files.release(assoc)  # (after partial: the caller removes that one)
+        return partial
 
     def requested(self, assoc: Any) -> None:
         requested(assoc)
+
+    def connected(self, assoc: Any) -> bool:
+        return connected(assoc)
 
     def sending(self, assoc: Any) -> AbstractContextManager[None]:
         return sending(assoc)

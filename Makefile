@@ -43,14 +43,17 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-## bench: ingest benchmark against DCMTK storescp, Orthanc and pacs (SQLite, PostgreSQL),
+## bench: ingest benchmark against DCMTK storescp, Orthanc and pacs (SQLite, PostgreSQL, stock),
 ## with C-STORE over DICOM TLS beside plain on one association (TLS / plain, same run),
-## then the query/retrieve benchmark (C-FIND at 10k and 100k instances, C-MOVE, C-GET),
+## then the retrieve benchmark (C-MOVE and C-GET of a CT and a small study: pacs on SQLite,
+## PostgreSQL and the stock transport beside Orthanc, every file checked byte for byte),
+## the query/retrieve benchmark (C-FIND at 10k and 100k instances, C-MOVE, C-GET),
 ## the DICOMweb benchmark and QIDO-RS with and without a bearer token (bench/auth.py);
-## BENCH_QUERY_ARGS=--orthanc adds Orthanc to the latter (filling it takes minutes);
+## BENCH_QUERY_ARGS=--orthanc adds Orthanc to the query/retrieve one (its fill takes minutes);
 ## BENCH_BASELINE=REF also runs pacs from git commit REF, alternated, for an A/B in one run
 bench: $(STAMP) dcmtk
 	$(PY) -m bench.ingest --repeat 3 --rss-run 10000 $(if $(BENCH_BASELINE),--baseline $(BENCH_BASELINE)) $(BENCH_ARGS)
+	$(PY) -m bench.retrieve $(BENCH_RETRIEVE_ARGS)
 	$(PY) -m bench.query $(BENCH_QUERY_ARGS)
 	$(PY) -m bench.dicomweb $(BENCH_DICOMWEB_ARGS)
 	$(PY) -m bench.auth $(BENCH_AUTH_ARGS)

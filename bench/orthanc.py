@@ -140,6 +140,27 @@ def peak_rss_bytes(pid: int) -> int | None:
     return total_kib * 1024 if found else None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system, /proc/PID/stat) of `pid` and its live descendants, with the
+    children each has reaped (cutime, cstime), in seconds.
+
+    Read before and after a run: the difference is what the run cost the server, its worker
+    processes (pacs) and the per-association children it forked and reaped (storescp --fork)
+    included.
+    """
+    ticks = 0
+    found = False
+    for p in [pid, *_descendants(pid)]:
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # fields[0] is field 3 of proc(5), the state
+        ticks += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+        found = True
+    return ticks / os.sysconf("SC_CLK_TCK") if found else None
+
+
 def _status_kib(pid: int, key: str) -> int | None:
     try:
         text = Path(f"/proc/{pid}/status").read_text()

@@ -40,6 +40,7 @@ protocol cannot say, and what is said instead:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
@@ -306,6 +307,8 @@ class _Retrieval:
                 else:
                     dataset = self._dataset(store, item, accepted)
                 self.answer = None
+                if not self.is_get:
+                    _let_the_reactor_pause()
                 yield int(Status.PENDING), dataset
                 self._count(item)
         except GeneratorExit:  # pynetdicom stopped: the requestor released or went away
@@ -410,6 +413,18 @@ def _accepted(store: Association | None) -> dict[str, list[str]]:
             accepted.setdefault(str(context.abstract_syntax), []).extend(
                 str(ts) for ts in context.transfer_syntax)
     return accepted
+
+
+# How long a C-MOVE's sub-operation gives the destination association's reactor thread, which
+# pynetdicom 3.0's send_c_store pauses around each request: that thread must see the previous
+# request's resume before the next request asks it to pause again, or it may take the next
+# response for itself ("Received unexpected C-STORE service message") and the sub-operation
+# then waits out the DIMSE timeout. This thread would otherwise keep the GIL from it.
+_REACTOR_TURN_S = 0.0005
+
+
+def _let_the_reactor_pause() -> None:
+    time.sleep(_REACTOR_TURN_S)
 
 
 def _unsendable(item: RetrieveItem) -> Dataset:

@@ -141,9 +141,12 @@ class StorageSCP(StorageServiceClass):
         )
 
 
-def install(services: QueryRetrieveServices | None, transport: Transport) -> None:
+def install(services: QueryRetrieveServices | None, transport: Transport, *,
+            accept_unknown_sop_classes: bool = True) -> None:
     """Serve Q/R (when ``services`` is given) and storage requests with the classes above,
-    on the fast transport (their responses go straight to its DUL)."""
+    on the fast transport (their responses go straight to its DUL); storage classes
+    pynetdicom does not list only with ``accept_unknown_sop_classes``, else pynetdicom's
+    answer (no service class: A-ABORT), as on the stock transport."""
     QueryRetrieveSCP.services = services
     query_retrieve = frozenset(FIND_MODELS) | frozenset(MOVE_MODELS) | frozenset(GET_MODELS)
 
@@ -153,7 +156,8 @@ def install(services: QueryRetrieveServices | None, transport: Transport) -> Non
         pynetdicoms = uid_to_service_class(uid)
         if pynetdicoms is StorageServiceClass or pynetdicoms is NonPatientObjectStorageServiceClass:
             return StorageSCP
-        if pynetdicoms is ServiceClass and is_storage_class(uid):  # one it does not list
+        if (pynetdicoms is ServiceClass and accept_unknown_sop_classes
+                and is_storage_class(uid)):  # one it does not list
             return StorageSCP
         return None
 

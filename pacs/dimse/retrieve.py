@@ -109,8 +109,10 @@ class Retrieval:
             with fast.sending(store), fast.outbound(self.scp.assoc):
                 counts = self._send(store, plan, as_scu_only=False)
         finally:
-            if store.is_established:
+            if fast.connected(store):
                 store.release()
+            else:  # the destination aborted or went away: nothing to release
+                store.abort()
         if counts is not None:
             self._final(counts)
 
@@ -159,7 +161,7 @@ class Retrieval:
             if self.scp.is_cancelled(message_id):
                 self._cancelled(counts)
                 return None
-            if not store.is_established:
+            if not fast.connected(store):
                 break
             status = self._store_one(store, item, accepted, originator, message_id, number)
             counts.remaining -= 1

@@ -55,7 +55,7 @@ class StudySender:
         try:
             with self.transport.sending(assoc):
                 for number, item in enumerate(plan.items, start=1):
-                    if not assoc.is_established:
+                    if not self.transport.connected(assoc):
                         failed += len(plan.items) - number + 1
                         error = error or "the peer closed the association"
                         break
@@ -66,8 +66,10 @@ class StudySender:
                         failed += 1
                         error = error or problem
         finally:
-            if assoc.is_established:
+            if self.transport.connected(assoc):
                 assoc.release()
+            else:  # the peer aborted or went away: nothing to release
+                assoc.abort()
         return SendReport(sent, failed, error)
 
     def _opened(self, event: Any) -> None:

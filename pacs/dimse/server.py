@@ -114,7 +114,8 @@ class DimseServer:
         requested = self.access.before(unknown) if self.access is not None else unknown
         handlers: list[Any] = [*self.handlers.bindings(), (evt.EVT_REQUESTED, requested)]
         if self.transport.fast_service_classes:
-            qr.install(self.query_retrieve, self.transport)
+            qr.install(self.query_retrieve, self.transport,
+                       accept_unknown_sop_classes=self.accept_unknown_sop_classes)
         elif self.query_retrieve is not None:
             from pacs.dimse.published import PublishedQueryRetrieve
 

@@ -78,6 +78,10 @@ class Transport:
         """Only the fast transport replaces pynetdicom's service classes."""
         raise NotImplementedError("the stock transport serves Q/R by event handlers")
 
+    def connected(self, assoc: Any) -> bool:
+        """Whether ``assoc`` can still carry requests."""
+        return bool(assoc.is_established)
+
     def sending(self, assoc: Any) -> AbstractContextManager[None]:
         """Around a batch of C-STORE requests on ``assoc`` (:meth:`send_file` in a loop)."""
         return nullcontext()

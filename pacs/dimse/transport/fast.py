@@ -59,7 +59,7 @@ any of them changes or an attribute used here disappears.
 from __future__ import annotations
 
 import logging
-import os
+import queue
 import select
 import socket
 import ssl
@@ -166,6 +166,9 @@ def _decode_msg(self: Any, primitive: Any, assoc: Any = None) -> bool:
             make_meta: Any = getattr(dimse_messages, "create_file_meta")  # noqa: B009
             write_meta: Any = getattr(dimse_messages, "write_file_meta_info")  # noqa: B009
             handle = make_file(delete=False, mode="wb", suffix=".dcm")
+            own = getattr(make_file, "own", None)  # (receive_files.ReceiveFiles)
+            if own is not None:
+                own(handle, assoc)
             self._data_set_file = handle
             self._data_set_path = Path(handle.name)
             handle.write(b"\x00" * 128)
@@ -268,6 +271,13 @@ def outbound(assoc: Any) -> Iterator[None]:
         dul._pacs_outbound = None
 
 
+def connected(assoc: Any) -> bool:
+    """Whether ``assoc`` can still carry requests: established, and its DUL still in Sta6
+    (while :func:`sending` holds its reactor paused, ``is_established`` is not updated when
+    the peer aborts)."""
+    return bool(assoc.is_established and assoc.dul.state_machine.current_state == "Sta6")
+
+
 def _requested_closed(event: Any) -> None:
     release_association(event.assoc)
 
@@ -322,6 +332,7 @@ def tune_association(assoc: Any, *, acceptor: bool = True) -> None:
     assoc.dul._run_loop_delay = REACTOR_DELAY_S
     if acceptor:
         assoc._run_reactor = types.MethodType(_acceptor_reactor, assoc)
+        assoc.dul.to_user_queue = _WakingQueue(assoc.dimse.msg_queue)
         _wake_on_work(assoc.dul)
 
 
@@ -337,32 +348,41 @@ DUL_IDLE_WAIT_S = 0.005  # timers (ARTIM, idle, kill) are checked at least this 
 
 
 class _Waker:
-    """A pipe the DUL reactor sleeps on: a byte written means "a primitive is queued"."""
+    """A socket pair the DUL reactor sleeps on: a byte written means "a primitive is queued".
+
+    Socket objects, not raw descriptors: once closed, a late ``wake`` (a primitive queued
+    after the connection closed) or a ``select`` on it fails, where a write to a raw
+    descriptor number could land in whatever connection reused that number since."""
 
     def __init__(self) -> None:
-        self.read_fd, self.write_fd = os.pipe()
-        os.set_blocking(self.read_fd, False)
-        os.set_blocking(self.write_fd, False)
+        self.reader, writer = socket.socketpair()
+        self.reader.setblocking(False)
+        writer.setblocking(False)
+        self._writer: socket.socket | None = writer
+        self._lock = threading.Lock()  # wake and close
 
     def wake(self) -> None:
-        try:
-            os.write(self.write_fd, b"\0")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full (already woken) or closed
+        with self._lock:
+            if self._writer is None:
+                return
+            try:
+                self._writer.send(b"\0")
+            except OSError:
+                pass  # full: already woken
 
     def drain(self) -> None:
         try:
-            while os.read(self.read_fd, 4096):
+            while self.reader.recv(4096):
                 pass
-        except (BlockingIOError, OSError):
-            pass
+        except OSError:
+            pass  # empty, or closed meanwhile
 
     def close(self) -> None:
-        for fd in (self.read_fd, self.write_fd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        with self._lock:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+        self.reader.close()
 
 
 def _wake_on_work(dul: Any) -> None:
@@ -406,12 +426,33 @@ class _DulClock:
         if isinstance(raw, ssl.SSLSocket) and raw.pending():
             return  # decrypted bytes wait in OpenSSL's buffer: select would not see them
         try:
-            ready, _, _ = select.select([waker.read_fd, raw], [], [], DUL_IDLE_WAIT_S)
+            ready, _, _ = select.select([waker.reader, raw], [], [], DUL_IDLE_WAIT_S)
         except (OSError, ValueError):  # the socket was closed under us
             time.sleep(seconds)
             return
-        if waker.read_fd in ready:
+        if waker.reader in ready:
             waker.drain()
+
+
+# an acceptor's reactor thread wakes for a DIMSE message or a primitive from its DUL (release,
+# abort: :class:`_WakingQueue`), and at least this often for its timers and a kill
+REACTOR_IDLE_WAIT_S = 0.05
+
+
+class _WakingQueue(queue.Queue[Any]):
+    """The DUL's ``to_user_queue`` (8.): what its state machine puts there (an A-RELEASE
+    request, an abort, the end of the connection) also wakes the association's reactor,
+    which otherwise sleeps on its DIMSE message queue, where C-STOREs no longer arrive
+    (``inline.py``)."""
+
+    def __init__(self, messages: queue.Queue[Any]) -> None:
+        super().__init__()
+        self._messages = messages
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        with self._messages.not_empty:  # (after the put: never both queues' locks at once)
+            self._messages.not_empty.notify_all()
 
 
 def _wait_for_message(assoc: Any, timeout: float) -> None:
@@ -429,7 +470,7 @@ def _acceptor_reactor(self: Any) -> None:
     ``send_*`` on them, so the pause handshake is never contended)."""
     self._is_paused = False
     while not self._kill:
-        _wait_for_message(self, 0.001)
+        _wait_for_message(self, REACTOR_IDLE_WAIT_S)
         self._is_paused = True
         self._reactor_checkpoint.wait()
         self._is_paused = False
@@ -656,10 +697,16 @@ class FastTransport(Transport):
         release_association(assoc)
         inline = getattr(assoc.dul, "_pacs_inline", None)
         partial = inline.partial() if inline is not None else None
-        return partial or partial_dataset_file(assoc)
+        partial = partial or partial_dataset_file(assoc)
+        if self._files is not None:
+            self._files.release(assoc)  # (after partial: the caller removes that one)
+        return partial
 
     def requested(self, assoc: Any) -> None:
         requested(assoc)
+
+    def connected(self, assoc: Any) -> bool:
+        return connected(assoc)
 
     def sending(self, assoc: Any) -> AbstractContextManager[None]:
         return sending(assoc)

@@ -118,6 +118,8 @@ class InlineStore:
         sop_class = decoding.text(elements[0x0002])
         if context is None or str(context.abstract_syntax) != sop_class:
             return False  # pynetdicom aborts or answers as it does
+        if not _stored_by_storage_service(sop_class):
+            return False  # (a C-STORE on a Verification or Q/R context: pynetdicom's answer)
         request = StoreRequest(
             sop_class_uid=sop_class,
             sop_instance_uid=decoding.text(elements[0x1000]),
@@ -174,6 +176,18 @@ class InlineStore:
         if partial is not None:
             partial.unlink(missing_ok=True)
         _close(self.dul, _INVALID_PDU_PARAMETER_VALUE, why)
+
+
+def _stored_by_storage_service(sop_class: str) -> bool:
+    """Whether the service class pynetdicom picks for ``sop_class`` (pacs's choice, on the
+    fast transport: ``qr.py``) is a Storage service class: a C-STORE of any other class
+    gets that class's answer, as on pynetdicom's path."""
+    from pynetdicom import association
+    from pynetdicom.service_class import StorageServiceClass
+
+    choose: Callable[[str], Any] = getattr(association, "uid_to_service_class")  # noqa: B009
+    chosen = choose(sop_class)
+    return isinstance(chosen, type) and issubclass(chosen, StorageServiceClass)
 
 
 def _items(pdu: bytearray) -> list[tuple[int, int, int, int]] | None:

@@ -188,8 +188,10 @@ class Outbound:
                         _, response = self.assoc.dimse.get_msg(block=False)
                         if response is not None:
                             return self.assoc._check_received_status(response)  # type: ignore[no-any-return]
-                    if not self.assoc.is_established:
-                        return Dataset()
+                    # (the reactor that would update is_established is paused: ask the DUL)
+                    if (not self.assoc.is_established
+                            or self.dul.state_machine.current_state != "Sta6"):
+                        return {}
                     if deadline is not None and time.monotonic() > deadline:
                         self.assoc._handle_no_response()
                         return Dataset()

@@ -105,6 +105,7 @@ class ReceiveFiles:
         self.ready = ready
         self._stock: deque[Path] = deque()
         self._open: dict[str, ReceiveFile] = {}  # by name, until the store takes the digest
+        self._owners: dict[str, object] = {}  # by name: the association it was made for
         self._wanted = threading.Event()
         self._wanted.set()
         self._stopped = False
@@ -137,8 +138,25 @@ class ReceiveFiles:
         self._open[opened.name] = opened
         return opened
 
+    def own(self, handle: ReceiveFile, owner: object) -> None:
+        """``handle`` was made for ``owner`` (an association): :meth:`release` removes it if
+        nothing took it by then."""
+        self._owners[handle.name] = owner
+
+    def release(self, owner: object) -> None:
+        """Close and remove the files made for ``owner`` that no store took: the data set of
+        a C-STORE answered by something else (a C-STORE on a Verification context) or cut
+        short, once its association has closed."""
+        for name in [name for name, held in list(self._owners.items()) if held is owner]:
+            self._owners.pop(name, None)
+            opened = self._open.pop(name, None)
+            if opened is not None:
+                opened.close()
+                Path(name).unlink(missing_ok=True)
+
     def written(self, path: Path) -> tuple[str, int] | None:
         """(SHA-256, size) of everything written to ``path`` (once; None if unknown)."""
+        self._owners.pop(str(path), None)
         opened = self._open.pop(str(path), None)
         if opened is None:
             return None
@@ -151,10 +169,12 @@ class ReceiveFiles:
         if opened is None or opened.error is None:
             return None
         del self._open[str(path)]
+        self._owners.pop(str(path), None)
         return failure_comment(opened.error)
 
     def forget(self, path: Path) -> None:
         self._open.pop(str(path), None)
+        self._owners.pop(str(path), None)
 
     def _create(self) -> Path:
         path = self.folder / f"{uuid.uuid4().hex}.rcv"

@@ -625,9 +625,12 @@ def test_c_moves_to_an_aborting_storescp_leak_no_descriptor(wire: Wire) -> None:
 
 
 def test_an_aborted_transfer_writes_nothing_to_other_connections(tmp_path: Path) -> None:
-    """While a C-MOVE waits on the destination that aborted it, the descriptors that
-    association held are reused by new connections (here ten idle HTTP clients, which the
-    server has nothing to say to within its header timeout): none receives a byte."""
+    """Once a C-MOVE destination aborted, the descriptor numbers its association held are
+    taken by new connections (here ten idle HTTP clients, which the server has nothing to
+    say to within its header timeout): none receives a byte. (The fast transport's wakers
+    were written to after closing, when the sub-operation's wait for a response timed out,
+    30 s later: a NUL byte went to one of these clients. A write that late is caught here;
+    one within milliseconds of the close would come before the clients.)"""
     quitter = Destination("QUITTER", abort_at=2)
     server = PacsServer(data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path}/i.db",
                         extra_args=["--dimse-processes", "1", "--peer", quitter.peer],

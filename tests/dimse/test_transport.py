@@ -102,7 +102,8 @@ def test_attributes_the_fast_path_uses_still_exist() -> None:
 def test_the_fast_paths_copies_use_only_what_the_originals_use() -> None:
     """The copied loops (8., 11.) differ from pynetdicom's only where the docstrings say."""
     theirs = set(Association._run_reactor.__code__.co_names)
-    ours = set(fast_path._acceptor_reactor.__code__.co_names) - {"_wait_for_message", "log"}
+    ours = set(fast_path._acceptor_reactor.__code__.co_names) - {
+        "_wait_for_message", "log", "REACTOR_IDLE_WAIT_S"}
     assert ours <= theirs | {"error", "_idle_timer", "restart"}, ours - theirs
     original = fast_path._PYNETDICOM_DECODE_MSG or DIMSEMessage.decode_msg
     theirs = set(original.__code__.co_names)
@@ -117,6 +118,9 @@ def test_standard_log_handlers_only_when_their_lines_are_kept(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "standard")
+    # (restored afterwards: this process's pynetdicom SCUs in other tests need the defaults)
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", _config.STORE_RECV_CHUNKED_DATASET)
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", _config.STORE_SEND_CHUNKED_DATASET)
     logger = logging.getLogger("pynetdicom")
     level = logger.level
     try:

@@ -139,6 +139,8 @@ class PublishedQueryRetrieve:
                 values, character_set = response(row, find, ae_title=self.services.ae_title)
                 yield int(Status.PENDING), _identifier(values, character_set)
                 count += 1
+                if not count % _CANCEL_CHECK_EVERY:
+                    _let_the_dul_read()
         except PacsError as error:  # the index failed before or between the matches
             status = query_status(error)
             log.warning("C-FIND from %s refused (0x%04X): %s", calling, status, error)
@@ -413,6 +415,17 @@ def _accepted(store: Association | None) -> dict[str, list[str]]:
             accepted.setdefault(str(context.abstract_syntax), []).extend(
                 str(ts) for ts in context.transfer_syntax)
     return accepted
+
+
+# pynetdicom queues each pending C-FIND response for its DUL thread without waiting for the
+# peer to read it; the thread generating them pauses this often so that the DUL thread, which
+# also reads a C-CANCEL, gets to run on a busy machine (the fast path keeps its queue short
+# instead: fast.send_when_drained)
+_CANCEL_CHECK_EVERY = 50
+
+
+def _let_the_dul_read() -> None:
+    time.sleep(_REACTOR_TURN_S)
 
 
 # How long a C-MOVE's sub-operation gives the destination association's reactor thread, which

@@ -48,24 +48,9 @@ _SIZES = {"US": 2, "UL": 4}
 def store_request(raw: bytes) -> dict[int, bytes] | None:
     """The elements of a C-STORE-RQ command set by element number, or None when ``raw`` is
     not a well-formed C-STORE-RQ made only of the elements above (pynetdicom decodes it)."""
-    elements: dict[int, bytes] = {}
-    offset, end = 0, len(raw)
-    while offset < end:
-        if end - offset < 8:
-            return None
-        group, element, length = _HEAD.unpack_from(raw, offset)
-        offset += 8
-        vr = _ELEMENTS.get(element)
-        if group != 0 or vr is None or element in elements or length > end - offset:
-            return None
-        value = raw[offset:offset + length]
-        if vr in _SIZES:
-            if length != _SIZES[vr]:
-                return None
-        elif not value.isascii() or b"\\" in value:  # odd text: pydicom reads it its way
-            return None
-        elements[element] = value
-        offset += length
+    elements = _command_elements(raw, _ELEMENTS, plain_text=True)
+    if elements is None:
+        return None
     if any(element not in elements for element in _REQUIRED):
         return None
     if _US.unpack(elements[0x0100])[0] != C_STORE_RQ_FIELD:
@@ -92,6 +77,23 @@ _RESPONSE_ELEMENTS = {
 def store_response(raw: bytes) -> tuple[int, int, str] | None:
     """(Message ID Being Responded To, Status, Error Comment) of a C-STORE-RSP command set
     without a data set, or None when ``raw`` is anything else (pynetdicom decodes it)."""
+    elements = _command_elements(raw, _RESPONSE_ELEMENTS, plain_text=False)
+    if elements is None:
+        return None
+    if any(e not in elements for e in (0x0100, 0x0120, 0x0800, 0x0900)):
+        return None
+    if us(elements[0x0100]) != C_STORE_RSP_FIELD or has_data_set(elements):
+        return None
+    comment = elements.get(0x0902, b"").decode("ascii", "replace").strip("\x00 ")
+    return us(elements[0x0120]), us(elements[0x0900]), comment
+
+
+def _command_elements(raw: bytes, known: dict[int, str], *, plain_text: bool
+                      ) -> dict[int, bytes] | None:
+    """A command set's elements by element number (Implicit VR Little Endian, group 0000),
+    or None when one is not in ``known`` (element → VR), repeats, overruns, or has a binary
+    value of the wrong length; with ``plain_text``, also when a text value is not plain ASCII
+    without a backslash (pydicom reads such text its way)."""
     elements: dict[int, bytes] = {}
     offset, end = 0, len(raw)
     while offset < end:
@@ -99,20 +101,18 @@ def store_response(raw: bytes) -> tuple[int, int, str] | None:
             return None
         group, element, length = _HEAD.unpack_from(raw, offset)
         offset += 8
-        vr = _RESPONSE_ELEMENTS.get(element)
+        vr = known.get(element)
         if group != 0 or vr is None or element in elements or length > end - offset:
             return None
         value = raw[offset:offset + length]
-        if vr in _SIZES and length != _SIZES[vr]:
+        if vr in _SIZES:
+            if length != _SIZES[vr]:
+                return None
+        elif plain_text and (not value.isascii() or b"\\" in value):
             return None
         elements[element] = value
         offset += length
-    if any(e not in elements for e in (0x0100, 0x0120, 0x0800, 0x0900)):
-        return None
-    if us(elements[0x0100]) != C_STORE_RSP_FIELD or has_data_set(elements):
-        return None
-    comment = elements.get(0x0902, b"").decode("ascii", "replace").strip("\x00 ")
-    return us(elements[0x0120]), us(elements[0x0900]), comment
+    return elements
 
 
 def has_data_set(elements: dict[int, bytes]) -> bool:

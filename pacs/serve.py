@@ -35,7 +35,7 @@ from pacs.services.audit_export import AuditExporter
 from pacs.services.audit_message import AuditSource
 from pacs.services.auth import Authenticator, TokenService
 from pacs.services.bulk_import import ImportService
-from pacs.services.consistency import ConsistencyService
+from pacs.services.consistency import UNSYNCED_WINDOW, ConsistencyService
 from pacs.services.decoding_limits import MB, DecodeLimits
 from pacs.services.ingest import IngestService
 from pacs.services.query import QueryService
@@ -89,7 +89,9 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
     blobs = FileStore(settings.data_dir)
-    index = Index(settings.effective_database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    # a SQLite index on the store's file system commits durably with the store's own sync
+    index = Index(settings.effective_database_url, sqlite_synchronous=settings.sqlite_synchronous,
+                  file_system_sync=blobs.sync_for)
     audit = AuditTrail(index=index, queries=settings.audit_queries)
     try:
         if upgrade:
@@ -349,6 +351,10 @@ def serve(settings: Settings) -> int:
         if swept:
             log.info("removed %d partial files left by an earlier run", swept)
         if settings.orphan_sweep:  # before any listener opens: no store is under way
+            # wider than the stores that can be under way at once (each association, STOW)
+            services.consistency.recover_unsynced(newest=max(
+                UNSYNCED_WINDOW, 2 * settings.max_associations * settings.effective_dimse_processes
+            ))
             services.consistency.sweep_orphans(grace_s=settings.orphan_grace_seconds)
         register_flags(settings, services)
         dimse = _dimse_server(settings, services)

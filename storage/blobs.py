@@ -5,8 +5,9 @@ UID or any other string a peer sent. A put is staged in ``tmp/`` (same file syst
 placed by :meth:`FileStore.place`: renamed into its content address, and made durable by a
 sync of the store's file system (``syncfs``) that started after the rename. Concurrent puts
 share that sync: one device flush makes all of them durable, where a file fsync and a folder
-fsync per put cost two each. Only once it is durable may the caller commit the index; if that
-fails the caller deletes the blob.
+fsync per put cost two each. The caller reports success only once the blob and its index row
+are both durable; an index on the same file system can make its commits durable with the same
+sync (:meth:`FileStore.sync_for`), so one flush covers both.
 
 Because a blob reaches its name before it is durable, a name left by a crash may hold less than
 its content: an existing blob is therefore trusted only when its bytes hash to its name, and
@@ -155,10 +156,27 @@ class FileStore:
             staged.path.unlink(missing_ok=True)
             staged.gone = True
 
-    def place(self, staged: StagedBlob) -> CommittedBlob:
+    def sync_for(self, path: Path) -> SharedSync | None:
+        """The store's file system sync, when it also makes ``path`` (a file, or a file yet
+        to be made in an existing folder) durable: both on one file system. None otherwise."""
+        folder = path if path.is_dir() else path.parent
+        try:
+            same = os.stat(folder).st_dev == os.stat(self.root).st_dev
+        except OSError:
+            return None
+        return self._sync if same else None
+
+    @property
+    def sync(self) -> SharedSync:
+        """The sync of the store's file system, shared by everything that waits for it."""
+        return self._sync
+
+    def place(self, staged: StagedBlob, *, start_sync: bool = True) -> CommittedBlob:
         """Make a staged blob addressable: rename it into place, and start the sync that
         makes it durable (:meth:`CommittedBlob.wait_durable` waits for it), so that the
-        caller's own work overlaps it.
+        caller's own work overlaps it. With ``start_sync`` false no sync starts now: the
+        caller's next sync of the same file system (an index commit on it, see
+        :meth:`sync_for`) covers the blob, and waiting runs one only if none came since.
 
         ``created`` tells whether this call created the blob: one with the same content may be
         there already (the same instance stored before), then the staged copy is dropped. A
@@ -170,11 +188,14 @@ class FileStore:
         if target.exists():
             if _hash_file(target) == (staged.sha256, staged.size):
                 self.discard(staged)
-                return CommittedBlob(staged.info, created=False, durable=self._sync.request())
+                return CommittedBlob(staged.info, created=False, durable=self._durable(start_sync))
             created = False
         os.replace(staged.path, target)
         staged.gone = True
-        return CommittedBlob(staged.info, created=created, durable=self._sync.request())
+        return CommittedBlob(staged.info, created=created, durable=self._durable(start_sync))
+
+    def _durable(self, start_sync: bool) -> Callable[[], None]:
+        return self._sync.request() if start_sync else self._sync.later()
 
     def commit(self, staged: StagedBlob) -> CommittedBlob:
         """:meth:`place`, returning once the blob is durable."""

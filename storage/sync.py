@@ -47,8 +47,20 @@ class SharedSync:
 
     def wait(self) -> None:
         """Sync, and return once a sync that started after this call has ended."""
+        self.later()()
+
+    def later(self) -> Callable[[], None]:
+        """Ask for nothing yet; the returned callable waits for a sync that started after
+        this call, running it on the caller's thread when none is running. What a later
+        :meth:`wait` (or request) of another caller syncs is shared: a caller that wrote
+        something, then did other work that ends with a sync of the same file system (an
+        index commit on it), finds its own write already covered."""
         with self._done:
             needed = self._started + 1
+        return lambda: self._wait_or_run(needed)
+
+    def _wait_or_run(self, needed: int) -> None:
+        with self._done:
             self._wanted = max(self._wanted, needed)
             while self._finished < needed:
                 if self._started == self._finished:  # none running: run it here

@@ -21,6 +21,8 @@ from storage.index import Index
 log = logging.getLogger(__name__)
 
 _BATCH = 500  # keys looked up per index query: bounded memory, few round trips
+# rows checked at start for a blob lost by a crash: more than the stores ever under way at once
+UNSYNCED_WINDOW = 512
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,41 @@ class ConsistencyService:
         if repair:
             self._repair(report, orphan_grace_s)
         return report
+
+    def recover_unsynced(self, *, newest: int = UNSYNCED_WINDOW) -> int:
+        """Remove the rows, among the ``newest`` received, whose blob is missing or not whole;
+        returns how many.
+
+        A store commits its index row, then waits for the one sync that makes the blob and the
+        row durable, then answers (:mod:`pacs.services.ingest`). A crash during that wait may
+        leave the row on disk without its blob (the disk wrote them in its own order); that
+        store was never acknowledged, so the row goes, and the peer's retry stores it again.
+        Only stores under way at the crash can be affected, and every store waits for a sync
+        that started after its commit: a window of the newest rows as wide as the most stores
+        ever under way at once covers them. ``pacs serve`` runs this at start, before it
+        listens and before the orphan sweep (which then removes a partial blob)."""
+        started = time.monotonic()
+        with self.index.unit_of_work() as repo:
+            candidates = repo.newest_instances(newest)
+        broken: list[str] = []
+        for stored in candidates:
+            try:
+                actual = self.blobs.stat(stored.blob_key)
+            except BlobNotFound:
+                actual = None
+            if actual is None or (actual.size, actual.sha256) != (
+                stored.blob_size, stored.blob_sha256
+            ):
+                log.warning("removed the index row of instance %s: its file %s did not survive "
+                            "a crash before the store was acknowledged", stored.sop_instance_uid,
+                            stored.blob_key)
+                broken.append(stored.sop_instance_uid)
+        if broken:
+            with self.index.unit_of_work(write=True) as repo:
+                repo.delete_instances(broken)
+        log.info("unsynced rows: the newest %d checked, %d removed in %.1f s", len(candidates),
+                 len(broken), time.monotonic() - started)
+        return len(broken)
 
     def sweep_orphans(self, *, grace_s: float = 0.0) -> int:
         """Delete orphan blobs older than ``grace_s`` seconds; returns how many.

@@ -1,12 +1,20 @@
 """Ingest: the one path by which an instance enters the archive (C-STORE, STOW-RS, import).
 
 Order of a store (PS3.4 B.2.3 semantics, durability from the design):
-stage the bytes → place the blob at its content address and start its sync to disk → read
-and check the header meanwhile → wait until the blob is durable → upsert the index in one
-transaction, durable when it returns → report success. If the header or the index
-transaction fails the new blob is deleted, so no file without a row and no row without a file
-is left behind (a crash mid-store can leave an unreferenced blob: the next ``pacs serve``
-sweeps it before it listens, :meth:`ConsistencyService.sweep_orphans`).
+stage the bytes → place the blob at its content address (and start its sync to disk) → read
+and check the header meanwhile → upsert the index in one transaction → wait until both the
+blob and the commit are durable → report success. Where the index is SQLite on the blob
+store's file system, one sync after the commit makes both durable (the commit's own sync is
+the store's ``syncfs``): one device flush per store, or per batch of concurrent stores, instead
+of two in a row. Elsewhere (PostgreSQL) the blob's sync runs while the header is read and the
+index commits.
+
+If the header or the index transaction fails the new blob is deleted; if the blob cannot be
+made durable the new row is deleted again: no file without a row and no row without a file is
+left behind. A crash mid-store can leave an unreferenced blob, or a committed row whose blob
+did not reach the disk (neither was acknowledged): the next ``pacs serve`` checks the newest
+rows and sweeps orphans before it listens (:meth:`ConsistencyService.recover_unsynced`,
+:meth:`ConsistencyService.sweep_orphans`).
 
 A refusal's message is for the peer (an Error Comment, an HTTP body): it names the problem
 ("the index is unavailable", "no space left in the store") and never a path, host, port or
@@ -137,6 +145,8 @@ class IngestService:
         self.overwrite = overwrite
         self.min_free_bytes = min_free_bytes
         self.gate = gate
+        # one sync after the commit makes the blob durable too (SQLite on the store's disk)
+        self._commit_syncs_blobs = index.commit_sync is not None and index.commit_sync is blobs.sync
         # the QA gate decides where new studies start (archived in auto mode, held in manual)
         self.new_study_state = gate.initial_state if gate is not None else new_study_state
 
@@ -153,10 +163,12 @@ class IngestService:
         try:
             self._check_reserve()
             stream = staged.header_stream()
-            # Placed first, so that its sync to disk runs while the header is read and checked.
+            # Placed first, so that its sync to disk runs while the header is read and checked
+            # and the index commits (or is the commit's own sync, on one file system).
             # No look-up first: an identical re-send finds its blob in place (content address)
             # and the index keeps the first copy; a differing re-send's blob is deleted below.
-            committed = _guard_space(lambda: self.blobs.place(staged))
+            start_sync = not self._commit_syncs_blobs
+            committed = _guard_space(lambda: self.blobs.place(staged, start_sync=start_sync))
             header = read_header(stream, staged.size, self.limits)
             if expected is not None:
                 _check_expected(header, expected)
@@ -168,14 +180,13 @@ class IngestService:
                 blob=staged.info,
                 source_ae=origin.ae_title,
             )
-            _durable(committed)  # the blob is on disk before its row
         except BaseException:
             if committed is not None and committed.created:
                 self.blobs.delete(committed.info.key)
             raise
         finally:
             self.blobs.discard(staged)
-        return self._index(header, row, committed.created, origin)
+        return self._index(header, row, committed, origin)
 
     def check_room(self, size: int) -> None:
         """Refuse ``size`` bytes that would bring the store's disk below its reserve
@@ -200,9 +211,9 @@ class IngestService:
             )
 
     def _index(
-        self, header: Header, row: InstanceRow, created: bool, origin: Origin
+        self, header: Header, row: InstanceRow, committed: CommittedBlob, origin: Origin
     ) -> StoreOutcome:
-        key = row.blob.key
+        key, created = row.blob.key, committed.created
         try:
             with self._unit_of_work(write=True) as repo:
                 result = repo.upsert_instance(
@@ -223,15 +234,44 @@ class IngestService:
                 self.blobs.delete(key)
             raise
         if result.outcome is UpsertOutcome.ALREADY_PRESENT:
-            if created and result.existing_blob_key != key:
-                self.blobs.delete(key)
+            wait = committed.wait_durable
+            if result.existing_blob_key != key:
+                if created:
+                    self.blobs.delete(key)
+                if not self._commit_syncs_blobs:
+                    # the first copy's store may still be waiting for its sync: one that
+                    # starts now covers its blob, renamed before its row was committed
+                    wait = self.blobs.sync.wait
+            _durable(wait, key)
             return _outcome(StoreStatus.ALREADY_PRESENT, header, state)
-        if result.replaced_blob_key:
+        try:
+            _durable(committed.wait_durable, key)
+        except OutOfResources:
+            self._undo(header.sop_instance_uid, row.blob.key, result.outcome, created)
+            raise
+        if result.replaced_blob_key:  # only once its successor is durable
             self.blobs.delete(result.replaced_blob_key)
         status = (
             StoreStatus.REPLACED if result.outcome is UpsertOutcome.REPLACED else StoreStatus.STORED
         )
         return _outcome(status, header, state)
+
+    def _undo(self, uid: str, key: str, outcome: UpsertOutcome, created: bool) -> None:
+        """A new instance whose blob could not be made durable is refused: its row goes again
+        (and its blob, if this store made it). A replaced instance keeps the new row, whose blob
+        is readable, and its former blob (swept as an orphan later): the peer was told it
+        failed and may send it again."""
+        if outcome is not UpsertOutcome.INSERTED:
+            return
+        try:
+            with self._unit_of_work(write=True) as repo:
+                repo.delete_instances([uid])
+                referenced = repo.blob_referenced(key)
+        except Exception:  # the refusal stands; `pacs check` reports what is left
+            log.exception("could not remove the row of instance %s after its sync failed", uid)
+            return
+        if created and not referenced:
+            self.blobs.delete(key)
 
     @contextmanager
     def _unit_of_work(self, *, write: bool) -> Iterator[Repository]:
@@ -294,12 +334,12 @@ def _check_expected(header: Header, expected: Expected) -> None:
 T = TypeVar("T")
 
 
-def _durable(committed: CommittedBlob) -> None:
+def _durable(wait: Callable[[], None], key: str) -> None:
     """Wait until the blob is on disk; a failed sync refuses the store (0xA700)."""
     try:
-        _guard_space(committed.wait_durable)
+        _guard_space(wait)
     except OSError as exc:
-        log.error("sync of blob %s failed: %s", committed.info.key, exc)
+        log.error("sync of blob %s failed: %s", key, exc)
         raise OutOfResources("the file could not be made durable") from exc
 
 

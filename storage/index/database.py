@@ -12,7 +12,7 @@ import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,18 @@ class IndexDataError(ValueError):
 class Index:
     """The index database. Thread-safe: one connection per unit of work, from a pool."""
 
-    def __init__(self, url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 8) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        sqlite_synchronous: str = "FULL",
+        pool_size: int = 8,
+        file_system_sync: Callable[[Path], SharedSync | None] | None = None,
+    ) -> None:
+        """``file_system_sync(path)``: a shared sync of the file system ``path`` is on, if the
+        caller has one (the blob store's, :meth:`storage.blobs.FileStore.sync_for`); a SQLite
+        index there makes its commits durable with it, so that one flush covers the commit and
+        the blobs written before it."""
         self.url = make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         options: dict[str, Any] = {"future": True}
@@ -69,7 +80,10 @@ class Index:
             if on_file and sqlite_synchronous == "FULL":
                 # FULL's guarantee, with the log's fsync taken out of the writer lock
                 log = Path(f"{self.url.database}-wal")
-                self._log_sync = SharedSync(lambda: _fdatasync(log), name="index-log-sync")
+                shared = file_system_sync(log) if file_system_sync is not None else None
+                self._log_sync = shared or SharedSync(
+                    lambda: _fdatasync(log), name="index-log-sync"
+                )
                 sqlite_synchronous = "NORMAL"
             _configure_sqlite(self.engine, sqlite_synchronous)
             if on_file:
@@ -90,6 +104,12 @@ class Index:
             raise IndexDataError(str(exc.orig)) from exc
         if write and self._log_sync is not None:
             self._sync_log()
+
+    @property
+    def commit_sync(self) -> SharedSync | None:
+        """The sync that makes a write transaction durable after its commit (SQLite at FULL
+        on a file), or None when the commit itself is durable (PostgreSQL) or never is."""
+        return self._log_sync
 
     def _sync_log(self) -> None:
         """Durable commits on SQLite without holding the writer lock through an fsync.

@@ -191,7 +191,8 @@ instance = Table(
     Column("blob_size", BigInteger, nullable=False),
     Column("blob_sha256", String(64), nullable=False),
     Column("source_ae", String(16)),
-    Column("received_at", DateTime(timezone=True), nullable=False, default=_now),
+    # indexed: the newest rows are checked at start (a crash may leave one whose blob is gone)
+    Column("received_at", DateTime(timezone=True), nullable=False, default=_now, index=True),
 )
 
 finding = Table(

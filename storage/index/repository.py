@@ -280,6 +280,13 @@ class Repository:
         for row in self.connection.execute(_stored_instance_select().order_by(instance.c.id)):
             yield _stored(row)
 
+    def newest_instances(self, limit: int) -> list[StoredInstance]:
+        """The ``limit`` instances received (or replaced) last, newest first."""
+        rows = self.connection.execute(
+            _stored_instance_select().order_by(instance.c.received_at.desc()).limit(limit)
+        )
+        return [_stored(row) for row in rows]
+
     def blob_referenced(self, key: str) -> bool:
         """An instance's file, or a file a correction replaced (kept until the purge)."""
         return self.workflow.blob_in_use(key)

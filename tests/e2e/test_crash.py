@@ -157,3 +157,40 @@ def test_sigterm_to_the_whole_process_group_stops_every_process(
     with running.services() as services:
         assert services.consistency.check().consistent
         assert list(services.blobs.tmp.iterdir()) == []
+
+
+def test_a_restart_removes_the_row_of_an_unacknowledged_store_whose_file_was_lost(
+    server: PacsServer, tmp_path: Path
+) -> None:
+    """A store answers once one sync after its index commit made both durable; a crash
+    inside that sync can leave the row on disk and not the file (the store was never
+    acknowledged). The next start removes such a row among the newest, so ``pacs check`` is
+    consistent, and the peer's retry stores the instance again."""
+    datasets = [ct_instance(PatientID="LOST-1", InstanceNumber=n) for n in (1, 2, 3)]
+    stored = dcmtk.store_datasets(server.dimse_port, datasets, workdir=tmp_path / "first")
+    server.stop()
+    with server.services() as services, services.index.unit_of_work() as repo:
+        lost = repo.find_instance(sop_instance_uid(stored[2]))
+    assert lost is not None
+    lost_path = server.data_dir / "objects" / lost.blob_key[:2] / lost.blob_key
+    lost_path.write_bytes(b"")  # what delayed allocation leaves of a file never synced
+    before = server.cli("check")
+    assert before.returncode != 0, before.stdout
+
+    server.start()
+    server.stop()
+
+    check = server.cli("check")
+    assert check.returncode == 0, check.stdout + check.stderr
+    with server.services() as services, services.index.unit_of_work() as repo:
+        assert repo.find_instance(lost.sop_instance_uid) is None
+        assert all(repo.find_instance(sop_instance_uid(p)) is not None for p in stored[:2])
+    assert "did not survive a crash" in server.log()
+
+    server.start()  # the modality sends it again
+    dcmtk.store_datasets(server.dimse_port, [datasets[2]], workdir=tmp_path / "again")
+    with server.services() as services, services.index.unit_of_work() as repo:
+        again = repo.find_instance(lost.sop_instance_uid)
+    assert again is not None
+    with server.services() as services, services.blobs.open(again.blob_key) as handle:
+        assert comparable(handle.read()) == comparable(stored[2].read_bytes())

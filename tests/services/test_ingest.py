@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -171,32 +177,100 @@ def test_a_failed_index_commit_removes_the_new_file(tmp_path: Path, index: Index
     assert list(service.blobs.tmp.iterdir()) == []
 
 
-def test_the_blob_is_on_disk_before_its_row_is_committed(
+def test_success_waits_for_the_blob_sync_after_the_row_is_committed(
     tmp_path: Path, index: Index, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """With the index elsewhere (PostgreSQL, or SQLite on another disk) the blob's sync runs
+    while the header is read and the row commits; the store answers only once it is done."""
     from storage import blobs
 
-    events: list[str] = []
     real_syncfs = blobs._SYNCFS
+    syncing = threading.Event()
+    release = threading.Event()
 
-    def syncfs(fd: int) -> int:
-        events.append("sync")
+    def slow_syncfs(fd: int) -> int:
+        syncing.set()
+        release.wait(10)
         return real_syncfs(fd) if real_syncfs is not None else 0
 
-    real_unit_of_work = index.unit_of_work
-
-    def unit_of_work(*, write: bool = False, **kwargs: object) -> object:
-        if write:
-            events.append("index")
-        return real_unit_of_work(write=write, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(blobs, "_SYNCFS", syncfs)
-    monkeypatch.setattr(index, "unit_of_work", unit_of_work)
+    monkeypatch.setattr(blobs, "_SYNCFS", slow_syncfs)
     service = _service(tmp_path, index)
+    done: list[StoreStatus] = []
+    data = f.to_part10_bytes(f.ct_instance())
+    storing = threading.Thread(
+        target=lambda: done.append(service.store(Incoming.data(data), ORIGIN).status)
+    )
+    storing.start()
+    try:
+        assert syncing.wait(10)
+        for _ in range(200):  # the row commits while the blob is being synced ...
+            if _rows(index)[Level.IMAGE] == 1:
+                break
+            time.sleep(0.02)
+        assert _rows(index)[Level.IMAGE] == 1
+        time.sleep(0.1)
+        assert storing.is_alive() and done == []  # ... and the store has not answered
+    finally:
+        release.set()
+        storing.join(10)
+    assert done == [StoreStatus.STORED]
 
-    service.store(Incoming.data(f.to_part10_bytes(f.ct_instance())), ORIGIN)
 
-    assert events == ["sync", "index"]
+def test_on_one_file_system_one_sync_after_the_commit_makes_blob_and_row_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite beside the blobs (the default): the index's commit is made durable by the blob
+    store's syncfs, which starts after the rename and after the commit. One device flush per
+    store, no fdatasync of the log besides."""
+    from storage import blobs
+    from storage.index import database
+
+    store = FileStore(tmp_path / "data")
+    db = tmp_path / "data" / "index.sqlite"
+    shared = Index(f"sqlite:///{db}", file_system_sync=store.sync_for)
+    shared.upgrade()
+    assert shared.commit_sync is store.sync
+    data = f.to_part10_bytes(f.ct_instance())
+    key = hashlib.sha256(data).hexdigest()
+    real_syncfs = blobs._SYNCFS
+    seen: list[tuple[bool, int]] = []  # per sync: (blob in place, rows committed)
+
+    def syncfs(fd: int) -> int:
+        with sqlite3.connect(db) as other:
+            rows = other.execute("SELECT count(*) FROM instance").fetchone()[0]
+        seen.append(((store.objects / key[:2] / key).exists(), rows))
+        return real_syncfs(fd) if real_syncfs is not None else 0
+
+    log_syncs: list[Path] = []
+    monkeypatch.setattr(blobs, "_SYNCFS", syncfs)
+    monkeypatch.setattr(database, "_fdatasync", lambda path: log_syncs.append(path))
+    try:
+        service = IngestService(blobs=store, index=shared)
+        assert service.store(Incoming.data(data), ORIGIN).status is StoreStatus.STORED
+        assert seen == [(True, 1)] and log_syncs == []
+        # a re-send: its commit's sync is its only one too
+        assert service.store(Incoming.data(data), ORIGIN).status is StoreStatus.ALREADY_PRESENT
+        assert len(seen) == 2 and log_syncs == []
+    finally:
+        shared.dispose()
+
+
+def test_an_index_on_another_file_system_keeps_its_own_log_sync(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "data")
+    beside = Index(f"sqlite:///{tmp_path / 'data' / 'index.sqlite'}",
+                   file_system_sync=store.sync_for)
+    other_disk = Path("/dev/shm")
+    if not other_disk.is_dir() or store.sync_for(other_disk) is not None:
+        pytest.skip("no second file system (/dev/shm) to put an index on")
+    folder = Path(tempfile.mkdtemp(dir=other_disk))
+    elsewhere = Index(f"sqlite:///{folder / 'index.sqlite'}", file_system_sync=store.sync_for)
+    try:
+        assert beside.commit_sync is store.sync
+        assert elsewhere.commit_sync is not None and elsewhere.commit_sync is not store.sync
+    finally:
+        beside.dispose()
+        elsewhere.dispose()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_a_blob_that_cannot_be_made_durable_is_refused_and_removed(

@@ -35,7 +35,7 @@ from pacs.services.audit_export import AuditExporter
 from pacs.services.audit_message import AuditSource
 from pacs.services.auth import Authenticator, TokenService
 from pacs.services.bulk_import import ImportService
-from pacs.services.consistency import UNSYNCED_WINDOW, ConsistencyService
+from pacs.services.consistency import UNSYNCED_WINDOW, ConsistencyService, RunRecord
 from pacs.services.decoding_limits import MB, DecodeLimits
 from pacs.services.ingest import IngestService
 from pacs.services.query import QueryService
@@ -350,11 +350,17 @@ def serve(settings: Settings) -> int:
         swept = services.blobs.sweep_tmp()
         if swept:
             log.info("removed %d partial files left by an earlier run", swept)
-        if settings.orphan_sweep:  # before any listener opens: no store is under way
+        run = RunRecord(settings.data_dir)
+        crashed = run.crashed_run()
+        if crashed is not None:  # before any listener opens: no store is under way
+            log.warning("the last run (started %s) did not stop: checking its newest rows",
+                        crashed.isoformat(timespec="seconds"))
             # wider than the stores that can be under way at once (each association, STOW)
-            services.consistency.recover_unsynced(newest=max(
+            services.consistency.recover_unsynced(since=crashed, newest=max(
                 UNSYNCED_WINDOW, 2 * settings.max_associations * settings.effective_dimse_processes
             ))
+        run.begin()
+        if settings.orphan_sweep:  # before any listener opens: no store is under way
             services.consistency.sweep_orphans(grace_s=settings.orphan_grace_seconds)
         register_flags(settings, services)
         dimse = _dimse_server(settings, services)
@@ -438,6 +444,7 @@ def serve(settings: Settings) -> int:
             if exporter is not None:
                 services.audit.flush()  # the queued query events go out with the rest
                 exporter.stop()
+            run.end()
         if http.failed:
             log.error("the HTTP server could not start on %s:%d", settings.http_host,
                       settings.http_port)

@@ -9,11 +9,14 @@ purge, and is no orphan.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import os
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from itertools import islice
+from pathlib import Path
 
 from storage.blobs import BlobNotFound, FileStore
 from storage.index import Index
@@ -92,9 +95,9 @@ class ConsistencyService:
             self._repair(report, orphan_grace_s)
         return report
 
-    def recover_unsynced(self, *, newest: int = UNSYNCED_WINDOW) -> int:
-        """Remove the rows, among the ``newest`` received, whose blob is missing or not whole;
-        returns how many.
+    def recover_unsynced(self, *, since: dt.datetime, newest: int = UNSYNCED_WINDOW) -> int:
+        """After a crash: remove the rows, among the ``newest`` received since ``since`` (the
+        crashed run's start), whose blob is missing or not whole; returns how many.
 
         A store commits its index row, then waits for the one sync that makes the blob and the
         row durable, then answers (:mod:`pacs.services.ingest`). A crash during that wait may
@@ -102,11 +105,13 @@ class ConsistencyService:
         store was never acknowledged, so the row goes, and the peer's retry stores it again.
         Only stores under way at the crash can be affected, and every store waits for a sync
         that started after its commit: a window of the newest rows as wide as the most stores
-        ever under way at once covers them. ``pacs serve`` runs this at start, before it
+        ever under way at once covers them. Rows from before the crashed run are never touched
+        (a blob missing there is not a crash's doing: ``pacs check`` reports it). ``pacs serve``
+        runs this at start when its last run did not stop (:class:`RunRecord`), before it
         listens and before the orphan sweep (which then removes a partial blob)."""
         started = time.monotonic()
         with self.index.unit_of_work() as repo:
-            candidates = repo.newest_instances(newest)
+            candidates = repo.newest_instances(newest, since=since)
         broken: list[str] = []
         for stored in candidates:
             try:
@@ -178,3 +183,49 @@ class ConsistencyService:
                     continue
             self.blobs.delete(key)
             report.repaired_orphans += 1
+
+
+class RunRecord:
+    """``DATA_DIR/serve.running``: written (and synced) when ``pacs serve`` starts, removed when
+    it stops. Found at the next start, it tells that the last run ended without stopping (kill
+    -9, a power loss) and when that run started: what :meth:`ConsistencyService.
+    recover_unsynced` needs."""
+
+    NAME = "serve.running"
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / self.NAME
+
+    def crashed_run(self) -> dt.datetime | None:
+        """The start of the last run if it did not stop, else None."""
+        try:
+            text = self.path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as error:
+            log.warning("the record of the last run cannot be read (%s): no rows checked", error)
+            return None
+        try:
+            started = dt.datetime.fromisoformat(text)
+        except ValueError:
+            log.warning("the record of the last run is not a time (%r): no rows checked", text)
+            return None
+        return started if started.tzinfo is not None else started.replace(tzinfo=dt.UTC)
+
+    def begin(self) -> None:
+        """Record this run's start, durably, before anything is received."""
+        started = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)  # clocks step; be generous
+        temporary = self.path.with_suffix(".tmp")
+        with temporary.open("w", encoding="ascii") as record:
+            record.write(started.isoformat())
+            record.flush()
+            os.fsync(record.fileno())
+        os.replace(temporary, self.path)
+        folder = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+    def end(self) -> None:
+        self.path.unlink(missing_ok=True)

@@ -280,10 +280,14 @@ class Repository:
         for row in self.connection.execute(_stored_instance_select().order_by(instance.c.id)):
             yield _stored(row)
 
-    def newest_instances(self, limit: int) -> list[StoredInstance]:
-        """The ``limit`` instances received (or replaced) last, newest first."""
+    def newest_instances(self, limit: int, *, since: datetime) -> list[StoredInstance]:
+        """The ``limit`` instances received (or replaced) last, not before ``since``, newest
+        first."""
         rows = self.connection.execute(
-            _stored_instance_select().order_by(instance.c.received_at.desc()).limit(limit)
+            _stored_instance_select()
+            .where(instance.c.received_at >= since)
+            .order_by(instance.c.received_at.desc())
+            .limit(limit)
         )
         return [_stored(row) for row in rows]
 

@@ -168,7 +168,9 @@ def test_a_restart_removes_the_row_of_an_unacknowledged_store_whose_file_was_los
     consistent, and the peer's retry stores the instance again."""
     datasets = [ct_instance(PatientID="LOST-1", InstanceNumber=n) for n in (1, 2, 3)]
     stored = dcmtk.store_datasets(server.dimse_port, datasets, workdir=tmp_path / "first")
-    server.stop()
+    workers = server.children()
+    server.kill9()  # the crash
+    assert wait_gone(workers) == []
     with server.services() as services, services.index.unit_of_work() as repo:
         lost = repo.find_instance(sop_instance_uid(stored[2]))
     assert lost is not None
@@ -194,3 +196,26 @@ def test_a_restart_removes_the_row_of_an_unacknowledged_store_whose_file_was_los
     assert again is not None
     with server.services() as services, services.blobs.open(again.blob_key) as handle:
         assert comparable(handle.read()) == comparable(stored[2].read_bytes())
+
+
+def test_a_clean_restart_removes_no_row_even_if_its_file_is_gone(
+    server: PacsServer, tmp_path: Path
+) -> None:
+    """Rows are removed only after a crash, and only the crashed run's newest: a file missing
+    after a clean stop (a volume not mounted, a restored index) is for ``pacs check`` to
+    report, not for the server to act on."""
+    stored = dcmtk.store_datasets(server.dimse_port, [ct_instance(PatientID="KEEP-ROW")],
+                                  workdir=tmp_path)
+    server.stop()
+    with server.services() as services, services.index.unit_of_work() as repo:
+        row = repo.find_instance(sop_instance_uid(stored[0]))
+    assert row is not None
+    (server.data_dir / "objects" / row.blob_key[:2] / row.blob_key).unlink()
+
+    server.start()
+    server.stop()
+
+    with server.services() as services, services.index.unit_of_work() as repo:
+        assert repo.find_instance(row.sop_instance_uid) is not None
+    check = server.cli("check")
+    assert check.returncode != 0 and "missing file" in check.stdout, check.stdout

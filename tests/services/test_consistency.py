@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
 
-from pacs.services.consistency import ConsistencyService
+from pacs.services.consistency import ConsistencyService, RunRecord
 from pacs.services.ingest import Incoming, IngestService, Origin
 from storage.attributes import Level
 from storage.blobs import FileStore
@@ -42,6 +43,8 @@ def test_the_newest_rows_whose_blob_is_missing_or_not_whole_are_removed(
 ) -> None:
     blobs = FileStore(tmp_path / "data")
     service = IngestService(blobs=blobs, index=index)
+    before_the_run = _store(service, PatientID="EARLIER", InstanceNumber=1)
+    run_start = dt.datetime.now(dt.UTC)
     old_lost = _store(service, PatientID="OLD", InstanceNumber=1)
     kept = _store(service, PatientID="KEPT", InstanceNumber=1)
     truncated = _store(service, PatientID="CRASH", InstanceNumber=1)
@@ -50,25 +53,46 @@ def test_the_newest_rows_whose_blob_is_missing_or_not_whole_are_removed(
     (blobs.objects / _key(index, truncated)[:2] / _key(index, truncated)).write_bytes(b"")
     blobs.delete(_key(index, missing))
     blobs.delete(_key(index, old_lost))  # older than the window: not this check's business
+    blobs.delete(_key(index, before_the_run))  # nor what was there before the crashed run
 
-    removed = ConsistencyService(blobs=blobs, index=index).recover_unsynced(newest=3)
+    consistency = ConsistencyService(blobs=blobs, index=index)
+    removed = consistency.recover_unsynced(since=run_start, newest=3)
 
     assert removed == 2
     with index.unit_of_work() as repo:
         assert repo.find_instance(truncated) is None and repo.find_instance(missing) is None
         assert repo.find_instance(kept) is not None
         assert repo.find_instance(old_lost) is not None
+        assert repo.find_instance(before_the_run) is not None
         counts = repo.counts()
-    assert counts[Level.PATIENT] == 2  # CRASH's patient, study and series went with its rows
-    assert counts[Level.IMAGE] == 2
+    assert counts[Level.PATIENT] == 3  # CRASH's patient, study and series went with its rows
+    assert counts[Level.IMAGE] == 3
 
 
 def test_whole_blobs_are_left_alone(tmp_path: Path, index: Index) -> None:
     blobs = FileStore(tmp_path / "data")
     service = IngestService(blobs=blobs, index=index)
+    run_start = dt.datetime.now(dt.UTC)
     uids = [_store(service, PatientID="P", InstanceNumber=n) for n in range(1, 4)]
 
-    assert ConsistencyService(blobs=blobs, index=index).recover_unsynced(newest=10) == 0
+    consistency = ConsistencyService(blobs=blobs, index=index)
+    assert consistency.recover_unsynced(since=run_start, newest=10) == 0
 
     with index.unit_of_work() as repo:
         assert all(repo.find_instance(uid) is not None for uid in uids)
+
+
+def test_the_run_record_tells_a_crashed_run_from_a_stopped_one(tmp_path: Path) -> None:
+    record = RunRecord(tmp_path)
+    assert record.crashed_run() is None  # never ran
+    before = dt.datetime.now(dt.UTC)
+    record.begin()
+    crashed = RunRecord(tmp_path).crashed_run()  # what the next start finds after kill -9
+    assert crashed is not None and before - dt.timedelta(seconds=5) <= crashed <= before
+    record.end()
+    assert RunRecord(tmp_path).crashed_run() is None  # stopped
+
+
+def test_an_unreadable_run_record_checks_nothing(tmp_path: Path) -> None:
+    (tmp_path / RunRecord.NAME).write_text("not a time")
+    assert RunRecord(tmp_path).crashed_run() is None

@@ -33,7 +33,6 @@ import hashlib
 import logging
 import os
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -350,37 +349,42 @@ class _Failure:
 def _store_parts(
     ingest: IngestService, parts: list[_Part], origin: Origin, study: str | None
 ) -> list[StoreOutcome | _Failure]:
-    """Store the parts, up to :data:`STORE_WORKERS` at once; the results in the parts' order
-    (blocking: runs in a worker thread). Ingest is thread-safe, and two parts of the same new
-    study (or the same instance twice) meet in the index's ``ON CONFLICT`` upserts."""
+    """Store the parts (blocking: runs in a worker thread); the results in the parts' order.
+    The ingest service reads up to :data:`STORE_WORKERS` of them at once and indexes them
+    together, each succeeding or failing on its own; two parts of the same new study (or the
+    same instance twice) meet in the index's ``ON CONFLICT`` upserts."""
     expected = Expected(study_instance_uid=study) if study is not None else None
-    if len(parts) == 1:
-        return [_store_part(ingest, parts[0], origin, expected)]
-    with ThreadPoolExecutor(max_workers=min(STORE_WORKERS, len(parts)),
-                            thread_name_prefix="stow") as pool:
-        return list(pool.map(lambda part: _store_part(ingest, part, origin, expected), parts))
+    results: list[StoreOutcome | _Failure | None] = [None] * len(parts)
+    taken: list[tuple[int, Incoming]] = []
+    for n, part in enumerate(parts):
+        if part.refused is not None or part.path is None:
+            results[n] = _Failure(FailureReason.CANNOT_UNDERSTAND,
+                                  f"part {part.number}: {part.refused}")
+            continue
+        try:
+            taken.append((n, _incoming(part.path, part.digest)))
+        except Exception as error:  # noqa: BLE001 (told in the part's answer)
+            results[n] = _failure(part, error, origin)
+    answers = ingest.store_many([incoming for _, incoming in taken], origin, expected,
+                                workers=STORE_WORKERS)
+    for (n, _), answer in zip(taken, answers, strict=True):
+        results[n] = answer if isinstance(answer, StoreOutcome) else _failure(
+            parts[n], answer, origin
+        )
+    return [result for result in results if result is not None]
 
 
-def _store_part(
-    ingest: IngestService, part: _Part, origin: Origin, expected: Expected | None
-) -> StoreOutcome | _Failure:
+def _failure(part: _Part, error: Exception, origin: Origin) -> _Failure:
     said = f"part {part.number}"
-    if part.refused is not None or part.path is None:
-        return _Failure(FailureReason.CANNOT_UNDERSTAND, f"{said}: {part.refused}")
-    try:
-        return ingest.store(_incoming(part.path, part.digest), origin, expected)
-    except PacsError as error:
-        reason = failure_reason(error)
-        log.warning("STOW-RS %s from %s failed (0x%04X): %s", said, origin.address, reason,
-                    error)
-        if isinstance(error, StudyMismatch):
-            return _Failure(reason, f"{said}: {error}", error.sop_class_uid,
-                            error.sop_instance_uid)
-        return _Failure(reason, f"{said}: {error}")
-    except Exception as error:  # one part's bug must not lose the others' answers
-        log.exception("STOW-RS %s from %s: unexpected failure", said, origin.address)
+    if not isinstance(error, PacsError):  # one part's bug must not lose the others' answers
+        log.error("STOW-RS %s from %s: unexpected failure: %r", said, origin.address, error)
         return _Failure(FailureReason.PROCESSING_FAILURE,
                         f"{said}: processing failure ({type(error).__name__})")
+    reason = failure_reason(error)
+    log.warning("STOW-RS %s from %s failed (0x%04X): %s", said, origin.address, reason, error)
+    if isinstance(error, StudyMismatch):
+        return _Failure(reason, f"{said}: {error}", error.sop_class_uid, error.sop_instance_uid)
+    return _Failure(reason, f"{said}: {error}")
 
 
 def _incoming(path: Path, digest: tuple[str, int] | None) -> Incoming:

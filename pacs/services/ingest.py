@@ -25,17 +25,19 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from pacs.services.decoding_limits import DecodeLimits
 from pacs.services.errors import (
     InvalidInstance,
     OutOfResources,
+    PacsError,
     SopClassMismatch,
     StudyMismatch,
 )
@@ -51,6 +53,7 @@ from storage.index import (
     Repository,
     StudyState,
     UpsertOutcome,
+    UpsertResult,
 )
 
 log = logging.getLogger(__name__)
@@ -94,6 +97,20 @@ class StoreOutcome:
     series_instance_uid: str
     transfer_syntax_uid: str
     study_state: StudyState
+
+
+class _Prepared(NamedTuple):
+    """An instance staged, placed and read, not yet indexed."""
+
+    header: Header
+    row: InstanceRow
+    committed: CommittedBlob
+
+
+# instances per index transaction of :meth:`IngestService.store_many`: one commit and one sync
+# for them all, and the SQLite writer lock never held long enough to stall a C-STORE
+BATCH = 64
+_NOT_YET = OutOfResources("not stored")  # (every answer is set before store_many returns)
 
 
 class Incoming:
@@ -158,6 +175,111 @@ class IngestService:
         self, incoming: Incoming, origin: Origin, expected: Expected | None = None
     ) -> StoreOutcome:
         """Store one instance; raises a :mod:`pacs.services.errors` error if it cannot."""
+        prepared = self._prepare(incoming, origin, expected)
+        key, created = prepared.row.blob.key, prepared.committed.created
+        try:
+            with self._unit_of_work(write=True) as repo:
+                result, state = self._upsert(repo, prepared.row, origin)
+        except OutOfResources as error:
+            if created and not isinstance(error.__cause__, IndexNotDurable):
+                self.blobs.delete(key)  # (a committed row keeps its blob)
+            raise
+        except BaseException:
+            if created:
+                self.blobs.delete(key)
+            raise
+        return self._finish(prepared, result, state)
+
+    def store_many(
+        self, incomings: Sequence[Incoming], origin: Origin, expected: Expected | None = None,
+        *, workers: int = 1,
+    ) -> list[StoreOutcome | Exception]:
+        """Store several instances (a STOW-RS request's): read and checked by up to
+        ``workers`` threads, then indexed in one transaction per :data:`BATCH` of them, each
+        in a savepoint of its own, and made durable by one sync. Each succeeds or fails on its
+        own: the answers in order, an exception (a :mod:`pacs.services.errors` error, or an
+        unexpected one, already logged) for each refused."""
+        answers: list[StoreOutcome | Exception] = []
+        for start in range(0, len(incomings), BATCH):
+            chunk = incomings[start : start + BATCH]
+            answers += self._store_batch(chunk, origin, expected, workers)
+        return answers
+
+    def _store_batch(
+        self, chunk: Sequence[Incoming], origin: Origin, expected: Expected | None, workers: int
+    ) -> list[StoreOutcome | Exception]:
+        def prepare(incoming: Incoming) -> _Prepared | Exception:
+            try:
+                return self._prepare(incoming, origin, expected)
+            except PacsError as error:
+                return error
+            except Exception as error:  # one instance's bug must not lose the others' answers
+                log.exception("unexpected failure while reading an instance")
+                return error
+
+        if workers > 1 and len(chunk) > 1:
+            with ThreadPoolExecutor(max_workers=min(workers, len(chunk)),
+                                    thread_name_prefix="ingest") as pool:
+                prepared = list(pool.map(prepare, chunk))
+        else:
+            prepared = [prepare(incoming) for incoming in chunk]
+        ready = [(n, p) for n, p in enumerate(prepared) if isinstance(p, _Prepared)]
+        upserts: dict[int, tuple[UpsertResult, StudyState] | Exception] = {}
+        try:
+            with self._unit_of_work(write=True) as repo:
+                for n, item in ready:
+                    try:
+                        with repo.savepoint():
+                            upserts[n] = self._upsert(repo, item.row, origin)
+                    except IndexDataError as exc:
+                        log.warning("the index refused an instance's values: %s", exc)
+                        upserts[n] = InvalidInstance(
+                            "the index cannot hold a value of this instance"
+                        )
+        except PacsError as error:  # the whole transaction
+            kept = isinstance(error, OutOfResources) and isinstance(
+                error.__cause__, IndexNotDurable
+            )  # (committed rows keep their blobs)
+            upserts = {n: error for n, _ in ready}
+            if kept:
+                ready = []
+        except BaseException:
+            self._delete_created([item for _, item in ready], keep=[])
+            raise
+        answers: list[StoreOutcome | Exception] = [
+            p if isinstance(p, Exception) else _NOT_YET for p in prepared
+        ]
+        failed = [item for n, item in ready if isinstance(upserts[n], Exception)]
+        self._delete_created(
+            failed, keep=[item for n, item in ready if not isinstance(upserts[n], Exception)]
+        )
+        for n, entry in enumerate(prepared):
+            upsert = upserts.get(n)
+            if upsert is None or isinstance(entry, Exception):
+                continue
+            if isinstance(upsert, Exception):
+                answers[n] = upsert
+                continue
+            try:
+                answers[n] = self._finish(entry, *upsert)
+            except PacsError as error:
+                answers[n] = error
+        return answers
+
+    def _delete_created(self, items: Sequence[_Prepared], *, keep: Sequence[_Prepared]) -> None:
+        """Delete the blobs these stores created, but one another store of the batch uses."""
+        used = {item.row.blob.key for item in keep}
+        for item in items:
+            key = item.row.blob.key
+            if item.committed.created and key not in used:
+                self.blobs.delete(key)
+                used.add(key)  # (the same bytes twice in one batch: deleted once)
+
+    def _prepare(
+        self, incoming: Incoming, origin: Origin, expected: Expected | None
+    ) -> _Prepared:
+        """Stage, place and read: everything before the index (the blob deleted again if it
+        fails)."""
         staged = _guard_space(lambda: incoming.stage(self.blobs))
         committed: CommittedBlob | None = None
         try:
@@ -186,7 +308,7 @@ class IngestService:
             raise
         finally:
             self.blobs.discard(staged)
-        return self._index(header, row, committed, origin)
+        return _Prepared(header, row, committed)
 
     def check_room(self, size: int) -> None:
         """Refuse ``size`` bytes that would bring the store's disk below its reserve
@@ -210,29 +332,26 @@ class IngestService:
                 f"{self.min_free_bytes // 1_000_000} MB"
             )
 
-    def _index(
-        self, header: Header, row: InstanceRow, committed: CommittedBlob, origin: Origin
+    def _upsert(
+        self, repo: Repository, row: InstanceRow, origin: Origin
+    ) -> tuple[UpsertResult, StudyState]:
+        result = repo.upsert_instance(
+            row, initial_state=self.new_study_state, overwrite=self.overwrite
+        )
+        state = result.study_state
+        if self.gate is not None:
+            who = actor(origin.protocol, origin.ae_title, origin.address,
+                        tls_subject=origin.tls_subject, user=origin.user)
+            state = self.gate.after_store(repo, row, result, who)
+        return result, state
+
+    def _finish(
+        self, prepared: _Prepared, result: UpsertResult, state: StudyState
     ) -> StoreOutcome:
+        """After the commit: wait until the blob (and the commit) are durable, then remove
+        what the index no longer names."""
+        header, row, committed = prepared
         key, created = row.blob.key, committed.created
-        try:
-            with self._unit_of_work(write=True) as repo:
-                result = repo.upsert_instance(
-                    row, initial_state=self.new_study_state, overwrite=self.overwrite
-                )
-                state = result.study_state
-                if self.gate is not None:
-                    who = actor(origin.protocol, origin.ae_title, origin.address,
-                                tls_subject=origin.tls_subject,
-                                user=origin.user)
-                    state = self.gate.after_store(repo, row, result, who)
-        except OutOfResources as error:
-            if created and not isinstance(error.__cause__, IndexNotDurable):
-                self.blobs.delete(key)  # (a committed row keeps its blob)
-            raise
-        except BaseException:
-            if created:
-                self.blobs.delete(key)
-            raise
         if result.outcome is UpsertOutcome.ALREADY_PRESENT:
             wait = committed.wait_durable
             if result.existing_blob_key != key:
@@ -247,7 +366,7 @@ class IngestService:
         try:
             _durable(committed.wait_durable, key)
         except OutOfResources:
-            self._undo(header.sop_instance_uid, row.blob.key, result.outcome, created)
+            self._undo(header.sop_instance_uid, key, result.outcome, created)
             raise
         if result.replaced_blob_key:  # only once its successor is durable
             self.blobs.delete(result.replaced_blob_key)

@@ -22,23 +22,14 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from storage.index.errors import IndexDataError, IndexNotDurable, IndexUnavailable
 from storage.index.repository import Repository
 from storage.sync import SharedSync
 
+__all__ = ["Index", "IndexDataError", "IndexNotDurable", "IndexUnavailable"]
+
 _WRITE = "pacs_write"
 BUSY_TIMEOUT_MS = 60_000
-
-
-class IndexUnavailable(RuntimeError):
-    """The database cannot be reached or is locked beyond the busy timeout."""
-
-
-class IndexNotDurable(IndexUnavailable):
-    """The transaction was committed, but the fsync that makes it durable failed."""
-
-
-class IndexDataError(ValueError):
-    """The database refused the values (a constraint or a value it cannot hold)."""
 
 
 class Index:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -12,11 +13,13 @@ from typing import Any
 from sqlalchemy import Table, bindparam, delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from storage.attributes import Level
 from storage.blobs import BlobInfo
 from storage.index.application_entities import AeRecords
 from storage.index.audit_feed import AuditFeed
+from storage.index.errors import IndexDataError
 from storage.index.matching import LIST_SEPARATOR, find_statement, instances_statement
 from storage.index.models import (
     TABLES,
@@ -101,6 +104,25 @@ class Repository:
         self.sign_ins = SignInRecords(connection)
 
     # -- ingest --------------------------------------------------------------------------
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A part of the transaction that fails on its own: what the block wrote is rolled
+        back if it raises, the rest of the transaction goes on. A value the database refuses
+        is raised as :class:`IndexDataError`; losing the database aborts the whole transaction
+        as usual."""
+        nested = self.connection.begin_nested()
+        try:
+            yield
+        except (OperationalError, InterfaceError):
+            raise
+        except DBAPIError as exc:
+            nested.rollback()
+            raise IndexDataError(str(exc.orig)) from exc
+        except BaseException:
+            nested.rollback()
+            raise
+        nested.commit()
+
     def find_instance(self, sop_instance_uid: str) -> StoredInstance | None:
         row = self.connection.execute(
             _stored_instance_select().where(instance.c.sop_instance_uid == sop_instance_uid)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from sqlalchemy import text
 
 from pacs.services.errors import (
     InvalidInstance,
@@ -21,10 +22,17 @@ from pacs.services.errors import (
     OutOfResources,
     StudyMismatch,
 )
-from pacs.services.ingest import Expected, Incoming, IngestService, Origin, StoreStatus
+from pacs.services.ingest import (
+    Expected,
+    Incoming,
+    IngestService,
+    Origin,
+    StoreOutcome,
+    StoreStatus,
+)
 from storage.attributes import Level
 from storage.blobs import FileStore
-from storage.index import Index, StudyState
+from storage.index import Index, InstanceRow, Repository, StudyState
 from tests.factories import datasets as f
 
 ORIGIN = Origin(protocol="import")
@@ -294,3 +302,94 @@ def test_a_blob_that_cannot_be_made_durable_is_refused_and_removed(
     assert _rows(index)[Level.IMAGE] == 0
     assert list(service.blobs.keys()) == []
     assert list(service.blobs.tmp.iterdir()) == []
+
+
+def test_store_many_indexes_a_batch_in_one_transaction_each_instance_on_its_own(
+    tmp_path: Path, index: Index, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What STOW-RS sends: good instances, a corrupt one, one of another study than the
+    request's, the same bytes twice; one write transaction for them all, an answer each."""
+    service = _service(tmp_path, index)
+    study = f.ct_instance().StudyInstanceUID
+    good = [f.ct_instance(StudyInstanceUID=study, InstanceNumber=n) for n in (1, 2, 3)]
+    twice = f.to_part10_bytes(good[2])
+    other_study = f.ct_instance(PatientID="ELSEWHERE")
+    writes: list[bool] = []
+    real_unit_of_work = index.unit_of_work
+
+    def unit_of_work(*, write: bool = False) -> object:
+        writes.append(write)
+        return real_unit_of_work(write=write)
+
+    monkeypatch.setattr(index, "unit_of_work", unit_of_work)
+    answers = service.store_many([
+        Incoming.data(f.to_part10_bytes(good[0])),
+        Incoming.data(b"not a DICOM file at all" * 10),
+        Incoming.data(f.to_part10_bytes(good[1])),
+        Incoming.data(f.to_part10_bytes(other_study)),
+        Incoming.data(twice),
+        Incoming.data(twice),
+    ], ORIGIN, Expected(study_instance_uid=study), workers=3)
+
+    assert writes.count(True) == 1
+    statuses = [a.status if not isinstance(a, Exception) else type(a) for a in answers]
+    assert statuses == [StoreStatus.STORED, NotDicom, StoreStatus.STORED, StudyMismatch,
+                        StoreStatus.STORED, StoreStatus.ALREADY_PRESENT]
+    monkeypatch.undo()
+    assert _rows(index)[Level.IMAGE] == 3
+    assert len(list(service.blobs.keys())) == 3  # the bytes sent twice: one blob, kept
+    assert list(service.blobs.tmp.iterdir()) == []
+
+
+def test_store_many_commits_a_large_request_in_batches(
+    tmp_path: Path, index: Index, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pacs.services import ingest
+
+    monkeypatch.setattr(ingest, "BATCH", 4)
+    service = _service(tmp_path, index)
+    writes: list[bool] = []
+    real_unit_of_work = index.unit_of_work
+
+    def unit_of_work(*, write: bool = False) -> object:
+        writes.append(write)
+        return real_unit_of_work(write=write)
+
+    monkeypatch.setattr(index, "unit_of_work", unit_of_work)
+    answers = service.store_many(
+        [Incoming.data(f.to_part10_bytes(f.ct_instance(InstanceNumber=n))) for n in range(9)],
+        ORIGIN,
+    )
+
+    assert [a.status for a in answers if isinstance(a, StoreOutcome)] == [StoreStatus.STORED] * 9
+    assert writes.count(True) == 3  # 4 + 4 + 1
+
+
+def test_an_instance_the_index_refuses_is_rolled_back_alone(
+    tmp_path: Path, index: Index, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database refusal in one instance's savepoint (a real constraint violation, after its
+    rows were written) undoes that instance only; the batch's others are committed."""
+    service = _service(tmp_path, index)
+    real_upsert = IngestService._upsert
+
+    def upsert(self: IngestService, repo: Repository, row: InstanceRow, origin: Origin) -> object:
+        answer = real_upsert(self, repo, row, origin)
+        if row.values[Level.PATIENT]["patient_id"] == "REFUSED":
+            repo.connection.execute(text("INSERT INTO patient (patient_id) VALUES (NULL)"))
+        return answer
+
+    monkeypatch.setattr(IngestService, "_upsert", upsert)
+    refused = f.ct_instance(PatientID="REFUSED")
+    answers = service.store_many([
+        Incoming.data(f.to_part10_bytes(f.ct_instance(PatientID="FINE-1"))),
+        Incoming.data(f.to_part10_bytes(refused)),
+        Incoming.data(f.to_part10_bytes(f.ct_instance(PatientID="FINE-2"))),
+    ], ORIGIN)
+
+    assert isinstance(answers[1], InvalidInstance)
+    assert all(isinstance(answers[n], StoreOutcome) for n in (0, 2))
+    with index.unit_of_work() as repo:
+        assert repo.find_instance(refused.SOPInstanceUID) is None
+        assert repo.counts()[Level.PATIENT] == 2  # its patient, study and series undone too
+    assert len(list(service.blobs.keys())) == 2  # and its file removed

@@ -22,11 +22,12 @@ from pacs.services import tls
 from pacs.services.ae_registry import AeRegistryError
 from pacs.services.auth import TokenError
 from pacs.services.bulk_import import ImportResult, iter_files
+from pacs.services.errors import OutOfResources
 from pacs.settings import Settings
 
 app = typer.Typer(
     name="pacs",
-    help="A DICOM PACS mini-server: DIMSE and DICOMweb over one index and a file store.",
+    help="A DICOM PACS mini-server: DIMSE and DICOMweb over one index and a blob store.",
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -50,6 +51,12 @@ DataDir = Annotated[str | None, typer.Option("--data-dir", help="data folder [./
 DatabaseUrl = Annotated[
     str | None,
     typer.Option("--database-url", help="SQLAlchemy URL [SQLite file in the data folder]"),
+]
+BlobStoreUrl = Annotated[
+    str | None,
+    typer.Option("--blob-store", help="s3://BUCKET/PREFIX: instances in S3-compatible object "
+                 "storage (endpoint and credentials: the AWS_* variables) [files in the data "
+                 "folder]"),
 ]
 
 
@@ -112,6 +119,7 @@ def serve(
                                  "[required]"),
     ] = None,
     database_url: DatabaseUrl = None,
+    blob_store: BlobStoreUrl = None,
     peer: Annotated[
         list[str] | None,
         typer.Option("--peer", help="known remote AE, AE=HOST:PORT (repeatable)"),
@@ -203,7 +211,8 @@ def serve(
         http_host=http_host, http_port=http_port, auth=auth, insecure=insecure,
         tls_cert=tls_cert, tls_key=tls_key,
         tls_ca=tls_ca, dimse_tls_port=dimse_tls_port, tls_client_cert=tls_client_cert,
-        database_url=database_url, peers=peer, dimse_access=dimse_access, qa=qa,
+        database_url=database_url, blob_store=blob_store, peers=peer,
+        dimse_access=dimse_access, qa=qa,
         overwrite=overwrite, log_level=log_level, dimse_processes=dimse_processes,
         dimse_transport=dimse_transport,
         cors_origins=cors_origins, max_request_mb=max_request_mb, oidc_issuer=oidc_issuer,
@@ -225,6 +234,7 @@ def import_(
     paths: Annotated[list[Path], typer.Argument(help="files and folders (recursive)")],
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
+    blob_store: BlobStoreUrl = None,
 ) -> None:
     """Import DICOM files through the same ingest path as C-STORE; exit 1 if any failed.
 
@@ -234,7 +244,7 @@ def import_(
     if missing:
         err.print(f"pacs: error: no such file or folder: {', '.join(missing)}")
         raise typer.Exit(2)
-    settings = _settings(data_dir=data_dir, database_url=database_url)
+    settings = _settings(data_dir=data_dir, database_url=database_url, blob_store=blob_store)
     total = sum(1 for _ in iter_files(paths))
     with root.open_services(settings) as services, Progress(
         TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -261,6 +271,7 @@ def import_(
 def check(
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
+    blob_store: BlobStoreUrl = None,
     repair: Annotated[
         bool, typer.Option("--repair", help="remove orphan files and rows whose file is gone")
     ] = False,
@@ -273,8 +284,8 @@ def check(
                      "may be committing); 0 when no server runs", min=0),
     ] = 120.0,
 ) -> None:
-    """Compare the index with the file store; exit 1 if anything is inconsistent."""
-    settings = _settings(data_dir=data_dir, database_url=database_url)
+    """Compare the index with the blob store; exit 1 if anything is inconsistent."""
+    settings = _settings(data_dir=data_dir, database_url=database_url, blob_store=blob_store)
     with root.open_services(settings) as services:
         report = services.consistency.check(
             verify_hashes=not quick, repair=repair, orphan_grace_s=orphan_grace
@@ -291,7 +302,8 @@ def check(
             soft_wrap=True,
         )
     if report.partial_files:
-        out.print(f"partial files in tmp/: {report.partial_files} (removed at next start)")
+        out.print(f"partial files in tmp/: {report.partial_files} (each removed when its "
+                  "server next starts, or by another server's start once it is gone)")
     if repair:
         out.print(
             f"repaired: {report.repaired_rows} index rows removed, "
@@ -307,13 +319,14 @@ def check(
 def purge(
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
+    blob_store: BlobStoreUrl = None,
     retention_days: Annotated[
         str | None, typer.Option("--retention-days", help="purge studies rejected longer "
                                  "ago than this [30; 0: every rejected study]"),
     ] = None,
 ) -> None:
     """Delete rejected studies past the retention period: index rows, then files."""
-    settings = _settings(data_dir=data_dir, database_url=database_url,
+    settings = _settings(data_dir=data_dir, database_url=database_url, blob_store=blob_store,
                          retention_days=retention_days)
     with root.open_services(settings) as services:
         purged = services.workflow.purge(who="cli:purge")
@@ -527,7 +540,11 @@ def ae_remove(
 
 
 def main() -> None:
-    sys.exit(app())
+    try:
+        sys.exit(app())
+    except OutOfResources as error:  # storage that cannot be reached (the blob store at start)
+        err.print(f"pacs: error: {error}", soft_wrap=True, markup=False)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

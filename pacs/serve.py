@@ -37,6 +37,7 @@ from pacs.services.auth import Authenticator, TokenService
 from pacs.services.bulk_import import ImportService
 from pacs.services.consistency import UNSYNCED_WINDOW, ConsistencyService, RunRecord
 from pacs.services.decoding_limits import MB, DecodeLimits
+from pacs.services.errors import OutOfResources
 from pacs.services.ingest import IngestService
 from pacs.services.query import QueryService
 from pacs.services.retrieve import Destination, RetrieveService
@@ -46,8 +47,10 @@ from pacs.services.syslog import SyslogHeader, SyslogTarget, sender_for
 from pacs.services.tls_listener import BCP195_TLS12_CIPHERS, harden_tls, server_context
 from pacs.services.workflow import QaGate, RouteRule, WorkflowService
 from pacs.settings import AuthMode, DimseAccess, QaMode, Settings, TlsClientCert
+from storage.blob_store import BlobStore, BlobStoreUnavailable, parse_s3_url
 from storage.blobs import FileStore
 from storage.index import Index
+from storage.staging import Staging
 
 if TYPE_CHECKING:
     from dicomweb.wado_services import WadoServices
@@ -63,7 +66,7 @@ class Services:
     """Everything the front ends call, built from one ``Settings``."""
 
     settings: Settings
-    blobs: FileStore
+    blobs: BlobStore
     index: Index
     audit: AuditTrail
     ingest: IngestService
@@ -88,7 +91,7 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
     # pydicom's value validation costs about 10% of a C-STORE in pynetdicom's command sets.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
-    blobs = FileStore(settings.data_dir)
+    blobs = _blob_store(settings)
     # a SQLite index on the store's file system commits durably with the store's own sync
     index = Index(settings.effective_database_url, sqlite_synchronous=settings.sqlite_synchronous,
                   file_system_sync=blobs.sync_for)
@@ -150,6 +153,28 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
     finally:
         audit.close()  # the queued query events, before the index goes
         index.dispose()
+        blobs.close()
+
+
+def _blob_store(settings: Settings) -> BlobStore:
+    """The file store under the data folder, or the object store of ``--blob-store`` (checked
+    to be reachable: :class:`OutOfResources` naming the problem otherwise). Either stages in
+    a folder of this process's own under ``DATA_DIR/tmp``."""
+    if settings.blob_store is None:
+        return FileStore(settings.data_dir)
+    try:
+        from storage.s3 import S3Store  # boto3 only for an object store
+    except ImportError as error:
+        raise OutOfResources(f"--blob-store {settings.blob_store} needs boto3 (pip install "
+                             f"'pacs[s3]'): {error}") from error
+    bucket, prefix = parse_s3_url(settings.blob_store)
+    store = S3Store(bucket=bucket, prefix=prefix, staging=Staging(settings.data_dir / "tmp"))
+    try:
+        store.check()
+    except BlobStoreUnavailable as error:
+        store.close()
+        raise OutOfResources(f"--blob-store {settings.blob_store}: {error}") from error
+    return store
 
 
 def _oidc(settings: Settings) -> OidcVerifier | None:
@@ -347,7 +372,7 @@ def serve(settings: Settings) -> int:
 
     configure_logging(settings.log_level)
     with open_services(settings) as services:
-        swept = services.blobs.sweep_tmp()
+        swept = services.blobs.staging.sweep()
         if swept:
             log.info("removed %d partial files left by an earlier run", swept)
         run = RunRecord(settings.data_dir)
@@ -423,13 +448,14 @@ def serve(settings: Settings) -> int:
                 return 1
             log.info(
                 "pacs serving: DIMSE %s on port %d%s (%d processes, access: %s), HTTP on "
-                "%s://%s:%d (index: %s, data: %s)",
+                "%s://%s:%d (index: %s, blobs: %s, data: %s)",
                 settings.ae_title, dimse.port,
                 f", DICOM TLS on port {dimse.tls_port} (client certificates: "
                 f"{settings.tls_client_cert})" if dimse.tls is not None else "",
                 workers.count + 1, settings.effective_dimse_access.value,
                 "https" if config.is_ssl else "http", settings.http_host,
-                settings.http_port, services.index.describe(), settings.data_dir,
+                settings.http_port, services.index.describe(), services.blobs.describe(),
+                settings.data_dir,
             )
             for worker in background:
                 worker.start()
@@ -440,7 +466,7 @@ def serve(settings: Settings) -> int:
                 worker.stop()
             dimse.stop()
             workers.stop()
-            services.blobs.sweep_tmp()  # partial receives of aborted associations
+            services.blobs.staging.sweep()  # partial receives of aborted associations
             if exporter is not None:
                 services.audit.flush()  # the queued query events go out with the rest
                 exporter.stop()

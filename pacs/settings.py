@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pacs.services.ae_registry import check_ae_title, check_host
 from pacs.services.syslog import SyslogTarget
+from storage.blob_store import parse_s3_url
 
 _ORIGIN = re.compile(r"^https?://[^\s/?#]+$", re.IGNORECASE)
 _CLAIM_PATH = re.compile(r"^[^.\s]+(\.[^.\s]+)*$")
@@ -161,6 +162,12 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default SQLite file under the data dir"
     )
+    blob_store: str | None = Field(
+        default=None, description="where instances are stored: s3://BUCKET/PREFIX for "
+        "S3-compatible object storage (endpoint, region and credentials from the standard "
+        "AWS_* variables: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...); default the file store "
+        "under data_dir. Uploads are staged under data_dir/tmp either way",
+    )
     peers: Annotated[tuple[Peer, ...], NoDecode] = ()
     dimse_access: DimseAccess | None = Field(
         default=None,
@@ -190,7 +197,8 @@ class Settings(BaseSettings):
     )
     min_free_space_mb: int = Field(
         default=100, ge=0,
-        description="stores are refused (0xA700) while the data disk has less free space",
+        description="stores are refused (0xA700) while the data disk has less free space "
+        "(with an object store: the disk of data_dir/tmp, where uploads are staged)",
     )
     max_pdu_size: int = Field(
         default=1 << 20, ge=4096, le=1 << 26,
@@ -533,6 +541,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"route {text!r}: {peer} is not a registered --peer")
             routes.append(f"{selector.strip().upper()}={peer}")
         return tuple(routes)
+
+    @field_validator("blob_store")
+    @classmethod
+    def _blob_store(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        bucket, prefix = parse_s3_url(value.strip())
+        return f"s3://{bucket}/{prefix}"
 
     @field_validator("sqlite_synchronous")
     @classmethod

@@ -1,160 +1,70 @@
 """File-backed blob store: durable, atomic puts under content-derived paths.
 
 A blob's key is the SHA-256 of its bytes, and its path is ``objects/ab/<sha256>``: never a
-UID or any other string a peer sent. A put is staged in ``tmp/`` (same file system), then
-placed by :meth:`FileStore.place`: renamed into its content address, and made durable by a
-sync of the store's file system (``syncfs``) that started after the rename. Concurrent puts
-share that sync: one device flush makes all of them durable, where a file fsync and a folder
-fsync per put cost two each. The caller reports success only once the blob and its index row
-are both durable; an index on the same file system can make its commits durable with the same
-sync (:meth:`FileStore.sync_for`), so one flush covers both.
+UID or any other string a peer sent. A put is staged in this process's staging folder under
+``tmp/`` (same file system, :mod:`storage.staging`), then placed by :meth:`FileStore.place`:
+renamed into its content address, and made durable by a sync of the store's file system
+(``syncfs``) that started after the rename. Concurrent puts share that sync: one device flush
+makes all of them durable, where a file fsync and a folder fsync per put cost two each. The
+caller reports success only once the blob and its index row are both durable; an index on the
+same file system can make its commits durable with the same sync (:meth:`FileStore.sync_for`),
+so one flush covers both.
 
 Because a blob reaches its name before it is durable, a name left by a crash may hold less than
 its content: an existing blob is therefore trusted only when its bytes hash to its name, and
 replaced otherwise.
 
-The store knows nothing of DICOM.
+The store knows nothing of DICOM. (The interface it implements, and the values it passes, are in
+:mod:`storage.blob_store`; they are importable from here too.)
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import io
 import os
-import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from storage.blob_store import (
+    IN_MEMORY_UP_TO,
+    BlobInfo,
+    BlobNotFound,
+    BlobStoreUnavailable,
+    CommittedBlob,
+    StagedBlob,
+    is_key,
+)
+from storage.staging import Staging, hash_file
 from storage.sync import SharedSync, libc_function
 
+__all__ = [
+    "IN_MEMORY_UP_TO", "BlobInfo", "BlobNotFound", "BlobStoreUnavailable", "CommittedBlob",
+    "FileStore", "StagedBlob",
+]
+
 _CHUNK = 1 << 20
-IN_MEMORY_UP_TO = 16 << 20  # bytes: smaller staged blobs are parsed from memory
-_HEX = frozenset("0123456789abcdef")
-
-
-class BlobNotFound(LookupError):
-    """No blob with this key."""
-
-
-@dataclass(frozen=True)
-class BlobInfo:
-    """What the index records of a blob."""
-
-    key: str
-    size: int
-    sha256: str
-
-
-@dataclass
-class StagedBlob:
-    """Bytes written to the store's temporary area, not yet durable nor addressable."""
-
-    path: Path
-    size: int
-    sha256: str
-    content: bytes | None = None  # the bytes, when staging already had them in memory
-    gone: bool = False  # moved into place or removed: nothing left in the temporary area
-
-    def open(self) -> BinaryIO:
-        return self.path.open("rb")
-
-    def header_stream(self) -> BinaryIO:
-        """A readable stream for parsing: the bytes in memory when small (a parser that seeks
-        is much faster there), the file itself otherwise."""
-        if self.content is not None:
-            return io.BytesIO(self.content)
-        if self.size <= IN_MEMORY_UP_TO:
-            return io.BytesIO(self.path.read_bytes())
-        return self.open()
-
-    @property
-    def info(self) -> BlobInfo:
-        return BlobInfo(key=self.sha256, size=self.size, sha256=self.sha256)
-
-
-@dataclass(frozen=True)
-class CommittedBlob:
-    info: BlobInfo
-    created: bool
-    durable: Callable[[], None]
-
-    def wait_durable(self) -> None:
-        """Returns once the blob is on disk (raises the sync's OSError if it failed)."""
-        self.durable()
 
 
 class FileStore:
-    """Blobs under ``root``: ``objects/`` (committed) and ``tmp/`` (staged, swept at start)."""
+    """Blobs under ``root``: ``objects/`` (committed) and ``tmp/`` (staged: a folder for each
+    process, :class:`storage.staging.Staging`)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.objects = root / "objects"
-        self.tmp = root / "tmp"
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        self._tmp_resolved = self.tmp.resolve()
+        self.staging = Staging(root / "tmp")
         self._sync = SharedSync(_FileSystem(root).sync, name="blob-sync")
         for prefix in range(256):
             (self.objects / f"{prefix:02x}").mkdir(parents=True, exist_ok=True)
 
-    # -- staging -------------------------------------------------------------------------
-    def stage_file(
-        self, path: Path, *, move: bool, digest: tuple[str, int] | None = None
-    ) -> StagedBlob:
-        """Stage an existing file: moved when it is already in :attr:`tmp`, copied otherwise.
-        ``digest`` (SHA-256, size), when the writer of a file in :attr:`tmp` hashed it."""
-        in_tmp = path.parent == self.tmp or path.parent.resolve() == self._tmp_resolved
-        if move and in_tmp and digest is not None and path.stat().st_size == digest[1]:
-            return StagedBlob(path=path, size=digest[1], sha256=digest[0])
-        return self._stage_existing(path, move=move and in_tmp)
+    def describe(self) -> str:
+        return str(self.objects)
 
-    def _stage_existing(self, path: Path, *, move: bool) -> StagedBlob:
-        if move:
-            if path.stat().st_size <= IN_MEMORY_UP_TO:  # read once: hash and parse the same bytes
-                content = path.read_bytes()
-                digest = hashlib.sha256(content).hexdigest()
-                return StagedBlob(path=path, size=len(content), sha256=digest, content=content)
-            digest, size = _hash_file(path)
-            return StagedBlob(path=path, size=size, sha256=digest)
-        with path.open("rb") as source:
-            return self.stage_stream(iter(lambda: source.read(_CHUNK), b""))
-
-    def stage_bytes(self, data: bytes) -> StagedBlob:
-        staged = self.stage_stream([data])
-        staged.content = data
-        return staged
-
-    def stage_stream(self, chunks: Iterable[bytes]) -> StagedBlob:
-        """Write chunks to a new temporary file; removed again if the iterator raises."""
-        digest = hashlib.sha256()
-        size = 0
-        fd, name = tempfile.mkstemp(dir=self.tmp, suffix=".part")
-        path = Path(name)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                for chunk in chunks:
-                    out.write(chunk)
-                    digest.update(chunk)
-                    size += len(chunk)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        return StagedBlob(path=path, size=size, sha256=digest.hexdigest())
-
-    def temp_path(self) -> Path:
-        """A fresh name in the temporary area (for writers that create the file themselves)."""
-        return self.tmp / f"{uuid.uuid4().hex}.part"
-
-    def discard(self, staged: StagedBlob) -> None:
-        """Remove what is left of ``staged`` in the temporary area. (An unlink of a name that
-        is not there still takes the folder's lock, which concurrent stores contend for.)"""
-        if not staged.gone:
-            staged.path.unlink(missing_ok=True)
-            staged.gone = True
+    def close(self) -> None:
+        self.staging.close()
 
     def sync_for(self, path: Path) -> SharedSync | None:
         """The store's file system sync, when it also makes ``path`` (a file, or a file yet
@@ -186,8 +96,8 @@ class FileStore:
         target = self._path(staged.sha256)
         created = True
         if target.exists():
-            if _hash_file(target) == (staged.sha256, staged.size):
-                self.discard(staged)
+            if hash_file(target) == (staged.sha256, staged.size):
+                self.staging.discard(staged)
                 return CommittedBlob(staged.info, created=False, durable=self._durable(start_sync))
             created = False
         os.replace(staged.path, target)
@@ -216,12 +126,16 @@ class FileStore:
             yield from iter(lambda: source.read(chunk_size), b"")
 
     def local_path(self, key: str) -> Path:
-        """The file of a committed blob, for senders that stream from a file (pynetdicom's
-        chunked C-STORE send). Read-only: never write to or move it."""
+        """The file of a committed blob. Read-only: never write to or move it."""
         path = self._path(key)
         if not path.is_file():
             raise BlobNotFound(key)
         return path
+
+    @contextmanager
+    def as_file(self, key: str) -> Iterator[Path]:
+        """The blob's own file (:meth:`local_path`): nothing is copied."""
+        yield self.local_path(key)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -231,7 +145,7 @@ class FileStore:
         path = self._path(key)
         if not path.is_file():
             raise BlobNotFound(key)
-        digest, size = _hash_file(path)
+        digest, size = hash_file(path)
         return BlobInfo(key=key, size=size, sha256=digest)
 
     def age(self, key: str) -> float:
@@ -257,32 +171,13 @@ class FileStore:
     def keys(self) -> Iterator[str]:
         """Every committed key (for ``pacs check``)."""
         for path in self.objects.glob("*/*"):
-            if path.is_file() and _is_key(path.name):
+            if path.is_file() and is_key(path.name):
                 yield path.name
 
-    def sweep_tmp(self) -> int:
-        """Remove staged files left by a crash or an aborted transfer; returns how many."""
-        removed = 0
-        for path in self.tmp.iterdir():
-            if path.is_file():
-                path.unlink(missing_ok=True)
-                removed += 1
-        return removed
-
     def _path(self, key: str) -> Path:
-        if not _is_key(key):
+        if not is_key(key):
             raise BlobNotFound(key)
         return self.objects / key[:2] / key
-
-
-def _is_key(key: str) -> bool:
-    return len(key) == 64 and set(key) <= _HEX
-
-
-def _hash_file(path: Path) -> tuple[str, int]:
-    with path.open("rb") as source:
-        digest = hashlib.file_digest(source, "sha256")
-        return digest.hexdigest(), source.tell()
 
 
 class _FileSystem:

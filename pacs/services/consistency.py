@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
-from storage.blobs import BlobNotFound, FileStore
+from pacs.services.blob_errors import blob_store_errors
+from storage.blob_store import BlobNotFound, BlobStore
 from storage.index import Index
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,11 @@ class ConsistencyReport:
 
 
 class ConsistencyService:
-    def __init__(self, *, blobs: FileStore, index: Index) -> None:
+    def __init__(self, *, blobs: BlobStore, index: Index) -> None:
         self.blobs = blobs
         self.index = index
 
+    @blob_store_errors()
     def check(
         self, *, verify_hashes: bool = True, repair: bool = False, orphan_grace_s: float = 120.0
     ) -> ConsistencyReport:
@@ -90,7 +92,7 @@ class ConsistencyService:
         keys = set(self.blobs.keys())
         report.blobs = len(keys)
         report.orphans = sorted(self._unreferenced(keys - referenced))
-        report.partial_files = sum(1 for path in self.blobs.tmp.iterdir() if path.is_file())
+        report.partial_files = len(self.blobs.staging.staged())
         if repair:
             self._repair(report, orphan_grace_s)
         return report
@@ -109,6 +111,9 @@ class ConsistencyService:
         (a blob missing there is not a crash's doing: ``pacs check`` reports it). ``pacs serve``
         runs this at start when its last run did not stop (:class:`RunRecord`), before it
         listens and before the orphan sweep (which then removes a partial blob)."""
+        if self.blobs.sync is None:
+            log.info("unsynced rows: none can be (a blob is durable before its row commits)")
+            return 0
         started = time.monotonic()
         with self.index.unit_of_work() as repo:
             candidates = repo.newest_instances(newest, since=since)
@@ -132,6 +137,7 @@ class ConsistencyService:
                  len(broken), time.monotonic() - started)
         return len(broken)
 
+    @blob_store_errors()
     def sweep_orphans(self, *, grace_s: float = 0.0) -> int:
         """Delete orphan blobs older than ``grace_s`` seconds; returns how many.
 

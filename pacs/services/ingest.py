@@ -33,6 +33,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
+from pacs.services.blob_errors import UNAVAILABLE
 from pacs.services.decoding_limits import DecodeLimits
 from pacs.services.errors import (
     InvalidInstance,
@@ -43,7 +44,7 @@ from pacs.services.errors import (
 )
 from pacs.services.instance_reader import Header, index_values, read_header
 from pacs.services.workflow import QaGate, actor
-from storage.blobs import CommittedBlob, FileStore, StagedBlob
+from storage.blob_store import BlobStore, BlobStoreUnavailable, CommittedBlob, StagedBlob
 from storage.index import (
     Index,
     IndexDataError,
@@ -55,6 +56,7 @@ from storage.index import (
     UpsertOutcome,
     UpsertResult,
 )
+from storage.staging import Staging
 
 log = logging.getLogger(__name__)
 
@@ -116,30 +118,30 @@ _NOT_YET = OutOfResources("not stored")  # (every answer is set before store_man
 class Incoming:
     """The bytes of one instance, however they arrived."""
 
-    def __init__(self, stage: Callable[[FileStore], StagedBlob]) -> None:
+    def __init__(self, stage: Callable[[Staging], StagedBlob]) -> None:
         self._stage = stage
 
     @classmethod
     def received_file(cls, path: Path, digest: tuple[str, int] | None = None) -> Incoming:
-        """A file already in the blob store's temporary area (DIMSE chunked receive): moved.
+        """A file already in the staging folder (DIMSE chunked receive): moved.
         ``digest``: its (SHA-256, size) when the receiver hashed it while writing."""
-        return cls(lambda blobs: blobs.stage_file(path, move=True, digest=digest))
+        return cls(lambda staging: staging.stage_file(path, move=True, digest=digest))
 
     @classmethod
     def external_file(cls, path: Path) -> Incoming:
         """A file elsewhere (``pacs import``): copied, the original is left alone."""
-        return cls(lambda blobs: blobs.stage_file(path, move=False))
+        return cls(lambda staging: staging.stage_file(path, move=False))
 
     @classmethod
     def data(cls, data: bytes) -> Incoming:
-        return cls(lambda blobs: blobs.stage_bytes(data))
+        return cls(lambda staging: staging.stage_bytes(data))
 
     @classmethod
     def stream(cls, chunks: Iterable[bytes]) -> Incoming:
-        return cls(lambda blobs: blobs.stage_stream(chunks))
+        return cls(lambda staging: staging.stage_stream(chunks))
 
-    def stage(self, blobs: FileStore) -> StagedBlob:
-        return self._stage(blobs)
+    def stage(self, staging: Staging) -> StagedBlob:
+        return self._stage(staging)
 
 
 class IngestService:
@@ -148,7 +150,7 @@ class IngestService:
     def __init__(
         self,
         *,
-        blobs: FileStore,
+        blobs: BlobStore,
         index: Index,
         overwrite: bool = False,
         new_study_state: StudyState = StudyState.ARCHIVED,
@@ -163,13 +165,14 @@ class IngestService:
         self.min_free_bytes = min_free_bytes
         self.gate = gate
         # one sync after the commit makes the blob durable too (SQLite on the store's disk)
-        self._commit_syncs_blobs = index.commit_sync is not None and index.commit_sync is blobs.sync
+        self._commit_syncs_blobs = blobs.sync is not None and index.commit_sync is blobs.sync
         # the QA gate decides where new studies start (archived in auto mode, held in manual)
         self.new_study_state = gate.initial_state if gate is not None else new_study_state
 
     def temp_dir(self) -> Path:
-        """Where a front end may let its receiver write (same file system as the store)."""
-        return self.blobs.tmp
+        """Where a front end may let its receiver write: this process's staging folder (on
+        the file system the store takes uploads from: a store of a file there is a rename)."""
+        return self.blobs.staging.folder
 
     def store(
         self, incoming: Incoming, origin: Origin, expected: Expected | None = None
@@ -182,11 +185,11 @@ class IngestService:
                 result, state = self._upsert(repo, prepared.row, origin)
         except OutOfResources as error:
             if created and not isinstance(error.__cause__, IndexNotDurable):
-                self.blobs.delete(key)  # (a committed row keeps its blob)
+                self._remove(key)  # (a committed row keeps its blob)
             raise
         except BaseException:
             if created:
-                self.blobs.delete(key)
+                self._remove(key)
             raise
         return self._finish(prepared, result, state)
 
@@ -272,7 +275,7 @@ class IngestService:
         for item in items:
             key = item.row.blob.key
             if item.committed.created and key not in used:
-                self.blobs.delete(key)
+                self._remove(key)
                 used.add(key)  # (the same bytes twice in one batch: deleted once)
 
     def _prepare(
@@ -280,7 +283,7 @@ class IngestService:
     ) -> _Prepared:
         """Stage, place and read: everything before the index (the blob deleted again if it
         fails)."""
-        staged = _guard_space(lambda: incoming.stage(self.blobs))
+        staged = _guard_space(lambda: incoming.stage(self.blobs.staging))
         committed: CommittedBlob | None = None
         try:
             self._check_reserve()
@@ -304,10 +307,10 @@ class IngestService:
             )
         except BaseException:
             if committed is not None and committed.created:
-                self.blobs.delete(committed.info.key)
+                self._remove(committed.info.key)
             raise
         finally:
-            self.blobs.discard(staged)
+            self.blobs.staging.discard(staged)
         return _Prepared(header, row, committed)
 
     def check_room(self, size: int) -> None:
@@ -356,11 +359,12 @@ class IngestService:
             wait = committed.wait_durable
             if result.existing_blob_key != key:
                 if created:
-                    self.blobs.delete(key)
-                if not self._commit_syncs_blobs:
+                    self._remove(key)
+                sync = self.blobs.sync
+                if sync is not None and not self._commit_syncs_blobs:
                     # the first copy's store may still be waiting for its sync: one that
                     # starts now covers its blob, renamed before its row was committed
-                    wait = self.blobs.sync.wait
+                    wait = sync.wait
             _durable(wait, key)
             return _outcome(StoreStatus.ALREADY_PRESENT, header, state)
         try:
@@ -369,7 +373,7 @@ class IngestService:
             self._undo(header.sop_instance_uid, key, result.outcome, created)
             raise
         if result.replaced_blob_key:  # only once its successor is durable
-            self.blobs.delete(result.replaced_blob_key)
+            self._remove(result.replaced_blob_key)
         status = (
             StoreStatus.REPLACED if result.outcome is UpsertOutcome.REPLACED else StoreStatus.STORED
         )
@@ -390,7 +394,15 @@ class IngestService:
             log.exception("could not remove the row of instance %s after its sync failed", uid)
             return
         if created and not referenced:
+            self._remove(key)
+
+    def _remove(self, key: str) -> None:
+        """Delete a blob no row names; one the store cannot delete now (an object store that
+        is down) is left for the orphan sweep, and the store's answer stands."""
+        try:
             self.blobs.delete(key)
+        except BlobStoreUnavailable as error:
+            log.warning("blob %s left for the orphan sweep: %s", key, error)
 
     @contextmanager
     def _unit_of_work(self, *, write: bool) -> Iterator[Repository]:
@@ -463,9 +475,13 @@ def _durable(wait: Callable[[], None], key: str) -> None:
 
 
 def _guard_space(action: Callable[[], T]) -> T:
-    """Disk full (or quota) is out of resources (0xA700), not a crash."""
+    """Disk full (or quota), or an object store that cannot be reached, is out of resources
+    (0xA700), not a crash."""
     try:
         return action()
+    except BlobStoreUnavailable as exc:
+        log.error("%s: %s", UNAVAILABLE, exc)
+        raise OutOfResources(UNAVAILABLE) from exc
     except OSError as exc:
         if exc.errno in _NO_SPACE:
             log.error("the blob store is full: %s", exc)

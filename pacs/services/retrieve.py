@@ -5,7 +5,9 @@ Protocol-neutral: it finds the instances under a query (archived studies only), 
 prepares each instance for sending: the stored file unchanged when the peer accepted its
 transfer syntax, else a decoded copy (:mod:`pacs.services.transcode`) in a temporary file that
 is removed when the send is over. Senders stream from a file (pynetdicom's chunked send), so
-nothing is decoded or held in memory for an unchanged instance.
+nothing is decoded or held in memory for an unchanged instance: the stored file itself, or,
+from an object store, a copy fetched by ranged GETs into the staging folder (removed when the
+send is over).
 """
 
 from __future__ import annotations
@@ -13,16 +15,17 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from pacs.services.blob_errors import blob_store_errors
 from pacs.services.decoding_limits import DecodeLimits
 from pacs.services.errors import CannotTranscode, NotFound, OutOfResources, UnknownPeer
 from pacs.services.query import QueryService
 from pacs.services.transcode import UNCOMPRESSED, choose_transfer_syntax, transcode
-from storage.blobs import BlobNotFound, FileStore
+from storage.blob_store import BlobNotFound, BlobStore
 from storage.query import Query, RetrieveItem
 
 log = logging.getLogger(__name__)
@@ -106,7 +109,7 @@ class AuditSink(Protocol):
 
 class RetrieveService:
     def __init__(
-        self, *, query: QueryService, blobs: FileStore, peers: Sequence[Destination] = (),
+        self, *, query: QueryService, blobs: BlobStore, peers: Sequence[Destination] = (),
         destinations: Destinations | None = None, audit: AuditSink | None = None,
         limits: DecodeLimits | None = None,
     ) -> None:
@@ -208,15 +211,24 @@ class RetrieveService:
                 f"SOP Instance {item.sop_instance_uid}: the peer accepted neither its stored "
                 f"transfer syntax {item.transfer_syntax_uid} nor an uncompressed one"
             )
-        try:
-            stored = self.blobs.local_path(item.blob_key)
-        except BlobNotFound as error:
-            raise NotFound(f"SOP Instance {item.sop_instance_uid}: stored file missing") from error
+        missing = f"SOP Instance {item.sop_instance_uid}: stored file missing"
         if target == item.transfer_syntax_uid:
-            yield Prepared(item, stored, target, transcoded=False)
+            with ExitStack() as stack:
+                try:
+                    with blob_store_errors():
+                        stored = stack.enter_context(self.blobs.as_file(item.blob_key))
+                except BlobNotFound as error:
+                    raise NotFound(missing) from error
+                yield Prepared(item, stored, target, transcoded=False)
             return
-        converted = transcode(stored.read_bytes(), target, self.limits)
-        path = self.blobs.temp_path()
+        try:
+            with blob_store_errors(), self.blobs.open(item.blob_key) as source:
+                data = source.read()
+        except BlobNotFound as error:
+            raise NotFound(missing) from error
+        converted = transcode(data, target, self.limits)
+        del data
+        path = self.blobs.staging.temp_path()
         try:
             with open(path, "xb") as out:
                 out.write(converted)

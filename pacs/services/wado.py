@@ -15,12 +15,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from pacs.services.blob_errors import blob_store_errors
 from pacs.services.element_tree import Element, Readable, Unreadable, readable, walk
 from pacs.services.errors import CannotTranscode, DecodeTooLarge, InvalidInstance, NotFound
 from pacs.services.retrieve import RetrieveService
 from pacs.services.transcode import UNCOMPRESSED
 from storage.attributes import Level
-from storage.blobs import BlobNotFound
+from storage.blob_store import BlobNotFound
 from storage.query import Query, RetrieveItem, condition
 
 AS_STORED = "*"
@@ -40,7 +41,8 @@ class InstanceFile:
         """The file's bytes; opened only when iterated, closed (or removed) when done."""
         if self.transfer_syntax == self.item.transfer_syntax_uid:
             try:
-                yield from self.service.blobs.read_chunks(self.item.blob_key, _CHUNK)
+                with blob_store_errors():
+                    yield from self.service.blobs.read_chunks(self.item.blob_key, _CHUNK)
             except BlobNotFound as error:
                 missing = f"SOP Instance {self.item.sop_instance_uid}: stored file missing"
                 raise NotFound(missing) from error
@@ -125,10 +127,11 @@ class WadoService:
         """The open stored file (as little endian data) and its element tree; binary values
         over ``inline_up_to`` bytes and Pixel Data are located, not read."""
         try:
-            file = self.retrieve.blobs.open(item.blob_key)
+            with blob_store_errors():
+                file = self.retrieve.blobs.open(item.blob_key)
         except BlobNotFound as error:
             raise NotFound(f"SOP Instance {item.sop_instance_uid}: stored file missing") from error
-        with file:
+        with blob_store_errors(), file:  # (reads of an object store's file may fail too)
             try:
                 source = readable(file, item.blob_size, item.transfer_syntax_uid,
                                   self.retrieve.limits)

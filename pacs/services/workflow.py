@@ -29,6 +29,7 @@ from pydicom.encaps import get_frame
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import pixel_array
 
+from pacs.services.blob_errors import UNAVAILABLE, blob_store_errors
 from pacs.services.decoding_limits import (
     VIEWING_EXTRA_PER_SAMPLE,
     DecodeLimits,
@@ -57,7 +58,7 @@ from pacs.services.qa_checks import (
 )
 from pacs.services.rewrite import rewrite_attributes
 from storage.attributes import BY_KEYWORD, Level, column_value, match_form
-from storage.blobs import BlobNotFound, FileStore
+from storage.blob_store import BlobNotFound, BlobStore, BlobStoreUnavailable
 from storage.index import (
     Index,
     IndexDataError,
@@ -236,7 +237,7 @@ class WorkflowService:
         self,
         *,
         index: Index,
-        blobs: FileStore,
+        blobs: BlobStore,
         gate: QaGate,
         rules: Sequence[RouteRule] = (),
         stable_after: dt.timedelta = dt.timedelta(seconds=30),
@@ -386,11 +387,12 @@ class WorkflowService:
                 for keyword, value in had.items():
                     if value and not old.get(keyword):
                         old[keyword] = value
-                staged = self.blobs.stage_bytes(new_data)
+                staged = self.blobs.staging.stage_bytes(new_data)
                 try:
-                    committed = self.blobs.commit(staged)
+                    with blob_store_errors():
+                        committed = self.blobs.commit(staged)
                 finally:
-                    self.blobs.discard(staged)
+                    self.blobs.staging.discard(staged)
                 committed.wait_durable()
                 rewritten.append((file.sop_instance_uid, file.blob_key, committed))
             with self._unit_of_work(write=True) as repository:
@@ -439,7 +441,7 @@ class WorkflowService:
 
     def _read(self, key: str, sop_instance_uid: str) -> bytes:
         try:
-            with self.blobs.open(key) as source:
+            with blob_store_errors(), self.blobs.open(key) as source:
                 return source.read()
         except BlobNotFound as error:
             raise NotFound(f"stored file of {sop_instance_uid} is missing") from error
@@ -538,6 +540,8 @@ class WorkflowService:
                     pixel_array(source, index=0)  # the first frame: decoding it is the check
         except BlobNotFound:
             return undecodable_pixel_data(sop_instance_uid, "the stored file is missing")
+        except BlobStoreUnavailable as error:  # not the file's fault: settled at a later round
+            raise OutOfResources(UNAVAILABLE) from error
         except DecoderBusy:
             raise
         except Exception as error:  # any decoder failure is the finding
@@ -580,7 +584,10 @@ class WorkflowService:
                 with self._unit_of_work() as repository:
                     in_use = repository.workflow.blob_in_use(key)
                 if not in_use:
-                    self.blobs.delete(key)
+                    try:
+                        self.blobs.delete(key)
+                    except BlobStoreUnavailable as error:  # its row is gone: an orphan now
+                        log.warning("blob %s left for the orphan sweep: %s", key, error)
             purged.append(study_instance_uid)
         return purged
 

@@ -74,7 +74,7 @@ def _state(server: PacsServer) -> tuple[int, int, list[Path]]:
             instances = repo.counts()[Level.IMAGE]
         blobs = len(list(services.blobs.keys()))
         # the DIMSE receiver may keep empty files ready for its next receive; nothing else
-        leftovers = [p for p in services.blobs.tmp.iterdir() if p.stat().st_size]
+        leftovers = [p for p in services.blobs.staging.staged() if p.stat().st_size]
     return instances, blobs, leftovers
 
 

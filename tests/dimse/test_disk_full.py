@@ -80,7 +80,7 @@ def test_store_is_refused_with_a700_below_the_reserve(
             assert repo.counts()[Level.IMAGE] == stored
         report = services.consistency.check()
         assert report.consistent and report.blobs == stored
-        assert list(services.blobs.tmp.iterdir()) == []
+        assert list(services.blobs.staging.staged()) == []
 
 
 @pytest.mark.fast_transport("a write error while receiving aborts the association")

@@ -46,7 +46,7 @@ def _nothing_left(server: PacsServer, expected_instances: int) -> None:
             assert repo.counts()[Level.IMAGE] == expected_instances
         assert len(list(services.blobs.keys())) == expected_instances
         # nothing half-written; the empty files made ahead for the next receives may be there
-        assert [p for p in services.blobs.tmp.iterdir() if p.stat().st_size] == []
+        assert [p for p in services.blobs.staging.staged() if p.stat().st_size] == []
 
 
 def _write(tmp_path: Path, name: str, data: bytes) -> Path:

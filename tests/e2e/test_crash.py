@@ -129,7 +129,7 @@ def test_sigterm_finishes_in_flight_stores_and_exits_0(
     assert wait_gone(workers) == []
     acknowledged = _acknowledged(output, five_hundred)
     with server.services() as services:
-        assert list(services.blobs.tmp.iterdir()) == []
+        assert list(services.blobs.staging.staged()) == []
         report = services.consistency.check()
         assert report.consistent, report
         assert report.instances >= len(acknowledged)
@@ -156,7 +156,7 @@ def test_sigterm_to_the_whole_process_group_stops_every_process(
     assert wait_gone(workers) == []
     with running.services() as services:
         assert services.consistency.check().consistent
-        assert list(services.blobs.tmp.iterdir()) == []
+        assert list(services.blobs.staging.staged()) == []
 
 
 def test_a_restart_removes_the_row_of_an_unacknowledged_store_whose_file_was_lost(

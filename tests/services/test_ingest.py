@@ -133,7 +133,7 @@ def test_bad_input_is_refused_and_leaves_nothing(
 
     assert _rows(index)[Level.IMAGE] == 0
     assert list(service.blobs.keys()) == []
-    assert list(service.blobs.tmp.iterdir()) == []
+    assert list(service.blobs.staging.staged()) == []
 
 
 def test_an_instance_of_another_study_than_expected_is_refused_and_leaves_nothing(
@@ -153,7 +153,7 @@ def test_an_instance_of_another_study_than_expected_is_refused_and_leaves_nothin
     assert refused.value.sop_class_uid == other.SOPClassUID
     assert _rows(index)[Level.IMAGE] == 1
     assert len(list(service.blobs.keys())) == 1
-    assert list(service.blobs.tmp.iterdir()) == []
+    assert list(service.blobs.staging.staged()) == []
 
 
 def test_check_room_refuses_what_would_eat_into_the_reserve(
@@ -182,7 +182,7 @@ def test_a_failed_index_commit_removes_the_new_file(tmp_path: Path, index: Index
                       ORIGIN)
 
     assert len(list(service.blobs.keys())) == 1  # only the first, committed one
-    assert list(service.blobs.tmp.iterdir()) == []
+    assert list(service.blobs.staging.staged()) == []
 
 
 def test_success_waits_for_the_blob_sync_after_the_row_is_committed(
@@ -301,7 +301,7 @@ def test_a_blob_that_cannot_be_made_durable_is_refused_and_removed(
 
     assert _rows(index)[Level.IMAGE] == 0
     assert list(service.blobs.keys()) == []
-    assert list(service.blobs.tmp.iterdir()) == []
+    assert list(service.blobs.staging.staged()) == []
 
 
 def test_store_many_indexes_a_batch_in_one_transaction_each_instance_on_its_own(
@@ -338,7 +338,7 @@ def test_store_many_indexes_a_batch_in_one_transaction_each_instance_on_its_own(
     monkeypatch.undo()
     assert _rows(index)[Level.IMAGE] == 3
     assert len(list(service.blobs.keys())) == 3  # the bytes sent twice: one blob, kept
-    assert list(service.blobs.tmp.iterdir()) == []
+    assert list(service.blobs.staging.staged()) == []
 
 
 def test_store_many_commits_a_large_request_in_batches(

@@ -12,7 +12,7 @@ def test_put_is_content_addressed_and_streams_back(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
     data = b"DICM" * 100_000
 
-    committed = store.commit(store.stage_stream(data[i : i + 4096]
+    committed = store.commit(store.staging.stage_stream(data[i : i + 4096]
                                                  for i in range(0, len(data), 4096)))
     committed.wait_durable()
     blob = committed.info
@@ -23,18 +23,18 @@ def test_put_is_content_addressed_and_streams_back(tmp_path: Path) -> None:
     assert b"".join(store.read_chunks(blob.key, chunk_size=1000)) == data
     path = next((tmp_path / "objects").glob("*/*"))
     assert path.name == blob.key and path.parent.name == blob.key[:2]
-    assert list(store.tmp.iterdir()) == []
+    assert list(store.staging.staged()) == []
 
 
 def test_same_content_twice_is_one_file(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
-    first = store.commit(store.stage_bytes(b"abc"))
-    second = store.commit(store.stage_bytes(b"abc"))
+    first = store.commit(store.staging.stage_bytes(b"abc"))
+    second = store.commit(store.staging.stage_bytes(b"abc"))
 
     assert (first.created, second.created) == (True, False)
     assert first.info == second.info
     assert list(store.keys()) == [first.info.key]
-    assert list(store.tmp.iterdir()) == []
+    assert list(store.staging.staged()) == []
 
 
 def test_a_failing_stream_leaves_no_temporary_file(tmp_path: Path) -> None:
@@ -45,8 +45,8 @@ def test_a_failing_stream_leaves_no_temporary_file(tmp_path: Path) -> None:
         raise ConnectionError("client went away")
 
     with pytest.raises(ConnectionError):
-        store.stage_stream(chunks())  # type: ignore[arg-type]
-    assert list(store.tmp.iterdir()) == []
+        store.staging.stage_stream(chunks())  # type: ignore[arg-type]
+    assert list(store.staging.staged()) == []
     assert list(store.keys()) == []
 
 
@@ -54,11 +54,11 @@ def test_stage_file_moves_only_from_its_own_tmp(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "store")
     outside = tmp_path / "outside.bin"
     outside.write_bytes(b"keep me")
-    inside = store.temp_path()
+    inside = store.staging.temp_path()
     inside.write_bytes(b"move me")
 
-    copied = store.stage_file(outside, move=True)
-    moved = store.stage_file(inside, move=True)
+    copied = store.staging.stage_file(outside, move=True)
+    moved = store.staging.stage_file(inside, move=True)
     store.commit(copied)
     store.commit(moved)
 
@@ -69,7 +69,7 @@ def test_stage_file_moves_only_from_its_own_tmp(tmp_path: Path) -> None:
 
 def test_delete_stat_and_unknown_keys(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
-    blob = store.commit(store.stage_bytes(b"xyz")).info
+    blob = store.commit(store.staging.stage_bytes(b"xyz")).info
 
     assert store.stat(blob.key) == blob
     store.delete(blob.key)
@@ -82,11 +82,11 @@ def test_delete_stat_and_unknown_keys(tmp_path: Path) -> None:
 
 def test_sweep_removes_partial_files(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
-    store.temp_path().write_bytes(b"half")
-    store.temp_path().write_bytes(b"written")
+    store.staging.temp_path().write_bytes(b"half")
+    store.staging.temp_path().write_bytes(b"written")
 
-    assert store.sweep_tmp() == 2
-    assert list(store.tmp.iterdir()) == []
+    assert store.staging.sweep() == 2
+    assert list(store.staging.staged()) == []
 
 
 def test_a_blob_left_half_written_under_its_name_is_replaced(tmp_path: Path) -> None:
@@ -98,12 +98,12 @@ def test_a_blob_left_half_written_under_its_name_is_replaced(tmp_path: Path) -> 
     torn = tmp_path / "objects" / key[:2] / key
     torn.write_bytes(data[:100])
 
-    placed = store.commit(store.stage_bytes(data))
+    placed = store.commit(store.staging.stage_bytes(data))
 
     assert placed.info.key == key
     assert not placed.created  # a row may name it already: never deleted as "new"
     assert torn.read_bytes() == data
-    assert list(store.tmp.iterdir()) == []
+    assert list(store.staging.staged()) == []
 
 
 def test_concurrent_puts_share_file_system_syncs(
@@ -125,9 +125,9 @@ def test_concurrent_puts_share_file_system_syncs(
 
     monkeypatch.setattr(blobs, "_SYNCFS", slow_syncfs)
     store = FileStore(tmp_path)
-    leader = store.place(store.stage_bytes(b"first"))
+    leader = store.place(store.staging.stage_bytes(b"first"))
     assert first.wait(10)
-    others = [store.place(store.stage_bytes(b"other %d" % i)) for i in range(8)]
+    others = [store.place(store.staging.stage_bytes(b"other %d" % i)) for i in range(8)]
     release.set()
     for placed in [leader, *others]:
         placed.wait_durable()
@@ -148,7 +148,7 @@ def test_a_failed_sync_is_raised_to_every_put_it_covers(
 
     monkeypatch.setattr(blobs, "_SYNCFS", failing_syncfs)
     store = FileStore(tmp_path)
-    placed = store.place(store.stage_bytes(b"lost?"))
+    placed = store.place(store.staging.stage_bytes(b"lost?"))
     with pytest.raises(OSError, match="syncfs"):
         placed.wait_durable()
 

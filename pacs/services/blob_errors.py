@@ -1,0 +1,26 @@
+"""The blob store's failures in the services' words: an object store that cannot be reached
+is :class:`OutOfResources` (0xA700 on C-STORE, 503 on HTTP: try again later), its message
+naming the problem and never the endpoint (which the store logged)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pacs.services.errors import OutOfResources
+from storage.blob_store import BlobStoreUnavailable
+
+log = logging.getLogger(__name__)
+
+UNAVAILABLE = "the blob store is unavailable"
+
+
+@contextmanager
+def blob_store_errors() -> Iterator[None]:
+    """Raise :class:`BlobStoreUnavailable` met in the block as :class:`OutOfResources`."""
+    try:
+        yield
+    except BlobStoreUnavailable as error:
+        log.error("%s: %s", UNAVAILABLE, error)
+        raise OutOfResources(UNAVAILABLE) from error

@@ -110,8 +110,10 @@ class BlobStore(Protocol):
         """Where the blobs are, for the log (no credentials)."""
 
     def place(self, staged: StagedBlob, *, start_sync: bool = True) -> CommittedBlob:
-        """Make a staged blob addressable under its key. ``created``: this call created it
-        (on a failure later the caller deletes it again); false when it was there already."""
+        """Make a staged blob addressable under its key; the staged file is gone once this
+        returns (a stream opened on it before still reads). ``created``: this call created
+        the blob (on a failure later the caller deletes it again); false when it was there.
+        On an error the staged file is left for the caller to discard."""
 
     def commit(self, staged: StagedBlob) -> CommittedBlob:
         """:meth:`place`, returning once the blob is durable."""

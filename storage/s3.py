@@ -68,11 +68,14 @@ class S3Store:
 
     def __init__(
         self, *, bucket: str, prefix: str, staging: Staging, max_connections: int = 64,
-        multipart_over: int = MULTIPART_OVER, part_size: int = PART,
+        range_size: int = RANGE, multipart_over: int = MULTIPART_OVER, part_size: int = PART,
     ) -> None:
+        """``prefix``: empty or ending in ``/``; sizes in bytes: of a ranged GET of a stream,
+        the size over which a blob is uploaded in parts, and of a part."""
         self.bucket = bucket
         self.prefix = prefix
         self.staging = staging
+        self.range_size = range_size
         self.multipart_over = multipart_over
         self.part_size = part_size
         # timeouts and pool size only: the endpoint, credentials and retries are the
@@ -103,13 +106,14 @@ class S3Store:
 
     # -- writing -------------------------------------------------------------------------
     def place(self, staged: StagedBlob, *, start_sync: bool = True) -> CommittedBlob:
-        """PUT the staged blob unless its object exists; returns once S3 has it. The staged
-        file stays (the caller may still be reading it): :meth:`Staging.discard` removes it."""
+        """PUT the staged blob unless its object exists; returns once S3 has it, and the
+        staged file is removed (a reader that opened it before still reads it)."""
         key = self._key(staged.sha256)
         if staged.size > self.multipart_over:
             created = self._put_parts(key, staged)
         else:
             created = self._put(key, staged)
+        self.staging.discard(staged)
         return CommittedBlob(staged.info, created=created, durable=_durable)
 
     def commit(self, staged: StagedBlob) -> CommittedBlob:
@@ -190,12 +194,12 @@ class S3Store:
         return io.BufferedReader(raw, buffer_size=READ_BUFFER)
 
     def read_chunks(self, key: str, chunk_size: int = _CHUNK) -> Iterator[bytes]:
-        """The blob in ``chunk_size`` pieces, read by ranged GETs of :data:`RANGE` bytes, each
-        streamed: at most one piece is in memory."""
+        """The blob in ``chunk_size`` pieces, read by ranged GETs of :attr:`range_size` bytes,
+        each streamed: at most one piece is in memory."""
         full = self._key(key)
         start, size = 0, None
         while size is None or start < size:
-            end = start + RANGE - 1
+            end = start + self.range_size - 1
             answer = self._get(full, f"bytes={start}-{end}")
             if answer is None:  # an empty object has no range
                 return

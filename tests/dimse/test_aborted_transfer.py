@@ -24,12 +24,14 @@ def _wait(condition: object, timeout: float = 30.0) -> bool:
 
 
 def _sizes(folder: Path) -> list[int]:
-    """Sizes of the files in ``folder``; one removed while it is listed is skipped (the server
-    removes partial files as the test looks)."""
+    """Sizes of the files in ``folder`` and its folders (each process stages in one of its
+    own); one removed while it is listed is skipped (the server removes partial files as the
+    test looks)."""
     sizes = []
-    for path in folder.iterdir():
+    for path in folder.rglob("*"):
         try:
-            sizes.append(path.stat().st_size)
+            if path.is_file():
+                sizes.append(path.stat().st_size)
         except FileNotFoundError:
             continue
     return sizes
@@ -58,9 +60,7 @@ def test_killed_sender_leaves_no_partial_file(sqlite_server: PacsServer, tmp_pat
         sender.wait()
 
     # (empty files made ahead of time for the next receive may be there: not partial files)
-    assert _wait(lambda: not any(_sizes(partials))), list(
-        partials.iterdir()
-    )
+    assert _wait(lambda: not any(_sizes(partials))), list(partials.rglob("*"))
     assert dcmtk.echoscu(sqlite_server.dimse_port).returncode == 0
     with sqlite_server.services() as services, services.index.unit_of_work() as repo:
         assert repo.counts()[Level.IMAGE] == 0

@@ -102,7 +102,8 @@ def test_a_write_error_while_receiving_answers_a700_and_keeps_the_association(
         statuses, comment = _fill(assoc, tmp_path, 40, PatientID="FULL-2", Rows=512,
                                   Columns=512)
         assert assoc.is_established
-        partial = [p for p in (small_disk / "data" / "tmp").iterdir() if p.stat().st_size]
+        partial = [p for p in (small_disk / "data" / "tmp").rglob("*")
+                   if p.is_file() and p.stat().st_size]  # (in each process's folder)
         subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
         ds = f.ct_instance(PatientID="FULL-2", InstanceNumber=99, Rows=512, Columns=512)
         after = int(assoc.send_c_store(f.write_part10(ds, tmp_path / "one.dcm")).Status)

@@ -168,7 +168,12 @@ def _blob_store(settings: Settings) -> BlobStore:
         raise OutOfResources(f"--blob-store {settings.blob_store} needs boto3 (pip install "
                              f"'pacs[s3]'): {error}") from error
     bucket, prefix = parse_s3_url(settings.blob_store)
-    store = S3Store(bucket=bucket, prefix=prefix, staging=Staging(settings.data_dir / "tmp"))
+    staging = Staging(settings.data_dir / "tmp")
+    try:
+        store = S3Store(bucket=bucket, prefix=prefix, staging=staging)
+    except BlobStoreUnavailable as error:  # an AWS_* variable boto3 refuses
+        staging.close()
+        raise OutOfResources(f"--blob-store {settings.blob_store}: {error}") from error
     try:
         store.check()
     except BlobStoreUnavailable as error:

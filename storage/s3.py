@@ -36,7 +36,8 @@ from typing import Any, BinaryIO, TypeVar
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, NoCredentialsError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from storage.blob_store import (
     BlobInfo,
@@ -82,7 +83,10 @@ class S3Store:
         # environment's (a Config value given here would override the standard variables)
         config = Config(max_pool_connections=max_connections, connect_timeout=10,
                         read_timeout=60)
-        self._s3: Any = boto3.session.Session().client("s3", config=config)
+        try:
+            self._s3: Any = boto3.session.Session().client("s3", config=config)
+        except (BotoCoreError, ValueError) as error:  # a profile, region or endpoint it refuses
+            raise BlobStoreUnavailable(f"the AWS settings cannot be used: {error}") from error
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
@@ -397,7 +401,11 @@ def _unavailable(what: str, error: Exception) -> BlobStoreUnavailable:
     if isinstance(error, ClientError):
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
         reason = f"the object store answered {_code(error) or 'an error'} (HTTP {status})"
-    else:
+    elif isinstance(error, NoCredentialsError):
+        reason = "no AWS credentials were found (AWS_ACCESS_KEY_ID, AWS_PROFILE, a role)"
+    elif isinstance(error, (BotoConnectionError, HTTPClientError)):
         reason = f"the object store cannot be reached ({type(error).__name__})"
+    else:
+        reason = f"the request failed ({type(error).__name__})"
     log.warning("cannot %s: %s", what, error)
     return BlobStoreUnavailable(f"cannot {what}: {reason}")

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: run test test-stock lint bench dcmtk browser orthanc ohif clean
+.PHONY: run test test-stock lint bench dcmtk browser orthanc ohif haproxy clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ run: $(STAMP)
 ## test: lint, then the whole suite against real DCMTK peers, Orthanc and OHIF (PostgreSQL too
 ## when PACS_TEST_DATABASE_URL is set, as .ci/run does) on the fast DIMSE transport, then the
 ## DIMSE suite again on pynetdicom as published (test-stock)
-test: $(STAMP) dcmtk browser orthanc ohif lint
+test: $(STAMP) dcmtk browser orthanc ohif haproxy lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory test-stock
 
@@ -81,6 +81,15 @@ orthanc:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb; \
 	  else echo "orthanc, orthanc-dicomweb are missing (apt-get install orthanc orthanc-dicomweb): the Orthanc test will be skipped"; fi; }
+
+## haproxy: the load balancer in front of two replicas in the replica tests (Debian's package;
+## apt-get when missing and root). The tests start their own on free loopback ports with a
+## config in a temp dir, never the Debian service; without it they are skipped.
+haproxy:
+	@command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; \
+	  else echo "haproxy is missing (apt-get install haproxy): the replica tests behind it will be skipped"; fi; }
 
 ## ohif: the OHIF viewer as published on npm (@ohif/app, the version pinned in
 ## tests/support/ohif.py): `npm pack` once, its dist/ unpacked into .cache/ohif/; nodejs and

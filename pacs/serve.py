@@ -19,6 +19,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pydicom
@@ -35,7 +36,12 @@ from pacs.services.audit_export import AuditExporter
 from pacs.services.audit_message import AuditSource
 from pacs.services.auth import Authenticator, TokenService
 from pacs.services.bulk_import import ImportService
-from pacs.services.consistency import UNSYNCED_WINDOW, ConsistencyService, RunRecord
+from pacs.services.consistency import (
+    UNSYNCED_WINDOW,
+    AlreadyRunning,
+    ConsistencyService,
+    RunRecord,
+)
 from pacs.services.decoding_limits import MB, DecodeLimits
 from pacs.services.errors import OutOfResources
 from pacs.services.ingest import IngestService
@@ -142,6 +148,8 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
                 sender=StudySender(settings.ae_title, transport=lambda: _transport(settings)),
                 retry_base=dt.timedelta(seconds=settings.route_retry_seconds),
                 max_attempts=settings.route_max_attempts,
+                node=node_id(settings),
+                lease=dt.timedelta(seconds=settings.route_lease_seconds),
             ),
             tokens=tokens,
             authenticator=Authenticator(tokens=tokens, oidc=oidc),
@@ -161,14 +169,14 @@ def _blob_store(settings: Settings) -> BlobStore:
     to be reachable: :class:`OutOfResources` naming the problem otherwise). Either stages in
     a folder of this process's own under ``DATA_DIR/tmp``."""
     if settings.blob_store is None:
-        return FileStore(settings.data_dir)
+        return FileStore(settings.data_dir, node_id(settings))
     try:
         from storage.s3 import S3Store  # boto3 only for an object store
     except ImportError as error:
         raise OutOfResources(f"--blob-store {settings.blob_store} needs boto3 (pip install "
                              f"'pacs[s3]'): {error}") from error
     bucket, prefix = parse_s3_url(settings.blob_store)
-    staging = Staging(settings.data_dir / "tmp")
+    staging = Staging(settings.data_dir / "tmp", node_id(settings))
     try:
         store = S3Store(bucket=bucket, prefix=prefix, staging=staging)
     except BlobStoreUnavailable as error:  # an AWS_* variable boto3 refuses
@@ -209,6 +217,22 @@ def _oidc_sign_in(settings: Settings, index: Index,
         client_secret=secret.get_secret_value() if secret is not None else None,
         redirect_uri=settings.oidc_redirect_uri,
     )
+
+
+def _run_record(index: Index) -> RunRecord | None:
+    """The lock and run record of a SQLite index on a file (None on PostgreSQL: several
+    servers may share it, and a store's blob is durable before its row there)."""
+    database = index.url.database
+    if not index.is_sqlite or not database or database == ":memory:":
+        return None
+    return RunRecord(Path(f"{database}-serve.lock"))
+
+
+def node_id(settings: Settings) -> str:
+    """This server's name among several on one database: the setting, else host and pid."""
+    if settings.node_id:
+        return settings.node_id
+    return f"{socket.gethostname()[:40]}-{os.getpid()}"
 
 
 def upgrade_database(settings: Settings) -> str:
@@ -327,7 +351,7 @@ def _background(settings: Settings, services: Services) -> list[Worker]:
     """The QA workflow's background tasks, in the listening process only: stability (study
     checks and routing plans), purge of rejected studies, and the routing jobs. Their state is
     in the index, so a restart resumes them."""
-    resumed = services.routing.resume()
+    resumed = services.routing.resume(only_server=services.index.is_sqlite)
     if resumed:
         log.info("resuming %d routing jobs left running", resumed)
     settle_every = min(max(settings.stable_seconds / 4, 0.2), 5.0)
@@ -377,19 +401,25 @@ def serve(settings: Settings) -> int:
 
     configure_logging(settings.log_level)
     with open_services(settings) as services:
+        run = _run_record(services.index)
+        try:
+            crashed = run.claim() if run is not None else None
+        except AlreadyRunning as error:
+            log.error("%s", error)
+            return 1
         swept = services.blobs.staging.sweep()
         if swept:
             log.info("removed %d partial files left by an earlier run", swept)
-        run = RunRecord(settings.data_dir)
-        crashed = run.crashed_run()
-        if crashed is not None:  # before any listener opens: no store is under way
+        if crashed is not None and services.ingest.rows_may_outrun_blobs:
+            # before any listener opens: no store is under way
             log.warning("the last run (started %s) did not stop: checking its newest rows",
                         crashed.isoformat(timespec="seconds"))
             # wider than the stores that can be under way at once (each association, STOW)
             services.consistency.recover_unsynced(since=crashed, newest=max(
                 UNSYNCED_WINDOW, 2 * settings.max_associations * settings.effective_dimse_processes
             ))
-        run.begin()
+        if run is not None:
+            run.begin()
         if settings.orphan_sweep:  # before any listener opens: no store is under way
             services.consistency.sweep_orphans(grace_s=settings.orphan_grace_seconds)
         register_flags(settings, services)
@@ -475,7 +505,8 @@ def serve(settings: Settings) -> int:
             if exporter is not None:
                 services.audit.flush()  # the queued query events go out with the rest
                 exporter.stop()
-            run.end()
+            if run is not None:
+                run.end()
         if http.failed:
             log.error("the HTTP server could not start on %s:%d", settings.http_host,
                       settings.http_port)

@@ -324,6 +324,16 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="first retry delay of a failed routing job (doubles)"
     )
     route_max_attempts: int = Field(default=10, ge=1)
+    route_lease_seconds: float = Field(
+        default=30.0, ge=1.0, le=3600.0,
+        description="how long a routing job stays this server's without a renewal (renewed "
+        "every third of it while sending): after a server dies, another takes its jobs then",
+    )
+    node_id: str | None = Field(
+        default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$",
+        description="this server among several on one database (routing job leases, logs); "
+        "default: host name and process id",
+    )
     log_level: str = "INFO"
 
     @field_validator("ae_title")

@@ -52,10 +52,12 @@ class FileStore:
     """Blobs under ``root``: ``objects/`` (committed) and ``tmp/`` (staged: a folder for each
     process, :class:`storage.staging.Staging`)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, node: str | None = None) -> None:
+        """``node``: this server's node id, the name of its staging folder (default
+        ``<host>-<pid>``)."""
         self.root = root
         self.objects = root / "objects"
-        self.staging = Staging(root / "tmp")
+        self.staging = Staging(root / "tmp", node)
         self._sync = SharedSync(_FileSystem(root).sync, name="blob-sync")
         for prefix in range(256):
             (self.objects / f"{prefix:02x}").mkdir(parents=True, exist_ok=True)

@@ -3,12 +3,13 @@ placed under their key (renamed into the file store, or PUT to an object store).
 
 Several servers may share a data folder (replicas over one file store, or over one object
 store with a shared ``DATA_DIR``). Each process therefore stages in a folder of its own,
-``tmp/<host>-<pid>`` (a suffix when that name is taken), and holds an exclusive ``flock`` on the
-``.lock`` file in it for as long as it runs. A sweep removes what is staged in its own folder
-and in every folder whose lock is free: those of processes that died (the kernel drops a dead
-process's locks), never the in-flight uploads of a live one. The folder is on the file system
-of what receives the upload, so a receiver writing into it (the DIMSE receive path) hands its
-file over with a rename.
+``tmp/<node>`` (the server's node id, by default ``<host>-<pid>``; with a suffix ``.1``,
+``.2``, ... when a live process holds that name, as the DIMSE workers of a named node do), and
+holds an exclusive ``flock`` on the ``.lock`` file in it for as long as it runs. A sweep
+removes what is staged in its own folder and in every folder whose lock is free: those of
+processes that died (the kernel drops a dead process's locks), never the in-flight uploads of
+a live one. The folder is on the file system of what receives the upload, so a receiver
+writing into it (the DIMSE receive path) hands its file over with a rename.
 
 Files directly in ``tmp/`` are of the earlier layout (one folder for every process): a sweep
 removes them too.
@@ -37,12 +38,14 @@ _MAX_CLAIMS = 1000  # names tried before giving up (each a live process's folder
 
 
 class Staging:
-    """``tmp/<name>`` under ``root``, claimed by this process until :meth:`close`."""
+    """``root/<name>``, claimed by this process until :meth:`close`."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root  # the folder of every process's staging folder (DATA_DIR/tmp)
+    def __init__(self, root: Path, name: str | None = None) -> None:
+        """``root``: the folder of every process's staging folder (``DATA_DIR/tmp``);
+        ``name``: this server's node id (default ``<host>-<pid>``)."""
+        self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        self.folder, self._lock = _claim(root)
+        self.folder, self._lock = _claim(root, name or f"{socket.gethostname()}-{os.getpid()}")
         self._resolved = self.folder.resolve()
         # a store dropped without close() still releases its folder's lock
         self._release = weakref.finalize(self, os.close, self._lock)
@@ -146,12 +149,12 @@ class Staging:
         self._release()
 
 
-def _claim(root: Path) -> tuple[Path, int]:
-    """A folder under ``root`` whose lock this process holds: ``<host>-<pid>``, or with a
-    suffix when a live process holds that one (another store of this process, or a process
-    with the same host name and PID in another container). What a dead holder left in it
-    is removed."""
-    base = _UNSAFE.sub("_", f"{socket.gethostname()}-{os.getpid()}")[:_MAX_NAME]
+def _claim(root: Path, name: str) -> tuple[Path, int]:
+    """A folder under ``root`` whose lock this process holds: ``name``, or with a suffix when
+    a live process holds that one (another store of this process, another process of the
+    node, or one with the same host name and PID in another container). What a dead holder
+    left in it is removed."""
+    base = _UNSAFE.sub("_", name)[:_MAX_NAME]
     for number in range(_MAX_CLAIMS):
         folder = root / (base if number == 0 else f"{base}.{number}")
         lock = _lock(folder, create=True)

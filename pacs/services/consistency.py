@@ -10,6 +10,7 @@ purge, and is no orphan.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import logging
 import os
 import time
@@ -111,9 +112,6 @@ class ConsistencyService:
         (a blob missing there is not a crash's doing: ``pacs check`` reports it). ``pacs serve``
         runs this at start when its last run did not stop (:class:`RunRecord`), before it
         listens and before the orphan sweep (which then removes a partial blob)."""
-        if self.blobs.sync is None:
-            log.info("unsynced rows: none can be (a blob is durable before its row commits)")
-            return 0
         started = time.monotonic()
         with self.index.unit_of_work() as repo:
             candidates = repo.newest_instances(newest, since=since)
@@ -191,42 +189,46 @@ class ConsistencyService:
             report.repaired_orphans += 1
 
 
+class AlreadyRunning(RuntimeError):
+    """Another ``pacs serve`` holds this SQLite index."""
+
+
 class RunRecord:
-    """``DATA_DIR/serve.running``: written (and synced) when ``pacs serve`` starts, removed when
-    it stops. Found at the next start, it tells that the last run ended without stopping (kill
-    -9, a power loss) and when that run started: what :meth:`ConsistencyService.
-    recover_unsynced` needs."""
+    """``<database>-serve.lock`` beside a SQLite index: held (``flock``) by the one ``pacs
+    serve`` of that index while it runs, and holding that run's start time until it stops.
 
-    NAME = "serve.running"
+    A second server on the same index is refused (SQLite is one server's database: several
+    servers share PostgreSQL). A start that finds a start time there learns that the last run
+    ended without stopping (kill -9, a power loss) and when it began: what
+    :meth:`ConsistencyService.recover_unsynced` needs."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.path = data_dir / self.NAME
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
 
-    def crashed_run(self) -> dt.datetime | None:
-        """The start of the last run if it did not stop, else None."""
+    def claim(self) -> dt.datetime | None:
+        """Take the record; returns the start of the last run if it did not stop. Raises
+        :class:`AlreadyRunning` if another server holds it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            text = self.path.read_text(encoding="ascii").strip()
-        except FileNotFoundError:
-            return None
-        except (OSError, UnicodeDecodeError) as error:
-            log.warning("the record of the last run cannot be read (%s): no rows checked", error)
-            return None
-        try:
-            started = dt.datetime.fromisoformat(text)
-        except ValueError:
-            log.warning("the record of the last run is not a time (%r): no rows checked", text)
-            return None
-        return started if started.tzinfo is not None else started.replace(tzinfo=dt.UTC)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AlreadyRunning(
+                f"another pacs serve is running on this SQLite index (it holds {self.path}); "
+                "one server per SQLite index: run several on PostgreSQL"
+            ) from None
+        self._fd = fd
+        text = os.pread(fd, 64, 0).decode("ascii", errors="replace").strip()
+        return _crashed_run(text)
 
     def begin(self) -> None:
         """Record this run's start, durably, before anything is received."""
+        assert self._fd is not None, "claim() first"
         started = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)  # clocks step; be generous
-        temporary = self.path.with_suffix(".tmp")
-        with temporary.open("w", encoding="ascii") as record:
-            record.write(started.isoformat())
-            record.flush()
-            os.fsync(record.fileno())
-        os.replace(temporary, self.path)
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, started.isoformat().encode("ascii"), 0)
+        os.fsync(self._fd)
         folder = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(folder)
@@ -234,4 +236,23 @@ class RunRecord:
             os.close(folder)
 
     def end(self) -> None:
-        self.path.unlink(missing_ok=True)
+        """A clean stop: nothing to recover at the next start."""
+        if self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, 0)
+            os.fsync(self._fd)
+        finally:
+            os.close(self._fd)  # (releases the lock)
+            self._fd = None
+
+
+def _crashed_run(text: str) -> dt.datetime | None:
+    if not text:
+        return None
+    try:
+        started = dt.datetime.fromisoformat(text)
+    except ValueError:
+        log.warning("the record of the last run is not a time (%r): no rows checked", text)
+        return None
+    return started if started.tzinfo is not None else started.replace(tzinfo=dt.UTC)

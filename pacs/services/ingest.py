@@ -2,12 +2,13 @@
 
 Order of a store (PS3.4 B.2.3 semantics, durability from the design):
 stage the bytes → place the blob at its content address (and start its sync to disk) → read
-and check the header meanwhile → upsert the index in one transaction → wait until both the
-blob and the commit are durable → report success. Where the index is SQLite on the blob
-store's file system, one sync after the commit makes both durable (the commit's own sync is
-the store's ``syncfs``): one device flush per store, or per batch of concurrent stores, instead
-of two in a row. Elsewhere (PostgreSQL) the blob's sync runs while the header is read and the
-index commits.
+and check the header meanwhile → upsert the index in one transaction → report success once
+both the blob and the commit are durable. Where the index is SQLite on the blob store's file
+system, one sync after the commit makes both durable (the commit's own sync is the store's
+``syncfs``): one device flush per store, or per batch of concurrent stores, instead of two in
+a row; that server is the only one of its index. Elsewhere (PostgreSQL, shared by several
+servers; or an object store, whose PUT is durable when it returns) the blob is durable before
+its row is committed, so no server ever sees a row whose blob a crash may lose.
 
 If the header or the index transaction fails the new blob is deleted; if the blob cannot be
 made durable the new row is deleted again: no file without a row and no row without a file is
@@ -305,6 +306,10 @@ class IngestService:
                 blob=staged.info,
                 source_ae=origin.ae_title,
             )
+            if not self._commit_syncs_blobs:
+                # the blob is on disk before its row: a row never outruns its blob, which
+                # several servers sharing the index and the store rely on
+                _durable(committed.wait_durable, staged.sha256)
         except BaseException:
             if committed is not None and committed.created:
                 self._remove(committed.info.key)
@@ -312,6 +317,13 @@ class IngestService:
         finally:
             self.blobs.staging.discard(staged)
         return _Prepared(header, row, committed)
+
+    @property
+    def rows_may_outrun_blobs(self) -> bool:
+        """Whether a crash can leave a committed row whose blob is not on disk: with SQLite
+        on the store's file system, where one sync after the commit makes both durable (the
+        store was never acknowledged; :meth:`ConsistencyService.recover_unsynced`)."""
+        return self._commit_syncs_blobs
 
     def check_room(self, size: int) -> None:
         """Refuse ``size`` bytes that would bring the store's disk below its reserve
@@ -356,16 +368,9 @@ class IngestService:
         header, row, committed = prepared
         key, created = row.blob.key, committed.created
         if result.outcome is UpsertOutcome.ALREADY_PRESENT:
-            wait = committed.wait_durable
-            if result.existing_blob_key != key:
-                if created:
-                    self._remove(key)
-                sync = self.blobs.sync
-                if sync is not None and not self._commit_syncs_blobs:
-                    # the first copy's store may still be waiting for its sync: one that
-                    # starts now covers its blob, renamed before its row was committed
-                    wait = sync.wait
-            _durable(wait, key)
+            if result.existing_blob_key != key and created:
+                self._remove(key)
+            _durable(committed.wait_durable, key)  # the commit's sync, if not yet
             return _outcome(StoreStatus.ALREADY_PRESENT, header, state)
         try:
             _durable(committed.wait_durable, key)

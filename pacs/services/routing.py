@@ -4,8 +4,14 @@ A job (one study to one peer) is planned by the workflow when a study is archive
 The :class:`RoutingService` worker claims due jobs one at a time, sends the study through the
 injected :class:`Sender` (a C-STORE SCU, ``pacs.dimse.sender``), and records the outcome:
 ``done``, or ``failed`` with the error and the time of the next attempt (exponential backoff,
-``max_attempts`` in all). Jobs left ``running`` by a stopped server are resumed at start. A
-peer that is down costs only its own jobs' retries: ingest and other routes go on.
+``max_attempts`` in all). A peer that is down costs only its own jobs' retries: ingest and
+other routes go on.
+
+Several servers on one PostgreSQL share the jobs: a claim skips rows another server has locked
+and puts the job under this server's lease (``node``), renewed while the study is sent. A job
+whose server died keeps its lease until it runs out, then any server claims it again; a server
+that lost its lease (stalled past it) does not record an outcome over the new holder's. On
+SQLite, the only server of its index takes back every job left running when it starts.
 """
 
 from __future__ import annotations
@@ -57,6 +63,8 @@ class RoutingService:
         retry_base: dt.timedelta = dt.timedelta(seconds=10),
         retry_max: dt.timedelta = dt.timedelta(minutes=10),
         max_attempts: int = 10,
+        node: str = "pacs",
+        lease: dt.timedelta = dt.timedelta(seconds=30),
     ) -> None:
         self.index = index
         self.retrieve = retrieve
@@ -64,6 +72,8 @@ class RoutingService:
         self.retry_base = retry_base
         self.retry_max = retry_max
         self.max_attempts = max_attempts
+        self.node = node  # this server, as the holder of the jobs it runs
+        self.lease = lease
 
     def jobs(self, study_instance_uid: str | None = None, limit: int = 200) -> list[JobRecord]:
         with self.index.unit_of_work() as repository:
@@ -84,10 +94,12 @@ class RoutingService:
         assert again is not None
         return again
 
-    def resume(self) -> int:
-        """At start: jobs a stopped server left running become due again."""
+    def resume(self, *, only_server: bool) -> int:
+        """At start: jobs a stopped server left running become due again; every running one
+        when this is the ``only_server`` of its index (SQLite), else those whose lease ran
+        out (another live server's jobs are its own)."""
         with self.index.unit_of_work(write=True) as repository:
-            return repository.workflow.resume_jobs()
+            return repository.workflow.resume_jobs(every=only_server)
 
     def run_due(self, now: dt.datetime | None = None) -> JobRecord | None:
         """Claim and run one due job; None when nothing is due."""
@@ -99,25 +111,31 @@ class RoutingService:
                 if not repository.workflow.job_due(now):
                     return None  # no write lock taken twice a second for nothing
             with self.index.unit_of_work(write=True) as repository:
-                job = repository.workflow.claim_job(now)
+                job = repository.workflow.claim_job(now, owner=self.node, lease=self.lease)
         except IndexUnavailable as error:
             log.error("the index is unavailable: %s", error)
             raise OutOfResources("the index is unavailable") from error
         if job is None:
             return None
-        report = self._send(job)
+        with _Lease(self, job.id):
+            report = self._send(job)
         with self.index.unit_of_work(write=True) as repository:
             records = repository.workflow
             if report.error is None:
-                records.finish_job(job.id, report.sent)
+                held = records.finish_job(job.id, report.sent, owner=self.node)
                 outcome = "sent"
             else:
                 retry = None
                 if job.attempts < self.max_attempts:
                     delay = min(self.retry_base * (2 ** (job.attempts - 1)), self.retry_max)
                     retry = dt.datetime.now(dt.UTC) + delay
-                records.fail_job(job.id, report.error, retry, report.sent)
+                held = records.fail_job(job.id, report.error, retry, report.sent,
+                                        owner=self.node)
                 outcome = "failed" if retry is None else "failed, will retry"
+            if not held:
+                log.warning("routing job %d: its lease ran out during the send and another "
+                            "server took it; its outcome (%s) is not recorded", job.id, outcome)
+                return records.job(job.id)
             records.audit(actor=f"pacs:route:{job.destination}", action="route",
                           outcome=outcome, study_instance_uid=job.study_instance_uid,
                           detail={"job": job.id, "attempt": job.attempts, "sent": report.sent,
@@ -144,6 +162,39 @@ class RoutingService:
             log.exception("routing job %d", job.id)
             return SendReport(0, len(plan.items),
                               f"the send failed unexpectedly ({type(error).__name__})")
+
+
+class _Lease:
+    """Renews this server's lease on a job every third of its length while the job runs."""
+
+    def __init__(self, routing: RoutingService, job_id: int) -> None:
+        self._routing = routing
+        self._job_id = job_id
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name=f"lease-{job_id}",
+                                        daemon=True)
+
+    def __enter__(self) -> None:
+        self._thread.start()
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _renew(self) -> None:
+        routing = self._routing
+        while not self._done.wait(routing.lease.total_seconds() / 3):
+            until = dt.datetime.now(dt.UTC) + routing.lease
+            try:
+                with routing.index.unit_of_work(write=True) as repository:
+                    held = repository.workflow.renew_lease(self._job_id, owner=routing.node,
+                                                           until=until)
+            except IndexUnavailable as error:  # the next round tries again
+                log.warning("routing job %d: lease not renewed: %s", self._job_id, error)
+                continue
+            if not held:
+                log.warning("routing job %d: lease lost to another server", self._job_id)
+                return
 
 
 class Worker:

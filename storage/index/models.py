@@ -235,6 +235,10 @@ route_job = Table(
     Column("sent", Integer, nullable=False, default=0),
     Column("created_at", DateTime(timezone=True), nullable=False, default=_now),
     Column("updated_at", DateTime(timezone=True), nullable=False, default=_now),
+    # the server running the job, and until when: it renews the lease while it sends; a job
+    # whose lease ran out (its server died) is claimed again by another
+    Column("lease_owner", String(64)),
+    Column("lease_expires_at", DateTime(timezone=True)),
 )
 """Routing jobs: send one archived study to one peer (pending → running → done | failed)."""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, or_, select, update
@@ -512,18 +512,15 @@ class WorkflowRecords:
     def job_due(self, now: datetime) -> bool:
         """Whether a job is due (a read: the worker asks this before taking the write lock)."""
         return self.connection.execute(
-            select(route_job.c.id)
-            .where(route_job.c.state.in_([JobState.PENDING, JobState.FAILED]),
-                   route_job.c.next_attempt_at.is_not(None), route_job.c.next_attempt_at <= now)
-            .limit(1)
+            select(route_job.c.id).where(_due(now)).limit(1)
         ).first() is not None
 
-    def claim_job(self, now: datetime) -> JobRecord | None:
-        """The next due job (pending, or failed with a retry due), marked running."""
+    def claim_job(self, now: datetime, *, owner: str, lease: timedelta) -> JobRecord | None:
+        """The next due job (pending, failed with a retry due, or running under a lease that
+        ran out), marked running under ``owner``'s lease. Several servers on PostgreSQL skip
+        each other's locked rows, so each job goes to one of them."""
         statement = (
-            select(route_job.c.id)
-            .where(route_job.c.state.in_([JobState.PENDING, JobState.FAILED]),
-                   route_job.c.next_attempt_at.is_not(None), route_job.c.next_attempt_at <= now)
+            select(route_job.c.id).where(_due(now))
             .order_by(route_job.c.next_attempt_at, route_job.c.id).limit(1)
         )
         if self.connection.dialect.name == "postgresql":
@@ -533,19 +530,35 @@ class WorkflowRecords:
             return None
         self.connection.execute(
             update(route_job).where(route_job.c.id == job_id)
-            .values(state=JobState.RUNNING, attempts=route_job.c.attempts + 1, updated_at=now))
+            .values(state=JobState.RUNNING, attempts=route_job.c.attempts + 1, updated_at=now,
+                    lease_owner=owner, lease_expires_at=now + lease))
         return self.job(int(job_id))
 
-    def finish_job(self, job_id: int, sent: int) -> None:
-        self.connection.execute(update(route_job).where(route_job.c.id == job_id).values(
-            state=JobState.DONE, sent=sent, next_attempt_at=None, last_error=None,
-            updated_at=_now()))
+    def renew_lease(self, job_id: int, *, owner: str, until: datetime) -> bool:
+        """Extend ``owner``'s lease on a running job; False if it is no longer theirs."""
+        changed = self.connection.execute(
+            update(route_job)
+            .where(route_job.c.id == job_id, route_job.c.state == JobState.RUNNING,
+                   route_job.c.lease_owner == owner)
+            .values(lease_expires_at=until))
+        return bool(changed.rowcount)
+
+    def finish_job(self, job_id: int, sent: int, *, owner: str | None = None) -> bool:
+        """Mark a job done; with ``owner``, only while that server still holds it."""
+        changed = self.connection.execute(
+            update(route_job).where(route_job.c.id == job_id, *_held_by(owner)).values(
+                state=JobState.DONE, sent=sent, next_attempt_at=None, last_error=None,
+                updated_at=_now(), lease_owner=None, lease_expires_at=None))
+        return bool(changed.rowcount)
 
     def fail_job(self, job_id: int, error: str, next_attempt_at: datetime | None,
-                 sent: int) -> None:
-        self.connection.execute(update(route_job).where(route_job.c.id == job_id).values(
-            state=JobState.FAILED, last_error=error[:2000], next_attempt_at=next_attempt_at,
-            sent=sent, updated_at=_now()))
+                 sent: int, *, owner: str | None = None) -> bool:
+        """Mark a job failed; with ``owner``, only while that server still holds it."""
+        changed = self.connection.execute(
+            update(route_job).where(route_job.c.id == job_id, *_held_by(owner)).values(
+                state=JobState.FAILED, last_error=error[:2000], next_attempt_at=next_attempt_at,
+                sent=sent, updated_at=_now(), lease_owner=None, lease_expires_at=None))
+        return bool(changed.rowcount)
 
     def retry_job(self, job_id: int) -> bool:
         changed = self.connection.execute(
@@ -554,11 +567,17 @@ class WorkflowRecords:
             .values(state=JobState.PENDING, next_attempt_at=_now(), updated_at=_now()))
         return bool(changed.rowcount)
 
-    def resume_jobs(self) -> int:
-        """Jobs left running by a stopped server become due again."""
-        changed = self.connection.execute(
-            update(route_job).where(route_job.c.state == JobState.RUNNING)
-            .values(state=JobState.PENDING, next_attempt_at=_now(), updated_at=_now()))
+    def resume_jobs(self, *, every: bool, now: datetime | None = None) -> int:
+        """Jobs left running by a stopped server become due again: ``every`` running job
+        (the only server on this index is starting), else those without a live lease."""
+        now = now or _now()
+        statement = update(route_job).where(route_job.c.state == JobState.RUNNING)
+        if not every:
+            statement = statement.where(or_(route_job.c.lease_expires_at.is_(None),
+                                            route_job.c.lease_expires_at < now))
+        changed = self.connection.execute(statement.values(
+            state=JobState.PENDING, next_attempt_at=now, updated_at=now, lease_owner=None,
+            lease_expires_at=None))
         return int(changed.rowcount)
 
     def job(self, job_id: int) -> JobRecord | None:
@@ -582,6 +601,23 @@ class WorkflowRecords:
 
 
 _AUDIT_INSERT = insert(audit_event)  # built once: one runs for every stored instance
+
+
+def _due(now: datetime) -> Any:
+    """A job to run now: pending or failed with its attempt due, or running under a lease
+    that ran out (its server died mid-send)."""
+    return or_(
+        and_(route_job.c.state.in_([JobState.PENDING, JobState.FAILED]),
+             route_job.c.next_attempt_at.is_not(None), route_job.c.next_attempt_at <= now),
+        and_(route_job.c.state == JobState.RUNNING, route_job.c.lease_expires_at.is_not(None),
+             route_job.c.lease_expires_at < now),
+    )
+
+
+def _held_by(owner: str | None) -> list[Any]:
+    if owner is None:
+        return []
+    return [route_job.c.state == JobState.RUNNING, route_job.c.lease_owner == owner]
 
 
 def _job(row: Any) -> JobRecord:

@@ -32,9 +32,10 @@ def servers() -> Iterator[list[PacsServer]]:
 
 
 def _folder(server: PacsServer) -> Path:
-    """The listening process's staging folder (its DIMSE workers have their own)."""
+    """The listening process's staging folder, named by its default node id (its DIMSE
+    workers have their own)."""
     assert server.process is not None
-    return server.data_dir / "tmp" / f"{socket.gethostname()}-{server.process.pid}"
+    return server.data_dir / "tmp" / f"{socket.gethostname()[:40]}-{server.process.pid}"
 
 
 def test_a_start_sweeps_only_the_folders_of_servers_that_are_gone(
@@ -46,11 +47,14 @@ def test_a_start_sweeps_only_the_folders_of_servers_that_are_gone(
     in_flight = _folder(first) / "upload.part"
     in_flight.write_bytes(b"a store under way on the first server")
 
-    second = PacsServer(data_dir=shared, database_url=_database(database_url, tmp_path, "b"))
+    second = PacsServer(data_dir=shared, database_url=_database(database_url, tmp_path, "b"),
+                        extra_args=["--dimse-processes", "2"],
+                        start_env={"PACS_NODE_ID": "replica-b"})
     servers.append(second.start())
 
     assert in_flight.read_bytes() == b"a store under way on the first server"
-    assert _folder(second).is_dir() and _folder(second) != _folder(first)
+    second_folders = [shared / "tmp" / "replica-b", shared / "tmp" / "replica-b.1"]
+    assert all(folder.is_dir() for folder in second_folders)  # its listener's, its worker's
 
     first.kill9()  # its folder stays, with the upload it never finished
     assert in_flight.exists()
@@ -58,6 +62,6 @@ def test_a_start_sweeps_only_the_folders_of_servers_that_are_gone(
     servers.append(third.start())
 
     assert not in_flight.parent.exists()  # swept: its server is gone
-    assert _folder(second).is_dir() and _folder(third).is_dir()
+    assert all(folder.is_dir() for folder in second_folders) and _folder(third).is_dir()
     assert third.stop() == 0 and second.stop() == 0
     assert list((shared / "tmp").iterdir()) == []  # a clean stop removes its folder

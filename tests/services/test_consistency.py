@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pydicom
 import pytest
 
-from pacs.services.consistency import ConsistencyService, RunRecord
+from pacs.services.consistency import AlreadyRunning, ConsistencyService, RunRecord
 from pacs.services.ingest import Incoming, IngestService, Origin
 from storage.attributes import Level
 from storage.blobs import FileStore
@@ -83,16 +84,34 @@ def test_whole_blobs_are_left_alone(tmp_path: Path, index: Index) -> None:
 
 
 def test_the_run_record_tells_a_crashed_run_from_a_stopped_one(tmp_path: Path) -> None:
-    record = RunRecord(tmp_path)
-    assert record.crashed_run() is None  # never ran
+    path = tmp_path / "index.sqlite-serve.lock"
+    record = RunRecord(path)
+    assert record.claim() is None  # never ran
     before = dt.datetime.now(dt.UTC)
     record.begin()
-    crashed = RunRecord(tmp_path).crashed_run()  # what the next start finds after kill -9
+    os.close(record._fd)  # type: ignore[arg-type]  # what kill -9 leaves: the lock released
+    crashed = RunRecord(path).claim()
     assert crashed is not None and before - dt.timedelta(seconds=5) <= crashed <= before
-    record.end()
-    assert RunRecord(tmp_path).crashed_run() is None  # stopped
+
+    stopped = RunRecord(tmp_path / "other-serve.lock")
+    stopped.claim()
+    stopped.begin()
+    stopped.end()
+    assert RunRecord(tmp_path / "other-serve.lock").claim() is None
+
+
+def test_a_second_server_on_the_index_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite-serve.lock"
+    first = RunRecord(path)
+    first.claim()
+    first.begin()
+    with pytest.raises(AlreadyRunning, match="one server per SQLite index"):
+        RunRecord(path).claim()
+    first.end()
+    assert RunRecord(path).claim() is None  # free again once the first stopped
 
 
 def test_an_unreadable_run_record_checks_nothing(tmp_path: Path) -> None:
-    (tmp_path / RunRecord.NAME).write_text("not a time")
-    assert RunRecord(tmp_path).crashed_run() is None
+    path = tmp_path / "index.sqlite-serve.lock"
+    path.write_text("not a time")
+    assert RunRecord(path).claim() is None

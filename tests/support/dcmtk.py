@@ -137,8 +137,9 @@ class Storescp:
     """DCMTK ``storescp`` as a C-MOVE destination, writing what it receives unchanged (+B)."""
 
     def __init__(self, output: Path, *, ae_title: str = "DEST", accept_all: bool = True,
-                 port: int = 0, promiscuous: bool = False) -> None:
+                 port: int = 0, promiscuous: bool = False, sleep_during: int = 0) -> None:
         self.output = output
+        self.sleep_during = sleep_during  # seconds each store takes (a slow workstation)
         self.ae_title = ae_title
         self.accept_all = accept_all
         self.promiscuous = promiscuous  # accept SOP classes DCMTK does not know (-pm)
@@ -156,6 +157,8 @@ class Storescp:
             args.append("+xa")
         if self.promiscuous:
             args.append("-pm")
+        if self.sleep_during:
+            args += ["--sleep-during", str(self.sleep_during)]
         self.process = subprocess.Popen(
             [*args, str(self.port)], env=env(), stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -41,11 +41,13 @@ class PacsServer:
     start_env: dict[str, str] = field(default_factory=dict)
     tls_ca: Path | None = None
     """The CA file a client trusts when the server speaks HTTPS (``--tls-cert``)."""
+    log_name: str | None = None
+    """The log's file name beside the data folder (several servers on one folder)."""
 
     def start(self) -> PacsServer:
         self.dimse_port = free_port()
         self.http_port = free_port()
-        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-serve.log"
+        self.log_path = self.data_dir.parent / (self.log_name or f"{self.data_dir.name}-serve.log")
         args = [
             sys.executable, "-m", "pacs.cli", "serve",
             "--data-dir", str(self.data_dir),

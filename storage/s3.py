@@ -87,6 +87,11 @@ class S3Store:
             self._s3: Any = boto3.session.Session().client("s3", config=config)
         except (BotoCoreError, ValueError) as error:  # a profile, region or endpoint it refuses
             raise BlobStoreUnavailable(f"the AWS settings cannot be used: {error}") from error
+        put = self._s3.meta.service_model.operation_model("PutObject").input_shape
+        if "IfNoneMatch" not in put.members:  # conditional writes: botocore 1.35.2 and later
+            self._s3.close()
+            raise BlobStoreUnavailable(f"boto3 {boto3.__version__} cannot make conditional "
+                                       "PUTs: pip install 'boto3>=1.36'")
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"

@@ -198,8 +198,14 @@ def test_object_store_stopping_mid_ingest_loses_nothing_acknowledged(
         moto.stop()  # mid-ingest
         output, _ = sender.communicate(timeout=600)
         rows = _rows(server)
+        study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        down = httpx.get(f"{server.base_url}/dicom-web/studies/{study}",
+                         headers={"Accept": AS_STORED}, timeout=120)
     finally:
         server.stop()
+
+    assert down.status_code == 503, down.text  # reads: try again later
+    assert "the blob store is unavailable" in down.text and "127.0.0.1" not in down.text
 
     acknowledged = _acknowledged(output, files)
     assert 20 <= len(acknowledged) < len(files), output[-3000:]

@@ -57,6 +57,7 @@ bench: $(STAMP) dcmtk
 	$(PY) -m bench.query $(BENCH_QUERY_ARGS)
 	$(PY) -m bench.dicomweb $(BENCH_DICOMWEB_ARGS)
 	$(PY) -m bench.auth $(BENCH_AUTH_ARGS)
+	$(PY) -m bench.replicas $(BENCH_REPLICAS_ARGS)
 
 ## dcmtk: the DCMTK tools the tests talk to (apt-get when missing and root)
 dcmtk:

@@ -21,6 +21,7 @@ import re
 import time
 import uuid
 
+from fastapi.routing import iter_route_contexts
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -43,11 +44,27 @@ def request_id(given: str | None) -> str:
     return uuid.uuid4().hex
 
 
-def route_of(scope: Scope) -> str:
-    """The template of the route that answered (set in the scope by the router)."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) and path else UNMATCHED
+class RouteTemplates:
+    """The whole template of the route that answered a request. The router puts the route
+    in the scope; a route of an included router knows its path below the router's prefix
+    only (``/studies/{study}/series``), so the application's route table, read once, gives
+    the whole one (``/dicom-web/studies/{study}/series``)."""
+
+    def __init__(self) -> None:
+        self._templates: dict[int, str] | None = None
+
+    def of(self, scope: Scope) -> str:
+        route = scope.get("route")
+        if route is None:
+            return UNMATCHED
+        if self._templates is None:
+            self._templates = {id(context.original_route): context.path
+                               for context in iter_route_contexts(scope["app"].routes)
+                               if context.path}
+        found = self._templates.get(id(route))
+        if found is None:
+            found = getattr(route, "path", None)
+        return found if isinstance(found, str) and found else UNMATCHED
 
 
 class RequestTelemetry:
@@ -55,6 +72,7 @@ class RequestTelemetry:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.routes = RouteTemplates()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -85,7 +103,7 @@ class RequestTelemetry:
         finally:
             seconds = time.perf_counter() - started
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            route = route_of(scope)
+            route = self.routes.of(scope)
             metrics.http_request(method, route, status, seconds)
             log.log(logging.DEBUG if route in _QUIET else logging.INFO,
                     "%s %s %d %.1f ms", method, route, status, seconds * 1000)

@@ -24,9 +24,9 @@ PUBLIC_ROUTES = {("GET", "/health"), ("GET", "/livez"), ("GET", "/readyz"),
                  ("GET", "/"), ("GET", "/ui/sign-in"),
                  ("POST", "/ui/sign-in"), ("POST", "/ui/sign-out"),
                  ("GET", "/ui/sign-in/oidc"), ("GET", "/ui/sign-in/callback")}
-"""Routes open to anyone: the probes (liveness, readiness), the redirect to the studies page, signing in (with a
-token, or at the OIDC identity provider and back) and out. None of them answers anything
-about a patient."""
+"""Routes open to anyone: the probes (liveness, readiness), the redirect to the studies
+page, signing in (with a token, or at the OIDC identity provider and back) and out. None of
+them answers anything about a patient."""
 
 FRAMEWORK_ROUTES = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 """FastAPI's own: the API's description (no patient data), public by decision."""

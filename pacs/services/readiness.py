@@ -52,10 +52,6 @@ class Readiness:
     def ready(self) -> bool:
         return all(result is Result.OK for result in self.checks.values())
 
-    @property
-    def failed(self) -> list[Check]:
-        return [check for check, result in self.checks.items() if result is not Result.OK]
-
 
 Listeners = Callable[[], Mapping[Check, Result]]
 """The listeners' state (:data:`Check.DIMSE` and :data:`Check.HTTP`), from the composition

@@ -65,6 +65,15 @@ def test_json_lines_with_association_and_request_ids(json_server: PacsServer,
     insane = httpx.get(f"{json_server.base_url}/dicom-web/studies",
                        headers={"X-Request-ID": "x" * 129}, timeout=30)
     assert re.fullmatch(r"[0-9a-f]{32}", insane.headers["x-request-id"])
+    boundary = "log-boundary"
+    refused = httpx.post(  # one part that is not DICOM: a warning logged by a worker thread
+        f"{json_server.base_url}/dicom-web/studies", timeout=30,
+        content=(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+                 + b"\x00not a data set" * 20 + f"\r\n--{boundary}--\r\n".encode()),
+        headers={"X-Request-ID": f"{REQUEST_ID}-stow", "Accept": "application/dicom+json",
+                 "Content-Type": f'multipart/related; type="application/dicom"; '
+                                 f"boundary={boundary}"})
+    assert refused.status_code == 409, refused.text
 
     def finished() -> list[dict[str, Any]] | None:
         entries = _lines(json_server)
@@ -85,5 +94,7 @@ def test_json_lines_with_association_and_request_ids(json_server: PacsServer,
     access = [e for e in entries if e["logger"] == "pacs.http.access"]
     (sent,) = [e for e in access if e.get("request_id") == REQUEST_ID]
     assert sent["message"] == f"GET /dicom-web/studies 200 {sent['message'].split()[-2]} ms"
+    (warned,) = [e for e in entries if e["message"].startswith("STOW-RS part 1 from")]
+    assert warned["request_id"] == f"{REQUEST_ID}-stow" and warned["level"] == "WARNING"
     assert not [e for e in entries if "request_id" in e and "association_id" in e]
     assert any(e["logger"].startswith("uvicorn") for e in entries)  # uvicorn's lines too

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,3 +213,44 @@ def test_every_family_parses_with_its_type_and_help(site: Site) -> None:
     for family in families:
         assert family.type in ("counter", "gauge", "histogram") and family.documentation
         assert all(sample.value == sample.value for sample in family.samples)  # no NaN
+
+
+IMPORT_AND_SCRAPE = """
+import sys
+from pathlib import Path
+
+from pacs.services import metrics
+from pacs.serve import open_services
+from pacs.settings import Settings
+
+folder, data, files = (Path(argument) for argument in sys.argv[1:])
+metrics.enable(folder)
+with open_services(Settings(data_dir=data)) as services:
+    services.importer.import_paths([files])
+    scrape = metrics.Scrape(folder, index=services.index, live_pids=lambda: set())
+    sys.stdout.write(scrape.render().decode())
+"""
+
+
+def test_imports_count_as_their_own_protocol(tmp_path: Path) -> None:
+    """``pacs import`` exports nothing itself; a process that imports with the metrics on
+    (here a small script in a process of its own) counts its stores under ``import``."""
+    files = tmp_path / "files"
+    files.mkdir()
+    for n in (1, 2):
+        f.write_part10(f.ct_instance(PatientID="IMPORT", InstanceNumber=n), files / f"{n}.dcm")
+    f.write_part10(f.invalid_uid_instance("1.2.abc", keyword="StudyInstanceUID"),
+                   files / "bad.dcm")
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    done = subprocess.run([sys.executable, "-c", IMPORT_AND_SCRAPE, str(folder),
+                           str(tmp_path / "data"), str(files)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+    found = samples(done.stdout)
+    assert value(found, "pacs_stores_total", protocol="import", outcome="stored",
+                 status="0000") == 2
+    assert value(found, "pacs_stores_total", protocol="import", outcome="failed",
+                 status="C000") == 1
+    assert value(found, "pacs_qa_queue_studies") == 0  # --qa auto: archived at once

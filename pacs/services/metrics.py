@@ -110,15 +110,34 @@ def enable_from_environment() -> bool:
     return True
 
 
+_PREFIX = "pacs-metrics-"
+
+
 @contextmanager
 def run_directory() -> Iterator[Path]:
     """A fresh folder for this run's metric files, removed afterwards. It is made in the
-    system's temporary folder, a local one: mapped files want a local file system."""
-    directory = Path(tempfile.mkdtemp(prefix=f"pacs-metrics-{os.getpid()}-"))
+    system's temporary folder, a local one (mapped files want a local file system), named
+    after the process; the folders of runs whose process is gone (killed) go first."""
+    parent = Path(tempfile.gettempdir())
+    for left in parent.glob(f"{_PREFIX}*-*"):
+        pid = left.name.removeprefix(_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)) and left.is_dir() and not left.is_symlink():
+            shutil.rmtree(left, ignore_errors=True)
+    directory = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=parent))
     try:
         yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 # -- recording (each a no-op until enabled) ---------------------------------------------------

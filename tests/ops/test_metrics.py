@@ -10,6 +10,7 @@ import io
 import re
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,3 +255,29 @@ def test_imports_count_as_their_own_protocol(tmp_path: Path) -> None:
     assert value(found, "pacs_stores_total", protocol="import", outcome="failed",
                  status="C000") == 1
     assert value(found, "pacs_qa_queue_studies") == 0  # --qa auto: archived at once
+
+
+def test_each_run_counts_in_a_fresh_folder_of_its_own(tmp_path: Path) -> None:
+    """Made at start, removed at a clean stop; a killed run's is removed by the next start."""
+    def folders(pid: int) -> list[Path]:
+        return list(Path(tempfile.gettempdir()).glob(f"pacs-metrics-{pid}-*"))
+
+    server = PacsServer(data_dir=tmp_path / "data",
+                        database_url=f"sqlite:///{tmp_path / 'index.sqlite'}",
+                        extra_args=["--dimse-processes", "1"]).start()
+    assert server.process is not None
+    killed = server.process.pid
+    assert len(folders(killed)) == 1
+    server.kill9()
+    assert len(folders(killed)) == 1  # nothing ran to remove it
+
+    server.start()
+    assert server.process is not None
+    restarted = server.process.pid
+    try:
+        assert folders(killed) == []
+        (folder,) = folders(restarted)
+        assert list(folder.glob("*.db"))  # the new run's counts
+    finally:
+        assert server.stop() == 0
+    assert folders(restarted) == []

@@ -34,6 +34,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
+from pacs.services import metrics
 from pacs.services.decoding_limits import DecodeLimits
 from pacs.services.errors import (
     InvalidInstance,
@@ -485,17 +486,19 @@ T = TypeVar("T")
 def _durable(wait: Callable[[], None], key: str) -> None:
     """Wait until the blob is on disk; a failed sync refuses the store (0xA700)."""
     try:
-        _guard_space(wait)
+        _guard_space(wait, operation="sync")
     except OSError as exc:
         log.error("sync of blob %s failed: %s", key, exc)
         raise OutOfResources("the file could not be made durable") from exc
 
 
-def _guard_space(action: Callable[[], T]) -> T:
-    """Disk full (or quota) is out of resources (0xA700), not a crash."""
+def _guard_space(action: Callable[[], T], operation: str = "write") -> T:
+    """Disk full (or quota) is out of resources (0xA700), not a crash. Any failure of the
+    blob store counts in the metrics as one of ``operation``."""
     try:
         return action()
     except OSError as exc:
+        metrics.blob_error(operation)
         if exc.errno in _NO_SPACE:
             log.error("the blob store is full: %s", exc)
             raise OutOfResources("no space left in the store") from exc

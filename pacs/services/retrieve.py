@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from pacs.services import metrics
 from pacs.services.decoding_limits import DecodeLimits
 from pacs.services.errors import CannotTranscode, NotFound, OutOfResources, UnknownPeer
 from pacs.services.query import QueryService
@@ -211,6 +212,7 @@ class RetrieveService:
         try:
             stored = self.blobs.local_path(item.blob_key)
         except BlobNotFound as error:
+            metrics.blob_error("read")
             raise NotFound(f"SOP Instance {item.sop_instance_uid}: stored file missing") from error
         if target == item.transfer_syntax_uid:
             yield Prepared(item, stored, target, transcoded=False)

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from pacs.services import metrics
 from pacs.services.element_tree import Element, Readable, Unreadable, readable, walk
 from pacs.services.errors import CannotTranscode, DecodeTooLarge, InvalidInstance, NotFound
 from pacs.services.retrieve import RetrieveService
@@ -42,6 +43,7 @@ class InstanceFile:
             try:
                 yield from self.service.blobs.read_chunks(self.item.blob_key, _CHUNK)
             except BlobNotFound as error:
+                metrics.blob_error("read")
                 missing = f"SOP Instance {self.item.sop_instance_uid}: stored file missing"
                 raise NotFound(missing) from error
             return
@@ -127,6 +129,7 @@ class WadoService:
         try:
             file = self.retrieve.blobs.open(item.blob_key)
         except BlobNotFound as error:
+            metrics.blob_error("read")
             raise NotFound(f"SOP Instance {item.sop_instance_uid}: stored file missing") from error
         with file:
             try:

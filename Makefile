@@ -48,15 +48,17 @@ lint: $(STAMP)
 ## then the retrieve benchmark (C-MOVE and C-GET of a CT and a small study: pacs on SQLite,
 ## PostgreSQL and the stock transport beside Orthanc, every file checked byte for byte),
 ## the query/retrieve benchmark (C-FIND at 10k and 100k instances, C-MOVE, C-GET),
-## the DICOMweb benchmark and QIDO-RS with and without a bearer token (bench/auth.py);
+## the DICOMweb benchmark and QIDO-RS with and without a bearer token (bench/auth.py),
+## and two replicas behind HAProxy against one on PostgreSQL (bench/replicas.py);
 ## BENCH_QUERY_ARGS=--orthanc adds Orthanc to the query/retrieve one (its fill takes minutes);
 ## BENCH_BASELINE=REF also runs pacs from git commit REF, alternated, for an A/B in one run
-bench: $(STAMP) dcmtk
+bench: $(STAMP) dcmtk haproxy
 	$(PY) -m bench.ingest --repeat 3 --rss-run 10000 $(if $(BENCH_BASELINE),--baseline $(BENCH_BASELINE)) $(BENCH_ARGS)
 	$(PY) -m bench.retrieve $(BENCH_RETRIEVE_ARGS)
 	$(PY) -m bench.query $(BENCH_QUERY_ARGS)
 	$(PY) -m bench.dicomweb $(BENCH_DICOMWEB_ARGS)
 	$(PY) -m bench.auth $(BENCH_AUTH_ARGS)
+	$(PY) -m bench.replicas $(BENCH_REPLICAS_ARGS)
 
 ## dcmtk: the DCMTK tools the tests talk to (apt-get when missing and root)
 dcmtk:

@@ -33,6 +33,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -57,6 +58,7 @@ from dicomweb.urls import base_url
 from pacs.http.auth import ANONYMOUS, PrincipalDep, requires
 from pacs.http.context import Web, WebDep
 from pacs.http.errors import HttpError
+from pacs.services import metrics
 from pacs.services.auth import Principal, Role
 from pacs.services.errors import (
     InvalidInstance,
@@ -177,12 +179,24 @@ async def _store(web: Web, request: Request, principal: Principal, *,
     try:
         origin = Origin(protocol="dicomweb", address=_client(request),
                         user=None if principal is ANONYMOUS else principal.actor)
+        started = time.perf_counter()
         results = await run_in_threadpool(_store_parts, web.ingest, parts, origin, study)
+        _count(results, time.perf_counter() - started)
     finally:
         for part in parts:
             part.discard()
     studies_url = f"{base_url(request)}/studies"
     return _answer(results, studies_url, study, answer_type)
+
+
+def _count(results: list[StoreOutcome | _Failure], seconds: float) -> None:
+    """Each instance in the metrics: its outcome and Failure Reason (0000: stored), and the
+    time the request's stores took together."""
+    for result in results:
+        if isinstance(result, StoreOutcome):
+            metrics.store("dicomweb", result.status.value, 0, seconds)
+        else:
+            metrics.store("dicomweb", metrics.FAILED, int(result.reason), seconds)
 
 
 # -- the request ----------------------------------------------------------------------------

@@ -204,8 +204,18 @@ def serve(
                                  "HOST:PORT,tls (RFC 5425) or HOST:PORT,tcp [none]"),
     ] = None,
     log_level: Annotated[str | None, typer.Option("--log-level", help="[INFO]")] = None,
+    log_format: Annotated[
+        str | None, typer.Option("--log-format", help="text | json: one JSON object per "
+                                 "line, with the association or request id [text]"),
+    ] = None,
+    metrics_token: Annotated[
+        str | None, typer.Option("--metrics-token", help="a static bearer token accepted by "
+                                 "GET /metrics only, for a scraper (prefer "
+                                 "PACS_METRICS_TOKEN: a flag shows in ps) [none]"),
+    ] = None,
 ) -> None:
-    """Run the DIMSE SCP and the HTTP server (DICOMweb, /health) in one process."""
+    """Run the DIMSE SCP and the HTTP server (DICOMweb, /livez, /readyz, /metrics) in one
+    process."""
     settings = _settings(
         data_dir=data_dir, ae_title=ae_title, dimse_port=dimse_port, dimse_host=dimse_host,
         http_host=http_host, http_port=http_port, auth=auth, insecure=insecure,
@@ -220,7 +230,7 @@ def serve(
         oidc_role_claim=oidc_role_claim, oidc_client_id=oidc_client_id,
         oidc_client_secret=oidc_client_secret, oidc_redirect_uri=oidc_redirect_uri, routes=route,
         modalities=modality, stable_seconds=stable_seconds, retention_days=retention_days,
-        audit_syslog=audit_syslog,
+        audit_syslog=audit_syslog, log_format=log_format, metrics_token=metrics_token,
     )
     refusal = settings.exposed_without_auth
     if refusal is not None:

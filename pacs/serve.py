@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 import pydicom
@@ -30,6 +31,7 @@ from pacs.dimse.sender import StudySender
 from pacs.dimse.server import DimseServer
 from pacs.dimse.transport import Transport
 from pacs.dimse.transport import install as install_transport
+from pacs.services import metrics
 from pacs.services.ae_registry import AeRegistry
 from pacs.services.audit import AuditTrail
 from pacs.services.audit_export import AuditExporter
@@ -45,14 +47,16 @@ from pacs.services.consistency import (
 from pacs.services.decoding_limits import MB, DecodeLimits
 from pacs.services.errors import OutOfResources
 from pacs.services.ingest import IngestService
+from pacs.services.log_lines import ContextFilter, JsonFormatter
 from pacs.services.query import QueryService
+from pacs.services.readiness import Check, ReadinessService, Result
 from pacs.services.retrieve import Destination, RetrieveService
 from pacs.services.routing import RoutingService, Worker
 from pacs.services.sessions import SessionService
 from pacs.services.syslog import SyslogHeader, SyslogTarget, sender_for
 from pacs.services.tls_listener import BCP195_TLS12_CIPHERS, harden_tls, server_context
 from pacs.services.workflow import QaGate, RouteRule, WorkflowService
-from pacs.settings import AuthMode, DimseAccess, QaMode, Settings, TlsClientCert
+from pacs.settings import AuthMode, DimseAccess, LogFormat, QaMode, Settings, TlsClientCert
 from storage.blob_store import BlobStore, BlobStoreUnavailable, parse_s3_url
 from storage.blobs import FileStore
 from storage.index import Index
@@ -244,15 +248,40 @@ def upgrade_database(settings: Settings) -> str:
         index.dispose()
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s [pid %(process)d] %(name)s: %(message)s",
-    )
+TEXT_FORMAT = "%(asctime)s %(levelname)s [pid %(process)d] %(name)s: %(message)s"
+
+
+def configure_logging(level: str, log_format: LogFormat = LogFormat.TEXT) -> None:
+    """Log lines to stderr, as text or one JSON object per line (``pacs.services.log_lines``).
+    In JSON, what would otherwise reach stderr in another form goes through logging too:
+    Python's warnings and the tracebacks of exceptions no one caught."""
+    handler = logging.StreamHandler()
+    if log_format is LogFormat.JSON:
+        handler.setFormatter(JsonFormatter())
+        handler.addFilter(ContextFilter())
+        logging.captureWarnings(True)
+        threading.excepthook = _log_thread_exception
+        sys.excepthook = _log_exception
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
     # pynetdicom logs every association at INFO; keep its chatter at WARNING unless debugging.
     if level.upper() != "DEBUG":
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    log.error("uncaught exception in thread %s", name,
+              exc_info=(args.exc_type, args.exc_value, args.exc_traceback))  # type: ignore[arg-type]
+
+
+def _log_exception(kind: type[BaseException], value: BaseException,
+                   traceback: TracebackType | None) -> None:
+    log.critical("uncaught exception", exc_info=(kind, value, traceback))
 
 
 _TRANSPORT: Transport | None = None
@@ -389,7 +418,15 @@ def _audit_exporter(settings: Settings, services: Services) -> AuditExporter | N
 
 def serve(settings: Settings) -> int:
     """Run the DIMSE listener and the HTTP server in this process until SIGINT/SIGTERM, with
-    ``dimse_processes - 1`` worker processes serving a share of the associations."""
+    ``dimse_processes - 1`` worker processes serving a share of the associations; every
+    process of the run counts its metrics into one fresh folder, removed at the end."""
+    configure_logging(settings.log_level, settings.log_format)
+    with metrics.run_directory() as metrics_folder:
+        metrics.enable(metrics_folder)
+        return _serve(settings, metrics_folder)
+
+
+def _serve(settings: Settings, metrics_folder: Path) -> int:
     # The web stack is imported here, not with this module: the DIMSE worker processes
     # import this module and never serve HTTP (about 18 MB less each).
     import uvicorn
@@ -399,8 +436,8 @@ def serve(settings: Settings) -> int:
     from pacs.http.server import HttpLimits, HttpServer, guarded_protocol
     from pacs.web import create_app
 
-    configure_logging(settings.log_level)
     with open_services(settings) as services:
+        services.index.watch_errors(metrics.index_error)
         run = _run_record(services.index)
         try:
             crashed = run.claim() if run is not None else None
@@ -427,18 +464,32 @@ def serve(settings: Settings) -> int:
         workers = _Workers(settings)
         http_started = threading.Event()
 
-        def is_ready() -> bool:
-            return http_started.is_set() and dimse.port != 0 and workers.ready()
+        def listeners() -> dict[Check, Result]:
+            if http.should_exit:  # a graceful stop under way: send no new work here
+                return {Check.DIMSE: Result.STOPPING, Check.HTTP: Result.STOPPING}
+            return {
+                Check.DIMSE: Result.STARTING if not dimse.started
+                else Result.OK if dimse.listening() and workers.ready() else Result.FAILED,
+                Check.HTTP: Result.OK if http_started.is_set() else Result.STARTING,
+            }
 
+        readiness = ReadinessService(index=services.index, blobs=services.blobs,
+                                     listeners=listeners, timeout=settings.readiness_timeout)
+        scrape = metrics.Scrape(metrics_folder, index=services.index,
+                                live_pids=lambda: {os.getpid(), *workers.pids()},
+                                timeout=settings.readiness_timeout)
         refusals = RefusalAudit(services.audit.refusal)
         required = settings.auth is AuthMode.REQUIRED
         access = Access(
             authenticator=services.authenticator if required else None,
             sessions=services.sessions if required else None,
             refusals=services.audit.refusal, record=services.audit.record,
+            metrics_token=(settings.metrics_token.get_secret_value()
+                           if settings.metrics_token is not None else None),
         )
         app = create_app(web=_web(settings, services), wado_services=_wado(settings, services),
-                         is_ready=is_ready, access=access, audit=refusals)
+                         readiness=readiness.check, access=access, audit=refusals,
+                         metrics=scrape.render)
         limits = HttpLimits(
             header_timeout=settings.http_header_timeout,
             max_connections=settings.http_max_connections,
@@ -450,7 +501,8 @@ def serve(settings: Settings) -> int:
             port=settings.http_port,
             http=guarded_protocol(limits, refusals.refused_connection),
             log_level=settings.log_level.lower(),
-            access_log=False,
+            access_log=False,  # pacs.http.telemetry logs each request, by its route
+            log_config=None,  # uvicorn's lines go through pacs's handler, in its format
             lifespan="on",
             # HTTPS only on this port when a certificate is given: uvicorn wraps the socket,
             # a plain-HTTP request fails the handshake (no redirect, no fallback)
@@ -557,6 +609,10 @@ class _Workers:
     def ready(self) -> bool:
         return all(process.poll() is None for process in self._processes)
 
+    def pids(self) -> list[int]:
+        """The workers still running."""
+        return [process.pid for process in self._processes if process.poll() is None]
+
     def dispatcher(self) -> Dispatcher | None:
         return Dispatcher(self._channels) if self._channels else None
 
@@ -589,13 +645,15 @@ def worker_main(argv: list[str]) -> int:
 def run_dimse_worker(settings: Settings, channel: socket.socket) -> None:
     """A DIMSE worker process: serves the associations the listening process hands over
     until it closes the channel."""
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    metrics.enable_from_environment()  # the listening process's folder
     # The listening process decides when to stop (SIGINT reaches the whole process group);
     # a SIGTERM of our own only raises a flag, checked by the main thread.
     stop = threading.Event()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda _sig, _frame: stop.set())
     with open_services(settings, upgrade=False) as services:
+        services.index.watch_errors(metrics.index_error)
         dimse = _dimse_server(settings, services)
         dimse.start(listen=False,
                     report_closed=lambda host: handoff.report_closed(channel, host))

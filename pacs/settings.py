@@ -24,6 +24,7 @@ from storage.blob_store import parse_s3_url
 
 _ORIGIN = re.compile(r"^https?://[^\s/?#]+$", re.IGNORECASE)
 _CLAIM_PATH = re.compile(r"^[^.\s]+(\.[^.\s]+)*$")
+_BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]{16,200}=*")
 _PEER = re.compile(r"^(?P<ae>[^=]+)=(?P<host>[^:\s]+|\[[0-9a-fA-F:]+\]):(?P<port>\d+)$")
 
 
@@ -53,6 +54,13 @@ class DimseTransport(StrEnum):
 
     FAST = "fast"  # pacs's fast path over pynetdicom (the default)
     STOCK = "stock"  # pynetdicom exactly as published: the yardstick and the fall-back
+
+
+class LogFormat(StrEnum):
+    """How log lines are written (to stderr)."""
+
+    TEXT = "text"  # time, level, process, logger: message
+    JSON = "json"  # one JSON object per line (pacs.services.log_lines)
 
 
 class TlsClientCert(StrEnum):
@@ -335,6 +343,21 @@ class Settings(BaseSettings):
         "default: host name and process id",
     )
     log_level: str = "INFO"
+    log_format: LogFormat = Field(
+        default=LogFormat.TEXT, description="text, or json: one JSON object per line with "
+        "time, level, logger, message and the DIMSE association id or HTTP request id",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None, exclude=True,  # never dumped (the DIMSE workers' copy goes without it)
+        description="a static bearer token that GET /metrics accepts (and no other route), "
+        "for a Prometheus scraper under --auth required; at least 16 characters of "
+        "A-Z a-z 0-9 - . _ ~ + / (and = at the end)",
+    )
+    readiness_timeout: float = Field(
+        default=2.0, gt=0, le=60,
+        description="seconds GET /readyz waits for the index to answer and for the blob store "
+        "to take a probe file; longer is a failed check (timeout)",
+    )
 
     @field_validator("ae_title")
     @classmethod
@@ -521,6 +544,16 @@ class Settings(BaseSettings):
             if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
                 raise ValueError(f"{value!r} is not an absolute http(s):// URL without a "
                                  "fragment")
+        return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        if not _BEARER_TOKEN.fullmatch(value.get_secret_value()):
+            raise ValueError("must be 16 to 200 characters of A-Z a-z 0-9 - . _ ~ + / "
+                             "(then = at the end), as a bearer token (RFC 6750 2.1)")
         return value
 
     @field_validator("modalities", mode="before")

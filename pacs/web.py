@@ -1,13 +1,16 @@
 """``create_app()``: the one FastAPI application of the HTTP front ends, built by the
 composition root; no globals.
 
-Routes: ``/health``; DICOMweb (PS3.18, :mod:`dicomweb`) under ``/dicom-web``: QIDO-RS,
+Routes: the probes, ``/livez`` (the process answers) and ``/readyz`` (it can take work:
+:mod:`pacs.services.readiness`; ``/health`` is the same), and ``/metrics`` (Prometheus,
+:mod:`pacs.services.metrics`); DICOMweb (PS3.18, :mod:`dicomweb`) under ``/dicom-web``: QIDO-RS,
 WADO-RS, STOW-RS, rejection (IOCM); WADO-URI at ``/wado``; the QA and administration REST API
 (:mod:`pacs.api`: the review, jobs, tokens, the AE registry, purge) under ``/api``; the web UI
 (:mod:`pacs.ui`) at ``/`` and ``/ui``. Each route declares the role it needs
 (:mod:`pacs.http.auth`). Around them (:mod:`pacs.http.security`): security headers, the
 cross-site guard of state-changing requests, CORS on DICOMweb for configured origins only,
-the bound on request bodies.
+the bound on request bodies; outermost, each request's id, log line and metrics
+(:mod:`pacs.http.telemetry`).
 
 The routers are module-level: a route takes what it calls as a dependency that reads
 ``app.state`` (``web: WebDep``, ``wado: WadoDep``), which this factory fills with what the
@@ -18,8 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
 from starlette.middleware.gzip import GZipMiddleware
 
 from dicomweb import qido, reject, stow, wado
@@ -28,7 +32,7 @@ from pacs import __version__
 from pacs.api import admin
 from pacs.api import routes as api
 from pacs.http import errors
-from pacs.http.auth import PUBLIC, Access
+from pacs.http.auth import PUBLIC, Access, RequiresOrScrapeToken
 from pacs.http.context import DICOMWEB_PATH, Web
 from pacs.http.security import (
     BodyLimit,
@@ -37,6 +41,10 @@ from pacs.http.security import (
     RefusalAudit,
     SecurityHeaders,
 )
+from pacs.http.telemetry import RequestTelemetry
+from pacs.services.auth import Role
+from pacs.services.metrics import CONTENT_TYPE as METRICS_TYPE
+from pacs.services.readiness import Readiness
 from pacs.ui import pages as ui
 from pacs.ui import sign_in
 
@@ -48,12 +56,13 @@ _NOT_COMPRESSED = (
 )
 
 
-def create_app(*, web: Web, wado_services: WadoServices, is_ready: Callable[[], bool],
-               access: Access | None = None, audit: RefusalAudit | None = None) -> FastAPI:
+def create_app(*, web: Web, wado_services: WadoServices, readiness: Callable[[], Readiness],
+               access: Access | None = None, audit: RefusalAudit | None = None,
+               metrics: Callable[[], bytes] | None = None) -> FastAPI:
     """The HTTP front ends over ``web`` (and ``wado_services`` for WADO). ``access`` says how
-    requests authenticate (default: not at all, ``--auth none``); ``is_ready`` tells whether
-    every listener accepts connections; ``audit`` records the requests refused (403
-    cross-site, 413)."""
+    requests authenticate (default: not at all, ``--auth none``); ``readiness`` runs the
+    readiness checks (blocking, bounded in time); ``audit`` records the requests refused (403
+    cross-site, 413); ``metrics`` renders the Prometheus text (None: no ``/metrics``)."""
     app = FastAPI(
         title="pacs",
         version=__version__,
@@ -68,12 +77,31 @@ def create_app(*, web: Web, wado_services: WadoServices, is_ready: Callable[[], 
     app.state.access = access if access is not None else Access()
     errors.install(app, page=ui.error_answer)
 
-    @app.get("/health", summary="200 once the DIMSE and HTTP listeners accept connections",
+    @app.get("/livez", summary="200 while the process answers (liveness)",
              dependencies=[PUBLIC])
-    def health() -> JSONResponse:
-        if is_ready():
-            return JSONResponse({"status": "ok"})
-        return JSONResponse({"status": "starting"}, status_code=503)
+    async def livez() -> JSONResponse:
+        return JSONResponse({"status": "ok"}, headers=_NO_STORE)
+
+    async def ready() -> JSONResponse:
+        report = await run_in_threadpool(readiness)
+        body = {"status": "ok" if report.ready else "unavailable",
+                "checks": {check.value: result.value for check, result in report.checks.items()}}
+        return JSONResponse(body, status_code=200 if report.ready else 503, headers=_NO_STORE)
+
+    ready_summary = ("200 when the index answers, the blob store takes a write and the DIMSE "
+                     "and HTTP listeners accept; else 503, naming the checks that failed")
+    app.get("/readyz", summary=ready_summary, dependencies=[PUBLIC])(ready)
+    app.get("/health", summary=f"{ready_summary} (as /readyz)", dependencies=[PUBLIC])(ready)
+
+    if metrics is not None:
+        render = metrics
+
+        @app.get("/metrics", summary="Prometheus metrics (text format): the admin role, or "
+                 "the scrape token (--metrics-token)", response_class=Response,
+                 dependencies=[Depends(RequiresOrScrapeToken(Role.ADMIN))])
+        async def metrics_text() -> Response:
+            return Response(await run_in_threadpool(render), media_type=METRICS_TYPE,
+                            headers=_NO_STORE)
 
     app.include_router(qido.router, prefix=DICOMWEB_PATH)
     app.include_router(wado.router, prefix=DICOMWEB_PATH)
@@ -96,4 +124,8 @@ def create_app(*, web: Web, wado_services: WadoServices, is_ready: Callable[[], 
                        methods=web.options.cors_methods)
     app.add_middleware(CrossSiteGuard, cors_origins=web.options.cors_origins, audit=audit)
     app.add_middleware(SecurityHeaders, audit=audit)
+    app.add_middleware(RequestTelemetry)
     return app
+
+
+_NO_STORE = {"Cache-Control": "no-store"}

@@ -109,6 +109,10 @@ class BlobStore(Protocol):
     def describe(self) -> str:
         """Where the blobs are, for the log (no credentials)."""
 
+    def check(self) -> None:
+        """Raise :class:`BlobStoreUnavailable` unless the store answers (an object store's
+        bucket reachable; nothing to ask of files, which the staging folder's writes try)."""
+
     def place(self, staged: StagedBlob, *, start_sync: bool = True) -> CommittedBlob:
         """Make a staged blob addressable under its key; the staged file is gone once this
         returns (a stream opened on it before still reads). ``created``: this call created

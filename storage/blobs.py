@@ -65,6 +65,10 @@ class FileStore:
     def describe(self) -> str:
         return str(self.objects)
 
+    def check(self) -> None:
+        """Nothing to ask: the store is the local file system (writes to the staging folder
+        beside it are the test)."""
+
     def close(self) -> None:
         self.staging.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,6 +18,7 @@ from pacs.dimse.inflight import InFlight
 from pacs.dimse.status import Status, store_status
 from pacs.dimse.transport import Transport
 from pacs.dimse.transport.inline import StoreRequest
+from pacs.services import metrics
 from pacs.services.ae_registry import Service
 from pacs.services.errors import OutOfResources, PacsError
 from pacs.services.ingest import Expected, Incoming, IngestService, Origin
@@ -41,6 +43,7 @@ class DimseHandlers:
         self.access = access
         self.transport = transport or Transport()
         self.receive_files: Any = None  # the receive-file maker, once the server started
+        self._established: set[int] = set()  # id() of the associations counted as open
 
     def bindings(self) -> list[tuple[Any, Any]]:
         from pynetdicom import evt
@@ -80,6 +83,8 @@ class DimseHandlers:
                         requestor.address, reason)
 
     def on_established(self, event: Event) -> None:
+        self._established.add(id(event.assoc))
+        metrics.association_opened()
         requestor = event.assoc.requestor
         peer = tls.peer_of(event.assoc)
         over = f" over TLS ({peer.subject or 'no client certificate'})" if peer else ""
@@ -87,6 +92,9 @@ class DimseHandlers:
                  requestor.port, over)
 
     def on_conn_close(self, event: Event) -> None:
+        if id(event.assoc) in self._established:
+            self._established.discard(id(event.assoc))
+            metrics.association_closed()
         partial = self.transport.closed(event.assoc)
         if partial is not None:
             if self.receive_files is not None:
@@ -117,11 +125,25 @@ class DimseHandlers:
                        digest: tuple[str, int] | None, failure: str | None) -> tuple[int, str]:
         """Store the data set received into ``path`` (its SHA-256 and size in ``digest`` when
         the receiver hashed it; ``failure``: why it could not be written whole), answering
-        only once the store is durable: (status, error comment)."""
+        only once the store is durable: (status, error comment). Counted in the metrics
+        (both transports' C-STOREs come here)."""
+        started = time.perf_counter()
+        outcome = metrics.FAILED
+        status = int(Status.PROCESSING_FAILURE)  # unless answered otherwise (a bug raised)
+        try:
+            outcome, status, comment = self._store(assoc, request, path, digest, failure)
+        finally:
+            metrics.store("dimse", outcome, status, time.perf_counter() - started)
+        return status, comment
+
+    def _store(self, assoc: Any, request: StoreRequest, path: Path,
+               digest: tuple[str, int] | None, failure: str | None) -> tuple[str, int, str]:
+        """(outcome, status, error comment)"""
         if self.access is not None:
             denied = self.access.denial(assoc, Service.STORE)
             if denied is not None:  # the received data set is removed by the caller
-                return int(store_status(denied)), str(denied)[:_ERROR_COMMENT_MAX]
+                return (metrics.FAILED, int(store_status(denied)),
+                        str(denied)[:_ERROR_COMMENT_MAX])
         expected = Expected(sop_class_uid=request.sop_class_uid,
                             sop_instance_uid=request.sop_instance_uid)
         with self.inflight:
@@ -136,9 +158,9 @@ class DimseHandlers:
                 status = store_status(error)
                 log.warning("C-STORE %s from %s failed (0x%04X): %s", expected.sop_instance_uid,
                             _ae_title(assoc), status, error)
-                return int(status), str(error)[:_ERROR_COMMENT_MAX]
+                return metrics.FAILED, int(status), str(error)[:_ERROR_COMMENT_MAX]
         log.debug("C-STORE %s: %s", outcome.sop_instance_uid, outcome.status)
-        return int(Status.SUCCESS), ""
+        return outcome.status.value, int(Status.SUCCESS), ""
 
 
 def _calling_ae(event: Event) -> str:

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from pydicom import config, dcmread
@@ -70,6 +70,7 @@ from pacs.dimse.qr import QueryRetrieveServices
 from pacs.dimse.status import Status, query_status
 from pacs.dimse.tls import subject_of
 from pacs.dimse.transport import Transport
+from pacs.services import metrics
 from pacs.services.ae_registry import Service
 from pacs.services.errors import PacsError
 from pacs.services.retrieve import Destination, RetrievePlan, RetrieveService
@@ -101,9 +102,9 @@ class PublishedQueryRetrieve:
 
     def bindings(self) -> list[tuple[Any, Any]]:
         return [
-            (evt.EVT_C_FIND, self.on_find),
-            (evt.EVT_C_MOVE, self.on_move),
-            (evt.EVT_C_GET, self.on_get),
+            (evt.EVT_C_FIND, _timed("C-FIND", self.on_find)),
+            (evt.EVT_C_MOVE, _timed("C-MOVE", self.on_move)),
+            (evt.EVT_C_GET, _timed("C-GET", self.on_get)),
         ]
 
     def on_find(self, event: Event) -> Iterator[Answer]:
@@ -229,6 +230,21 @@ class PublishedQueryRetrieve:
         access = self.services.access
         denied = access.denial(event.assoc, service) if access is not None else None
         return _failure(query_status(denied), str(denied)) if denied is not None else None
+
+
+def _timed(service: str, handler: Callable[[Event], Iterator[Any]]
+           ) -> Callable[[Event], Iterator[Any]]:
+    """``handler``, its request's time in the metrics (``pacs_dimse_request_duration_seconds``):
+    from the call to the end of its answers (pynetdicom sends each as it is yielded)."""
+
+    def timed(event: Event) -> Iterator[Any]:
+        started = time.perf_counter()
+        try:
+            yield from handler(event)
+        finally:
+            metrics.dimse_request(service, time.perf_counter() - started)
+
+    return timed
 
 
 class _Retrieval:

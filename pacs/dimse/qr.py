@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -36,6 +38,7 @@ from pacs.dimse.identifiers import FIND_MODELS, GET_MODELS, MOVE_MODELS
 from pacs.dimse.retrieve import Retrieval
 from pacs.dimse.status import Status, query_status
 from pacs.dimse.transport import Transport, encoding, fast
+from pacs.services import metrics
 from pacs.services.ae_registry import Service
 from pacs.services.query import QueryService
 from pacs.services.retrieve import RetrieveService
@@ -75,12 +78,15 @@ class QueryRetrieveSCP(QueryRetrieveServiceClass):
         elif services.access is not None and self._denied(services.access, req, context):
             return
         elif isinstance(req, C_FIND) and syntax in FIND_MODELS:
-            Find(self, services.query, req, context, ae_title=services.ae_title,
-                 fuzzy_person_names=services.fuzzy_person_names).run()
+            with _timed("C-FIND"):
+                Find(self, services.query, req, context, ae_title=services.ae_title,
+                     fuzzy_person_names=services.fuzzy_person_names).run()
         elif isinstance(req, C_MOVE) and syntax in MOVE_MODELS:
-            Retrieval(self, services.retrieve, req, context).move()
+            with _timed("C-MOVE"):
+                Retrieval(self, services.retrieve, req, context).move()
         elif isinstance(req, C_GET) and syntax in GET_MODELS:
-            Retrieval(self, services.retrieve, req, context).get()
+            with _timed("C-GET"):
+                Retrieval(self, services.retrieve, req, context).get()
         else:
             super().SCP(req, context)
 
@@ -101,6 +107,16 @@ class QueryRetrieveSCP(QueryRetrieveServiceClass):
         fast.send_when_drained(self.assoc, encoding.p_data(
             cast(int, context.context_id), command, None, int(self.dimse.maximum_pdu_size or 0)))
         return True
+
+
+@contextlib.contextmanager
+def _timed(service: str) -> Iterator[None]:
+    """The request's time in the metrics (``pacs_dimse_request_duration_seconds``)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        metrics.dimse_request(service, time.perf_counter() - started)
 
 
 class StorageSCP(StorageServiceClass):

@@ -99,6 +99,7 @@ class DimseServer:
         self._server: Any = None
         self._tls_server: Any = None
         self._listening = False
+        self._listeners: list[tuple[Any, threading.Thread]] = []  # (server, its thread)
 
     def start(
         self, *, listen: bool = True, dispatcher: Dispatcher | None = None,
@@ -157,10 +158,23 @@ class DimseServer:
                                              "DICOM TLS")
 
     def _listen(self, server: Any, thread: str, what: str) -> int:
-        threading.Thread(target=server.serve_forever, name=thread, daemon=True).start()
+        accepting = threading.Thread(target=server.serve_forever, name=thread, daemon=True)
+        accepting.start()
+        self._listeners.append((server, accepting))
         port = int(server.server_address[1])
         log.info("%s %s listening on %s:%d", what, self.ae_title, self.host, port)
         return port
+
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` opened the listeners (the readiness probe's "starting")."""
+        return bool(self._listeners)
+
+    def listening(self) -> bool:
+        """Whether every listener still accepts: its socket open, its thread running."""
+        return bool(self._listeners) and all(
+            thread.is_alive() and server.socket.fileno() != -1
+            for server, thread in self._listeners)
 
     def _close(self, server: Any) -> None:
         server.server_close()

@@ -25,6 +25,7 @@ the application's route table and fails on a route that declares neither, or bot
 from __future__ import annotations
 
 import hashlib
+import hmac
 import threading
 import time
 from collections.abc import Callable
@@ -93,6 +94,7 @@ class Access:
     verified: VerifiedTokens | None = field(default_factory=lambda: VerifiedTokens())
     sign_in_path: str = "/ui/sign-in"
     page_prefixes: tuple[str, ...] = ("/ui",)  # answered by a redirect to the sign-in page
+    metrics_token: str | None = None  # --metrics-token: a bearer token for /metrics only
 
     @property
     def required(self) -> bool:
@@ -271,6 +273,33 @@ class Requires:
                             headers={"WWW-Authenticate": f'Bearer realm="{REALM}", '
                                      'error="insufficient_scope"'})
         return found
+
+
+SCRAPER = Principal.of("metrics", kind="scrape")
+"""Who presented the scrape token (``--metrics-token``): no role, /metrics only."""
+
+
+class RequiresOrScrapeToken(Requires):
+    """``/metrics``: the role, like any route (a token or session with it; everyone under
+    ``--auth none``), or the static scrape token, which no other route accepts. The token is
+    compared by SHA-256 digest with :func:`hmac.compare_digest`: the time taken tells nothing
+    of how much of it matched, nor of its length."""
+
+    async def __call__(  # type: ignore[override]
+        self, request: Request,
+        _scheme: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+    ) -> Principal:
+        access = access_of(request)
+        header = request.headers.get("authorization")
+        if access.metrics_token is not None and header is not None:
+            token = _bearer(header)
+            if token and hmac.compare_digest(_digest(token), _digest(access.metrics_token)):
+                return SCRAPER
+        return await super().__call__(request, await authenticate(request), _scheme)
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 def _count(access: Access, **event: Any) -> None:

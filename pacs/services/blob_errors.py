@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from pacs.services import metrics
 from pacs.services.errors import OutOfResources
 from storage.blob_store import BlobStoreUnavailable
 
@@ -17,10 +18,12 @@ UNAVAILABLE = "the blob store is unavailable"
 
 
 @contextmanager
-def blob_store_errors() -> Iterator[None]:
-    """Raise :class:`BlobStoreUnavailable` met in the block as :class:`OutOfResources`."""
+def blob_store_errors(operation: str = "read") -> Iterator[None]:
+    """Raise :class:`BlobStoreUnavailable` met in the block as :class:`OutOfResources`,
+    counted in the metrics as a failed ``operation`` (:func:`metrics.blob_error`)."""
     try:
         yield
     except BlobStoreUnavailable as error:
+        metrics.blob_error(operation)
         log.error("%s: %s", UNAVAILABLE, error)
         raise OutOfResources(UNAVAILABLE) from error

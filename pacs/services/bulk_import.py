@@ -9,13 +9,21 @@ Whatever is counted "not DICOM" carries its reason, so nothing is dropped withou
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from pacs.services.errors import InvalidInstance, NotDicom, PacsError
+from pacs.services import metrics
+from pacs.services.errors import (
+    InvalidInstance,
+    NotDicom,
+    OutOfResources,
+    PacsError,
+    SopClassMismatch,
+)
 from pacs.services.ingest import Incoming, IngestService, Origin, StoreStatus
 from pacs.services.part10 import BARE_DATA_SET_LIMIT, as_part10, check_data_set_start, is_part10
 
@@ -76,17 +84,35 @@ class ImportService:
     def _one(self, path: Path) -> tuple[ImportResult, str]:
         if path.name in _SKIPPED_NAMES:
             return ImportResult.NOT_DICOM, "a DICOMDIR (media directory), not an instance"
+        started = time.perf_counter()
         try:
             outcome = self.ingest.store(_incoming(path), Origin(protocol="import"))
         except NotDicom as error:
             return ImportResult.NOT_DICOM, str(error).removeprefix("not DICOM: ")
         except PacsError as error:
+            _count(metrics.FAILED, _status(error), started)
             return ImportResult.FAILED, str(error)
         except OSError as error:
             return ImportResult.FAILED, f"cannot read: {error.strerror or error}"
+        _count(outcome.status.value, 0, started)
         if outcome.status is StoreStatus.ALREADY_PRESENT:
             return ImportResult.ALREADY_PRESENT, ""
         return ImportResult.STORED, ""
+
+
+# The C-STORE status an import's failure would have had (PS3.4 B.2.3), for the metrics.
+_STATUSES: tuple[tuple[type[PacsError], int], ...] = (
+    (SopClassMismatch, 0xA900), (OutOfResources, 0xA700), (InvalidInstance, 0xC000))
+
+
+def _status(error: PacsError) -> int:
+    return next((status for kind, status in _STATUSES if isinstance(error, kind)), 0x0110)
+
+
+def _count(outcome: str, status: int, started: float) -> None:
+    """In the metrics of the process that imports (``pacs import`` exports none: a server's
+    ``/metrics`` never shows its stores)."""
+    metrics.store("import", outcome, status, time.perf_counter() - started)
 
 
 def _incoming(path: Path) -> Incoming:

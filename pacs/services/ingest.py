@@ -34,6 +34,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
+from pacs.services import metrics
 from pacs.services.blob_errors import UNAVAILABLE
 from pacs.services.decoding_limits import DecodeLimits
 from pacs.services.errors import (
@@ -214,7 +215,7 @@ class IngestService:
     ) -> list[StoreOutcome | Exception]:
         def prepare(incoming: Incoming) -> _Prepared | Exception:
             try:
-                return self._prepare(incoming, origin, expected)
+                return self._prepare(incoming, origin, expected, wait_durable=False)
             except PacsError as error:
                 return error
             except Exception as error:  # one instance's bug must not lose the others' answers
@@ -227,19 +228,21 @@ class IngestService:
                 prepared = list(pool.map(prepare, chunk))
         else:
             prepared = [prepare(incoming) for incoming in chunk]
+        if not self._commit_syncs_blobs:  # every blob on disk before the rows: one sync or few
+            for n, p in enumerate(prepared):
+                if isinstance(p, _Prepared):
+                    try:
+                        _durable(p.committed.wait_durable, p.row.blob.key)
+                    except OutOfResources as error:
+                        self._delete_created([p], keep=[])
+                        prepared[n] = error
         ready = [(n, p) for n, p in enumerate(prepared) if isinstance(p, _Prepared)]
         upserts: dict[int, tuple[UpsertResult, StudyState] | Exception] = {}
         try:
-            with self._unit_of_work(write=True) as repo:
-                for n, item in ready:
-                    try:
-                        with repo.savepoint():
-                            upserts[n] = self._upsert(repo, item.row, origin)
-                    except IndexDataError as exc:
-                        log.warning("the index refused an instance's values: %s", exc)
-                        upserts[n] = InvalidInstance(
-                            "the index cannot hold a value of this instance"
-                        )
+            try:
+                upserts = self._index_batch(ready, origin, isolated=False)
+            except InvalidInstance:  # the database refused a value: each in a savepoint now
+                upserts = self._index_batch(ready, origin, isolated=True)
         except PacsError as error:  # the whole transaction
             kept = isinstance(error, OutOfResources) and isinstance(
                 error.__cause__, IndexNotDurable
@@ -270,6 +273,26 @@ class IngestService:
                 answers[n] = error
         return answers
 
+    def _index_batch(
+        self, ready: Sequence[tuple[int, _Prepared]], origin: Origin, *, isolated: bool
+    ) -> dict[int, tuple[UpsertResult, StudyState] | Exception]:
+        """One transaction for the batch. ``isolated``: each instance in a savepoint of its
+        own, so that a value the database refuses fails that instance only (two more round
+        trips an instance: only after a first attempt without them failed)."""
+        upserts: dict[int, tuple[UpsertResult, StudyState] | Exception] = {}
+        with self._unit_of_work(write=True) as repo:
+            for n, item in ready:
+                if not isolated:
+                    upserts[n] = self._upsert(repo, item.row, origin)
+                    continue
+                try:
+                    with repo.savepoint():
+                        upserts[n] = self._upsert(repo, item.row, origin)
+                except IndexDataError as exc:
+                    log.warning("the index refused an instance's values: %s", exc)
+                    upserts[n] = InvalidInstance("the index cannot hold a value of this instance")
+        return upserts
+
     def _delete_created(self, items: Sequence[_Prepared], *, keep: Sequence[_Prepared]) -> None:
         """Delete the blobs these stores created, but one another store of the batch uses."""
         used = {item.row.blob.key for item in keep}
@@ -280,7 +303,8 @@ class IngestService:
                 used.add(key)  # (the same bytes twice in one batch: deleted once)
 
     def _prepare(
-        self, incoming: Incoming, origin: Origin, expected: Expected | None
+        self, incoming: Incoming, origin: Origin, expected: Expected | None, *,
+        wait_durable: bool = True,
     ) -> _Prepared:
         """Stage, place and read: everything before the index (the blob deleted again if it
         fails)."""
@@ -306,7 +330,7 @@ class IngestService:
                 blob=staged.info,
                 source_ae=origin.ae_title,
             )
-            if not self._commit_syncs_blobs:
+            if wait_durable and not self._commit_syncs_blobs:
                 # the blob is on disk before its row: a row never outruns its blob, which
                 # several servers sharing the index and the store rely on
                 _durable(committed.wait_durable, staged.sha256)
@@ -473,21 +497,23 @@ T = TypeVar("T")
 def _durable(wait: Callable[[], None], key: str) -> None:
     """Wait until the blob is on disk; a failed sync refuses the store (0xA700)."""
     try:
-        _guard_space(wait)
+        _guard_space(wait, operation="sync")
     except OSError as exc:
         log.error("sync of blob %s failed: %s", key, exc)
         raise OutOfResources("the file could not be made durable") from exc
 
 
-def _guard_space(action: Callable[[], T]) -> T:
+def _guard_space(action: Callable[[], T], operation: str = "write") -> T:
     """Disk full (or quota), or an object store that cannot be reached, is out of resources
-    (0xA700), not a crash."""
+    (0xA700), not a crash. Any failure of the blob store counts in the metrics as one of
+    ``operation``."""
     try:
         return action()
-    except BlobStoreUnavailable as exc:
-        log.error("%s: %s", UNAVAILABLE, exc)
-        raise OutOfResources(UNAVAILABLE) from exc
     except OSError as exc:
+        metrics.blob_error(operation)
+        if isinstance(exc, BlobStoreUnavailable):
+            log.error("%s: %s", UNAVAILABLE, exc)
+            raise OutOfResources(UNAVAILABLE) from exc
         if exc.errno in _NO_SPACE:
             log.error("the blob store is full: %s", exc)
             raise OutOfResources("no space left in the store") from exc

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from pacs.services import metrics
 from pacs.services.blob_errors import blob_store_errors
 from pacs.services.decoding_limits import DecodeLimits
 from pacs.services.errors import CannotTranscode, NotFound, OutOfResources, UnknownPeer
@@ -218,6 +219,7 @@ class RetrieveService:
                     with blob_store_errors():
                         stored = stack.enter_context(self.blobs.as_file(item.blob_key))
                 except BlobNotFound as error:
+                    metrics.blob_error("read")
                     raise NotFound(missing) from error
                 yield Prepared(item, stored, target, transcoded=False)
             return
@@ -225,6 +227,7 @@ class RetrieveService:
             with blob_store_errors(), self.blobs.open(item.blob_key) as source:
                 data = source.read()
         except BlobNotFound as error:
+            metrics.blob_error("read")
             raise NotFound(missing) from error
         converted = transcode(data, target, self.limits)
         del data

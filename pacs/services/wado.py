@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from pacs.services import metrics
 from pacs.services.blob_errors import blob_store_errors
 from pacs.services.element_tree import Element, Readable, Unreadable, readable, walk
 from pacs.services.errors import CannotTranscode, DecodeTooLarge, InvalidInstance, NotFound
@@ -44,6 +45,7 @@ class InstanceFile:
                 with blob_store_errors():
                     yield from self.service.blobs.read_chunks(self.item.blob_key, _CHUNK)
             except BlobNotFound as error:
+                metrics.blob_error("read")
                 missing = f"SOP Instance {self.item.sop_instance_uid}: stored file missing"
                 raise NotFound(missing) from error
             return
@@ -130,6 +132,7 @@ class WadoService:
             with blob_store_errors():
                 file = self.retrieve.blobs.open(item.blob_key)
         except BlobNotFound as error:
+            metrics.blob_error("read")
             raise NotFound(f"SOP Instance {item.sop_instance_uid}: stored file missing") from error
         with blob_store_errors(), file:  # (reads of an object store's file may fail too)
             try:

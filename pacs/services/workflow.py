@@ -389,7 +389,7 @@ class WorkflowService:
                         old[keyword] = value
                 staged = self.blobs.staging.stage_bytes(new_data)
                 try:
-                    with blob_store_errors():
+                    with blob_store_errors("write"):
                         committed = self.blobs.commit(staged)
                 finally:
                     self.blobs.staging.discard(staged)

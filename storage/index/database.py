@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Engine, ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from storage.index.errors import IndexDataError, IndexNotDurable, IndexUnavailable
@@ -29,6 +30,9 @@ from storage.sync import SharedSync
 __all__ = ["Index", "IndexDataError", "IndexNotDurable", "IndexUnavailable"]
 
 _WRITE = "pacs_write"
+UNAVAILABLE, REFUSED, STALE_CONNECTION, POOL_TIMEOUT = (
+    "unavailable", "refused", "stale_connection", "pool_timeout")
+"""The kinds of database error :meth:`Index.watch_errors` tells."""
 BUSY_TIMEOUT_MS = 60_000
 
 
@@ -65,6 +69,7 @@ class Index:
             options["pool_pre_ping"] = True
         self.engine: Engine = create_engine(self.url, **options)
         self._writers: _WriterQueue | None = None
+        self._on_error: Callable[[str], None] | None = None
         self._log_sync: SharedSync | None = None
         if self.is_sqlite:
             on_file = bool(self.url.database) and self.url.database != ":memory:"
@@ -93,8 +98,33 @@ class Index:
             raise IndexUnavailable(str(exc.orig)) from exc
         except DBAPIError as exc:
             raise IndexDataError(str(exc.orig)) from exc
+        except PoolTimeout as exc:
+            if self._on_error is not None:
+                self._on_error(POOL_TIMEOUT)
+            raise IndexUnavailable("no database connection came free in the pool's time") from exc
         if write and self._log_sync is not None:
             self._sync_log()
+
+    def watch_errors(self, on_error: Callable[[str], None]) -> None:
+        """Tell ``on_error(kind)`` of every database error, whoever catches it afterwards:
+        :data:`UNAVAILABLE` (the database cannot be reached, dropped the connection or stayed
+        locked), :data:`REFUSED` (it refused a statement: a constraint, a value),
+        :data:`STALE_CONNECTION` (a pooled connection found dead by its pre-ping, replaced)
+        and :data:`POOL_TIMEOUT` (no pooled connection came free). Called on the failing
+        thread; it must not block."""
+        self._on_error = on_error
+
+        def handle_error(context: ExceptionContext) -> None:
+            if context.is_pre_ping:
+                kind = STALE_CONNECTION
+            elif context.is_disconnect or isinstance(
+                    context.sqlalchemy_exception, (OperationalError, InterfaceError)):
+                kind = UNAVAILABLE
+            else:
+                kind = REFUSED
+            on_error(kind)
+
+        event.listen(self.engine, "handle_error", handle_error)
 
     @property
     def commit_sync(self) -> SharedSync | None:

@@ -20,6 +20,7 @@ from storage.blobs import BlobInfo
 from storage.index.application_entities import AeRecords
 from storage.index.audit_feed import AuditFeed
 from storage.index.errors import IndexDataError
+from storage.index.gauges import GaugeRecords
 from storage.index.matching import LIST_SEPARATOR, find_statement, instances_statement
 from storage.index.models import (
     TABLES,
@@ -102,6 +103,7 @@ class Repository:
         self.application_entities = AeRecords(connection)
         self.sessions = SessionRecords(connection)
         self.sign_ins = SignInRecords(connection)
+        self.gauges = GaugeRecords(connection)
 
     # -- ingest --------------------------------------------------------------------------
     @contextmanager

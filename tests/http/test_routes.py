@@ -16,15 +16,17 @@ from pacs.http.auth import declared_access, requires
 from pacs.http.context import Web
 from pacs.serve import open_services
 from pacs.services.auth import Role
+from pacs.services.readiness import Readiness
 from pacs.settings import Settings
 from pacs.web import create_app
 
-PUBLIC_ROUTES = {("GET", "/health"), ("GET", "/"), ("GET", "/ui/sign-in"),
+PUBLIC_ROUTES = {("GET", "/health"), ("GET", "/livez"), ("GET", "/readyz"),
+                 ("GET", "/"), ("GET", "/ui/sign-in"),
                  ("POST", "/ui/sign-in"), ("POST", "/ui/sign-out"),
                  ("GET", "/ui/sign-in/oidc"), ("GET", "/ui/sign-in/callback")}
-"""Routes open to anyone: readiness, the redirect to the studies page, signing in (with a
-token, or at the OIDC identity provider and back) and out. None of them answers anything
-about a patient."""
+"""Routes open to anyone: the probes (liveness, readiness), the redirect to the studies
+page, signing in (with a token, or at the OIDC identity provider and back) and out. None of
+them answers anything about a patient."""
 
 FRAMEWORK_ROUTES = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 """FastAPI's own: the API's description (no patient data), public by decision."""
@@ -41,7 +43,7 @@ def make_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], 
                   workflow=services.workflow, routing=services.routing,
                   tokens=services.tokens, ae_registry=services.ae_registry)
         yield lambda: create_app(web=web, wado_services=wado_services(services.retrieve),
-                                 is_ready=lambda: True)
+                                 readiness=lambda: Readiness({}), metrics=lambda: b"")
 
 
 @pytest.fixture
@@ -110,7 +112,8 @@ def test_a_route_without_a_declaration_is_caught(app: FastAPI) -> None:
 
 def test_the_roles_of_the_issue(app: FastAPI) -> None:
     """viewer reads, uploader stores, qa reviews (and OHIF's reject), admin runs jobs, keeps
-    the tokens and the AE registry, and purges."""
+    the tokens and the AE registry, purges, and reads the metrics (as does the scrape
+    token)."""
     table = access_table(app)
     by_role: dict[Role | None, set[tuple[str, str]]] = {}
     for key, access in table.items():
@@ -122,7 +125,7 @@ def test_the_roles_of_the_issue(app: FastAPI) -> None:
                                    ("GET", "/api/tokens"), ("POST", "/api/tokens"),
                                    ("DELETE", "/api/tokens/{name}"), ("GET", "/api/ae"),
                                    ("POST", "/api/ae"), ("DELETE", "/api/ae/{title}"),
-                                   ("POST", "/api/purge")}
+                                   ("POST", "/api/purge"), ("GET", "/metrics")}
     assert ("POST", "/dicom-web/studies/{study}/series/{series}/reject/{code}") in by_role[
         Role.QA]
     assert ("GET", "/api/audit") in by_role[Role.QA]

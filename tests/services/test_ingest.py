@@ -212,6 +212,10 @@ def test_with_the_index_elsewhere_the_blob_is_on_disk_before_its_row_is_committe
     service.store(Incoming.data(f.to_part10_bytes(f.ct_instance())), ORIGIN)
 
     assert events == ["sync", "index"]
+    events.clear()  # a batch (STOW-RS): every blob synced before its one transaction
+    service.store_many([Incoming.data(f.to_part10_bytes(f.ct_instance(InstanceNumber=n)))
+                        for n in range(3)], ORIGIN, workers=3)
+    assert events[-1] == "index" and set(events[:-1]) == {"sync"}
 
 
 def test_on_one_file_system_one_sync_after_the_commit_makes_blob_and_row_durable(

@@ -44,7 +44,10 @@ class Transport:
     def install(self) -> None:
         """Process-wide settings, once, before any association (documented options): received
         C-STORE data sets go to a file as they arrive and sent ones stream from theirs;
-        pynetdicom's log handlers are bound only when their lines would be heard."""
+        pynetdicom's log handlers are bound only when their lines would be heard; the
+        association's threads get the context of the thread that made it (its association
+        id for the log lines: ``serving.py``)."""
+        _config.PASS_CONTEXTVARS = True
         _config.STORE_RECV_CHUNKED_DATASET = True
         _config.STORE_SEND_CHUNKED_DATASET = True
         if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):

@@ -10,7 +10,10 @@ pinned with the fast path's (``fast.UPSTREAM``):
   handler, telling its server when the association's thread ends, so that connections per
   address are counted until they close (``guard.py``); on a DICOM TLS listener it first wraps
   the connection and handshakes, in that thread (``tls.py``). Every accepted socket gets
-  TCP_NODELAY: without it a response waits for Nagle's algorithm.
+  TCP_NODELAY: without it a response waits for Nagle's algorithm. It also gives the connection
+  an association id for the log lines (``pacs.services.log_lines.ASSOCIATION_ID``), set before
+  the association is made: pynetdicom copies the context into the association's threads
+  (``_config.PASS_CONTEXTVARS``, set by ``Transport.install``).
 * ``ApplicationEntity._servers``: a server made with ``make_server`` (to choose its class) must
   be registered there, as ``start_server`` does, or its ``shutdown`` fails.
 """
@@ -23,6 +26,8 @@ from typing import Any
 
 from pynetdicom import evt
 from pynetdicom.transport import RequestHandler
+
+from pacs.services.log_lines import ASSOCIATION_ID, new_association_id
 
 
 def register_server(ae: Any, server: Any) -> None:
@@ -44,6 +49,7 @@ class CountedHandler(RequestHandler):
         closed: Callable[[Any], None] = getattr(self.server, "connection_closed")  # noqa: B009
         secure = getattr(self.server, "tls", None)  # a tls.TlsAcceptor on a DICOM TLS port
         address = self.client_address
+        ASSOCIATION_ID.set(new_association_id())  # this thread serves this connection only
         try:
             self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             peer = None

@@ -101,6 +101,7 @@ def test_store_retrieve_check_and_import_on_s3(
     multiframe = pydicom.dcmread(files[-1])
     try:
         server.start()
+        assert httpx.get(f"{server.base_url}/readyz", timeout=30).json()["status"] == "ok"
         stored = dcmtk.storescu(server.dimse_port, files, workdir=tmp_path)
         assert dcmtk.successes(stored) == len(files), dcmtk.status_lines(stored)
 
@@ -201,11 +202,14 @@ def test_object_store_stopping_mid_ingest_loses_nothing_acknowledged(
         study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
         down = httpx.get(f"{server.base_url}/dicom-web/studies/{study}",
                          headers={"Accept": AS_STORED}, timeout=120)
+        readiness = httpx.get(f"{server.base_url}/readyz", timeout=30)
     finally:
         server.stop()
 
     assert down.status_code == 503, down.text  # reads: try again later
     assert "the blob store is unavailable" in down.text and "127.0.0.1" not in down.text
+    assert readiness.status_code == 503  # a balancer sends this server no new work
+    assert readiness.json()["checks"]["blob_store"] == "failed"
 
     acknowledged = _acknowledged(output, files)
     assert 20 <= len(acknowledged) < len(files), output[-3000:]

@@ -5,22 +5,23 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: run test test-stock lint bench dcmtk browser orthanc ohif clean
+.PHONY: run test test-stock lint bench dcmtk browser orthanc ohif haproxy clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,postgres,s3]'
 	touch $(STAMP)
 
-## run: install into .venv and start `pacs serve` (SQLite + files under ./pacs-data)
+## run: install into .venv (with the PostgreSQL and S3 extras, as the image) and start
+## `pacs serve` (SQLite + files under ./pacs-data)
 run: $(STAMP)
 	$(VENV)/bin/pacs serve $(ARGS)
 
 ## test: lint, then the whole suite against real DCMTK peers, Orthanc and OHIF (PostgreSQL too
 ## when PACS_TEST_DATABASE_URL is set, as .ci/run does) on the fast DIMSE transport, then the
 ## DIMSE suite again on pynetdicom as published (test-stock)
-test: $(STAMP) dcmtk browser orthanc ohif lint
+test: $(STAMP) dcmtk browser orthanc ohif haproxy lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory test-stock
 
@@ -91,6 +92,14 @@ ohif: $(STAMP)
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; \
 	  else echo "npm is missing (apt-get install nodejs npm): the OHIF test will be skipped"; fi; }
 	@if command -v npm >/dev/null 2>&1; then $(PY) -m tests.support.ohif; fi
+
+## haproxy: Debian's HAProxy, which checks deploy/haproxy/haproxy.cfg (tests/deploy); apt-get
+## when missing and root, else that test is skipped
+haproxy:
+	@command -v haproxy >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; \
+	  else echo "haproxy is missing (apt-get install haproxy): its config test will be skipped"; fi; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -2,16 +2,15 @@
 
 pydicom tries the installed decoder plugins of a transfer syntax in its own order, GDCM first
 wherever python-gdcm is installed. pacs installs python-gdcm (BSD) for the JPEG processes
-(PS3.5 A.4.1: baseline, extended, lossless) that GPLv3 pylibjpeg-libjpeg decoded before, and
-nothing else is left to pydicom's order:
+(PS3.5 A.4.1) that GPLv3 pylibjpeg-libjpeg decoded before, but GDCM ends the whole process
+(segmentation fault, ``std::terminate``) on a damaged codestream, JPEG and JPEG 2000 alike, and
+a peer's file must not take the server down. So nothing is left to pydicom's order:
 
-- JPEG 2000 and HTJ2K are openjpeg's (pylibjpeg-openjpeg), never GDCM's: a damaged JPEG 2000
-  codestream makes GDCM end the whole process (an uncaught C++ exception, ``std::terminate``),
-  where openjpeg raises an error. A peer's file must not take the server down.
-- JPEG-LS is CharLS's (pyjpegls).
-- JPEG Extended is :mod:`pacs.services.gdcm_jpeg`'s, which also decodes 12-bit samples
-  (pydicom's GDCM plugin refuses them).
-- Pillow (libjpeg-turbo, openjpeg) is the fall-back for 8-bit JPEG and for JPEG 2000.
+- JPEG baseline is Pillow's (libjpeg-turbo, in process), then GDCM's;
+- JPEG extended (12-bit samples too) and lossless are GDCM's, always in a child process
+  (:mod:`pacs.services.gdcm_jpeg`): a crash there fails that one decode;
+- JPEG-LS is CharLS's (pyjpegls);
+- JPEG 2000 and HTJ2K are openjpeg's (pylibjpeg-openjpeg), then Pillow's, never GDCM's.
 
 RLE and the native syntaxes keep pydicom's decoders. :func:`use_chosen_decoders` applies the
 table; the composition root calls it once, before anything decodes (pydicom's plugin registry
@@ -25,11 +24,11 @@ import contextlib
 from pydicom import uid
 from pydicom.pixels.decoders.base import get_decoder
 
-GDCM_JPEG = "pacs-gdcm-jpeg"
+GDCM_JPEG = "gdcm-child"
 
 #: The decoder plugins, by pydicom label, and where each one's frame function is.
 _PLUGINS: dict[str, tuple[str, str]] = {
-    "gdcm": ("pydicom.pixels.decoders.gdcm", "_decode_frame"),
+    "gdcm": ("pydicom.pixels.decoders.gdcm", "_decode_frame"),  # removed everywhere
     "pylibjpeg": ("pydicom.pixels.decoders.pylibjpeg", "_decode_frame"),
     "pyjpegls": ("pydicom.pixels.decoders.pyjpegls", "_decode_frame"),
     "pillow": ("pydicom.pixels.decoders.pillow", "_decode_frame"),
@@ -38,10 +37,10 @@ _PLUGINS: dict[str, tuple[str, str]] = {
 
 #: Per transfer syntax, the plugins that decode it, in the order they are tried.
 DECODERS: dict[str, tuple[str, ...]] = {
-    uid.JPEGBaseline8Bit: ("gdcm", "pillow"),
+    uid.JPEGBaseline8Bit: ("pillow", GDCM_JPEG),
     uid.JPEGExtended12Bit: (GDCM_JPEG, "pillow"),
-    uid.JPEGLossless: ("gdcm",),
-    uid.JPEGLosslessSV1: ("gdcm",),
+    uid.JPEGLossless: (GDCM_JPEG,),
+    uid.JPEGLosslessSV1: (GDCM_JPEG,),
     uid.JPEGLSLossless: ("pyjpegls",),
     uid.JPEGLSNearLossless: ("pyjpegls",),
     uid.JPEG2000Lossless: ("pylibjpeg", "pillow"),

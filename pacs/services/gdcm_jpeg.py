@@ -4,7 +4,7 @@
 GDCM is not safe on a damaged codestream: a few flipped bytes in a JPEG make it end the process
 (a segmentation fault, or ``std::terminate`` on an uncaught ``gdcm::Exception``), where libjpeg
 (pylibjpeg-libjpeg, GPLv3, no longer installed) raised an error. The frames a peer sent are
-therefore decoded by a plain ``python -m pacs.services.gdcm_jpeg`` child, never in the server:
+therefore decoded by a plain ``python -m pacs.services.gdcm_child`` process, never in the server:
 a child that dies fails that one decode (an error, as for any undecodable frame) and the next
 decode starts a new one. A child that reported an error is ended too: GDCM may have damaged
 its memory on the way (seen: a later, valid frame crashed it). Each child serves one decode at
@@ -16,9 +16,7 @@ pydicom's own GDCM plugin also refuses 12-bit JPEG Extended, which GDCM decodes 
 tries its 8-bit libjpeg on such a frame and writes ``Unsupported JPEG data precision 12`` to
 stderr before it decodes with its 12-bit one: a diagnostic, not an error.
 
-The protocol on the child's stdin and stdout: one JSON line (the frame's geometry and the
-codestream's length), then the codestream; the answer is one JSON line (``size`` or ``error``),
-then the decoded frame.
+The protocol is :mod:`pacs.services.gdcm_child`'s.
 """
 
 from __future__ import annotations
@@ -30,7 +28,7 @@ import selectors
 import subprocess
 import sys
 import threading
-from typing import IO, Any, BinaryIO
+from typing import IO, Any
 
 from pydicom import uid
 from pydicom.pixels.decoders.base import DecodeRunner
@@ -42,7 +40,7 @@ DECODER_DEPENDENCIES = dict.fromkeys(
 )
 #: seconds one frame may take; then the child is ended (a codestream that loops GDCM)
 DECODE_TIMEOUT = 60.0
-_MAX_HEADER = 4096
+_MAX_ANSWER_LINE = 4096
 
 
 def is_available(transfer_syntax: str) -> bool:
@@ -79,11 +77,11 @@ def decode_frame(src: bytes, runner: DecodeRunner) -> bytes:
 
 
 class _Child:
-    """One ``python -m pacs.services.gdcm_jpeg`` process."""
+    """One ``python -m pacs.services.gdcm_child`` process."""
 
     def __init__(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "pacs.services.gdcm_jpeg"],
+            [sys.executable, "-m", "pacs.services.gdcm_child"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )
 
@@ -163,7 +161,7 @@ class _Reader:
 
     def line(self) -> bytes:
         while b"\n" not in self.buffer:
-            if len(self.buffer) > _MAX_HEADER:
+            if len(self.buffer) > _MAX_ANSWER_LINE:
                 raise GdcmFailed("the GDCM decoder process answered nonsense")
             self._more()
         line, self.buffer = self.buffer.split(b"\n", 1)
@@ -173,59 +171,3 @@ class _Reader:
         while len(self.buffer) < size:
             self._more()
         return self.buffer[:size]
-
-
-# -- the child ------------------------------------------------------------------------------
-
-def _decode_in_child(gdcm: Any, request: dict[str, Any], src: bytes) -> bytes:
-    """What pydicom's GDCM plugin does with a frame, without its 12-bit refusal."""
-    fragment = gdcm.Fragment()
-    fragment.SetByteStringValue(src)
-    fragments = gdcm.SequenceOfFragments.New()
-    fragments.AddFragment(fragment)
-    element = gdcm.DataElement(gdcm.Tag(0x7FE0, 0x0010))
-    element.SetValue(fragments.__ref__())
-    image = gdcm.Image()
-    image.SetNumberOfDimensions(2)
-    image.SetDimensions((request["columns"], request["rows"], 1))
-    image.SetDataElement(element)
-    photometric = gdcm.PhotometricInterpretation.GetPIType(request["photometric_interpretation"])
-    image.SetPhotometricInterpretation(gdcm.PhotometricInterpretation(photometric))
-    if request["samples_per_pixel"] > 1:
-        image.SetPlanarConfiguration(request["planar_configuration"])
-    syntax = gdcm.TransferSyntax.GetTSType(request["transfer_syntax"])
-    image.SetTransferSyntax(gdcm.TransferSyntax(syntax))
-    bits_stored = request["bits_stored"]
-    image.SetPixelFormat(gdcm.PixelFormat(
-        request["samples_per_pixel"], request["bits_allocated"], bits_stored, bits_stored - 1,
-        request["pixel_representation"],
-    ))
-    buffer = image.GetBuffer()
-    if buffer is None:  # GDCM's answer to a codestream it cannot decode
-        raise GdcmFailed("GDCM could not decode the JPEG codestream")
-    # GDCM gives the samples as a str; surrogateescape gets the bytes back unchanged
-    frame: bytes = buffer.encode("utf-8", "surrogateescape")
-    return frame
-
-
-def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
-    import gdcm  # python-gdcm has no type hints (pyproject: mypy ignores it)
-
-    while True:
-        line = stdin.readline(_MAX_HEADER)
-        if not line:
-            return  # the server closed the pipe
-        request = json.loads(line)
-        src = stdin.read(int(request["size"]))
-        try:
-            frame = _decode_in_child(gdcm, request, src)
-        except Exception as error:  # GDCM raises what its SWIG layer makes of C++ errors
-            stdout.write(json.dumps({"error": " ".join(str(error).split())[:500]}).encode()
-                         + b"\n")
-        else:
-            stdout.write(json.dumps({"size": len(frame)}).encode() + b"\n" + frame)
-        stdout.flush()
-
-
-if __name__ == "__main__":
-    _serve(sys.stdin.buffer, sys.stdout.buffer)

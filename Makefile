@@ -10,10 +10,11 @@ ARGS   ?=
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,postgres,s3]'
 	touch $(STAMP)
 
-## run: install into .venv and start `pacs serve` (SQLite + files under ./pacs-data)
+## run: install into .venv (with the PostgreSQL and S3 extras, as the image) and start
+## `pacs serve` (SQLite + files under ./pacs-data)
 run: $(STAMP)
 	$(VENV)/bin/pacs serve $(ARGS)
 
@@ -84,9 +85,10 @@ orthanc:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb; \
 	  else echo "orthanc, orthanc-dicomweb are missing (apt-get install orthanc orthanc-dicomweb): the Orthanc test will be skipped"; fi; }
 
-## haproxy: the load balancer in front of two replicas in the replica tests (Debian's package;
-## apt-get when missing and root). The tests start their own on free loopback ports with a
-## config in a temp dir, never the Debian service; without it they are skipped.
+## haproxy: the load balancer in front of two replicas in the replica tests, and the checker of
+## deploy/haproxy/haproxy.cfg (Debian's package; apt-get when missing and root). The tests start
+## their own on free loopback ports with a config in a temp dir, never the Debian service;
+## without it they are skipped.
 haproxy:
 	@command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \

@@ -71,7 +71,7 @@ def _settings(**flags: Any) -> Settings:
         message = str(first["msg"]).removeprefix("Value error, ")
         flag = {"peers": "peer", "modalities": "modality", "routes": "route"}.get(
             where, where).replace("_", "-")
-        err.print(f"pacs: error: --{flag}: {message}", soft_wrap=True)
+        err.print(f"pacs: error: --{flag}: {message}", soft_wrap=True, markup=False)
         raise typer.Exit(2) from None
 
 

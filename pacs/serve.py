@@ -38,6 +38,7 @@ from pacs.services.audit_export import AuditExporter
 from pacs.services.audit_message import AuditSource
 from pacs.services.auth import Authenticator, TokenService
 from pacs.services.bulk_import import ImportService
+from pacs.services.codecs import use_chosen_decoders
 from pacs.services.consistency import (
     UNSYNCED_WINDOW,
     AlreadyRunning,
@@ -101,6 +102,7 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
     # pydicom's value validation costs about 10% of a C-STORE in pynetdicom's command sets.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+    use_chosen_decoders()  # never GDCM for JPEG 2000, which a damaged codestream aborts
     blobs = _blob_store(settings)
     # a SQLite index on the store's file system commits durably with the store's own sync
     index = Index(settings.effective_database_url, sqlite_synchronous=settings.sqlite_synchronous,

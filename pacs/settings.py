@@ -5,6 +5,7 @@ Only the composition root (``pacs.serve``) and the CLI read it; every component 
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import json
 import os
@@ -81,6 +82,22 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def check_database_driver(url: str) -> None:
+    """A PostgreSQL URL needs psycopg 3, which is an extra (``pip install 'pacs[postgres]'``):
+    said before anything starts rather than as SQLAlchemy's ModuleNotFoundError. The URL
+    itself is never repeated (it may hold a password)."""
+    dialect, _, driver = url.partition("://")[0].lower().partition("+")
+    if dialect != "postgresql" or driver not in ("", "psycopg"):
+        return
+    if importlib.util.find_spec("psycopg") is None:
+        raise ValueError(
+            "PostgreSQL needs the psycopg driver, which is not installed: "
+            "pip install 'pacs[postgres]' (URLs as postgresql+psycopg://USER@HOST/DB)"
+        )
+    if not driver and importlib.util.find_spec("psycopg2") is None:
+        raise ValueError("name the driver pacs installs: postgresql+psycopg://USER@HOST/DB")
 
 
 def check_port(value: int) -> int:
@@ -363,6 +380,13 @@ class Settings(BaseSettings):
     @classmethod
     def _ae_title(cls, value: str) -> str:
         return check_ae_title(value)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_database_driver(value)
+        return value
 
     @field_validator("dimse_port", "http_port")
     @classmethod

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pacs.services.codecs import use_chosen_decoders
 from storage.index import Index
 from tests.support.server import PacsServer
 
@@ -37,6 +38,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"DIMSE transport of the servers under test: {dimse_transport()}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def chosen_decoders() -> None:
+    """The decoders the composition root chooses (pacs.services.codecs), for the tests that
+    call services directly, not through ``pacs serve``."""
+    use_chosen_decoders()
 
 
 def _postgres_base() -> str | None:

@@ -9,8 +9,8 @@ the data set bytes a C-STORE SCU sends, :func:`transcode` the complete Part 10 f
   image is never decoded and compressed again.
 - Only *decoding* is done here: towards Explicit VR Little Endian, Implicit VR Little Endian or
   Explicit VR Big Endian. Compressing is out of scope and raises :class:`CannotTranscode`.
-- Decoding is pydicom 3's ``Dataset.decompress()`` with the installed plugins (pylibjpeg-libjpeg:
-  JPEG baseline/extended/lossless and JPEG-LS; pylibjpeg-openjpeg: JPEG 2000 and HTJ2K;
+- Decoding is pydicom 3's ``Dataset.decompress()`` with the plugins :mod:`pacs.services.codecs`
+  chose (python-gdcm: JPEG baseline/extended/lossless; pylibjpeg-openjpeg: JPEG 2000 and HTJ2K;
   pylibjpeg-rle and pydicom: RLE; pyjpegls: JPEG-LS). It also updates the Image Pixel module the
   way the decoder changed the pixels: YBR_FULL_422 JPEG becomes RGB, Planar Configuration and
   Number of Frames follow the decoded data. Every other element is kept, private ones included.
@@ -19,7 +19,7 @@ the data set bytes a C-STORE SCU sends, :func:`transcode` the complete Part 10 f
   do not decode anything. With :class:`DecodeLimits`, the decoded size of the whole Pixel Data
   (and the inflated size of a deflated file) is checked from the header before decoding, and
   the decode holds one of the decoding slots (:mod:`pacs.services.decoding_limits`).
-- A decoder that does not notice a damaged codestream (libjpeg fills a truncated JPEG scan)
+- A decoder that does not notice a damaged codestream (one may fill a truncated JPEG scan)
   yields what it decoded; only the errors a decoder reports can be turned into
   :class:`CannotTranscode`.
 """

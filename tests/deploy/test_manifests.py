@@ -32,8 +32,6 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 KUBERNETES_VERSIONS = sorted({all_versions()[0], all_versions()[-1]})
-#: named by issue 15, built beside this work: drop each once pacs.settings has it
-SETTINGS_OF_ISSUE_15 = {"PACS_BLOB_STORE", "PACS_LOG_FORMAT", "PACS_METRICS_TOKEN"}
 #: the AWS SDK's own variables: the S3 blob store's endpoint, credentials and region
 AWS_VARIABLES = {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                  "AWS_DEFAULT_REGION"}
@@ -182,7 +180,7 @@ def test_dev_secrets_have_every_key_the_workloads_reference() -> None:
 
 
 def test_manifests_name_only_settings_pacs_has() -> None:
-    known = _settings_names() | SETTINGS_OF_ISSUE_15 | AWS_VARIABLES
+    known = _settings_names() | AWS_VARIABLES
     names = set(_one("ConfigMap", "pacs-config")["data"])
     for workload in _objects("Deployment") + _objects("Job"):
         names |= {env["name"] for env in _container(workload).get("env", [])}
@@ -285,7 +283,7 @@ def test_compose_keeps_auth_cors_and_the_viewer_config() -> None:
     }
     assert all((ROOT / path).is_file() for path in mounts)
     names = set(environment) | set(services["upgrade"]["environment"])
-    assert names - (_settings_names() | SETTINGS_OF_ISSUE_15 | AWS_VARIABLES) == set()
+    assert names - (_settings_names() | AWS_VARIABLES) == set()
 
 
 # -- Dockerfile ---------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from tests.dicomweb.conftest import WebArchive
 from tests.factories.datasets import ct_instance, make_uid
 from tests.support import dcmtk
 from tests.support.pki import ServerPki, make_server_pki
-from tests.support.server import PacsServer
+from tests.support.server import PacsServer, own_index
 
 STUDY = make_uid("https", "study")
 HSTS = "max-age=31536000"
@@ -48,9 +48,9 @@ def https_archive(
     root = tmp_path_factory.mktemp("https")
     pki = make_server_pki(root / "pki")
     server = PacsServer(
-        data_dir=root / "data", database_url=module_database_url, tls_ca=pki.ca,
-        extra_args=["--tls-cert", str(pki.cert), "--tls-key", str(pki.key),
-                    "--tls-ca", str(pki.ca)],
+        data_dir=root / "data", database_url=own_index(module_database_url, root),
+        tls_ca=pki.ca, extra_args=["--tls-cert", str(pki.cert), "--tls-key", str(pki.key),
+                                   "--tls-ca", str(pki.ca)],
     )
     server.start()  # polls https://127.0.0.1:PORT/health, trusting the CA
     try:

@@ -36,7 +36,7 @@ from storage.index.workflow import AuditRecord
 from tests.factories import datasets as f
 from tests.support import dcmtk
 from tests.support.pki import Issued, client_cert, issue, make_ca, server_cert
-from tests.support.server import PacsServer, free_port
+from tests.support.server import PacsServer, free_port, own_index
 from tests.support.tls_tunnel import TlsTunnel
 from tests.support.wait import until
 
@@ -304,7 +304,8 @@ def optional(pki: Pki, module_database_url: str, tmp_path_factory: pytest.TempPa
              ) -> Iterator[TlsArchive]:
     """Client certificates optional, a read timeout of 10 s."""
     root = tmp_path_factory.mktemp("tls-optional")
-    archive = _start(pki, root, module_database_url, mode="optional", read_timeout=10)
+    archive = _start(pki, root, own_index(module_database_url, root), mode="optional",
+                     read_timeout=10)
     try:
         yield archive
     finally:

@@ -198,3 +198,12 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def own_index(database_url: str, folder: Path) -> str:
+    """For a second server beside another in one module: the same PostgreSQL database (several
+    servers share one), or a SQLite index of its own in ``folder`` (one server per SQLite
+    index: a second is refused)."""
+    if database_url.startswith("sqlite"):
+        return f"sqlite:///{folder / 'index.sqlite'}"
+    return database_url

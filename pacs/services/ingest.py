@@ -183,7 +183,7 @@ class IngestService:
         prepared = self._prepare(incoming, origin, expected)
         key, created = prepared.row.blob.key, prepared.committed.created
         try:
-            with self._unit_of_work(write=True) as repo:
+            with self._unit_of_work(write=True, files_too=True) as repo:
                 result, state = self._upsert(repo, prepared.row, origin)
         except OutOfResources as error:
             if created and not isinstance(error.__cause__, IndexNotDurable):
@@ -280,7 +280,7 @@ class IngestService:
         own, so that a value the database refuses fails that instance only (two more round
         trips an instance: only after a first attempt without them failed)."""
         upserts: dict[int, tuple[UpsertResult, StudyState] | Exception] = {}
-        with self._unit_of_work(write=True) as repo:
+        with self._unit_of_work(write=True, files_too=True) as repo:
             for n, item in ready:
                 if not isolated:
                     upserts[n] = self._upsert(repo, item.row, origin)
@@ -434,10 +434,10 @@ class IngestService:
             log.warning("blob %s left for the orphan sweep: %s", key, error)
 
     @contextmanager
-    def _unit_of_work(self, *, write: bool) -> Iterator[Repository]:
+    def _unit_of_work(self, *, write: bool, files_too: bool = False) -> Iterator[Repository]:
         """The index's unit of work, its failures told in the services' words."""
         try:
-            with self.index.unit_of_work(write=write) as repo:
+            with self.index.unit_of_work(write=write, files_too=files_too) as repo:
                 yield repo
         except IndexNotDurable as exc:
             log.error("the index commit could not be made durable: %s", exc)

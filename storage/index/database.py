@@ -49,8 +49,10 @@ class Index:
     ) -> None:
         """``file_system_sync(path)``: a shared sync of the file system ``path`` is on, if the
         caller has one (the blob store's, :meth:`storage.blobs.FileStore.sync_for`); a SQLite
-        index there makes its commits durable with it, so that one flush covers the commit and
-        the blobs written before it."""
+        index there makes the commits that ask for it (``unit_of_work(files_too=True)``: a
+        store's) durable with it, so that one flush covers the commit and the blobs written
+        before it. Other commits keep the log's own fdatasync: a ``syncfs`` flushes whatever
+        any process wrote on that file system, which an audit row should not wait for."""
         self.url = make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         options: dict[str, Any] = {"future": True}
@@ -71,23 +73,27 @@ class Index:
         self._writers: _WriterQueue | None = None
         self._on_error: Callable[[str], None] | None = None
         self._log_sync: SharedSync | None = None
+        self._files_sync: SharedSync | None = None  # also the blobs' (one file system)
         if self.is_sqlite:
             on_file = bool(self.url.database) and self.url.database != ":memory:"
             if on_file and sqlite_synchronous == "FULL":
                 # FULL's guarantee, with the log's fsync taken out of the writer lock
                 log = Path(f"{self.url.database}-wal")
-                shared = file_system_sync(log) if file_system_sync is not None else None
-                self._log_sync = shared or SharedSync(
-                    lambda: _fdatasync(log), name="index-log-sync"
-                )
+                self._log_sync = SharedSync(lambda: _fdatasync(log), name="index-log-sync")
+                if file_system_sync is not None:
+                    self._files_sync = file_system_sync(log)
                 sqlite_synchronous = "NORMAL"
             _configure_sqlite(self.engine, sqlite_synchronous)
             if on_file:
                 self._writers = _WriterQueue(Path(f"{self.url.database}-writer"))
 
     @contextmanager
-    def unit_of_work(self, *, write: bool = False) -> Iterator[Repository]:
-        """One transaction: committed when the block ends, rolled back if it raises."""
+    def unit_of_work(self, *, write: bool = False, files_too: bool = False
+                     ) -> Iterator[Repository]:
+        """One transaction: committed when the block ends, rolled back if it raises.
+        ``files_too``: the sync that makes the commit durable is the file system's one
+        (:attr:`commit_sync`) when there is one, which also makes the blobs placed before it
+        durable."""
         try:
             with self.engine.connect() as connection, self._writer_turn(write):
                 if write:
@@ -103,7 +109,7 @@ class Index:
                 self._on_error(POOL_TIMEOUT)
             raise IndexUnavailable("no database connection came free in the pool's time") from exc
         if write and self._log_sync is not None:
-            self._sync_log()
+            self._sync_log(self._files_sync if files_too and self._files_sync else self._log_sync)
 
     def watch_errors(self, on_error: Callable[[str], None]) -> None:
         """Tell ``on_error(kind)`` of every database error, whoever catches it afterwards:
@@ -128,11 +134,12 @@ class Index:
 
     @property
     def commit_sync(self) -> SharedSync | None:
-        """The sync that makes a write transaction durable after its commit (SQLite at FULL
-        on a file), or None when the commit itself is durable (PostgreSQL) or never is."""
-        return self._log_sync
+        """The sync that makes a ``files_too`` write transaction durable after its commit
+        (SQLite at FULL on a file), or None when the commit itself is durable (PostgreSQL) or
+        never is."""
+        return self._files_sync or self._log_sync
 
-    def _sync_log(self) -> None:
+    def _sync_log(self, sync: SharedSync) -> None:
         """Durable commits on SQLite without holding the writer lock through an fsync.
 
         With ``synchronous=FULL`` SQLite fsyncs its write-ahead log inside every commit, while
@@ -143,9 +150,8 @@ class Index:
         after the commit, once the lock is released: when this returns, the log up to and
         including that commit is on disk, which is FULL's guarantee. Concurrent commits share
         one fsync when it started after theirs."""
-        assert self._log_sync is not None
         try:
-            self._log_sync.wait()
+            sync.wait()
         except OSError as error:
             raise IndexNotDurable(f"fsync of the write-ahead log failed: {error}") from error
 

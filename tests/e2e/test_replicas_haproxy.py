@@ -1,13 +1,14 @@
-"""Two replicas on one PostgreSQL and one store behind HAProxy (TCP for DIMSE, HTTP for
-DICOMweb), on loopback: stores through the balancer reach both, what one stored or corrected
-is read through the other, each study is routed once, and kill -9 of one replica mid-ingest
-loses nothing acknowledged while the other goes on."""
+"""Two replicas on one PostgreSQL and one blob store (moto's S3, or a shared folder) behind
+HAProxy (TCP for DIMSE, HTTP for DICOMweb), on loopback: stores through the balancer reach
+both, what one stored or corrected is read through the other, each study is routed once, and
+kill -9 of one replica mid-ingest loses nothing acknowledged while the other goes on."""
 
 from __future__ import annotations
 
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from tests.factories.corpus import generate
 from tests.factories.datasets import ct_instance, make_uid, write_part10
 from tests.support import dcmtk, haproxy
 from tests.support.files import comparable, sop_instance_uid
+from tests.support.moto import moto_s3
 from tests.support.server import PacsServer, wait_gone
 from tests.support.wait import until
 
@@ -34,11 +36,23 @@ class Cluster:
     workstation: dcmtk.Storescp
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, postgres_url: str) -> Iterator[Cluster]:
+@pytest.fixture(params=["s3", "shared-folder"])
+def cluster(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    """Two replicas on one PostgreSQL database and one blob store: a bucket of moto's S3
+    server (each replica with a data folder of its own, for staging only), or one data folder
+    shared by both (a file store on a shared volume)."""
+    stack = ExitStack()
+    blob_store = None
+    if request.param == "s3":
+        moto = stack.enter_context(moto_s3(tmp_path / "moto"))
+        for name, value in moto.env().items():
+            monkeypatch.setenv(name, value)  # for the replicas and the tests' own look
+        blob_store = f"s3://{moto.bucket()}/archive/"
     workstation = dcmtk.Storescp(tmp_path / "ws", ae_title="WS1").start()
     replicas = [PacsServer(
-        data_dir=tmp_path / "shared-data", database_url=postgres_url,
+        data_dir=tmp_path / (f"{name}-data" if blob_store else "shared-data"),
+        database_url=postgres_url, blob_store=blob_store,
         extra_args=["--peer", workstation.peer, "--route", "*=WS1", "--stable-seconds", "0.5"],
         start_env={"PACS_NODE_ID": name, "PACS_ROUTE_LEASE_SECONDS": "2",
                    "PACS_ROUTE_RETRY_SECONDS": "0.3"},
@@ -55,6 +69,7 @@ def cluster(tmp_path: Path, postgres_url: str) -> Iterator[Cluster]:
         for replica in replicas:
             replica.stop()
         workstation.stop()
+        stack.close()
 
 
 def _send_study(port: int, workdir: Path, study: str, patient: str, count: int) -> list[Path]:

@@ -254,6 +254,10 @@ def test_on_one_file_system_one_sync_after_the_commit_makes_blob_and_row_durable
         # a re-send: its commit's sync is its only one too
         assert service.store(Incoming.data(data), ORIGIN).status is StoreStatus.ALREADY_PRESENT
         assert len(seen) == 2 and log_syncs == []
+        # any other write (an audit row, a review) syncs the log alone, not the file system
+        with shared.unit_of_work(write=True) as repo:
+            repo.workflow.audit(actor="test", action="note", outcome="ok")
+        assert len(seen) == 2 and log_syncs == [db.parent / "index.sqlite-wal"]
     finally:
         shared.dispose()
 
@@ -312,9 +316,9 @@ def test_store_many_indexes_a_batch_in_one_transaction_each_instance_on_its_own(
     writes: list[bool] = []
     real_unit_of_work = index.unit_of_work
 
-    def unit_of_work(*, write: bool = False) -> object:
+    def unit_of_work(*, write: bool = False, files_too: bool = False) -> object:
         writes.append(write)
-        return real_unit_of_work(write=write)
+        return real_unit_of_work(write=write, files_too=files_too)
 
     monkeypatch.setattr(index, "unit_of_work", unit_of_work)
     answers = service.store_many([
@@ -346,9 +350,9 @@ def test_store_many_commits_a_large_request_in_batches(
     writes: list[bool] = []
     real_unit_of_work = index.unit_of_work
 
-    def unit_of_work(*, write: bool = False) -> object:
+    def unit_of_work(*, write: bool = False, files_too: bool = False) -> object:
         writes.append(write)
-        return real_unit_of_work(write=write)
+        return real_unit_of_work(write=write, files_too=files_too)
 
     monkeypatch.setattr(index, "unit_of_work", unit_of_work)
     answers = service.store_many(

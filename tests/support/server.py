@@ -43,6 +43,8 @@ class PacsServer:
     """The CA file a client trusts when the server speaks HTTPS (``--tls-cert``)."""
     log_name: str | None = None
     """The log's file name beside the data folder (several servers on one folder)."""
+    blob_store: str | None = None
+    """``--blob-store`` (``s3://BUCKET/PREFIX``); the file store under the data folder if None."""
 
     def start(self) -> PacsServer:
         self.dimse_port = free_port()
@@ -55,6 +57,7 @@ class PacsServer:
             "--dimse-port", str(self.dimse_port),
             "--http-port", str(self.http_port),
             "--database-url", self.database_url,
+            *(["--blob-store", self.blob_store] if self.blob_store else []),
             *self.extra_args,
         ]
         with self.log_path.open("ab") as log:
@@ -152,7 +155,8 @@ class PacsServer:
         self.process = None
 
     def settings(self) -> Settings:
-        return Settings(data_dir=self.data_dir, database_url=self.database_url)
+        return Settings(data_dir=self.data_dir, database_url=self.database_url,
+                        blob_store=self.blob_store)
 
     @contextmanager
     def services(self) -> Iterator[Services]:

@@ -199,7 +199,7 @@ class S3Store:
         """A seekable, buffered reader: each refill of its buffer is one ranged GET."""
         full = self._key(key)
         size = int(self._head(full)["ContentLength"])
-        raw = _RangedReader(lambda start, count: self._range(full, start, count), size)
+        raw = _RangedReader(lambda start, count: self._range(full, start, count), size, key)
         return io.BufferedReader(raw, buffer_size=READ_BUFFER)
 
     def read_chunks(self, key: str, chunk_size: int = _CHUNK) -> Iterator[bytes]:
@@ -328,10 +328,13 @@ class S3Store:
 class _RangedReader(io.RawIOBase):
     """A seekable raw reader of ``size`` bytes whose reads ``fetch(start, count)``."""
 
-    def __init__(self, fetch: Callable[[int, int], bytes], size: int) -> None:
+    def __init__(self, fetch: Callable[[int, int], bytes], size: int, name: str) -> None:
         self._fetch = fetch
         self._size = size
         self._position = 0
+        # what readers that name their file ask for (pydicom does): the blob's key, never
+        # the bucket or the endpoint
+        self.name = name
 
     def readable(self) -> bool:
         return True

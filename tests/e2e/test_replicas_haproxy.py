@@ -117,6 +117,7 @@ def test_stores_through_the_balancer_reach_both_and_either_serves_everything(
     assert corrected.status_code == 200, corrected.text
     other = DICOMwebClient(f"{second.base_url}/dicom-web")
     match = other.search_for_studies(search_filters={"StudyInstanceUID": study})
+    assert match, corrected.json().get("findings")  # still archived (visible) after the correction
     assert match[0]["00100010"]["Value"][0]["Alphabetic"] == "Corrected^Name"
     metadata = other.retrieve_study_metadata(study)
     assert {m["00100010"]["Value"][0]["Alphabetic"] for m in metadata} == {"Corrected^Name"}

@@ -254,3 +254,26 @@ def test_a_missing_bucket_stops_serve_with_one_line(
         in str(failed.value)
     assert "Traceback" not in str(failed.value)
     assert f"127.0.0.1:{moto.port}" not in str(failed.value).split("pacs: error:")[1]
+
+
+def test_the_stability_checks_read_their_pixels_from_the_bucket(
+    moto: MotoS3, tmp_path: Path, sqlite_url: str
+) -> None:
+    """The QA pixel check at stability decodes the first frame of each series from the
+    object store (a seekable reader of ranged GETs): a sound study is archived, not
+    quarantined for a reader pydicom cannot use."""
+    server = PacsServer(data_dir=tmp_path / "data", database_url=sqlite_url,
+                        blob_store=f"s3://{moto.bucket()}/{PREFIX}",
+                        extra_args=["--stable-seconds", "0.5"]).start()
+    try:
+        study = f.make_uid("s3", "stable")
+        dcmtk.store_datasets(server.dimse_port, [
+            f.ct_instance(PatientID="S3-STABLE", StudyInstanceUID=study, InstanceNumber=n)
+            for n in (1, 2)], workdir=tmp_path)
+        settled = until("the study is stable", lambda: (
+            (detail := httpx.get(f"{server.base_url}/api/studies/{study}", timeout=30).json())
+            and detail.get("stable") and detail))
+        assert settled["state"] == "archived", settled.get("findings")
+        assert settled["findings"] == []
+    finally:
+        server.stop()

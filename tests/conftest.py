@@ -155,3 +155,12 @@ def server(tmp_path: Path, database_url: str) -> Iterator[PacsServer]:
 def sqlite_server(tmp_path: Path, sqlite_url: str) -> Iterator[PacsServer]:
     """A running ``pacs serve`` on SQLite only (for tests about DIMSE, not the database)."""
     yield from _running(tmp_path, sqlite_url)
+
+
+@pytest.fixture
+def lenient_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the composition root sets it: odd values are read, not warned about (for modules
+    that store through the services in this process: ``usefixtures("lenient_reading")``)."""
+    import pydicom
+
+    monkeypatch.setattr(pydicom.config.settings, "reading_validation_mode", pydicom.config.IGNORE)

@@ -30,14 +30,7 @@ PREFIX = "archive/"
 AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
-@pytest.fixture(autouse=True)
-def lenient_reading() -> Iterator[None]:
-    previous = pydicom.config.settings.reading_validation_mode
-    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-    try:
-        yield
-    finally:
-        pydicom.config.settings.reading_validation_mode = previous
+pytestmark = pytest.mark.usefixtures("lenient_reading")
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pydicom
 import pytest
 
 from pacs.services.consistency import AlreadyRunning, ConsistencyService, RunRecord
@@ -34,9 +33,7 @@ def _key(index: Index, uid: str) -> str:
     return stored.blob_key
 
 
-@pytest.fixture(autouse=True)
-def lenient_reading(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pydicom.config.settings, "reading_validation_mode", pydicom.config.IGNORE)
+pytestmark = pytest.mark.usefixtures("lenient_reading")
 
 
 def test_the_newest_rows_whose_blob_is_missing_or_not_whole_are_removed(

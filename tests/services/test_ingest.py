@@ -6,10 +6,8 @@ import hashlib
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import pydicom
 import pytest
 from sqlalchemy import text
 
@@ -36,15 +34,7 @@ from tests.factories import datasets as f
 ORIGIN = Origin(protocol="import")
 
 
-@pytest.fixture(autouse=True)
-def lenient_reading() -> Iterator[None]:
-    """As the composition root sets it: odd values are read, not warned about."""
-    previous = pydicom.config.settings.reading_validation_mode
-    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-    try:
-        yield
-    finally:
-        pydicom.config.settings.reading_validation_mode = previous
+pytestmark = pytest.mark.usefixtures("lenient_reading")
 
 
 def _service(tmp_path: Path, index: Index, *, overwrite: bool = False) -> IngestService:

@@ -8,7 +8,6 @@ import io
 from collections.abc import Iterator
 from pathlib import Path
 
-import pydicom
 import pytest
 
 from pacs.services.consistency import ConsistencyService
@@ -31,15 +30,7 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
         yield server
 
 
-@pytest.fixture(autouse=True)
-def lenient_reading() -> Iterator[None]:
-    """As the composition root sets it: odd values are read, not warned about."""
-    previous = pydicom.config.settings.reading_validation_mode
-    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-    try:
-        yield
-    finally:
-        pydicom.config.settings.reading_validation_mode = previous
+pytestmark = pytest.mark.usefixtures("lenient_reading")
 
 
 def _store(moto: MotoS3, tmp_path: Path, bucket: str | None = None, **options: int) -> S3Store:

@@ -70,7 +70,13 @@ from storage.index import (
     UpsertOutcome,
     UpsertResult,
 )
-from storage.index.workflow import AuditRecord, FindingRecord, JobRecord, StudyRecord
+from storage.index.workflow import (
+    AuditRecord,
+    FindingRecord,
+    JobRecord,
+    StudyClaim,
+    StudyRecord,
+)
 
 log = logging.getLogger(__name__)
 
@@ -509,6 +515,7 @@ class WorkflowService:
                 break
             study_instance_uid = claim.study_instance_uid
             tried.append(study_instance_uid)
+            _log_takeover("stability check", claim)
             done = False
             try:
                 with self._renewal(study_instance_uid, "stability"):
@@ -638,6 +645,7 @@ class WorkflowService:
                 return purged
             study_instance_uid = claim.study_instance_uid
             tried.append(study_instance_uid)
+            _log_takeover("purge", claim)
             done = False
             try:
                 with self._renewal(study_instance_uid, "purge") as renewal:
@@ -693,6 +701,12 @@ class WorkflowService:
                 except BlobStoreUnavailable as error:  # its row is gone: an orphan now
                     log.warning("blob %s left for the orphan sweep: %s", key, error)
         return True
+
+
+def _log_takeover(work: str, claim: StudyClaim) -> None:
+    if claim.taken_from is not None:
+        log.info("%s of %s taken over from %s, whose lease ran out", work,
+                 claim.study_instance_uid, claim.taken_from)
 
 
 def _can_decode(transfer_syntax_uid: str) -> bool:

@@ -92,6 +92,7 @@ class StudyClaim:
 
     study_instance_uid: str
     lease_expires_at: datetime
+    taken_from: str | None = None  # the server whose lease had run out (it died, or stalled)
 
 
 @dataclass(frozen=True)
@@ -361,7 +362,7 @@ class WorkflowRecords:
         locked ``FOR NO KEY UPDATE SKIP LOCKED``: servers claiming at once skip each other's
         row (and an instance stored meanwhile, which only key-shares the row, is not held
         up). ``skip``: studies this pass has had already."""
-        statement = (select(study.c.id, study.c.study_instance_uid)
+        statement = (select(study.c.id, study.c.study_instance_uid, study.c.lease_owner)
                      .where(*where, _lease_free(now)).order_by(study.c.id).limit(1))
         skipped = list(skip)
         if skipped:
@@ -374,7 +375,7 @@ class WorkflowRecords:
         until = now + lease
         self.connection.execute(update(study).where(study.c.id == row.id)
                                 .values(lease_owner=owner, lease_expires_at=until))
-        return StudyClaim(row.study_instance_uid, until)
+        return StudyClaim(row.study_instance_uid, until, taken_from=row.lease_owner)
 
     def renew_study_lease(self, study_instance_uid: str, *, owner: str, until: datetime
                           ) -> bool:

@@ -9,6 +9,7 @@ Each "server" here is a :class:`WorkflowService` with its own node id and its ow
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -206,17 +207,21 @@ def test_two_servers_check_each_quiet_study_once(site: Site) -> None:
     assert all(site.lease(study) == (None, None) for study in studies)
 
 
-def test_a_dead_servers_stability_claim_is_taken_over(site: Site) -> None:
+def test_a_dead_servers_stability_claim_is_taken_over(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
     b = site.server("node-b")
     [(study, key)] = site.store(1)
     long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     site.claim_as("node-a", study, at=long_ago)  # its lease ran out 59 minutes ago
 
-    assert b.settle() == [study]
+    with caplog.at_level(logging.INFO, logger="pacs.services.workflow"):
+        assert b.settle() == [study]
 
     assert site.events("stable") == [(study, "node-b")]
     assert site.log.opened == [("node-b", key)]
     assert site.lease(study) == (None, None)
+    assert f"stability check of {study} taken over from node-a" in caplog.text
 
 
 def test_a_live_stability_claim_is_not_taken_until_it_runs_out(site: Site) -> None:

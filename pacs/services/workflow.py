@@ -490,11 +490,14 @@ class WorkflowService:
     # and the work of a server that died is taken up by another once its lease ran out.
 
     def resume(self, *, only_server: bool) -> int:
-        """At start: leases a stopped server left on studies are given up; every one when
-        this is the ``only_server`` of its index (SQLite), else those that ran out (another
-        live server's are its own; run-out ones are claimable anyway)."""
+        """At start of the ``only_server`` of its index (SQLite): the leases its last run left
+        on studies are given up, so their work is taken up at once. Among several servers
+        (PostgreSQL) they stay: a live server's are its own, and one that ran out is
+        claimable already."""
+        if not only_server:
+            return 0
         with self._unit_of_work(write=True) as repository:
-            return repository.workflow.release_studies(every=only_server)
+            return repository.workflow.release_studies()
 
     def settle(self, now: dt.datetime | None = None) -> list[str]:
         """Mark studies stable that received nothing for the stability period; run the study

@@ -394,14 +394,11 @@ class WorkflowRecords:
             .values(lease_owner=None, lease_expires_at=None))
         return bool(changed.rowcount)
 
-    def release_studies(self, *, every: bool, now: datetime | None = None) -> int:
-        """Leases left by a stopped server: ``every`` one (the only server on this index is
-        starting), else those that ran out (a live server's are its own)."""
-        statement = update(study).where(study.c.lease_owner.is_not(None))
-        if not every:
-            statement = statement.where(study.c.lease_expires_at < (now or _now()))
-        changed = self.connection.execute(statement.values(lease_owner=None,
-                                                           lease_expires_at=None))
+    def release_studies(self) -> int:
+        """Give up every lease on studies (the only server of this index is starting)."""
+        changed = self.connection.execute(
+            update(study).where(study.c.lease_owner.is_not(None))
+            .values(lease_owner=None, lease_expires_at=None))
         return int(changed.rowcount)
 
     def study_lease(self, study_instance_uid: str) -> tuple[str | None, datetime | None]:

@@ -133,6 +133,7 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
             index=index, blobs=blobs, gate=gate, rules=rules,
             stable_after=dt.timedelta(seconds=settings.stable_seconds),
             retention=dt.timedelta(days=settings.retention_days), limits=limits,
+            node=node_id(settings), lease=dt.timedelta(seconds=settings.study_lease_seconds),
         )
         retrieve = RetrieveService(query=query, blobs=blobs, destinations=ae_registry,
                                    audit=audit.record, limits=limits)
@@ -381,10 +382,14 @@ def _wado(settings: Settings, services: Services) -> WadoServices:
 def _background(settings: Settings, services: Services) -> list[Worker]:
     """The QA workflow's background tasks, in the listening process only: stability (study
     checks and routing plans), purge of rejected studies, and the routing jobs. Their state is
-    in the index, so a restart resumes them."""
+    in the index, so a restart resumes them; servers sharing the index claim each study's
+    check or purge and each job under a lease, so that one server does it."""
     resumed = services.routing.resume(only_server=services.index.is_sqlite)
     if resumed:
         log.info("resuming %d routing jobs left running", resumed)
+    released = services.workflow.resume(only_server=services.index.is_sqlite)
+    if released:
+        log.info("taking up %d studies' stability checks or purges left unfinished", released)
     settle_every = min(max(settings.stable_seconds / 4, 0.2), 5.0)
     purge_every = 60.0
 

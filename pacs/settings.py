@@ -354,10 +354,17 @@ class Settings(BaseSettings):
         description="how long a routing job stays this server's without a renewal (renewed "
         "every third of it while sending): after a server dies, another takes its jobs then",
     )
+    study_lease_seconds: float = Field(
+        default=30.0, ge=1.0, le=3600.0,
+        description="how long a study's stability check or purge stays this server's without "
+        "a renewal (renewed every third of it while working): after a server dies, another "
+        "takes its studies then",
+    )
     node_id: str | None = Field(
         default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$",
-        description="this server among several on one database (routing job leases, logs); "
-        "default: host name and process id",
+        description="this server among several on one database (the holder of leases on "
+        "routing jobs and on studies' stability checks and purges; logs); default: host "
+        "name and process id",
     )
     log_level: str = "INFO"
     log_format: LogFormat = Field(

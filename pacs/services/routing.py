@@ -30,9 +30,10 @@ from pacs.services.errors import (
     PacsError,
     UnknownPeer,
 )
+from pacs.services.lease import Renewal
 from pacs.services.retrieve import Destination, RetrievePlan, RetrieveService
 from storage.attributes import Level
-from storage.index import Index, IndexUnavailable
+from storage.index import Index, IndexUnavailable, Repository
 from storage.index.workflow import JobRecord
 from storage.query import Condition, Query, SingleValue
 
@@ -117,7 +118,10 @@ class RoutingService:
             raise OutOfResources("the index is unavailable") from error
         if job is None:
             return None
-        with _Lease(self, job.id):
+        def renew(repository: Repository, until: dt.datetime) -> bool:
+            return repository.workflow.renew_lease(job.id, owner=self.node, until=until)
+
+        with Renewal(self.index, self.lease, renew, f"routing job {job.id}"):
             report = self._send(job)
         with self.index.unit_of_work(write=True) as repository:
             records = repository.workflow
@@ -162,39 +166,6 @@ class RoutingService:
             log.exception("routing job %d", job.id)
             return SendReport(0, len(plan.items),
                               f"the send failed unexpectedly ({type(error).__name__})")
-
-
-class _Lease:
-    """Renews this server's lease on a job every third of its length while the job runs."""
-
-    def __init__(self, routing: RoutingService, job_id: int) -> None:
-        self._routing = routing
-        self._job_id = job_id
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._renew, name=f"lease-{job_id}",
-                                        daemon=True)
-
-    def __enter__(self) -> None:
-        self._thread.start()
-
-    def __exit__(self, *_: object) -> None:
-        self._done.set()
-        self._thread.join()
-
-    def _renew(self) -> None:
-        routing = self._routing
-        while not self._done.wait(routing.lease.total_seconds() / 3):
-            until = dt.datetime.now(dt.UTC) + routing.lease
-            try:
-                with routing.index.unit_of_work(write=True) as repository:
-                    held = repository.workflow.renew_lease(self._job_id, owner=routing.node,
-                                                           until=until)
-            except IndexUnavailable as error:  # the next round tries again
-                log.warning("routing job %d: lease not renewed: %s", self._job_id, error)
-                continue
-            if not held:
-                log.warning("routing job %d: lease lost to another server", self._job_id)
-                return
 
 
 class Worker:

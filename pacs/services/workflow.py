@@ -45,6 +45,7 @@ from pacs.services.errors import (
     NotFound,
     OutOfResources,
 )
+from pacs.services.lease import Renewal
 from pacs.services.qa_checks import (
     INSTANCE_CHECKS,
     MANUAL_REVIEW,
@@ -69,7 +70,13 @@ from storage.index import (
     UpsertOutcome,
     UpsertResult,
 )
-from storage.index.workflow import AuditRecord, FindingRecord, JobRecord, StudyRecord
+from storage.index.workflow import (
+    AuditRecord,
+    FindingRecord,
+    JobRecord,
+    StudyClaim,
+    StudyRecord,
+)
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +237,10 @@ _KEPT_ON_RECHECK = frozenset({"pixel-data-undecodable", "unknown-modality", "inv
                               "manual-review"})
 
 
+#: Studies one stability pass claims at most (the worker runs again at once while busy).
+SETTLE_BATCH = 100
+
+
 class WorkflowService:
     """Review actions, stability, routing jobs and purge. Thread-safe."""
 
@@ -243,6 +254,8 @@ class WorkflowService:
         stable_after: dt.timedelta = dt.timedelta(seconds=30),
         retention: dt.timedelta = dt.timedelta(days=30),
         limits: DecodeLimits | None = None,
+        node: str = "pacs",
+        lease: dt.timedelta = dt.timedelta(seconds=30),
     ) -> None:
         self.index = index
         self.blobs = blobs
@@ -251,6 +264,8 @@ class WorkflowService:
         self.stable_after = stable_after
         self.retention = retention
         self.limits = limits or DecodeLimits.unlimited()
+        self.node = node  # this server, as the holder of the studies it checks or purges
+        self.lease = lease
 
     @contextmanager
     def _unit_of_work(self, *, write: bool = False) -> Iterator[Repository]:
@@ -469,22 +484,55 @@ class WorkflowService:
         return current
 
     # -- stability, routing, purge ---------------------------------------------------------
+    # Each study's stability check and each study's purge is claimed by one server at a time
+    # (the index skips rows other servers are claiming) and held under this server's lease,
+    # renewed while the work runs: two servers never check or purge the same study at once,
+    # and the work of a server that died is taken up by another once its lease ran out.
+
+    def resume(self, *, only_server: bool) -> int:
+        """At start of the ``only_server`` of its index (SQLite): the leases its last run left
+        on studies are given up, so their work is taken up at once. Among several servers
+        (PostgreSQL) they stay: a live server's are its own, and one that ran out is
+        claimable already."""
+        if not only_server:
+            return 0
+        with self._unit_of_work(write=True) as repository:
+            return repository.workflow.release_studies()
+
     def settle(self, now: dt.datetime | None = None) -> list[str]:
         """Mark studies stable that received nothing for the stability period; run the study
-        checks on them and plan their routing. Returns the UIDs that became stable."""
+        checks on them and plan their routing, one claimed study at a time (at most
+        :data:`SETTLE_BATCH` a pass). Returns the UIDs that became stable."""
         now = now or dt.datetime.now(dt.UTC)
+        quiet_since = now - self.stable_after
         with self._unit_of_work() as repository:
-            quiet = repository.workflow.quiet_studies(now - self.stable_after)
-        settled = []
-        for study_instance_uid in quiet:
+            if not repository.workflow.quiet_studies(quiet_since, limit=1, now=now):
+                return []  # no write transaction every pass for nothing
+        settled: list[str] = []
+        tried: list[str] = []
+        while len(tried) < SETTLE_BATCH:
+            with self._unit_of_work(write=True) as repository:
+                claim = repository.workflow.claim_quiet_study(
+                    quiet_since, now=now, owner=self.node, lease=self.lease, skip=tried)
+            if claim is None:
+                break
+            study_instance_uid = claim.study_instance_uid
+            tried.append(study_instance_uid)
+            _log_takeover("stability check", claim)
+            done = False
             try:
-                if self._settle(study_instance_uid):
+                with self._renewal(study_instance_uid, "stability"):
+                    done = self._settle(study_instance_uid, quiet_since)
+                if done:
                     settled.append(study_instance_uid)
             except (OutOfResources, NotFound) as error:
                 log.warning("stability of %s: %s", study_instance_uid, error)
+            finally:
+                if not done:  # a stable study's lease went with its marking
+                    self._release(study_instance_uid)
         return settled
 
-    def _settle(self, study_instance_uid: str) -> bool:
+    def _settle(self, study_instance_uid: str, quiet_since: dt.datetime) -> bool:
         with self._unit_of_work() as repository:
             firsts = repository.workflow.first_instances_of_series(study_instance_uid)
         found = [f for f in (self._decodable(file.blob_key, file.sop_instance_uid)
@@ -493,8 +541,11 @@ class WorkflowService:
         who = "pacs:stability"
         with self._unit_of_work(write=True) as repository:
             records = repository.workflow
-            if not records.mark_stable(study_instance_uid):
-                return False  # another instance arrived, or another process settled it
+            if not records.mark_stable(study_instance_uid, owner=self.node,
+                                       quiet_since=quiet_since):
+                # an instance arrived during the check (a later round checks it again), or
+                # this server stalled past its lease and another took the study over
+                return False
             state = self._state(repository, study_instance_uid)
             if found:
                 records.add_findings(study_instance_uid, _finding_rows(found))
@@ -506,11 +557,27 @@ class WorkflowService:
                                           "findings": [f.code for f in found]})
                     state = Q
             records.audit(actor=who, action="stable", outcome=state.value,
-                          study_instance_uid=study_instance_uid)
+                          study_instance_uid=study_instance_uid, detail={"node": self.node})
             study = records.study(study_instance_uid)
             if state is A and study is not None:
                 self._plan_routes(repository, study, who)
         return True
+
+    def _renewal(self, study_instance_uid: str, work: str) -> Renewal:
+        def renew(repository: Repository, until: dt.datetime) -> bool:
+            return repository.workflow.renew_study_lease(study_instance_uid, owner=self.node,
+                                                         until=until)
+
+        return Renewal(self.index, self.lease, renew, f"{work} of {study_instance_uid}")
+
+    def _release(self, study_instance_uid: str) -> None:
+        """Give up this server's lease on a study whose work is left for a later round (it
+        runs out by itself if the index cannot be reached now)."""
+        try:
+            with self._unit_of_work(write=True) as repository:
+                repository.workflow.release_study(study_instance_uid, owner=self.node)
+        except OutOfResources as error:
+            log.warning("lease on %s left to run out: %s", study_instance_uid, error)
 
     def _decodable(self, key: str, sop_instance_uid: str) -> Finding | None:
         """The study check on pixel data: decode the first frame of the file. A frame too
@@ -564,32 +631,85 @@ class WorkflowService:
     def purge(self, now: dt.datetime | None = None, *, who: str = "pacs:purge",
               retention: dt.timedelta | None = None) -> list[str]:
         """Delete rejected studies older than the retention period (``retention``, else the
-        configured one), rows then files; the purged studies' UIDs."""
+        configured one), one claimed study at a time: its files, then its rows; the purged
+        studies' UIDs."""
         now = now or dt.datetime.now(dt.UTC)
+        rejected_before = now - (self.retention if retention is None else retention)
         with self._unit_of_work() as repository:
-            due = repository.workflow.purgeable(
-                now - (self.retention if retention is None else retention))
-        purged = []
-        for study_instance_uid in due:
+            if not repository.workflow.purgeable(rejected_before, now=now, limit=1):
+                return []
+        purged: list[str] = []
+        tried: list[str] = []
+        while True:
             with self._unit_of_work(write=True) as repository:
-                records = repository.workflow
-                state = records.lock_study(study_instance_uid)
-                if state is None or next_state(state, Action.PURGE) is not None:
-                    continue
-                keys = records.delete_study(study_instance_uid)
-                records.audit(actor=who, action="delete", outcome="purged",
-                              study_instance_uid=study_instance_uid,
-                              detail={"files": len(keys)})
-            for key in dict.fromkeys(keys):
-                with self._unit_of_work() as repository:
-                    in_use = repository.workflow.blob_in_use(key)
-                if not in_use:
-                    try:
-                        self.blobs.delete(key)
-                    except BlobStoreUnavailable as error:  # its row is gone: an orphan now
-                        log.warning("blob %s left for the orphan sweep: %s", key, error)
-            purged.append(study_instance_uid)
-        return purged
+                claim = repository.workflow.claim_purgeable(
+                    rejected_before, now=now, owner=self.node, lease=self.lease, skip=tried)
+            if claim is None:
+                return purged
+            study_instance_uid = claim.study_instance_uid
+            tried.append(study_instance_uid)
+            _log_takeover("purge", claim)
+            done = False
+            try:
+                with self._renewal(study_instance_uid, "purge") as renewal:
+                    done = self._purge(study_instance_uid, who, renewal)
+                if done:
+                    purged.append(study_instance_uid)
+            finally:
+                if not done:  # a purged study's lease went with its row
+                    self._release(study_instance_uid)
+
+    def _purge(self, study_instance_uid: str, who: str, renewal: Renewal) -> bool:
+        """Files first, under the lease: a server that dies midway leaves the rows, and
+        whoever claims the study next deletes what is left (deleting a missing file is no
+        error). A rejected study is on no read path, so its rows outliving some of its files
+        for that time shows nothing missing. Then the rows, while the lease is still ours."""
+        with self._unit_of_work() as repository:
+            records = repository.workflow
+            keys = records.study_blob_keys(study_instance_uid)
+            shared = records.blobs_used_elsewhere(keys, study_instance_uid)
+        deleted = set(shared)
+        for key in keys:
+            if renewal.lost.is_set():
+                return False  # another server purges it now
+            if key in deleted:
+                continue
+            try:
+                self.blobs.delete(key)
+            except BlobStoreUnavailable as error:  # the rows stay: a later round goes on
+                log.warning("purge of %s left for a later round: %s", study_instance_uid, error)
+                return False
+            deleted.add(key)
+        with self._unit_of_work(write=True) as repository:
+            records = repository.workflow
+            state = records.lock_study(study_instance_uid, owner=self.node)
+            if state is None:
+                log.warning("purge of %s: its lease ran out and another server took it",
+                            study_instance_uid)
+                return False
+            if next_state(state, Action.PURGE) is not None:
+                return False
+            keys = records.delete_study(study_instance_uid)
+            records.audit(actor=who, action="delete", outcome="purged",
+                          study_instance_uid=study_instance_uid,
+                          detail={"files": len(keys), "node": self.node})
+        for key in keys:  # an instance stored for the study while its files were deleted
+            if key in deleted:
+                continue
+            with self._unit_of_work() as repository:
+                in_use = repository.workflow.blob_in_use(key)
+            if not in_use:
+                try:
+                    self.blobs.delete(key)
+                except BlobStoreUnavailable as error:  # its row is gone: an orphan now
+                    log.warning("blob %s left for the orphan sweep: %s", key, error)
+        return True
+
+
+def _log_takeover(work: str, claim: StudyClaim) -> None:
+    if claim.taken_from is not None:
+        log.info("%s of %s taken over from %s, whose lease ran out", work,
+                 claim.study_instance_uid, claim.taken_from)
 
 
 def _can_decode(transfer_syntax_uid: str) -> bool:

@@ -144,6 +144,10 @@ study = Table(
     Column("state_changed_at", DateTime(timezone=True)),
     Column("rejection_reason", Text),
     Column("stable_at", DateTime(timezone=True), index=True),
+    # background work on the study (its stability check, its purge): the server doing it and
+    # until when; renewed while it works, claimed by another server once it ran out
+    Column("lease_owner", String(64)),
+    Column("lease_expires_at", DateTime(timezone=True)),
 )
 
 series = Table(

@@ -1,5 +1,6 @@
 """Index records of the QA workflow: study states, findings, audit events, routing jobs,
-stability and purge. SQL only; the rules live in ``pacs.services.workflow``."""
+stability and purge, and the leases under which servers sharing the index claim a study's
+background work. SQL only; the rules live in ``pacs.services.workflow``."""
 
 from __future__ import annotations
 
@@ -82,6 +83,16 @@ class JobRecord:
     sent: int
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class StudyClaim:
+    """A study this server holds for background work (its stability check or its purge)
+    under a lease that runs out at ``lease_expires_at`` unless renewed."""
+
+    study_instance_uid: str
+    lease_expires_at: datetime
+    taken_from: str | None = None  # the server whose lease had run out (it died, or stalled)
 
 
 @dataclass(frozen=True)
@@ -230,9 +241,13 @@ class WorkflowRecords:
             select(func.count()).select_from(series)
             .where(series.c.study_fk == study_id, series.c.rejected.is_(False))).scalar_one())
 
-    def lock_study(self, study_instance_uid: str) -> StudyState | None:
-        """The study's state, with its row locked for this transaction (PostgreSQL)."""
+    def lock_study(self, study_instance_uid: str, *, owner: str | None = None
+                   ) -> StudyState | None:
+        """The study's state, with its row locked for this transaction (PostgreSQL); with
+        ``owner``, only while that server holds the study's lease (else None)."""
         statement = select(study.c.state).where(study.c.study_instance_uid == study_instance_uid)
+        if owner is not None:
+            statement = statement.where(study.c.lease_owner == owner)
         if self.connection.dialect.name == "postgresql":
             statement = statement.with_for_update()
         state = self.connection.execute(statement).scalar()
@@ -339,26 +354,93 @@ class WorkflowRecords:
             for r in self.connection.execute(statement)
         ]
 
+    # -- leases on a study's background work ------------------------------------------------
+    def _claim_study(self, *where: Any, now: datetime, owner: str, lease: timedelta,
+                     skip: Iterable[str]) -> StudyClaim | None:
+        """The first study matching ``where`` whose lease is free (none, or run out), put
+        under ``owner``'s lease until ``now + lease``. On PostgreSQL the candidate row is
+        locked ``FOR NO KEY UPDATE SKIP LOCKED``: servers claiming at once skip each other's
+        row (and an instance stored meanwhile, which only key-shares the row, is not held
+        up). ``skip``: studies this pass has had already."""
+        statement = (select(study.c.id, study.c.study_instance_uid, study.c.lease_owner)
+                     .where(*where, _lease_free(now)).order_by(study.c.id).limit(1))
+        skipped = list(skip)
+        if skipped:
+            statement = statement.where(study.c.study_instance_uid.not_in(skipped))
+        if self.connection.dialect.name == "postgresql":
+            statement = statement.with_for_update(skip_locked=True, key_share=True, of=study)
+        row = self.connection.execute(statement).first()
+        if row is None:
+            return None
+        until = now + lease
+        self.connection.execute(update(study).where(study.c.id == row.id)
+                                .values(lease_owner=owner, lease_expires_at=until))
+        return StudyClaim(row.study_instance_uid, until, taken_from=row.lease_owner)
+
+    def renew_study_lease(self, study_instance_uid: str, *, owner: str, until: datetime
+                          ) -> bool:
+        """Extend ``owner``'s lease on a study; False if it is no longer theirs."""
+        changed = self.connection.execute(
+            update(study).where(study.c.study_instance_uid == study_instance_uid,
+                                study.c.lease_owner == owner)
+            .values(lease_expires_at=until))
+        return bool(changed.rowcount)
+
+    def release_study(self, study_instance_uid: str, *, owner: str) -> bool:
+        """Give up ``owner``'s lease on a study (its work is left for a later round)."""
+        changed = self.connection.execute(
+            update(study).where(study.c.study_instance_uid == study_instance_uid,
+                                study.c.lease_owner == owner)
+            .values(lease_owner=None, lease_expires_at=None))
+        return bool(changed.rowcount)
+
+    def release_studies(self) -> int:
+        """Give up every lease on studies (the only server of this index is starting)."""
+        changed = self.connection.execute(
+            update(study).where(study.c.lease_owner.is_not(None))
+            .values(lease_owner=None, lease_expires_at=None))
+        return int(changed.rowcount)
+
+    def study_lease(self, study_instance_uid: str) -> tuple[str | None, datetime | None]:
+        """Who holds the study's lease, and until when ((None, None): nobody)."""
+        row = self.connection.execute(
+            select(study.c.lease_owner, study.c.lease_expires_at)
+            .where(study.c.study_instance_uid == study_instance_uid)).first()
+        return (row.lease_owner, row.lease_expires_at) if row is not None else (None, None)
+
     # -- stability -------------------------------------------------------------------------
-    def quiet_studies(self, quiet_since: datetime, limit: int = 100) -> list[str]:
-        """Unstable studies whose last instance arrived before ``quiet_since``."""
-        last = (
-            select(func.max(instance.c.received_at))
-            .select_from(instance.join(series, instance.c.series_fk == series.c.id))
-            .where(series.c.study_fk == study.c.id).scalar_subquery()
-        )
+    def quiet_studies(self, quiet_since: datetime, limit: int = 100, *,
+                      now: datetime | None = None) -> list[str]:
+        """Unstable studies whose last instance arrived before ``quiet_since``; with ``now``,
+        only those no server holds a live lease on."""
+        where = [*_quiet(quiet_since)]
+        if now is not None:
+            where.append(_lease_free(now))
         rows = self.connection.execute(
-            select(study.c.study_instance_uid)
-            .where(study.c.stable_at.is_(None), last < quiet_since)
-            .order_by(study.c.id).limit(limit)
+            select(study.c.study_instance_uid).where(*where).order_by(study.c.id).limit(limit)
         )
         return [row.study_instance_uid for row in rows]
 
-    def mark_stable(self, study_instance_uid: str) -> bool:
+    def claim_quiet_study(self, quiet_since: datetime, *, now: datetime, owner: str,
+                          lease: timedelta, skip: Iterable[str] = ()) -> StudyClaim | None:
+        """The next study to check for stability (unstable, quiet since ``quiet_since``, no
+        live lease), under ``owner``'s lease: see :meth:`_claim_study`."""
+        return self._claim_study(*_quiet(quiet_since), now=now, owner=owner, lease=lease,
+                                 skip=skip)
+
+    def mark_stable(self, study_instance_uid: str, *, owner: str | None = None,
+                    quiet_since: datetime | None = None) -> bool:
+        """Mark an unstable study stable and free its lease; with ``owner``, only while that
+        server holds the lease; with ``quiet_since``, only if no instance arrived since then
+        (one stored during the check makes the study unstable still)."""
+        where = [study.c.study_instance_uid == study_instance_uid, study.c.stable_at.is_(None)]
+        if owner is not None:
+            where.append(study.c.lease_owner == owner)
+        if quiet_since is not None:
+            where.append(_last_received() < quiet_since)
         changed = self.connection.execute(
-            update(study)
-            .where(study.c.study_instance_uid == study_instance_uid, study.c.stable_at.is_(None))
-            .values(stable_at=_now())
+            update(study).where(*where)
+            .values(stable_at=_now(), lease_owner=None, lease_expires_at=None)
         )
         return bool(changed.rowcount)
 
@@ -448,22 +530,54 @@ class WorkflowRecords:
                 blob_key=old_key, study_instance_uid=study_instance_uid, retired_at=_now()))
 
     # -- purge -----------------------------------------------------------------------------
-    def purgeable(self, rejected_before: datetime) -> list[str]:
+    def purgeable(self, rejected_before: datetime, *, now: datetime | None = None,
+                  limit: int | None = None) -> list[str]:
+        """Studies rejected before ``rejected_before``; with ``now``, only those no server
+        holds a live lease on."""
+        where = [*_rejected_before(rejected_before)]
+        if now is not None:
+            where.append(_lease_free(now))
         rows = self.connection.execute(
-            select(study.c.study_instance_uid).where(
-                study.c.state == StudyState.REJECTED.value,
-                or_(study.c.state_changed_at.is_(None), study.c.state_changed_at < rejected_before),
-            ).order_by(study.c.id)
+            select(study.c.study_instance_uid).where(*where).order_by(study.c.id).limit(limit)
         )
         return [row.study_instance_uid for row in rows]
+
+    def claim_purgeable(self, rejected_before: datetime, *, now: datetime, owner: str,
+                        lease: timedelta, skip: Iterable[str] = ()) -> StudyClaim | None:
+        """The next study to purge (rejected before ``rejected_before``, no live lease), under
+        ``owner``'s lease: see :meth:`_claim_study`."""
+        return self._claim_study(*_rejected_before(rejected_before), now=now, owner=owner,
+                                 lease=lease, skip=skip)
+
+    def study_blob_keys(self, study_instance_uid: str) -> list[str]:
+        """The blob keys of a study's files: its instances' and those corrections retired."""
+        keys = [f.blob_key for f in self.instance_files(study_instance_uid)]
+        keys += self.connection.execute(
+            select(retired_blob.c.blob_key)
+            .where(retired_blob.c.study_instance_uid == study_instance_uid)).scalars()
+        return list(dict.fromkeys(keys))
+
+    def blobs_used_elsewhere(self, keys: Iterable[str], study_instance_uid: str) -> set[str]:
+        """Which of ``keys`` an instance or a retired file of another study refers to."""
+        wanted = list(keys)
+        if not wanted:
+            return set()
+        used = set(self.connection.execute(
+            select(instance.c.blob_key)
+            .join(series, instance.c.series_fk == series.c.id)
+            .join(study, series.c.study_fk == study.c.id)
+            .where(instance.c.blob_key.in_(wanted),
+                   study.c.study_instance_uid != study_instance_uid)).scalars())
+        used.update(self.connection.execute(
+            select(retired_blob.c.blob_key)
+            .where(retired_blob.c.blob_key.in_(wanted),
+                   retired_blob.c.study_instance_uid != study_instance_uid)).scalars())
+        return used
 
     def delete_study(self, study_instance_uid: str) -> list[str]:
         """Delete a study's rows (instances, series, findings, the patient if left empty);
         returns the blob keys that were its files (current and retired)."""
-        files = self.instance_files(study_instance_uid)
-        retired = [r.blob_key for r in self.connection.execute(
-            select(retired_blob.c.blob_key)
-            .where(retired_blob.c.study_instance_uid == study_instance_uid))]
+        keys = self.study_blob_keys(study_instance_uid)
         patient_fk = self.connection.execute(
             select(study.c.patient_fk).where(study.c.study_instance_uid == study_instance_uid)
         ).scalar()
@@ -477,7 +591,7 @@ class WorkflowRecords:
             ).scalar_one()
             if not left:
                 self.connection.execute(delete(patient).where(patient.c.id == patient_fk))
-        return [f.blob_key for f in files] + retired
+        return keys
 
     def blob_in_use(self, key: str) -> bool:
         """Whether an instance or a retired file record still refers to this blob."""
@@ -601,6 +715,29 @@ class WorkflowRecords:
 
 
 _AUDIT_INSERT = insert(audit_event)  # built once: one runs for every stored instance
+
+
+def _lease_free(now: datetime) -> Any:
+    """No server holds the study's lease at ``now`` (none, or it ran out: its server died)."""
+    return or_(study.c.lease_expires_at.is_(None), study.c.lease_expires_at < now)
+
+
+def _last_received() -> Any:
+    """When the study's newest instance arrived."""
+    return (
+        select(func.max(instance.c.received_at))
+        .select_from(instance.join(series, instance.c.series_fk == series.c.id))
+        .where(series.c.study_fk == study.c.id).scalar_subquery()
+    )
+
+
+def _quiet(quiet_since: datetime) -> list[Any]:
+    return [study.c.stable_at.is_(None), _last_received() < quiet_since]
+
+
+def _rejected_before(rejected_before: datetime) -> list[Any]:
+    return [study.c.state == StudyState.REJECTED.value,
+            or_(study.c.state_changed_at.is_(None), study.c.state_changed_at < rejected_before)]
 
 
 def _due(now: datetime) -> Any:

@@ -1,9 +1,11 @@
 """Several ``pacs serve`` on one PostgreSQL and one store: the schema upgraded once, routing
-jobs claimed by one server each under a lease, a dead server's job finished by another, a
-second server on one SQLite index refused."""
+jobs and studies' stability checks claimed by one server each under a lease, a dead server's
+job or check finished by another, a second server on one SQLite index refused."""
 
 from __future__ import annotations
 
+import copy
+import datetime as dt
 import subprocess
 import sys
 from collections import Counter
@@ -14,7 +16,9 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
+from pydicom.uid import JPEG2000Lossless
 
+from storage.index import Index
 from tests.factories.datasets import ct_instance, make_uid, write_part10
 from tests.support import dcmtk
 from tests.support.server import PacsServer, wait_gone
@@ -46,15 +50,41 @@ def _received(peer: dcmtk.Storescp) -> Counter[str]:
                    for p in peer.files())
 
 
-def _replica(tmp_path: Path, name: str, url: str, peer: str) -> PacsServer:
+def _replica(tmp_path: Path, name: str, url: str, peer: str, *,
+             stable_seconds: str = "0.5") -> PacsServer:
     return PacsServer(
         data_dir=tmp_path / "shared-data", database_url=url,
         extra_args=["--peer", peer, "--route", f"*={peer.split('=')[0]}",
-                    "--stable-seconds", "0.5"],
+                    "--stable-seconds", stable_seconds],
         start_env={"PACS_ROUTE_RETRY_SECONDS": "0.3", "PACS_ROUTE_LEASE_SECONDS": LEASE_S,
-                   "PACS_NODE_ID": name},
+                   "PACS_STUDY_LEASE_SECONDS": LEASE_S, "PACS_NODE_ID": name},
         log_name=f"{name}-serve.log",
     )
+
+
+def _slow_to_check(study: str, series: int, folder: Path) -> list[Path]:
+    """A study of ``series`` series whose stability pixel check takes about a second per
+    series: each first instance is a 2048 x 2048 JPEG 2000 frame (one codestream, encoded
+    once; the copies differ in their UIDs only, so each is a file of its own)."""
+    first = ct_instance(PatientID="REPLICA", StudyInstanceUID=study, Rows=2048, Columns=2048)
+    first.compress(JPEG2000Lossless)
+    files = []
+    for n in range(1, series + 1):
+        ds = copy.deepcopy(first)
+        ds.SeriesNumber = n
+        ds.SeriesInstanceUID = make_uid("replica", study, "series", n)
+        ds.SOPInstanceUID = make_uid("replica", study, "sop", n)
+        files.append(write_part10(ds, folder / f"{n}.dcm"))
+    return files
+
+
+@pytest.fixture
+def workstation(tmp_path: Path) -> Iterator[dcmtk.Storescp]:
+    peer = dcmtk.Storescp(tmp_path / "ws", ae_title="WS1").start()
+    try:
+        yield peer
+    finally:
+        peer.stop()
 
 
 @pytest.fixture
@@ -108,6 +138,67 @@ def test_a_dead_servers_routing_job_is_finished_by_another_and_each_study_routed
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_dead_servers_stability_check_is_finished_by_another_and_done_once(
+    tmp_path: Path, postgres_url: str, workstation: dcmtk.Storescp
+) -> None:
+    replicas = {name: _replica(tmp_path, name, postgres_url, workstation.peer,
+                               stable_seconds="2") for name in ("node-a", "node-b")}
+    index = Index(postgres_url)
+
+    def lease(study: str) -> tuple[str | None, dt.datetime | None]:
+        with index.unit_of_work() as repository:
+            return repository.workflow.study_lease(study)
+
+    try:
+        for replica in replicas.values():
+            replica.start()
+        study = make_uid("replica", "stability")
+        files = _slow_to_check(study, 5, tmp_path / "slow")
+        result = dcmtk.storescu(replicas["node-a"].dimse_port, files, workdir=tmp_path)
+        assert dcmtk.successes(result) == len(files), dcmtk.status_lines(result)
+
+        holder, first_expiry = until("a replica claims the study's check", lambda: (
+            lease(study) if lease(study)[0] else None))
+        assert first_expiry is not None
+        until("its first lease ran out", lambda: dt.datetime.now(dt.UTC) > first_expiry)
+        # five seconds of checking: the holder is still at it, its renewed lease not taken
+        assert lease(study)[0] == holder
+        other_name = "node-b" if holder == "node-a" else "node-a"
+        other = replicas[other_name]
+        assert _study(other, study)["stable"] is False
+        workers = replicas[holder].children()
+        replicas[holder].kill9()
+        assert wait_gone(workers) == []
+
+        until("the other replica settled the study once the lease ran out",
+              lambda: _study(other, study)["stable"], timeout=120)
+        stable = [e for e in _audit(other, study) if e["action"] == "stable"]
+        assert [e["detail"]["node"] for e in stable] == [other_name]
+        assert _study(other, study)["state"] == "archived"  # the pixel check passed
+        assert len(_jobs(other, study)) == 1  # routed once
+        assert lease(study) == (None, None)
+        log = other.log_path.read_text() if other.log_path else ""
+        assert f"stability check of {study} taken over from {holder}" in log
+    finally:
+        index.dispose()
+        for replica in replicas.values():
+            replica.stop()
+
+
+def _study(server: PacsServer, study: str) -> dict[str, Any]:
+    answer = httpx.get(f"{server.base_url}/api/studies/{study}", timeout=30)
+    assert answer.status_code == 200, answer.text
+    found: dict[str, Any] = answer.json()
+    return found
+
+
+def _audit(server: PacsServer, study: str) -> list[dict[str, Any]]:
+    answer = httpx.get(f"{server.base_url}/api/audit", params={"study": study}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    events: list[dict[str, Any]] = answer.json()
+    return events
 
 
 def test_a_second_server_on_one_sqlite_index_is_refused(tmp_path: Path, sqlite_url: str) -> None:

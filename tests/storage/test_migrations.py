@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import text
+from alembic import command
+from sqlalchemy import inspect, text
 
 from storage.index import Index
-from storage.index.migrate import pending_changes, upgrade
+from storage.index.migrate import alembic_config, pending_changes, upgrade
 
 
 def test_upgrade_from_0002_keeps_every_row(database_url: str) -> None:
@@ -63,6 +64,31 @@ def test_upgrade_from_0005_adds_the_ae_registry_and_keeps_tokens(database_url: s
                 "SELECT ae_title, port, move_destination FROM application_entities")).one()
         assert tokens == ["ohif"]
         assert tuple(entry) == ("CT1", None, False)  # the server default: not a destination
+        assert pending_changes(index.engine) == []
+    finally:
+        index.dispose()
+
+
+def test_0011_adds_the_study_leases_and_its_downgrade_removes_them(database_url: str) -> None:
+    index = Index(database_url)
+    try:
+        index.upgrade()
+        with index.engine.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO patient (id, patient_id, issuer_of_patient_id, created_at) "
+                "VALUES (1, 'P1', '', CURRENT_TIMESTAMP)"))
+            connection.execute(text(
+                "INSERT INTO study (id, patient_fk, study_instance_uid, state, created_at, "
+                "lease_owner, lease_expires_at) VALUES (1, 1, '1.2.3', 'archived', "
+                "CURRENT_TIMESTAMP, 'node-a', CURRENT_TIMESTAMP)"))
+        command.downgrade(alembic_config(index.engine), "0010")
+        columns = {c["name"] for c in inspect(index.engine).get_columns("study")}
+        assert not {"lease_owner", "lease_expires_at"} & columns
+        index.upgrade()
+        with index.engine.connect() as connection:
+            study = connection.execute(text(
+                "SELECT study_instance_uid, lease_owner, lease_expires_at FROM study")).one()
+        assert tuple(study) == ("1.2.3", None, None)  # the row kept, free to claim
         assert pending_changes(index.engine) == []
     finally:
         index.dispose()

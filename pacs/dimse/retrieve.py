@@ -75,6 +75,8 @@ class Retrieval:
         self.how = (f"C-MOVE to {str(request.MoveDestination).strip()}"
                     if isinstance(request, C_MOVE) else "C-GET")
         self.plan: RetrievePlan | None = None
+        # a pending response's counts (remaining, completed, failed, warning), due to be sent
+        self._due: tuple[int, int, int, int] | None = None
 
     # -- the two services ----------------------------------------------------------------
     def move(self) -> None:
@@ -151,19 +153,21 @@ class Retrieval:
     def _send(
         self, store: Association, plan: RetrievePlan, *, as_scu_only: bool
     ) -> _Counts | None:
-        """C-STORE every instance over ``store``, a pending response after each one; None
-        when cancelled (the final response is sent then)."""
+        """C-STORE every instance over ``store``, a pending response after each one but the
+        last (:meth:`_flush_pending`); None when cancelled (the final response is sent then)."""
         counts = _Counts(remaining=len(plan.items))
         accepted = _accepted(store, as_scu_only=as_scu_only)
         originator = self.scp.ae.ae_title if isinstance(self.request, C_MOVE) else None
         message_id = int(self.request.MessageID or 0)
         for number, item in enumerate(plan.items, start=1):
             if self.scp.is_cancelled(message_id):
+                self._flush_pending()
                 self._cancelled(counts)
                 return None
             if not fast.connected(store):
                 break
             status = self._store_one(store, item, accepted, originator, message_id, number)
+            self._flush_pending()  # (when this sub-operation sent nothing)
             counts.remaining -= 1
             if status is None or _category(status) == "Failure":
                 counts.failed += 1
@@ -174,7 +178,8 @@ class Retrieval:
             else:
                 counts.completed += 1
             if counts.remaining and self.scp.assoc.is_established:
-                self._pending(counts)
+                self._due = (counts.remaining, counts.completed, counts.failed, counts.warning)
+        self._flush_pending()
         if counts.remaining:  # the destination went away: the rest cannot be sent
             counts.failed += counts.remaining
             counts.failed_uids += [i.sop_instance_uid for i in plan.items[-counts.remaining :]]
@@ -202,6 +207,7 @@ class Retrieval:
                     store, ready.path, msg_id=(message_id + number) % 65536,
                     originator_aet=originator,
                     originator_id=message_id if originator is not None else None,
+                    meanwhile=self._flush_pending,
                 )
         except PacsError as error:  # cannot transcode (too large to decode), gone, decoder busy
             log.warning("sub-operation for %s failed: %s", item.sop_instance_uid, error)
@@ -218,9 +224,14 @@ class Retrieval:
         return int(status)
 
     # -- responses (encoded by ``encoding``, not pynetdicom's pydicom round trip) ----------
-    def _pending(self, counts: _Counts) -> None:
-        self._respond(Status.PENDING, counts=(counts.remaining, counts.completed, counts.failed,
-                                           counts.warning))
+    def _flush_pending(self) -> None:
+        """The pending response due after the previous sub-operation, if not sent yet: it
+        goes out while the next sub-operation's request is with the peer (written before
+        waiting for its response), so the response-to-request turn of the C-STOREs stays
+        short; the counts are those after the previous sub-operation."""
+        due, self._due = self._due, None
+        if due is not None and self.scp.assoc.is_established:
+            self._respond(Status.PENDING, counts=due)
 
     def _cancelled(self, counts: _Counts) -> None:
         log.info("retrieve cancelled with %d sub-operations remaining", counts.remaining)

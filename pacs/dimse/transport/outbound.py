@@ -59,7 +59,7 @@ _GROUP_LENGTH = b"\x02\x00\x00\x00UL\x04\x00"
 # a response: its Status and Error Comment by keyword (``.get("Status")``), or pynetdicom's
 # status Dataset when it came pynetdicom's way
 Answer = Mapping[str, Any] | Dataset
-_CHUNK_FRAGMENTS = 16  # fragments read from the file at a time (bounded memory)
+_CHUNK_BYTES = 1 << 20  # read from the file at a time, in whole fragments (bounded memory)
 _POLL_S = 0.05  # how often a wait for a response looks at the association's state
 _PEEK = 4096  # a C-STORE-RSP PDU longer than this is left to the DUL thread
 
@@ -136,6 +136,7 @@ class Outbound:
         self.reads_itself = not isinstance(self.socket, ssl.SSLSocket)
         self.read_lock = threading.Lock()  # held by whichever thread reads a PDU
         self.gather = not isinstance(self.socket, ssl.SSLSocket)  # sendmsg (no SSLSocket's)
+        self._chunk: memoryview | None = None  # (``_buffer``)
 
     # -- the DUL thread ----------------------------------------------------------------------
     def offer(self, pdu: bytearray) -> bool:
@@ -211,13 +212,12 @@ class Outbound:
         fragment = self.max_pdu - 6 if self.max_pdu else 1 << 20
         size = os.fstat(handle.fileno()).st_size - offset
         handle.seek(offset)
-        buffer = bytearray(min(fragment * _CHUNK_FRAGMENTS, max(size, 1)))
-        view = memoryview(buffer)
+        view = self._buffer(fragment)
         pieces: list[bytes | memoryview] = [
             encoding.pdus(context_id, command, None, self.max_pdu)]
         sent = 0
         while sent < size or not sent:
-            count = handle.readinto(view[:min(len(buffer), size - sent)]) if size else 0
+            count = handle.readinto(view[:min(len(view), size - sent)]) if size else 0
             if not count and size:
                 raise OSError("the file ended early")
             for start in range(0, max(count, 1), fragment):
@@ -230,6 +230,14 @@ class Outbound:
             pieces = []
             if not size:
                 break
+
+    def _buffer(self, fragment: int) -> memoryview:
+        """This association's read buffer: whole fragments, about ``_CHUNK_BYTES`` (one
+        fragment when they are larger), made once."""
+        size = max(_CHUNK_BYTES // fragment, 1) * fragment
+        if self._chunk is None or len(self._chunk) != size:
+            self._chunk = memoryview(bytearray(size))
+        return self._chunk
 
     def write_pieces(self, pieces: list[bytes | memoryview]) -> None:
         """Write ``pieces`` in order, without joining them (``sendmsg``; TLS: joined)."""

@@ -10,6 +10,8 @@ responses carrying the sub-operation counts and C-CANCEL honoured between sub-op
 from __future__ import annotations
 
 import logging
+import math
+import time
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, cast
@@ -59,6 +61,8 @@ class Retrieval:
         service: RetrieveService,
         request: C_MOVE | C_GET,
         context: PresentationContext,
+        *,
+        pending_interval: float = 0.0,
     ) -> None:
         self.scp = scp
         self.service = service
@@ -77,6 +81,8 @@ class Retrieval:
         self.plan: RetrievePlan | None = None
         # a pending response's counts (remaining, completed, failed, warning), due to be sent
         self._due: tuple[int, int, int, int] | None = None
+        self.pending_interval = pending_interval  # at most one pending response per this
+        self._pending_at = -math.inf  # (time.monotonic() when the last one was due)
 
     # -- the two services ----------------------------------------------------------------
     def move(self) -> None:
@@ -153,8 +159,11 @@ class Retrieval:
     def _send(
         self, store: Association, plan: RetrievePlan, *, as_scu_only: bool
     ) -> _Counts | None:
-        """C-STORE every instance over ``store``, a pending response after each one but the
-        last (:meth:`_flush_pending`); None when cancelled (the final response is sent then)."""
+        """C-STORE every instance over ``store``; None when cancelled (the final response is
+        sent then). A pending response follows every sub-operation but the last (0, the
+        default), or the first and then at most one per ``pending_interval`` seconds (PS3.4
+        C.4.2.3.1 leaves them to the SCP; each costs a write and a wake-up of the requestor);
+        it is written while the next request is with the peer (:meth:`_flush_pending`)."""
         counts = _Counts(remaining=len(plan.items))
         accepted = _accepted(store, as_scu_only=as_scu_only)
         originator = self.scp.ae.ae_title if isinstance(self.request, C_MOVE) else None
@@ -178,7 +187,11 @@ class Retrieval:
             else:
                 counts.completed += 1
             if counts.remaining and self.scp.assoc.is_established:
-                self._due = (counts.remaining, counts.completed, counts.failed, counts.warning)
+                now = time.monotonic()
+                if now - self._pending_at >= self.pending_interval:
+                    self._pending_at = now
+                    self._due = (counts.remaining, counts.completed, counts.failed,
+                                 counts.warning)
         self._flush_pending()
         if counts.remaining:  # the destination went away: the rest cannot be sent
             counts.failed += counts.remaining

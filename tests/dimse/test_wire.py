@@ -580,19 +580,52 @@ def test_c_move_to_a_destination_of_4096_byte_pdus(wire: Wire) -> None:
     assert max(wire.small.pdu_sizes) <= 4096 + 6, max(wire.small.pdu_sizes)
 
 
-def test_c_move_reports_every_sub_operation_in_a_pending_response(wire: Wire) -> None:
-    """PS3.4 C.4.2.1.6: a pending response after each sub-operation but the last, with the
-    counts after it (pacs writes it while the next request is with the destination)."""
-    wire.small.clear()
-    statuses, _ = move(wire, "SMALL")
-
+def _pending_counts(statuses: list[Dataset]) -> list[tuple[int, int]]:
+    """(remaining, completed) of each Pending response, checked to be all but the last."""
     pending = [(int(s.NumberOfRemainingSuboperations), int(s.NumberOfCompletedSuboperations))
                for s in statuses[:-1] if int(s.Status) == 0xFF00]
-    # (pynetdicom as published sends one after the last sub-operation too: (0, 3))
+    assert len(pending) == len(statuses) - 1, statuses
+    assert int(statuses[-1].Status) == SUCCESS, statuses[-1]
+    return pending
+
+
+def test_c_move_reports_every_sub_operation_in_a_pending_response(wire: Wire) -> None:
+    """PS3.4 C.4.2.1.6: a Pending response with the counts after each sub-operation (pacs
+    writes it while the next request is with the destination), none after the last
+    (pynetdicom as published sends one then too)."""
+    wire.small.clear()
+    statuses, _ = move(wire, "SMALL")
+    pending = _pending_counts(statuses)
+
     assert pending[:2] == [(2, 1), (1, 2)] and pending[2:] in ([], [(0, 3)]), pending
-    assert len(pending) == len(statuses) - 1
-    assert int(statuses[-1].Status) == SUCCESS
     assert int(statuses[-1].NumberOfCompletedSuboperations) == 3
+
+
+@pytest.mark.fast_transport("PACS_RETRIEVE_PENDING_INTERVAL is the fast transport's: "
+                            "pynetdicom as published answers after every sub-operation")
+def test_a_pending_interval_reports_progress_less_often(wire: Wire, tmp_path: Path) -> None:
+    """With ``PACS_RETRIEVE_PENDING_INTERVAL=60`` a Pending response follows the first
+    sub-operation only (the three take far less than a minute)."""
+    wire.small.clear()
+    server = PacsServer(data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path}/i.db",
+                        extra_args=["--peer", wire.small.peer],
+                        start_env={"PACS_RETRIEVE_PENDING_INTERVAL": "60"})
+    try:
+        server.start()
+        datasets = [f.ct_instance(PatientID="WIRE-512", StudyInstanceUID=STUDY,
+                                  InstanceNumber=n) for n in (1, 2, 3)]
+        dcmtk.store_datasets(server.dimse_port, datasets, workdir=tmp_path)
+        ae = AE(ae_title="MOVER")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        assoc = ae.associate("127.0.0.1", server.dimse_port, ae_title="PACS")
+        assert assoc.is_established
+        statuses = [status for status, _ in assoc.send_c_move(
+            study_identifier(), "SMALL", StudyRootQueryRetrieveInformationModelMove)]
+        assoc.release()
+    finally:
+        server.stop()
+    assert _pending_counts(statuses) == [(2, 1)]
+    assert len(wire.small.received) == 3
 
 
 def test_c_move_to_a_destination_that_writes_each_pdu_in_two_pieces(wire: Wire) -> None:

@@ -314,6 +314,7 @@ def _dimse_server(settings: Settings, services: Services) -> DimseServer:
         query=services.query,
         retrieve=services.retrieve,
         fuzzy_person_names=settings.fuzzy_person_names,
+        pending_interval=settings.retrieve_pending_interval,
         max_associations=settings.max_associations,
         max_pdu_size=settings.max_pdu_size,
         accept_unknown_sop_classes=settings.accept_unknown_sop_classes,

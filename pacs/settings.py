@@ -249,6 +249,12 @@ class Settings(BaseSettings):
     fuzzy_person_names: bool = Field(
         default=True, description="PN matching ignores case and accents (False: exact)"
     )
+    retrieve_pending_interval: float = Field(
+        default=0.0, ge=0.0, le=3600.0,
+        description="C-MOVE and C-GET: a Pending response after the first sub-operation, then "
+        "at most one per this many seconds (PS3.4 C.4.2.3.1: they are optional; dcm4chee sends "
+        "one every 5 s); 0 (the default, as Orthanc): after every sub-operation but the last",
+    )
     max_decoded_mb: int = Field(
         default=1024, ge=1,
         description="MiB one decode may take, judged from the header before decoding (pixels "

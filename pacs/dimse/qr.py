@@ -56,6 +56,7 @@ class QueryRetrieveServices:
     ae_title: str
     fuzzy_person_names: bool = True
     access: AccessControl | None = None  # None: every calling AE may find, move and get
+    pending_interval: float = 0.0  # seconds between a retrieve's Pending responses (settings)
 
 
 _SERVICES: dict[type[Any], tuple[Service, int]] = {
@@ -83,10 +84,12 @@ class QueryRetrieveSCP(QueryRetrieveServiceClass):
                      fuzzy_person_names=services.fuzzy_person_names).run()
         elif isinstance(req, C_MOVE) and syntax in MOVE_MODELS:
             with _timed("C-MOVE"):
-                Retrieval(self, services.retrieve, req, context).move()
+                Retrieval(self, services.retrieve, req, context,
+                          pending_interval=services.pending_interval).move()
         elif isinstance(req, C_GET) and syntax in GET_MODELS:
             with _timed("C-GET"):
-                Retrieval(self, services.retrieve, req, context).get()
+                Retrieval(self, services.retrieve, req, context,
+                          pending_interval=services.pending_interval).get()
         else:
             super().SCP(req, context)
 

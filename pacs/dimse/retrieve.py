@@ -10,6 +10,8 @@ responses carrying the sub-operation counts and C-CANCEL honoured between sub-op
 from __future__ import annotations
 
 import logging
+import math
+import time
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, cast
@@ -59,6 +61,8 @@ class Retrieval:
         service: RetrieveService,
         request: C_MOVE | C_GET,
         context: PresentationContext,
+        *,
+        pending_interval: float = 0.0,
     ) -> None:
         self.scp = scp
         self.service = service
@@ -75,6 +79,10 @@ class Retrieval:
         self.how = (f"C-MOVE to {str(request.MoveDestination).strip()}"
                     if isinstance(request, C_MOVE) else "C-GET")
         self.plan: RetrievePlan | None = None
+        # a pending response's counts (remaining, completed, failed, warning), due to be sent
+        self._due: tuple[int, int, int, int] | None = None
+        self.pending_interval = pending_interval  # at most one pending response per this
+        self._pending_at = -math.inf  # (time.monotonic() when the last one was due)
 
     # -- the two services ----------------------------------------------------------------
     def move(self) -> None:
@@ -151,19 +159,24 @@ class Retrieval:
     def _send(
         self, store: Association, plan: RetrievePlan, *, as_scu_only: bool
     ) -> _Counts | None:
-        """C-STORE every instance over ``store``, a pending response after each one; None
-        when cancelled (the final response is sent then)."""
+        """C-STORE every instance over ``store``; None when cancelled (the final response is
+        sent then). A pending response follows every sub-operation but the last (0, the
+        default), or the first and then at most one per ``pending_interval`` seconds (PS3.4
+        C.4.2.3.1 leaves them to the SCP; each costs a write and a wake-up of the requestor);
+        it is written while the next request is with the peer (:meth:`_flush_pending`)."""
         counts = _Counts(remaining=len(plan.items))
         accepted = _accepted(store, as_scu_only=as_scu_only)
         originator = self.scp.ae.ae_title if isinstance(self.request, C_MOVE) else None
         message_id = int(self.request.MessageID or 0)
         for number, item in enumerate(plan.items, start=1):
             if self.scp.is_cancelled(message_id):
+                self._flush_pending()
                 self._cancelled(counts)
                 return None
             if not fast.connected(store):
                 break
             status = self._store_one(store, item, accepted, originator, message_id, number)
+            self._flush_pending()  # (when this sub-operation sent nothing)
             counts.remaining -= 1
             if status is None or _category(status) == "Failure":
                 counts.failed += 1
@@ -174,7 +187,12 @@ class Retrieval:
             else:
                 counts.completed += 1
             if counts.remaining and self.scp.assoc.is_established:
-                self._pending(counts)
+                now = time.monotonic()
+                if now - self._pending_at >= self.pending_interval:
+                    self._pending_at = now
+                    self._due = (counts.remaining, counts.completed, counts.failed,
+                                 counts.warning)
+        self._flush_pending()
         if counts.remaining:  # the destination went away: the rest cannot be sent
             counts.failed += counts.remaining
             counts.failed_uids += [i.sop_instance_uid for i in plan.items[-counts.remaining :]]
@@ -202,6 +220,7 @@ class Retrieval:
                     store, ready.path, msg_id=(message_id + number) % 65536,
                     originator_aet=originator,
                     originator_id=message_id if originator is not None else None,
+                    meanwhile=self._flush_pending,
                 )
         except PacsError as error:  # cannot transcode (too large to decode), gone, decoder busy
             log.warning("sub-operation for %s failed: %s", item.sop_instance_uid, error)
@@ -218,9 +237,14 @@ class Retrieval:
         return int(status)
 
     # -- responses (encoded by ``encoding``, not pynetdicom's pydicom round trip) ----------
-    def _pending(self, counts: _Counts) -> None:
-        self._respond(Status.PENDING, counts=(counts.remaining, counts.completed, counts.failed,
-                                           counts.warning))
+    def _flush_pending(self) -> None:
+        """The pending response due after the previous sub-operation, if not sent yet: it
+        goes out while the next sub-operation's request is with the peer (written before
+        waiting for its response), so the response-to-request turn of the C-STOREs stays
+        short; the counts are those after the previous sub-operation."""
+        due, self._due = self._due, None
+        if due is not None and self.scp.assoc.is_established:
+            self._respond(Status.PENDING, counts=due)
 
     def _cancelled(self, counts: _Counts) -> None:
         log.info("retrieve cancelled with %d sub-operations remaining", counts.remaining)

@@ -54,6 +54,7 @@ class DimseServer:
         query: QueryService | None = None,
         retrieve: RetrieveService | None = None,
         fuzzy_person_names: bool = True,
+        pending_interval: float = 0.0,
         max_associations: int = 32,
         max_pdu_size: int = 1 << 20,
         accept_unknown_sop_classes: bool = True,
@@ -81,7 +82,8 @@ class DimseServer:
         self.access = (AccessControl(registry=registry, ae_title=ae_title, refusals=self.refusals)
                        if registry is not None else None)
         self.query_retrieve = (
-            QueryRetrieveServices(query, retrieve, ae_title, fuzzy_person_names, self.access)
+            QueryRetrieveServices(query, retrieve, ae_title, fuzzy_person_names, self.access,
+                                  pending_interval)
             if query is not None and retrieve is not None else None
         )
         self.handlers = DimseHandlers(ingest, self.inflight, self.limits, self.refusals,

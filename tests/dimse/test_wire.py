@@ -67,10 +67,11 @@ class Destination:
     size of every PDU that came; it can refuse one instance, or abort on the n-th request."""
 
     def __init__(self, ae_title: str, *, max_pdu: int = 16384, refuse: str | None = None,
-                 abort_at: int | None = None) -> None:
+                 abort_at: int | None = None, split_writes: bool = False) -> None:
         self.ae_title = ae_title
         self.refuse = refuse
         self.abort_at = abort_at
+        self.split_writes = split_writes  # every PDU written as its header, a pause, the rest
         self.received: dict[str, bytes] = {}  # SOP Instance UID → data set bytes
         self.acknowledged: list[str] = []  # answered Success
         self.pdu_sizes: list[int] = []
@@ -78,7 +79,8 @@ class Destination:
         ae.maximum_pdu_size = max_pdu
         ae.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
         server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
-            (evt.EVT_C_STORE, self._on_store), (evt.EVT_DATA_RECV, self._on_data)])
+            (evt.EVT_C_STORE, self._on_store), (evt.EVT_DATA_RECV, self._on_data),
+            (evt.EVT_CONN_OPEN, self._on_open)])
         assert server is not None  # (block=False returns it)
         self.server = server
 
@@ -90,6 +92,26 @@ class Destination:
         self.received.clear()
         self.acknowledged.clear()
         self.pdu_sizes.clear()
+
+    def _on_open(self, event: Any) -> None:
+        if not self.split_writes:
+            return
+        raw_socket = event.assoc.dul.socket.socket
+
+        class Split:  # the socket, each PDU written in two pieces 50 ms apart
+            def __getattr__(self, name: str) -> Any:
+                return getattr(raw_socket, name)
+
+            def sendall(self, data: bytes) -> None:
+                raw_socket.sendall(data[:6])
+                time.sleep(0.05)
+                raw_socket.sendall(data[6:])
+
+            def send(self, data: bytes) -> int:
+                self.sendall(data)
+                return len(data)
+
+        event.assoc.dul.socket.socket = Split()
 
     def _on_data(self, event: Any) -> None:
         self.pdu_sizes.append(len(event.data))
@@ -140,6 +162,7 @@ class Wire:
     picky: Destination  # refuses the second instance of the study
     quitter: Destination  # aborts on the second request
     aborting: AbortingStorescp
+    halting: Destination  # writes each PDU in two pieces, 50 ms apart
     workdir: Path
 
 
@@ -154,7 +177,9 @@ def wire(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wire]:
     picky = Destination("PICKY", refuse=uids[1])
     quitter = Destination("QUITTER", abort_at=2)
     aborting = AbortingStorescp()
-    peers = [arg for d in (small, picky, quitter, aborting) for arg in ("--peer", d.peer)]
+    halting = Destination("HALTING", split_writes=True)
+    peers = [arg for d in (small, picky, quitter, aborting, halting)
+             for arg in ("--peer", d.peer)]
     server = PacsServer(
         data_dir=root / "data", database_url=f"sqlite:///{root}/index.sqlite",
         # associations served by the listening process (its descriptors counted)
@@ -163,10 +188,10 @@ def wire(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wire]:
     try:
         server.start()
         dcmtk.store_datasets(server.dimse_port, datasets, workdir=root)
-        yield Wire(server, study, small, picky, quitter, aborting, root)
+        yield Wire(server, study, small, picky, quitter, aborting, halting, root)
     finally:
         server.stop()
-        for destination in (small, picky, quitter):
+        for destination in (small, picky, quitter, halting):
             destination.server.shutdown()
         aborting.stop()
 
@@ -553,6 +578,100 @@ def test_c_move_to_a_destination_of_4096_byte_pdus(wire: Wire) -> None:
     assert int(statuses[-1].Status) == SUCCESS
     assert wire.small.received == wire.study
     assert max(wire.small.pdu_sizes) <= 4096 + 6, max(wire.small.pdu_sizes)
+
+
+def _pending_counts(statuses: list[Dataset]) -> list[tuple[int, int]]:
+    """(remaining, completed) of each Pending response, checked to be all but the last."""
+    pending = [(int(s.NumberOfRemainingSuboperations), int(s.NumberOfCompletedSuboperations))
+               for s in statuses[:-1] if int(s.Status) == 0xFF00]
+    assert len(pending) == len(statuses) - 1, statuses
+    assert int(statuses[-1].Status) == SUCCESS, statuses[-1]
+    return pending
+
+
+def test_c_move_reports_every_sub_operation_in_a_pending_response(wire: Wire) -> None:
+    """PS3.4 C.4.2.1.6: a Pending response with the counts after each sub-operation (pacs
+    writes it while the next request is with the destination), none after the last
+    (pynetdicom as published sends one then too)."""
+    wire.small.clear()
+    statuses, _ = move(wire, "SMALL")
+    pending = _pending_counts(statuses)
+
+    assert pending[:2] == [(2, 1), (1, 2)] and pending[2:] in ([], [(0, 3)]), pending
+    assert int(statuses[-1].NumberOfCompletedSuboperations) == 3
+
+
+@pytest.mark.fast_transport("PACS_RETRIEVE_PENDING_INTERVAL is the fast transport's: "
+                            "pynetdicom as published answers after every sub-operation")
+def test_a_pending_interval_reports_progress_less_often(wire: Wire, tmp_path: Path) -> None:
+    """With ``PACS_RETRIEVE_PENDING_INTERVAL=60`` a Pending response follows the first
+    sub-operation only (the three take far less than a minute)."""
+    wire.small.clear()
+    server = PacsServer(data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path}/i.db",
+                        extra_args=["--peer", wire.small.peer],
+                        start_env={"PACS_RETRIEVE_PENDING_INTERVAL": "60"})
+    try:
+        server.start()
+        datasets = [f.ct_instance(PatientID="WIRE-512", StudyInstanceUID=STUDY,
+                                  InstanceNumber=n) for n in (1, 2, 3)]
+        dcmtk.store_datasets(server.dimse_port, datasets, workdir=tmp_path)
+        ae = AE(ae_title="MOVER")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        assoc = ae.associate("127.0.0.1", server.dimse_port, ae_title="PACS")
+        assert assoc.is_established
+        statuses = [status for status, _ in assoc.send_c_move(
+            study_identifier(), "SMALL", StudyRootQueryRetrieveInformationModelMove)]
+        assoc.release()
+    finally:
+        server.stop()
+    assert _pending_counts(statuses) == [(2, 1)]
+    assert len(wire.small.received) == 3
+
+
+def test_c_move_to_a_destination_that_writes_each_pdu_in_two_pieces(wire: Wire) -> None:
+    """A C-STORE-RSP whose PDU header comes 50 ms before its body (TCP may split any write)
+    is waited for whole, not taken for something else."""
+    wire.halting.clear()
+    statuses, _ = move(wire, "HALTING")
+
+    assert int(statuses[-1].Status) == SUCCESS
+    assert wire.halting.received == wire.study
+    assert sorted(wire.halting.acknowledged) == sorted(wire.study)
+
+
+def test_c_get_cancelled_while_a_sub_operation_is_under_way(wire: Wire) -> None:
+    """The requestor's C-CANCEL-RQ comes before its response to the first C-STORE: the
+    cancel is honoured before the next sub-operation (final status Cancel, one completed),
+    and the association goes on."""
+    received: list[str] = []
+    cancel: dict[str, Any] = {}
+
+    def on_store(event: Any) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        if len(received) == 1:
+            event.assoc.send_c_cancel(7, cancel["context_id"])
+        return SUCCESS
+
+    ae = AE(ae_title="GETTER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", wire.server.dimse_port, ae_title="PACS",
+                         ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    cancel["context_id"] = next(
+        cx.context_id for cx in assoc.accepted_contexts
+        if cx.abstract_syntax == StudyRootQueryRetrieveInformationModelGet)
+    responses = [status for status, _ in assoc.send_c_get(
+        study_identifier(), StudyRootQueryRetrieveInformationModelGet, msg_id=7)]
+    assert int(assoc.send_c_echo().Status) == SUCCESS
+    assoc.release()
+
+    final = responses[-1]
+    assert int(final.Status) == 0xFE00, final
+    assert int(final.NumberOfCompletedSuboperations) == 1
+    assert len(received) == 1
 
 
 # -- destinations that fail or abort ---------------------------------------------------------

@@ -46,7 +46,10 @@ any of them changes or an attribute used here disappears.
    kernel's SO_RCVTIMEO ended, for ever.
 15. ``Association.dimse_timeout``, ``dimse.msg_queue``, ``_check_received_status``,
    ``_handle_no_response``: C-STORE requests from files are written by the sending thread and
-   their responses taken from the DUL thread (``outbound.py``), inside :func:`outbound`.
+   their responses read by that thread too (peeked at, taken when they are plain
+   C-STORE-RSPs; ``DULServiceProvider._idle_timer`` restarted) or else from the DUL thread
+   (``outbound.py``), inside :func:`outbound`; meanwhile the DUL thread reads only when the
+   sending thread lets it (:func:`_read_pdu`) and its clock does not watch the socket.
 
 14. ``DULServiceProvider.state_machine``, ``Association._accepted_cx``, ``_sent_release``,
    ``DIMSEServiceProvider.message``, ``maximum_pdu_size``: a C-STORE request is read,
@@ -269,6 +272,9 @@ def outbound(assoc: Any) -> Iterator[None]:
         yield
     finally:
         dul._pacs_outbound = None
+        waker = getattr(dul, "_pacs_waker", None)
+        if waker is not None:
+            waker.wake()  # it may sleep without watching the socket (15.)
 
 
 def connected(assoc: Any) -> bool:
@@ -284,17 +290,20 @@ def _requested_closed(event: Any) -> None:
 
 def send_file(
     assoc: Any, path: Path, *, msg_id: int, originator_aet: str | None,
-    originator_id: int | None,
+    originator_id: int | None, meanwhile: Callable[[], None] | None = None,
 ) -> Any:
     """``send_c_store(path)``, for use inside :func:`reactor_paused` or :func:`outbound`:
     the data set streams from the file unchanged. Returns the response's status Dataset
-    (empty when the peer did not answer)."""
+    (empty when the peer did not answer). ``meanwhile`` runs once: while the peer stores
+    the request (:class:`Outbound`), else before it is sent."""
     sender = getattr(assoc.dul, "_pacs_outbound", None)
     if sender is not None:
         answer = sender.send_file(path, msg_id=msg_id, originator_aet=originator_aet,
-                                  originator_id=originator_id)
+                                  originator_id=originator_id, meanwhile=meanwhile)
         if answer is not None:
             return answer
+    if meanwhile is not None:
+        meanwhile()
     if assoc._reactor_checkpoint.is_set():  # a C-GET's, on the thread serving it
         return assoc.send_c_store(path, msg_id=msg_id, originator_aet=originator_aet,
                                   originator_id=originator_id)
@@ -425,8 +434,11 @@ class _DulClock:
             return
         if isinstance(raw, ssl.SSLSocket) and raw.pending():
             return  # decrypted bytes wait in OpenSSL's buffer: select would not see them
+        outbound = getattr(dul, "_pacs_outbound", None)
+        watched = [waker.reader] if outbound is not None and outbound.reads_itself else [
+            waker.reader, raw]  # (the sending thread reads the responses: 15.)
         try:
-            ready, _, _ = select.select([waker.reader, raw], [], [], DUL_IDLE_WAIT_S)
+            ready, _, _ = select.select(watched, [], [], DUL_IDLE_WAIT_S)
         except (OSError, ValueError):  # the socket was closed under us
             time.sleep(seconds)
             return
@@ -557,7 +569,16 @@ def _wait_at_most(raw: socket.socket, seconds: float) -> None:
 def _read_pdu(self: Any) -> None:
     """pynetdicom 3.0's ``DULServiceProvider._read_pdu_data`` (the same events, in the same
     order), with the PDU's length checked before its body is read and the whole PDU due
-    within the read timeout."""
+    within the read timeout. While an :class:`Outbound` may read responses on its own
+    thread (15.), only when it lets this thread read."""
+    outbound = self._pacs_outbound
+    if outbound is not None:
+        outbound.dul_read(lambda: _read_one_pdu(self))
+    else:
+        _read_one_pdu(self)
+
+
+def _read_one_pdu(self: Any) -> None:
     limits: PduLimits = self._pacs_limits
     raw = self.socket.socket
     header = bytearray(6)

@@ -89,7 +89,7 @@ def workstation(tmp_path: Path) -> Iterator[dcmtk.Storescp]:
 
 @pytest.fixture
 def slow_workstation(tmp_path: Path) -> Iterator[dcmtk.Storescp]:
-    peer = dcmtk.Storescp(tmp_path / "ws", ae_title="WS1", sleep_during=1).start()
+    peer = dcmtk.Storescp(tmp_path / "ws", ae_title="WS1", sleep_during=2).start()
     try:
         yield peer
     finally:
@@ -112,7 +112,9 @@ def test_a_dead_servers_routing_job_is_finished_by_another_and_each_study_routed
     second = _replica(tmp_path, "node-b", postgres_url, slow_workstation.peer)
     try:
         study = make_uid("replica", "killed")
-        sent = _store(first, tmp_path, study, 4)  # 4 s to send: the workstation is slow
+        # 16 s to send (the workstation is slow): time for node-b to start while the job
+        # runs, on a loaded machine too (a start has taken 11 s)
+        sent = _store(first, tmp_path, study, 8)
         until("node-a runs the job", lambda: [
             j for j in _jobs(first, study) if j["state"] == "running"])
         second.start()  # its start leaves the running job alone: node-a's lease is live
@@ -123,7 +125,7 @@ def test_a_dead_servers_routing_job_is_finished_by_another_and_each_study_routed
 
         job = until("node-b finished the job once node-a's lease ran out", lambda: [
             j for j in _jobs(second, study) if j["state"] == "done"], timeout=90)[0]
-        assert job["attempts"] == 2 and job["sent"] == 4
+        assert job["attempts"] == 2 and job["sent"] == 8
         assert set(_received(slow_workstation)) == set(sent)
 
         # a study stored now is planned and sent once, though two servers could run it

@@ -36,7 +36,8 @@ Why it is built this way (bench/README.md has the long version):
 * The server's CPU time (user + system of the server process and its children, from
   /proc/PID/stat) is read before and after each run: CPU ms per instance for every server,
   pacs's DIMSE worker processes and storescp's forked children included. storescu's CPU is
-  the bench's reaped children's (getrusage) over the send.
+  the bench's reaped children's (getrusage) over the send, the whole machine's busy CPU is
+  read from /proc/stat around it (other work on the cores shows there).
 * No timing is asserted: the figures are printed next to the issue's targets and saved to
   ``bench/results/``. The exit code is 1 only when a run failed outright (a store was refused,
   an instance count was wrong, a server did not start).
@@ -297,6 +298,7 @@ class SendResult:
     seconds: float
     error: str | None
     client_cpu_s: float  # user + system CPU of the storescu processes
+    machine_cpu_s: float  # busy CPU of the whole machine over the send
 
 
 def split(files: Sequence[str], parts: int) -> list[list[str]]:
@@ -323,7 +325,7 @@ def send(
     env = {**os.environ, "TCP_NODELAY": "1" if shape.nodelay else "0"}
     procs: list[tuple[subprocess.Popen[bytes], Path]] = []
     chunks = split(corpus.files, shape.associations)
-    reaped_before = _children_cpu_seconds()
+    reaped_before, machine_before = _children_cpu_seconds(), machine_cpu_seconds()
     start = time.perf_counter()
     try:
         for i, chunk in enumerate(chunks):
@@ -355,12 +357,14 @@ def send(
         for proc, _ in procs:
             proc.wait()
         seconds = time.perf_counter() - start
+        machine_s = machine_cpu_seconds() - machine_before
     finally:
         for proc, _ in procs:  # only left running if we were interrupted
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    return SendResult(seconds, _storescu_errors(procs), _children_cpu_seconds() - reaped_before)
+    return SendResult(seconds, _storescu_errors(procs), _children_cpu_seconds() - reaped_before,
+                      machine_s)
 
 
 def machine_cpu_seconds() -> float:
@@ -798,15 +802,13 @@ def run_once(bench: Bench, target: str, shape: Shape, corpus: Corpus) -> Run:
                 server.start()
                 os.sync()
                 cpu_before, store_before = server.cpu_seconds(), server.store_cpu_seconds()
-                machine_before = machine_cpu_seconds()
                 result = send(
                     corpus, bench.profiles[shape.size], server.port, server.aet, shape, work,
                     tls=server.tls,
                 )
                 cpu_after, store_after = server.cpu_seconds(), server.store_cpu_seconds()
-                run.machine_cpu_s = machine_cpu_seconds() - machine_before
                 run.seconds, run.error = result.seconds, result.error
-                run.client_cpu_s = result.client_cpu_s
+                run.client_cpu_s, run.machine_cpu_s = result.client_cpu_s, result.machine_cpu_s
                 if cpu_before is not None and cpu_after is not None:
                     run.cpu_s = cpu_after - cpu_before
                 if store_before is not None and store_after is not None:

@@ -1277,7 +1277,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="REF",
         default=None,
         help="also run pacs on SQLite from git commit REF (a temporary worktree), each of its "
-        "runs right after the same run of this checkout's pacs-sqlite, and print the ratio: "
+        "runs right after the same run of this checkout's pacs-sqlite (or of pacs-s3 when that "
+        "follows it), and print the ratio: "
         "does a change cost ingest speed? (needs pacs-sqlite among the targets)",
     )
     args = ap.parse_args(argv)
@@ -1482,7 +1483,7 @@ def _measure(
             if s3 and repetition % 2 == 0:
                 run_once(bench, s3, shape, corpus)
             if target == "pacs-sqlite" and BASELINE in targets and shape in SHAPES:
-                run_once(bench, BASELINE, shape, corpus)  # the pair, back to back
+                run_once(bench, BASELINE, shape, corpus)  # after pacs-sqlite (or pacs-s3)
             if args.tls and target in TLS_TARGETS and shape.key in TLS_SHAPES:
                 run_once(bench, target, TLS_SHAPES[shape.key], corpus)  # its TLS twin
     if args.rss_run > 0 and "pacs-sqlite" in targets:

@@ -45,7 +45,9 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 ## bench: ingest benchmark against DCMTK storescp, Orthanc and pacs (SQLite, PostgreSQL, stock),
-## with C-STORE over DICOM TLS beside plain on one association (TLS / plain, same run),
+## with C-STORE over DICOM TLS beside plain on one association (TLS / plain, same run) and
+## pacs with its blobs in S3 (moto's server on 127.0.0.1) beside files (S3 / files, same run;
+## BENCH_ARGS=--no-s3 skips it),
 ## then the retrieve benchmark (C-MOVE and C-GET of a CT and a small study: pacs on SQLite,
 ## PostgreSQL and the stock transport beside Orthanc, every file checked byte for byte),
 ## the query/retrieve benchmark (C-FIND at 10k and 100k instances, C-MOVE, C-GET),

@@ -4,6 +4,7 @@
     python -m bench.ingest --small 200 --ct 30   # quick run
     python -m bench.ingest --rss-run 10000       # plus peak RSS of pacs after 10,000 instances
     python -m bench.ingest --no-tls              # without the DICOM TLS runs
+    python -m bench.ingest --no-s3               # without the runs with blobs in S3 (moto)
 
 Why it is built this way (bench/README.md has the long version):
 
@@ -24,9 +25,19 @@ Why it is built this way (bench/README.md has the long version):
 * ``pacs-stock`` is pacs on SQLite with ``PACS_DIMSE_TRANSPORT=stock`` (pynetdicom as
   published; pacs-sqlite and pacs-postgres get ``fast``): pacs-sqlite / pacs-stock is what
   the fast path buys.
+* ``pacs-s3`` and ``pacs-postgres-s3`` are pacs-sqlite and pacs-postgres with
+  ``--blob-store s3://BUCKET/bench/``: the objects go to a moto S3 server on 127.0.0.1 that the
+  bench starts for the run (a fresh bucket, as the others get a fresh data folder) and stops
+  by its PID. Each S3 run is made right next to the same run of its file-system twin, the
+  pair's order flipped every repetition, and the report gives S3 / files per pair. moto is a
+  Python server (one process, the GIL): its CPU is read like the server's, beside pacs's and
+  storescu's, to show which of them bounds the rate. Skipped with a line saying so when moto
+  is not installed, or with ``--no-s3``.
 * The server's CPU time (user + system of the server process and its children, from
   /proc/PID/stat) is read before and after each run: CPU ms per instance for every server,
-  pacs's DIMSE worker processes and storescp's forked children included.
+  pacs's DIMSE worker processes and storescp's forked children included. storescu's CPU is
+  the bench's reaped children's (getrusage) over the send, the whole machine's busy CPU is
+  read from /proc/stat around it (other work on the cores shows there).
 * No timing is asserted: the figures are printed next to the issue's targets and saved to
   ``bench/results/``. The exit code is 1 only when a run failed outright (a store was refused,
   an instance count was wrong, a server did not start).
@@ -37,9 +48,11 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as _dt
+import importlib.util
 import math
 import os
 import platform
+import resource
 import shutil
 import signal
 import ssl
@@ -52,6 +65,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from bench.orthanc import (
@@ -68,14 +82,24 @@ from bench.orthanc import (
     wait_until,
 )
 
+if TYPE_CHECKING:
+    from tests.support.moto import MotoS3
+
 REPO = Path(__file__).resolve().parent.parent
 CACHE_DIR = REPO / "bench" / ".cache"
 RESULTS_DIR = REPO / "bench" / "results"
 CORPUS_VERSION = "v1"  # bump when the corpus layout below changes: old caches are ignored
 CALLING_AET = "BENCHSCU"
 STORESCU_PROFILE = "Bench"
-TARGETS = ("storescp", "orthanc", "pacs-sqlite", "pacs-postgres", "pacs-stock")
-TRANSPORT = {"pacs-sqlite": "fast", "pacs-postgres": "fast", "pacs-stock": "stock"}
+TARGETS = ("storescp", "orthanc", "pacs-sqlite", "pacs-postgres", "pacs-stock", "pacs-s3",
+           "pacs-postgres-s3")
+TRANSPORT = {"pacs-sqlite": "fast", "pacs-postgres": "fast", "pacs-stock": "stock",
+             "pacs-s3": "fast", "pacs-postgres-s3": "fast"}
+# pacs with its blobs in S3 (moto's server on 127.0.0.1) -> the same pacs with blobs in files;
+# each S3 run is made right next to its twin's run of the same shape
+S3_TWINS = {"pacs-s3": "pacs-sqlite", "pacs-postgres-s3": "pacs-postgres"}
+S3_PREFIX = "bench/"
+POSTGRES_TARGETS = ("pacs-postgres", "pacs-postgres-s3")
 BASELINE = "pacs-baseline"  # pacs on SQLite from another commit (--baseline REF)
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432"
 START_TIMEOUT_S = 120.0
@@ -273,6 +297,8 @@ class TlsFiles:
 class SendResult:
     seconds: float
     error: str | None
+    client_cpu_s: float  # user + system CPU of the storescu processes
+    machine_cpu_s: float  # busy CPU of the whole machine over the send
 
 
 def split(files: Sequence[str], parts: int) -> list[list[str]]:
@@ -299,6 +325,7 @@ def send(
     env = {**os.environ, "TCP_NODELAY": "1" if shape.nodelay else "0"}
     procs: list[tuple[subprocess.Popen[bytes], Path]] = []
     chunks = split(corpus.files, shape.associations)
+    reaped_before, machine_before = _children_cpu_seconds(), machine_cpu_seconds()
     start = time.perf_counter()
     try:
         for i, chunk in enumerate(chunks):
@@ -330,12 +357,30 @@ def send(
         for proc, _ in procs:
             proc.wait()
         seconds = time.perf_counter() - start
+        machine_s = machine_cpu_seconds() - machine_before
     finally:
         for proc, _ in procs:  # only left running if we were interrupted
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    return SendResult(seconds, _storescu_errors(procs))
+    return SendResult(seconds, _storescu_errors(procs), _children_cpu_seconds() - reaped_before,
+                      machine_s)
+
+
+def machine_cpu_seconds() -> float:
+    """CPU seconds every core of the machine has spent busy since boot (user, nice, system,
+    irq, softirq of /proc/stat's ``cpu`` line; idle and I/O wait are not busy): read around a
+    run, it tells whether other work shared the cores."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_seconds() -> float:
+    """User + system CPU of this process's reaped children: read around a send, where the
+    only children reaped are the storescu processes (the servers are reaped when stopped)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _storescu_errors(procs: list[tuple[subprocess.Popen[bytes], Path]]) -> str | None:
@@ -389,6 +434,11 @@ class Server:
     def cpu_seconds(self) -> float | None:
         """CPU seconds the server and its children used so far (read before and after)."""
         return None if self.proc is None else cpu_seconds(self.proc.pid)
+
+    def store_cpu_seconds(self) -> float | None:
+        """CPU seconds used so far by a storage service the server writes to, beside it (the
+        object store); None when there is none."""
+        return None
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -465,6 +515,8 @@ class Pacs(Server):
         self.name = name
         self.data_dir = work / "data"
         self.tree = tree  # another checkout to run (``--baseline``), else this one
+        self.blob_store: str | None = None  # ``--blob-store`` (files under data_dir/objects)
+        self.extra_env: dict[str, str] = {}
 
     def start(self) -> None:
         self.aet, self.port = "PACS", free_port()
@@ -485,13 +537,15 @@ class Pacs(Server):
         ]
         if self.database_url:
             argv += ["--database-url", self.database_url]
+        if self.blob_store:
+            argv += ["--blob-store", self.blob_store]
         context = None
         if self.tls is not None:  # DICOM TLS on its own port (HTTP speaks HTTPS then)
             self.port = free_port()
             argv += ["--dimse-tls-port", str(self.port), "--tls-cert", str(self.tls.server_cert),
                      "--tls-key", str(self.tls.server_key), "--tls-ca", str(self.tls.ca)]
             context = ssl.create_default_context(cafile=str(self.tls.ca))
-        env = server_env()
+        env = {**server_env(), **self.extra_env}
         if self.name in TRANSPORT:
             env["PACS_DIMSE_TRANSPORT"] = TRANSPORT[self.name]
         if self.tree is not None:  # ``python -m pacs.cli`` from that tree's folder
@@ -506,6 +560,72 @@ class Pacs(Server):
         if not objects.is_dir():
             return None
         return sum(1 for p in objects.rglob("*") if p.is_file())
+
+    def log_tail(self) -> str:
+        log_path = self.work / "pacs.log"
+        if not log_path.exists():
+            return ""
+        return "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+
+
+class PacsS3(Pacs):
+    """pacs with ``--blob-store s3://BUCKET/bench/`` on a moto S3 server of its own on
+    127.0.0.1, started before pacs and stopped after it by its PID, with one new bucket: a
+    fresh, empty store, as every other run gets a fresh data folder. Staging stays local
+    (``DATA_DIR/tmp``), the index is SQLite or PostgreSQL as for the twin."""
+
+    def __init__(self, work: Path, command: list[str], name: str,
+                 database_url: str | None = None) -> None:
+        super().__init__(work, command, name, database_url)
+        self.moto: MotoS3 | None = None
+        self.bucket = ""
+
+    def start(self) -> None:
+        from tests.support.moto import MotoS3
+
+        self.moto = MotoS3(log_path=self.work / "moto.log").start()
+        self.bucket = self.moto.bucket()
+        self.blob_store = f"s3://{self.bucket}/{S3_PREFIX}"
+        self.extra_env = self.moto.env()
+        super().start()
+
+    def store_cpu_seconds(self) -> float | None:
+        """moto's CPU seconds (one process: its server threads)."""
+        if self.moto is None or self.moto.process is None:
+            return None
+        return cpu_seconds(self.moto.process.pid)
+
+    def stored_count(self) -> int | None:
+        """Objects under the prefix, listed from the bucket (after the CPU was read)."""
+        if self.moto is None:
+            return None
+        pages = self.moto.client().get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=S3_PREFIX)
+        return sum(int(page.get("KeyCount", 0)) for page in pages)
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            if self.moto is not None:
+                self.moto.stop()
+
+    def log_tail(self) -> str:
+        tail = super().log_tail()
+        if (self.work / "moto.log").exists():
+            moto_log = (self.work / "moto.log").read_text(errors="replace").splitlines()[-5:]
+            tail += "\n-- moto.log --\n" + "\n".join(moto_log)
+        return tail
+
+
+def s3_problem() -> str | None:
+    """Why the S3 targets cannot run here (moto's server, and boto3 for pacs), or None."""
+    missing = [name for name in ("moto", "flask", "boto3", "httpx")
+               if importlib.util.find_spec(name) is None]
+    if missing:
+        return (f"{', '.join(missing)} not installed (moto[server] and boto3: "
+                "pip install -e '.[test,s3]')")
+    return None
 
 
 def port_listening(port: int) -> bool:
@@ -599,6 +719,9 @@ class Run:
     nbytes: int
     seconds: float = 0.0
     cpu_s: float | None = None  # the server's CPU time during the send
+    store_cpu_s: float | None = None  # the object store's (moto's), for the S3 targets
+    client_cpu_s: float | None = None  # the storescu processes'
+    machine_cpu_s: float | None = None  # every process's on the machine, ours included
     rss_mb: float | None = None
     stored: int | None = None
     error: str | None = None
@@ -614,8 +737,14 @@ class Run:
     @property
     def cpu_ms(self) -> float | None:
         """Server CPU milliseconds per instance."""
-        return None if self.cpu_s is None or not self.instances else (
-            self.cpu_s * 1000 / self.instances)
+        return self.per_instance_ms(self.cpu_s)
+
+    def per_instance_ms(self, cpu_s: float | None) -> float | None:
+        return None if cpu_s is None or not self.instances else cpu_s * 1000 / self.instances
+
+    def cores(self, cpu_s: float | None) -> float | None:
+        """CPU seconds per second of the run: how many cores that process kept busy."""
+        return None if cpu_s is None or self.seconds <= 0 else cpu_s / self.seconds
 
 
 @dataclass
@@ -657,6 +786,8 @@ class Bench:
         if target == BASELINE:
             return Pacs(work, [sys.executable, "-m", "pacs.cli"], BASELINE,
                         tree=self.baseline_tree)
+        if target in S3_TWINS:
+            return PacsS3(work, self.pacs_cmd, target, database_url)
         return Pacs(work, self.pacs_cmd, target, database_url)
 
 
@@ -670,15 +801,18 @@ def run_once(bench: Bench, target: str, shape: Shape, corpus: Corpus) -> Run:
             try:
                 server.start()
                 os.sync()
-                cpu_before = server.cpu_seconds()
+                cpu_before, store_before = server.cpu_seconds(), server.store_cpu_seconds()
                 result = send(
                     corpus, bench.profiles[shape.size], server.port, server.aet, shape, work,
                     tls=server.tls,
                 )
-                cpu_after = server.cpu_seconds()
+                cpu_after, store_after = server.cpu_seconds(), server.store_cpu_seconds()
                 run.seconds, run.error = result.seconds, result.error
+                run.client_cpu_s, run.machine_cpu_s = result.client_cpu_s, result.machine_cpu_s
                 if cpu_before is not None and cpu_after is not None:
                     run.cpu_s = cpu_after - cpu_before
+                if store_before is not None and store_after is not None:
+                    run.store_cpu_s = store_after - store_before
                 run.rss_mb = server.peak_rss_mb()
                 run.stored = server.stored_count()
                 if run.error is None and run.stored is not None and run.stored != run.instances:
@@ -703,7 +837,7 @@ def run_once(bench: Bench, target: str, shape: Shape, corpus: Corpus) -> Run:
 
 @contextmanager
 def _database_for(bench: Bench, target: str, tag: str) -> Iterator[str | None]:
-    if target != "pacs-postgres":
+    if target not in POSTGRES_TARGETS:
         yield None
         return
     name = f"pacs_bench_{os.getpid()}_{tag.replace('-', '_')}"
@@ -718,6 +852,9 @@ def _report_run(run: Run) -> None:
         return
     rss = f", peak RSS {run.rss_mb:.0f} MB" if run.rss_mb is not None else ""
     cpu = f", server CPU {run.cpu_ms:.2f} ms/inst" if run.cpu_ms is not None else ""
+    store_ms = run.per_instance_ms(run.store_cpu_s)
+    if store_ms is not None:
+        cpu += f", moto CPU {store_ms:.2f} ms/inst"
     log(
         f"{head} {run.instances} in {run.seconds:.2f} s = {run.rate:.0f} inst/s, "
         f"{run.mb_per_s:.1f} MB/s{cpu}{rss}"
@@ -806,6 +943,7 @@ def render(
     if nagle_count:
         out += _nagle_section(runs, targets, nagle_count)
     out += _tls_section(runs, targets)
+    out += _s3_section(runs, targets)
     out += _goal_section(runs, targets, rss_count)
     failures = [r for r in runs if r.error]
     if failures:
@@ -875,6 +1013,10 @@ def _cpu_section(runs: Sequence[Run], targets: Sequence[str]) -> list[str]:
             cells = [_fmt_ratio(_ratio(_cpu(runs, pacs, s.key), _cpu(runs, "orthanc", s.key)))
                      for s in SHAPES]
             out.append(f"| {pacs} / orthanc (CPU ratio) | " + " | ".join(cells) + " |")
+    s3 = [t for t in targets if t in S3_TWINS]
+    if s3:
+        out += ["", f"{', '.join(s3)}: pacs's processes only; the object store's CPU is in the "
+                "S3 section."]
     return out
 
 
@@ -926,6 +1068,83 @@ def _tls_section(runs: Sequence[Run], targets: Sequence[str]) -> list[str]:
 
 def _tls_ratio(runs: Sequence[Run], target: str, plain: str) -> float | None:
     return _ratio(_rate(runs, target, TLS_SHAPES[plain].key), _rate(runs, target, plain))
+
+
+def pair_ratios(runs: Sequence[Run], target: str, reference: str, shape_key: str
+                ) -> list[float]:
+    """Rate ratios target / reference of the runs made as pairs (the k-th run of each for
+    `shape_key`), the pairs where either failed left out."""
+    mine = [r for r in runs if r.target == target and r.shape.key == shape_key]
+    theirs = [r for r in runs if r.target == reference and r.shape.key == shape_key]
+    return [a.rate / b.rate for a, b in zip(mine, theirs, strict=False)
+            if a.error is None and b.error is None and a.rate > 0 and b.rate > 0]
+
+
+def _spread(values: Sequence[float]) -> str:
+    """Median (min-max); the value alone when there is one."""
+    if not values:
+        return "n/a"
+    median = f"{statistics.median(values):.2f}"
+    return median if len(values) == 1 else f"{median} ({min(values):.2f}-{max(values):.2f})"
+
+
+def _s3_section(runs: Sequence[Run], targets: Sequence[str]) -> list[str]:
+    """The S3 targets beside their file-system twins: rates, S3 / files per pair, and the CPU
+    of pacs, moto and storescu that tells which bounds the rate."""
+    measured = [t for t in S3_TWINS if t in targets]
+    if not measured:
+        return []
+    labels = " | ".join(s.label for s in SHAPES)
+    out = ["", "## Blobs in S3 (moto's S3 server on 127.0.0.1) beside blobs in files", "",
+           "Each S3 run is made next to the same run of its twin with files, the pair's order "
+           "flipped every repetition; S3 / files: the median of the pairs' ratios (min-max).",
+           "", f"| target | {labels} |", "|---" * (len(SHAPES) + 1) + "|"]
+    for s3 in measured:
+        twin = S3_TWINS[s3]
+        rows = [s3, twin] if twin in targets else [s3]
+        for target in rows:
+            out.append(f"| {target} | " + " | ".join(
+                _cell(summarize(runs, target, s.key)) for s in SHAPES) + " |")
+        if twin in targets:
+            out.append(f"| {s3} / {twin} | " + " | ".join(
+                _spread(pair_ratios(runs, s3, twin, s.key)) for s in SHAPES) + " |")
+    out += ["", f"CPU per instance (median ms) and cores kept busy (CPU s per s of the run), "
+            f"on {os.cpu_count()} cores shared by all three: moto serves S3 from one Python "
+            "process, so about 1.0 core is its ceiling (the GIL). Machine cores: every "
+            "process's busy time (/proc/stat), other work on the machine included.", "",
+            "| target | shape | inst/s | pacs ms | moto ms | storescu ms | pacs cores | "
+            "moto cores | storescu cores | the three | machine cores |", "|---" * 11 + "|"]
+    for s3 in measured:
+        for target in (s3, S3_TWINS[s3]):
+            if target not in targets:
+                continue
+            for shape in SHAPES:
+                ok = [r for r in runs
+                      if r.target == target and r.shape.key == shape.key and r.error is None]
+                if ok:
+                    out.append(_cpu_row(target, shape, ok))
+    return out
+
+
+def _cpu_row(target: str, shape: Shape, ok: Sequence[Run]) -> str:
+    def median(values: list[float | None], digits: int = 2) -> str:
+        known = [v for v in values if v is not None]
+        return f"{statistics.median(known):.{digits}f}" if known else "-"
+
+    totals = [None if r.cpu_s is None or r.client_cpu_s is None
+              else r.cores((r.cpu_s or 0) + (r.store_cpu_s or 0) + r.client_cpu_s) for r in ok]
+    cells = [
+        f"{statistics.median(r.rate for r in ok):.0f}/s",
+        median([r.cpu_ms for r in ok]),
+        median([r.per_instance_ms(r.store_cpu_s) for r in ok]),
+        median([r.per_instance_ms(r.client_cpu_s) for r in ok]),
+        median([r.cores(r.cpu_s) for r in ok]),
+        median([r.cores(r.store_cpu_s) for r in ok]),
+        median([r.cores(r.client_cpu_s) for r in ok]),
+        median(totals),
+        median([r.cores(r.machine_cpu_s) for r in ok]),
+    ]
+    return f"| {target} | {shape.label} | " + " | ".join(cells) + " |"
 
 
 def _verdict(value: float | None, goal: float, higher_is_better: bool = True) -> str:
@@ -1046,11 +1265,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "over DICOM TLS, and report TLS / plain (default: on)",
     )
     ap.add_argument(
+        "--s3",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run pacs with its blobs in S3 too, on a moto S3 server on 127.0.0.1: "
+        + ", ".join(f"{s3} next to {twin}" for s3, twin in S3_TWINS.items())
+        + ", and report S3 / files (default: on; skipped when moto is not installed)",
+    )
+    ap.add_argument(
         "--baseline",
         metavar="REF",
         default=None,
         help="also run pacs on SQLite from git commit REF (a temporary worktree), each of its "
-        "runs right after the same run of this checkout's pacs-sqlite, and print the ratio: "
+        "runs right after the same run of this checkout's pacs-sqlite (or of pacs-s3 when that "
+        "follows it), and print the ratio: "
         "does a change cost ingest speed? (needs pacs-sqlite among the targets)",
     )
     args = ap.parse_args(argv)
@@ -1060,6 +1288,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ap.error(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
     if args.repeat < 1:
         ap.error("--repeat must be >= 1")
+    if not args.s3:
+        args.targets = [t for t in args.targets if t not in S3_TWINS]
     if args.baseline and "pacs-sqlite" not in args.targets:
         ap.error("--baseline compares with pacs-sqlite: add it to --targets")
     return args
@@ -1089,16 +1319,24 @@ def usable_targets(
         if problem:
             log(f"pacs: cannot run ({problem}): pacs targets skipped")
             targets = [t for t in targets if not t.startswith("pacs-")]
-    if "pacs-postgres" in targets:
+    postgres = [t for t in targets if t in POSTGRES_TARGETS]
+    if postgres:
         problem = postgres_problem(postgres_url)
         if problem:
-            log(f"pacs-postgres: skipped: {problem}")
-            targets.remove("pacs-postgres")
+            log(f"{', '.join(postgres)}: skipped: {problem}")
+            targets = [t for t in targets if t not in POSTGRES_TARGETS]
+    s3 = [t for t in targets if t in S3_TWINS]
+    if s3:
+        problem = s3_problem()
+        if problem:
+            log(f"{', '.join(s3)}: skipped: {problem}")
+            targets = [t for t in targets if t not in S3_TWINS]
     return targets, orthanc_binary, command
 
 
 def environment(
-    orthanc_binary: str | None, corpora: dict[str, Corpus], args: argparse.Namespace
+    orthanc_binary: str | None, corpora: dict[str, Corpus], args: argparse.Namespace,
+    targets: Sequence[str],
 ) -> dict[str, str]:
     """The header of the report: what ran, on what, with which data."""
     meta = {"when": _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")}
@@ -1118,10 +1356,23 @@ def environment(
                 f"{n} files, {used.nbytes / 1e6:.1f} MB ({used.nbytes / n / 1e3:.0f} kB/file)"
             )
     meta["repeats"] = f"{args.repeat} (medians shown)" if args.repeat > 1 else "1"
+    if any(t in S3_TWINS for t in targets):
+        meta["object store"] = (
+            f"moto {_module_version('moto')} (python -m moto.server on 127.0.0.1, one per run, "
+            f"a new bucket), pacs's client boto3 {_module_version('boto3')}")
     if args.baseline:
         base = _first_line(["git", "-C", str(REPO), "rev-parse", "--short", args.baseline])
         meta[BASELINE] = f"{args.baseline} ({base}), runs alternated with pacs-sqlite"
     return meta
+
+
+def _module_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _first_line(argv: list[str]) -> str:
@@ -1134,9 +1385,11 @@ def _first_line(argv: list[str]) -> str:
 
 
 def plan(args: argparse.Namespace, targets: Sequence[str]) -> list[tuple[str, Shape]]:
-    """Which (target, shape) runs happen, in order; each is repeated --repeat times."""
+    """Which (target, shape) runs happen, in order; each is repeated --repeat times. An S3
+    target whose file-system twin runs is not in it: it runs next to the twin's runs."""
     sizes = {"small": args.small, "ct512": args.ct}
-    runs = [(t, s) for t in targets for s in SHAPES if sizes[s.size] > 0]
+    alone = [t for t in targets if S3_TWINS.get(t) not in targets]
+    runs = [(t, s) for t in alone for s in SHAPES if sizes[s.size] > 0]
     if args.nagle_run > 0:
         runs += [(t, NAGLE_SHAPE) for t in ("storescp", "pacs-sqlite") if t in targets]
     return runs
@@ -1190,7 +1443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             log(f"kept server folders and logs in {root}")
 
-    meta = environment(orthanc_binary, corpora, args)
+    meta = environment(orthanc_binary, corpora, args, targets)
     report = render(bench.runs, targets, meta, args.nagle_run, args.rss_run)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"ingest-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.md"
@@ -1218,12 +1471,19 @@ def _measure(
     bench: Bench, args: argparse.Namespace, targets: Sequence[str], corpora: dict[str, Corpus]
 ) -> None:
     counts = {"small": args.small, "ct512": args.ct, NAGLE_SHAPE.key: args.nagle_run}
+    s3_twin = {twin: s3 for s3, twin in S3_TWINS.items() if s3 in targets}
     for target, shape in plan(args, [t for t in targets if t != BASELINE]):
         corpus = corpora[shape.size].head(counts.get(shape.key, counts[shape.size]))
-        for _ in range(args.repeat):
+        for repetition in range(args.repeat):
+            # the S3 run next to its twin's, first in every other repetition
+            s3 = s3_twin.get(target) if shape in SHAPES else None
+            if s3 and repetition % 2 == 1:
+                run_once(bench, s3, shape, corpus)
             run_once(bench, target, shape, corpus)
+            if s3 and repetition % 2 == 0:
+                run_once(bench, s3, shape, corpus)
             if target == "pacs-sqlite" and BASELINE in targets and shape in SHAPES:
-                run_once(bench, BASELINE, shape, corpus)  # the pair, back to back
+                run_once(bench, BASELINE, shape, corpus)  # after pacs-sqlite (or pacs-s3)
             if args.tls and target in TLS_TARGETS and shape.key in TLS_SHAPES:
                 run_once(bench, target, TLS_SHAPES[shape.key], corpus)  # its TLS twin
     if args.rss_run > 0 and "pacs-sqlite" in targets:

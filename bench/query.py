@@ -74,6 +74,7 @@ from bench.ingest import (
     RESULTS_DIR,
     Corpus,
     Shape,
+    _admin_conninfo,
     _first_line,
     fresh_database,
     log,
@@ -521,15 +522,19 @@ class Case:
     key: str
     title: str
     goal_ms: float | None  # the issue's absolute target for the pynetdicom median
+    dimse: bool = True  # False: QIDO-RS only (C-FIND has no paging)
 
 
+PAGE = (100, 400)  # limit, offset: the fifth page of a viewer's study list
 CASES = (
     Case("pid", "exact PatientID", GOAL_EXACT_MS),
     Case("name", "PatientName=smi*", GOAL_WILDCARD_MS),
     Case("date", "StudyDate 1 month", GOAL_WILDCARD_MS),
     Case("all", "universal (cap 1000)", None),
     Case("series", "SERIES in study", GOAL_EXACT_MS),
+    Case("page", f"study list page (QIDO limit={PAGE[0]}&offset={PAGE[1]})", None, dimse=False),
 )
+DIMSE_CASES = tuple(c for c in CASES if c.dimse)
 
 
 @dataclass(frozen=True)
@@ -540,6 +545,7 @@ class Probe:
     keys: dict[str, str]
     expected: int
     at_most: bool = False  # expected is an upper bound (Orthanc's result limit)
+    page: tuple[int, int] | None = None  # QIDO-RS limit and offset
 
 
 def probes(studies: Sequence[StudySpec], cap: int = 1000) -> dict[str, list[Probe]]:
@@ -565,6 +571,8 @@ def probes(studies: Sequence[StudySpec], cap: int = 1000) -> dict[str, list[Prob
             Probe("SERIES", {**series_keys, "StudyInstanceUID": st.uid}, len(st.series))
             for st in picks
         ],
+        "page": [Probe("STUDY", dict(study_keys),
+                       max(0, min(PAGE[0], len(studies) - PAGE[1])), page=PAGE)],
     }
 
 
@@ -664,6 +672,11 @@ def _check_count(case: str, probe: Probe, got: int) -> str | None:
     return f"{case}: {got} matches, expected {'at most ' if probe.at_most else ''}{probe.expected}"
 
 
+def dimse_cases(cases: dict[str, list[Probe]]) -> dict[str, list[Probe]]:
+    """The cases C-FIND asks (not the QIDO-RS-only ones)."""
+    return {key: plist for key, plist in cases.items() if key in {c.key for c in DIMSE_CASES}}
+
+
 def measure_finds(
     port: int, aet: str, cases: dict[str, list[Probe]], reps: int, all_reps: int
 ) -> dict[str, CaseResult]:
@@ -756,7 +769,10 @@ def qido_request(probe: Probe) -> tuple[str, list[tuple[str, str]]]:
     C-FIND asks for (STUDY_RETURN_KEYS, SERIES_RETURN_KEYS)."""
     if probe.level == "SERIES":
         return f"/studies/{probe.keys['StudyInstanceUID']}/series", []
-    return "/studies", [(k, v) for k, v in probe.keys.items() if v]
+    params = [(k, v) for k, v in probe.keys.items() if v]
+    if probe.page is not None:
+        params += [("limit", str(probe.page[0])), ("offset", str(probe.page[1]))]
+    return "/studies", params
 
 
 def qido_client(http_port: int) -> Any:
@@ -1107,14 +1123,18 @@ def _find_phase(
     if orthanc and len(studies) > 1000:
         cases["all"] = [Probe("STUDY", cases["all"][0].keys, 1000, at_most=True)]
     log(f"  {target} @ {scale}: C-FIND, pynetdicom SCU, {args.reps} reps per query")
-    results = measure_finds(port, aet, cases, args.reps, args.all_reps)
+    results = measure_finds(port, aet, dimse_cases(cases), args.reps, args.all_reps)
     if args.findscu_reps > 0:
         log(f"  {target} @ {scale}: C-FIND, findscu, {args.findscu_reps} per query")
-        measure_findscu(port, aet, cases, args.findscu_reps, results)
-    if http_port is not None and args.qido_reps > 0:
+        measure_findscu(port, aet, dimse_cases(cases), args.findscu_reps, results)
+    qido = http_port is not None and args.qido_reps > 0
+    if qido:
+        assert http_port is not None
         log(f"  {target} @ {scale}: QIDO-RS, httpx, {args.qido_reps} reps per query")
         measure_qido(http_port, cases, args.qido_reps, args.all_reps, results)
     for case in CASES:
+        if not case.dimse and not qido:
+            continue
         result = results.get(case.key, CaseResult(error="not run"))
         res.finds[(target, scale, case.key)] = result
         res.matches[(target, scale, case.key)] = cases[case.key][0].expected
@@ -1221,18 +1241,27 @@ def run_scale_up(
     clients: dict[int, tuple[FindAssociation, Any]] = {}
     try:
         with ExitStack() as stack:
-            for scale in (low, high):
+            given = args.million_databases or [None, None]
+            for scale, url in zip((low, high), given, strict=True):
                 work = root / f"scale-up-{scale}"
                 work.mkdir(parents=True)
-                url = stack.enter_context(
-                    fresh_database(postgres, f"pacs_qbench_{os.getpid()}_{scale}"))
-                studies = population(scale // INSTANCES_PER_STUDY)
-                log(f"{target} scale-up: filling a fresh index with {scale} instances "
-                    f"({args.fill})")
-                seconds = fill_pacs(url, work / "data", studies, args.fill)
-                res.fills[(f"{target} (scale-up)", scale)] = Fill(
-                    target, scale, seconds, FILL_HOW[args.fill])
-                log(f"  filled in {seconds:.1f} s ({scale / seconds:.0f} inst/s)")
+                if url is not None:
+                    _check_filled(url, scale)
+                    log(f"{target} scale-up: the index of {scale} instances at {url}")
+                else:
+                    name = f"pacs_qbench_{os.getpid()}_{scale}"
+                    if args.keep:
+                        url = _create_database(postgres, name)
+                        log(f"  kept afterwards (--keep): {url}")
+                    else:
+                        url = stack.enter_context(fresh_database(postgres, name))
+                    studies = population(scale // INSTANCES_PER_STUDY)
+                    log(f"{target} scale-up: filling a fresh index with {scale} instances "
+                        f"({args.fill})")
+                    seconds = fill_pacs(url, work / "data", studies, args.fill)
+                    res.fills[(f"{target} (scale-up)", scale)] = Fill(
+                        target, scale, seconds, FILL_HOW[args.fill])
+                    log(f"  filled in {seconds:.1f} s ({scale / seconds:.0f} inst/s)")
                 # the peer is only registered: nothing is retrieved in this phase
                 server = PacsServer(command, work, work / "data", url, free_port())
                 servers[scale] = server
@@ -1243,10 +1272,12 @@ def run_scale_up(
                 clients[scale] = (FindAssociation(server.port, server.aet),
                                   stack.enter_context(qido_client(server.http_port)))
                 stack.callback(clients[scale][0].close)
+                dimse = dimse_cases(cases[scale])
                 for case, plist in cases[scale].items():  # warm-up, unmeasured
                     up.matches[(scale, case)] = plist[0].expected
                     for i in range(3):
-                        clients[scale][0].find(plist[i % len(plist)])
+                        if case in dimse:
+                            clients[scale][0].find(plist[i % len(plist)])
                         run_qido(clients[scale][1], plist[i % len(plist)])
             _scale_up_rounds(up, args, servers, clients, cases)
     except Exception as exc:
@@ -1259,6 +1290,31 @@ def run_scale_up(
     for (scale, case), result in up.results.items():
         if result.error:
             res.failures.append(f"{target} scale-up @ {scale}, {case}: {result.error}")
+
+
+def _create_database(base_url: str, name: str) -> str:
+    """A new database that outlives the run (``--keep``; drop it by hand)."""
+    import psycopg
+
+    with psycopg.connect(_admin_conninfo(base_url), autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{base_url.rstrip('/')}/{name}"
+
+
+def _check_filled(url: str, scale: int) -> None:
+    """A database given with --million-databases holds the population of ``scale``."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            count = conn.execute(text(
+                "SELECT count(*) FROM instance WHERE source_ae = :ae"), {"ae": FILL_SOURCE_AE}
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    if count != scale:
+        raise RuntimeError(f"{url} holds {count} population instances, not {scale}")
 
 
 def _scale_up_rounds(
@@ -1281,14 +1337,15 @@ def _scale_up_rounds(
                 try:
                     for i in range(n):
                         probe = plist[(r * n + i) % len(plist)]
-                        ms, got = find.find(probe)
-                        result.error = result.error or _check_count(case.key, probe, got)
-                        times["find"].append(ms)
+                        if case.dimse:
+                            ms, got = find.find(probe)
+                            result.error = result.error or _check_count(case.key, probe, got)
+                            times["find"].append(ms)
                         ms, got = run_qido(qido, probe)
                         result.error = result.error or _check_count(f"QIDO {case.key}", probe,
                                                                     got)
                         times["qido"].append(ms)
-                    if args.findscu_reps > 0:
+                    if args.findscu_reps > 0 and case.dimse:
                         probe = plist[r % len(plist)]
                         start = time.perf_counter()
                         done = subprocess.run(
@@ -1398,33 +1455,34 @@ def render(res: Results, targets: Sequence[str], scales: Sequence[int],
            meta: dict[str, str]) -> str:
     out = [f"# Query/retrieve benchmark {meta['when']}", ""]
     out += [f"- {k}: {v}" for k, v in meta.items() if k != "when"]
-    header = "| target | instances | " + " | ".join(c.title for c in CASES) + " |"
-    rule = "|---|---:|" + "---:|" * len(CASES)
+    header = "| target | instances | " + " | ".join(c.title for c in DIMSE_CASES) + " |"
+    rule = "|---|---:|" + "---:|" * len(DIMSE_CASES)
     rows = [(t, s) for t in targets for s in scales if (t, s, CASES[0].key) in res.finds]
 
     out += ["", "## C-FIND, pynetdicom SCU, one open association: median / p90 ms (matches)", "",
-            header, rule]
+            header, rule] if rows else []
     for t, s in rows:
         cells = []
-        for c in CASES:
+        for c in DIMSE_CASES:
             r = res.finds[(t, s, c.key)]
             text = f"{_fmt(r.median)} / {_fmt(r.p90)} ({res.matches[(t, s, c.key)]})"
             cells.append(text + (" ERR" if r.error else ""))
         out.append(f"| {t} | {s:,} | " + " | ".join(cells) + " |")
 
     out += ["", "## C-FIND, findscu per query (TCP_NODELAY=1; process start and association "
-            "included): median ms", "", header, rule]
+            "included): median ms", "", header, rule] if rows else []
     for t, s in rows:
-        cells = [_fmt(res.finds[(t, s, c.key)].findscu_median) for c in CASES]
+        cells = [_fmt(res.finds[(t, s, c.key)].findscu_median) for c in DIMSE_CASES]
         out.append(f"| {t} | {s:,} | " + " | ".join(cells) + " |")
 
     qido_rows = [(t, s) for t, s in rows if res.finds[(t, s, CASES[0].key)].qido_ms]
     if qido_rows:
         out += ["", "## QIDO-RS, the same queries, httpx on one keep-alive connection: median / "
-                "p90 ms", "", header, rule]
+                "p90 ms", "", "| target | instances | " + " | ".join(c.title for c in CASES)
+                + " |", "|---|---:|" + "---:|" * len(CASES)]
         for t, s in qido_rows:
             cells = [f"{_fmt(r.qido_median)} / {_fmt(r.qido_p90)}"
-                     for r in (res.finds[(t, s, c.key)] for c in CASES)]
+                     for r in (res.finds.get((t, s, c.key), CaseResult()) for c in CASES)]
             out.append(f"| {t} | {s:,} | " + " | ".join(cells) + " |")
 
     if res.scale_up is not None and res.scale_up.results:
@@ -1433,10 +1491,11 @@ def render(res: Results, targets: Sequence[str], scales: Sequence[int],
     if len(scales) > 1:
         lo, hi = scales[0], scales[-1]
         out += ["", f"## Scaling: median at {hi:,} / median at {lo:,} (pynetdicom; target ≤ "
-                f"{GOAL_SCALE_RATIO:g})", "", "| target | " + " | ".join(c.title for c in CASES)
-                + " |", "|---|" + "---:|" * len(CASES)]
+                f"{GOAL_SCALE_RATIO:g})", "", "| target | "
+                + " | ".join(c.title for c in DIMSE_CASES) + " |",
+                "|---|" + "---:|" * len(DIMSE_CASES)]
         for t in targets:
-            ratios = [_scale_ratio(res, t, c.key, lo, hi) for c in CASES]
+            ratios = [_scale_ratio(res, t, c.key, lo, hi) for c in DIMSE_CASES]
             if any(r is not None for r in ratios):
                 out.append(f"| {t} | " + " | ".join(_fmt(r, 2) for r in ratios) + " |")
 
@@ -1444,12 +1503,12 @@ def render(res: Results, targets: Sequence[str], scales: Sequence[int],
     if "orthanc" in targets:
         out += ["", "## pacs / Orthanc: ratio of median C-FIND times (≤ 1 means pacs is at "
                 "least as fast)", "", "| target | client | instances | "
-                + " | ".join(c.title for c in CASES) + " |",
-                "|---|---|---:|" + "---:|" * len(CASES)]
+                + " | ".join(c.title for c in DIMSE_CASES) + " |",
+                "|---|---|---:|" + "---:|" * len(DIMSE_CASES)]
         for t in pacs_targets:
             for client, findscu in (("pynetdicom", False), ("findscu", True)):
                 for s in scales:
-                    ratios = [_vs_orthanc(res, t, c.key, s, findscu) for c in CASES]
+                    ratios = [_vs_orthanc(res, t, c.key, s, findscu) for c in DIMSE_CASES]
                     if any(r is not None for r in ratios):
                         out.append(f"| {t} / orthanc | {client} | {s:,} | "
                                    + " | ".join(_fmt(r, 2) for r in ratios) + " |")
@@ -1511,6 +1570,8 @@ def _scale_up_report(up: ScaleUp) -> list[str]:
             ("qido", "QIDO-RS httpx", lambda r: r.qido_median),
             ("findscu", "C-FIND findscu", lambda r: r.findscu_median),
         ):
+            if client != "qido" and not case.dimse:
+                continue
             m_lo, m_hi = pick(a), pick(b)
             ratio = m_hi / m_lo if m_lo and m_hi else None
             spread = up.round_ratios.get((case.key, client), [])
@@ -1563,7 +1624,7 @@ def _goals(
            "| target | goal | measured | verdict |", "|---|---|---|---|"]
     for t in pacs_targets:
         for s in scales:
-            for c in CASES:
+            for c in DIMSE_CASES:
                 if c.goal_ms is None:
                     continue
                 m = _median(res, t, s, c.key)
@@ -1571,7 +1632,7 @@ def _goals(
                            f"{_fmt(m)} ms | {_verdict(None if m is None else m < c.goal_ms)} |")
         if len(scales) > 1:
             lo, hi = scales[0], scales[-1]
-            ratios = {c.title: _scale_ratio(res, t, c.key, lo, hi) for c in CASES}
+            ratios = {c.title: _scale_ratio(res, t, c.key, lo, hi) for c in DIMSE_CASES}
             known = {k: v for k, v in ratios.items() if v is not None}
             worst = max(known.items(), key=lambda kv: kv[1]) if known else None
             measured = f"worst {worst[1]:.2f} ({worst[0]})" if worst else "n/a"
@@ -1579,7 +1640,7 @@ def _goals(
                        f"{measured} | {_verdict(None if worst is None else worst[1] <= 2)} |")
         if orthanc:
             for s in scales:
-                ratios = {c.title: _vs_orthanc(res, t, c.key, s) for c in CASES}
+                ratios = {c.title: _vs_orthanc(res, t, c.key, s) for c in DIMSE_CASES}
                 known = {k: v for k, v in ratios.items() if v is not None}
                 if not known:
                     continue
@@ -1604,7 +1665,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m bench.query", description=(__doc__ or "").split("\n")[0]
     )
     ap.add_argument("--scales", default="10000,100000",
-                    help="instances in the index, ascending, comma list (default 10000,100000)")
+                    help="instances in the index, ascending, comma list (default 10000,100000); "
+                    "empty with --million: only the 100k-against-1M comparison")
     ap.add_argument("--targets", default=",".join(BACKENDS),
                     help="pacs index backends: sqlite,postgres (default both)")
     ap.add_argument("--reps", type=int, default=50, help="pynetdicom C-FIND reps per query")
@@ -1626,6 +1688,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     "passes --million, --no-million after it skips this")
     ap.add_argument("--million-scales", default="100000,1000000",
                     help="LOW,HIGH instances of --million (default 100000,1000000)")
+    ap.add_argument("--million-databases", default=None, metavar="URL_LOW,URL_HIGH",
+                    help="PostgreSQL databases already filled with the LOW and HIGH populations "
+                    "(as an earlier run with --keep leaves them): used as they are, not dropped")
     ap.add_argument("--million-rounds", type=int, default=10,
                     help="interleaved rounds of --million; --reps, --all-reps are spread over "
                     "them, findscu runs once per round and query (default 10)")
@@ -1651,8 +1716,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ap.error(f"--million-scales takes two scales, each at least {10 * SAMPLES}")
     if args.million_rounds < 1:
         ap.error("--million-rounds must be >= 1")
-    if not args.scales or any(s < 10 * SAMPLES for s in args.scales):
+    if (not args.scales and not args.million) or any(s < 10 * SAMPLES for s in args.scales):
         ap.error(f"each scale must be at least {10 * SAMPLES} instances")
+    if args.million_databases is not None:
+        args.million_databases = [u.strip() for u in args.million_databases.split(",")]
+        if len(args.million_databases) != 2:
+            ap.error("--million-databases takes two URLs, LOW and HIGH")
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = sorted(set(args.targets) - set(BACKENDS))
     if unknown:
@@ -1704,7 +1773,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="pacs-qbench-", dir=args.work_dir))
     targets = [f"pacs-{b}" for b in backends] + (["orthanc"] if orthanc_binary else [])
     try:
-        for backend in backends:
+        for backend in backends if args.scales else []:
             run_pacs(res, backend, args.scales, args, root, command, postgres, corpus)
         if args.million:
             if "postgres" in backends:

@@ -1542,7 +1542,7 @@ def render(res: Results, targets: Sequence[str], scales: Sequence[int],
                        f"| {_verdict(worst <= GOAL_MILLION_RATIO)} |")
 
     out += ["", "## Fill", "", "| target | to instances | added | seconds | instances/s | how |",
-            "|---|---:|---:|---:|---:|---|"]
+            "|---|---:|---:|---:|---:|---|"] if res.fills else []
     for (t, s), f in res.fills.items():
         out.append(f"| {t} | {s:,} | {f.instances:,} | {f.seconds:.1f} | {f.rate:.0f} | "
                    f"{f.method} |")
@@ -1765,7 +1765,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log("nothing can run")
         return 2
 
-    corpus = ensure_move_corpus() if args.retrieve_reps > 0 else None
+    corpus = ensure_move_corpus() if args.retrieve_reps > 0 and args.scales else None
     if corpus is not None:
         for name in corpus.files:  # warm the page cache: no target pays for cold reads
             (corpus.root / name).read_bytes()
@@ -1850,9 +1850,11 @@ def environment(
         )
     if args.million:
         low, high = args.million_scales
+        filled = ("the databases given (--million-databases), filled before"
+                  if args.million_databases else "each filled on its own")
         meta["scale-up (--million)"] = (
-            f"two fresh PostgreSQL indexes of {low:,} and {high:,} instances, each filled on "
-            "its own, two pacs serve running at once; "
+            f"two PostgreSQL indexes of {low:,} and {high:,} instances, {filled}; "
+            "two pacs serve running at once; "
             f"{args.million_rounds} rounds, in each every query on both servers, the order "
             "turned each round: C-FIND (one open association per server) and QIDO-RS "
             "alternating, then one findscu"

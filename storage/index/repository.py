@@ -155,16 +155,7 @@ class Repository:
             series_id, study_uid, state, new_study, filed = self._create_series(
                 row, initial_state
             )
-        instance_values = {
-            **values[Level.IMAGE],
-            "series_fk": series_id,
-            "transfer_syntax_uid": row.transfer_syntax_uid,
-            "blob_key": row.blob.key,
-            "blob_size": row.blob.size,
-            "blob_sha256": row.blob.sha256,
-            "source_ae": row.source_ae,
-            "received_at": datetime.now(UTC),
-        }
+        instance_values = instance_row(row, series_fk=series_id, at=datetime.now(UTC))
         study_state = StudyState(state)
         inserted = self.connection.execute(self._insert_ignore(instance), instance_values)
         if inserted.first() is not None:
@@ -191,20 +182,14 @@ class Repository:
         self, row: InstanceRow, initial_state: StudyState
     ) -> tuple[int, str, str, bool, FiledPatient]:
         values = row.values
-        patient_values = dict(values[Level.PATIENT])
-        patient_values["patient_id"] = patient_values.get("patient_id") or ""
-        patient_values["issuer_of_patient_id"] = patient_values.get("issuer_of_patient_id") or ""
-        patient_id, patient_created = self._get_or_create(patient, patient_values)
-        study_values = {**values[Level.STUDY], "patient_fk": patient_id,
-                        "state": initial_state.value, "state_changed_at": datetime.now(UTC)}
+        patient_id, patient_created = self._get_or_create(patient, patient_row(values))
+        study_values = study_row(values, patient_fk=patient_id, state=initial_state,
+                                 at=datetime.now(UTC))
         study_id, new_study = self._get_or_create(study, study_values)
-        series_id, new_series = self._get_or_create(
-            series, {**values[Level.SERIES], "study_fk": study_id}
-        )
+        series_id, new_series = self._get_or_create(series, series_row(values, study_fk=study_id))
         if new_series and row.request_attributes:
             self.connection.execute(
-                insert(request_attribute),
-                [{**item, "series_fk": series_id} for item in row.request_attributes],
+                insert(request_attribute), request_attribute_rows(row, series_fk=series_id)
             )
         filed_row = self.connection.execute(_STUDY_PATIENT, {"study_id": study_id}).one()
         if not new_study and filed_row.stable_at is not None:
@@ -231,9 +216,9 @@ class Repository:
         found = self.connection.execute(select(table.c.id).where(*where)).scalar()
         if found is not None:
             return int(found), False
-        full = {column.name: values.get(column.name) for column in table.columns
-                if column.name != "id" and (column.name in values or column.default is None)}
-        created = self.connection.execute(self._insert_ignore(table), full).scalar()
+        created = self.connection.execute(
+            self._insert_ignore(table), insert_values(table, values)
+        ).scalar()
         if created is not None:
             return int(created), True
         return int(self.connection.execute(select(table.c.id).where(*where)).scalar_one()), False
@@ -358,6 +343,65 @@ class Repository:
             )
             for level, table in TABLES.items()
         }
+
+
+# -- the rows an instance makes, level by level: what ``upsert_instance`` inserts (a bulk
+# loader that writes these same dicts writes what ingest would have written)
+
+
+def patient_row(values: Mapping[Level, Mapping[str, Any]]) -> dict[str, Any]:
+    """The patient's row: PatientID and IssuerOfPatientID '' when absent (NULLs never
+    collide in the unique key)."""
+    row = dict(values[Level.PATIENT])
+    row["patient_id"] = row.get("patient_id") or ""
+    row["issuer_of_patient_id"] = row.get("issuer_of_patient_id") or ""
+    return row
+
+
+def study_row(
+    values: Mapping[Level, Mapping[str, Any]], *, patient_fk: int, state: StudyState,
+    at: datetime,
+) -> dict[str, Any]:
+    """A new study's row, in the workflow state new studies start in, as of ``at``."""
+    return {**values[Level.STUDY], "patient_fk": patient_fk, "state": state.value,
+            "state_changed_at": at}
+
+
+def series_row(values: Mapping[Level, Mapping[str, Any]], *, study_fk: int) -> dict[str, Any]:
+    return {**values[Level.SERIES], "study_fk": study_fk}
+
+
+def request_attribute_rows(row: InstanceRow, *, series_fk: int) -> list[dict[str, Any]]:
+    """A new series' RequestAttributesSequence items (from its first instance)."""
+    return [{**item, "series_fk": series_fk} for item in row.request_attributes]
+
+
+def instance_row(row: InstanceRow, *, series_fk: int, at: datetime) -> dict[str, Any]:
+    """The instance's row, received ``at``."""
+    return {
+        **row.values[Level.IMAGE],
+        "series_fk": series_fk,
+        "transfer_syntax_uid": row.transfer_syntax_uid,
+        "blob_key": row.blob.key,
+        "blob_size": row.blob.size,
+        "blob_sha256": row.blob.sha256,
+        "source_ae": row.source_ae,
+        "received_at": at,
+    }
+
+
+def insert_values(table: Table, values: Mapping[str, Any]) -> dict[str, Any]:
+    """What an insert of ``values`` names: every column but ``id``, None for those not given,
+    except the columns with a default, left to it (``created_at``, ``rejected``)."""
+    return {name: values.get(name) for name, has_default in _insert_columns(table)
+            if not has_default or name in values}
+
+
+@cache
+def _insert_columns(table: Table) -> tuple[tuple[str, bool], ...]:
+    """(name, has a default) of every column but ``id``, in table order."""
+    return tuple((column.name, column.default is not None) for column in table.columns
+                 if column.name != "id")
 
 
 _NATURAL_KEYS: dict[str, tuple[str, ...]] = {

@@ -299,6 +299,61 @@ def test_limit_and_offset_page_through_every_match_once(index: Index) -> None:
     assert find(index, Level.STUDY, limit=0) == []
 
 
+def test_each_row_of_a_page_gets_the_computed_keys_of_its_own_entity(index: Index) -> None:
+    """Counts and lists are computed on the page's ids, at the query's level and above."""
+    makers = {"CT": f.ct_instance, "MR": f.mr_instance, "CR": f.cr_instance}
+    studies = {  # study: patient, [(series number, modality, instances)]
+        "S1": ("P1", [(1, "CT", 2)]),
+        "S2": ("P2", [(1, "MR", 1), (2, "MR", 3)]),
+        "S3": ("P3", [(1, "CR", 4), (2, "CT", 1), (3, "CT", 2)]),
+        "S4": ("P1", [(1, "MR", 5)]),
+    }
+    series_uid: dict[tuple[str, int], str] = {}
+    for name, (pid, series) in studies.items():
+        for number, modality, count in series:
+            store(index, *(makers[modality](
+                PatientID=pid, PatientName=f"DOE^{pid}", StudyInstanceUID=f.make_uid(name),
+                SeriesNumber=number, InstanceNumber=i, Rows=8, Columns=8,
+            ) for i in range(1, count + 1)))
+            series_uid[(name, number)] = str(f.make_uid("series", f.make_uid(name), modality,
+                                                        number))
+    by_uid = {str(f.make_uid(name)): name for name in studies}
+    keys = tuple(Computed)
+
+    def pages(level: Level, size: int, **values: str) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        while page := find(index, level, *keys, limit=size, offset=len(rows), **values):
+            rows += page
+        return rows
+
+    study_rows = pages(Level.STUDY, 3)  # no condition: the page walks the studies in order
+    assert [by_uid[r["StudyInstanceUID"]] for r in study_rows] == ["S1", "S2", "S3", "S4"]
+    for row in study_rows:
+        series = studies[by_uid[row["StudyInstanceUID"]]][1]
+        assert row["NumberOfStudyRelatedSeries"] == len(series)
+        assert row["NumberOfStudyRelatedInstances"] == sum(n for *_, n in series)
+        assert row["ModalitiesInStudy"] == sorted({m for _, m, _ in series})
+
+    series_rows = pages(Level.SERIES, 2)
+    assert len(series_rows) == 7
+    for row in series_rows:
+        name = by_uid[row["StudyInstanceUID"]]
+        [(number, _, count)] = [s for s in studies[name][1]
+                                if series_uid[(name, s[0])] == row["SeriesInstanceUID"]]
+        assert row["NumberOfSeriesRelatedInstances"] == count
+        assert row["NumberOfStudyRelatedInstances"] == sum(n for *_, n in studies[name][1])
+
+    patient_rows = {r["PatientID"]: r for r in pages(Level.PATIENT, 1)}
+    assert {pid: (r["NumberOfPatientRelatedStudies"], r["NumberOfPatientRelatedSeries"],
+                  r["NumberOfPatientRelatedInstances"]) for pid, r in patient_rows.items()} == {
+        "P1": (2, 2, 7), "P2": (1, 2, 4), "P3": (1, 3, 7)}
+
+    images = pages(Level.IMAGE, 2, SeriesInstanceUID=series_uid[("S3", 1)])
+    assert len(images) == 4
+    assert {(r["NumberOfSeriesRelatedInstances"], r["NumberOfStudyRelatedSeries"])
+            for r in images} == {(4, 3)}
+
+
 # -- visibility ------------------------------------------------------------------------------
 
 

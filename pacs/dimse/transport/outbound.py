@@ -271,13 +271,9 @@ class Outbound:
                         _, response = self.assoc.dimse.get_msg(block=False)
                         if response is not None:
                             return self.assoc._check_received_status(response)  # type: ignore[no-any-return]
-                    # (the reactor that would update is_established is paused: ask the DUL)
-                    if (not self.assoc.is_established
-                            or self.dul.state_machine.current_state != "Sta6"):
-                        return {}
-                    if deadline is not None and time.monotonic() > deadline:
-                        self.assoc._handle_no_response()
-                        return Dataset()
+                    ended = self._ended(deadline)
+                    if ended is not None:
+                        return ended
                     continue
                 if responded_to != msg_id:
                     log.warning("a C-STORE response to message %d, not %d: ignored",
@@ -323,12 +319,20 @@ class Outbound:
                         return answer
                     self._await_rest(head)
                     continue
-            if (not self.assoc.is_established
-                    or self.dul.state_machine.current_state != "Sta6"):
-                return {}
-            if deadline is not None and time.monotonic() > deadline:
-                self.assoc._handle_no_response()
-                return Dataset()
+            ended = self._ended(deadline)
+            if ended is not None:
+                return ended
+
+    def _ended(self, deadline: float | None) -> Answer | None:
+        """How a wait for a response ends when the association is gone (no answer: ``{}``)
+        or the DIMSE timeout passed (an empty Dataset, the association aborted); None while
+        neither. (The reactor that would update ``is_established`` is paused: ask the DUL.)"""
+        if not self.assoc.is_established or self.dul.state_machine.current_state != "Sta6":
+            return {}
+        if deadline is not None and time.monotonic() > deadline:
+            self.assoc._handle_no_response()
+            return Dataset()
+        return None
 
     def _await_rest(self, head: bytes) -> None:
         """Wait (within the socket's read timeout) until the PDU that ``head`` begins has

@@ -661,10 +661,35 @@ def _receive_into(raw: Any, view: memoryview, deadline: float, timeout: float) -
     return True
 
 
+ABORT_DRAIN_S = 0.5  # how long a connection being aborted is read (and dropped) at most
+ABORT_DRAIN_BYTES = 4 << 20  # and how much of it
+
+
+def _drain(raw: socket.socket) -> None:
+    """Read and drop what the peer still sends, until it closes, for at most
+    ``ABORT_DRAIN_S`` seconds and ``ABORT_DRAIN_BYTES`` bytes: a connection closed with
+    unread bytes is reset, and a peer that is reset may never read the A-ABORT before it
+    (a peer still writing the data set we refused, say)."""
+    deadline = time.monotonic() + ABORT_DRAIN_S
+    dropped = 0
+    while dropped < ABORT_DRAIN_BYTES:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        ready, _, _ = select.select([raw], [], [], left)
+        if not ready:
+            return
+        chunk = raw.recv(65536, socket.MSG_DONTWAIT)
+        if not chunk:
+            return  # the peer closed: no reset
+        dropped += len(chunk)
+
+
 def _close(dul: Any, reason: int, why: str) -> None:
-    """Send A-ABORT (PS3.8 9.3.8, source: service provider) and close the connection: Evt17
-    for the state machine, as if the peer had closed it. Before an association exists, the
-    acceptor waiting for its A-ASSOCIATE-RQ is woken at once."""
+    """Send A-ABORT (PS3.8 9.3.8, source: service provider), let the peer read it
+    (:func:`_drain`) and close the connection: Evt17 for the state machine, as if the peer
+    had closed it. Before an association exists, the acceptor waiting for its
+    A-ASSOCIATE-RQ is woken at once."""
     from pynetdicom.pdu import A_ABORT_RQ
 
     assoc = dul.assoc
@@ -675,6 +700,9 @@ def _close(dul: Any, reason: int, why: str) -> None:
     raw = dul.socket.socket
     try:
         raw.send(abort.encode())
+        if not isinstance(raw, ssl.SSLSocket):
+            raw.shutdown(socket.SHUT_WR)  # the A-ABORT, then the end of what we send
+            _drain(raw)
     except OSError:
         pass  # the peer is gone or does not read: closing is all that is left
     waiting = dul.state_machine.current_state == "Sta2"

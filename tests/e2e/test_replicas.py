@@ -79,15 +79,6 @@ def _slow_to_check(study: str, series: int, folder: Path) -> list[Path]:
 
 
 @pytest.fixture
-def workstation(tmp_path: Path) -> Iterator[dcmtk.Storescp]:
-    peer = dcmtk.Storescp(tmp_path / "ws", ae_title="WS1").start()
-    try:
-        yield peer
-    finally:
-        peer.stop()
-
-
-@pytest.fixture
 def slow_workstation(tmp_path: Path) -> Iterator[dcmtk.Storescp]:
     peer = dcmtk.Storescp(tmp_path / "ws", ae_title="WS1", sleep_during=2).start()
     try:

@@ -3,13 +3,11 @@ delivery, retries while the peer is down, resumption after a restart, no duplica
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pydicom
-import pytest
 
 from storage.index import Index
 from storage.index.models import route_job
@@ -42,15 +40,6 @@ def _store(server: PacsServer, workdir: Path, study: str, count: int, patient: s
 def _received(peer: dcmtk.Storescp) -> list[str]:
     return sorted(str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
                   for p in peer.files())
-
-
-@pytest.fixture
-def workstation(tmp_path: Path) -> Iterator[dcmtk.Storescp]:
-    peer = dcmtk.Storescp(tmp_path / "ws", ae_title="WS1").start()
-    try:
-        yield peer
-    finally:
-        peer.stop()
 
 
 def _server(tmp_path: Path, url: str, peer: str, *extra: str) -> PacsServer:

@@ -329,6 +329,60 @@ verifier itself is in that cookie only), the redirect URI the code is bound to a
 to go on to. In the index, so any server of a site can take the callback; each row is
 deleted by the callback that uses it."""
 
+imaging_order = Table(
+    "imaging_order",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    # the patient as the RIS knows it (PID-3, PID-5, PID-7, PID-8 / the REST body's keywords)
+    Column("patient_id", String(64), nullable=False),
+    _pattern_index("imaging_order", "patient_id"),
+    Column("issuer_of_patient_id", String(64), nullable=False, default="", server_default=""),
+    Column("patient_name", String(324)),
+    Column("patient_name_norm", String(324)),  # match form (storage.normalize), as patient's
+    _pattern_index("imaging_order", "patient_name_norm"),
+    Column("patient_birth_date", String(8)),
+    Column("patient_sex", String(16)),
+    Column("accession_number", String(16)),
+    _pattern_index("imaging_order", "accession_number"),
+    Column("requested_procedure_id", String(16)),
+    Column("requested_procedure_description", String(64)),
+    Column("study_instance_uid", String(64), nullable=False, unique=True),
+    Column("placer_order_number", String(64)),  # ORC-2
+    Column("filler_order_number", String(64)),  # ORC-3
+    Column("referring_physician_name", String(324)),
+    # scheduled | in progress | completed | discontinued | cancelled
+    Column("status", String(16), nullable=False, index=True),
+    Column("source", String(16), nullable=False),  # rest | hl7
+    Column("created_at", DateTime(timezone=True), nullable=False, default=_now),
+    Column("updated_at", DateTime(timezone=True), nullable=False, default=_now),
+)
+"""Imaging orders of the RIS (``POST /api/orders``, HL7 ORM^O01 / OMI^O23): one requested
+procedure each, the study it is to produce (its Study Instance UID, made here when the order
+has none) and the patient it is for. Cancelled orders are kept (the audit trail names them)."""
+
+procedure_step = Table(
+    "procedure_step",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("order_fk", ForeignKey("imaging_order.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("step_id", String(16), nullable=False),  # ScheduledProcedureStepID
+    Column("station_ae_title", String(16)),  # ScheduledStationAETitle
+    _pattern_index("procedure_step", "station_ae_title"),
+    Column("station_name", String(16)),
+    Column("modality", String(16), index=True),
+    Column("start_date", String(8), index=True),  # ScheduledProcedureStepStartDate YYYYMMDD
+    Column("start_time", String(16)),  # HHMMSS[.F]
+    Column("description", String(64)),
+    Column("performing_physician_name", String(324)),
+    # PS3.3 C.4.10 ScheduledProcedureStepStatus: SCHEDULED, ARRIVED, READY, STARTED,
+    # DEPARTED, CANCELED, COMPLETED, DISCONTINUED
+    Column("status", String(16), nullable=False, index=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False, default=_now),
+    UniqueConstraint("order_fk", "step_id"),
+)
+"""The scheduled procedure steps of an order: one line of the Modality Worklist each."""
+
 TABLES: dict[Level, Table] = {
     Level.PATIENT: patient,
     Level.STUDY: study,

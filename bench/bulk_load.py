@@ -34,8 +34,9 @@ from typing import Any
 from sqlalchemy import Table, func, insert, select, text
 from sqlalchemy.engine import Connection
 
+from pacs.services.workflow import StudyState
 from storage.attributes import Level
-from storage.index import Index, InstanceRow, StudyState
+from storage.index import Index, InstanceRow
 from storage.index.models import instance, patient, request_attribute, series, study
 from storage.index.repository import (
     insert_values,

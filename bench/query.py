@@ -461,7 +461,7 @@ def fill_pacs(
             # them.
             with services.index.unit_of_work(write=True) as repo:
                 for study in studies:
-                    repo.workflow.mark_stable(study.uid)
+                    repo.studies.mark_stable(study.uid)
         if not services.index.is_sqlite:
             # What autovacuum does by itself soon after a bulk load (since PostgreSQL 13 it
             # vacuums after inserts too); done here so that it does not happen in the middle

@@ -31,7 +31,7 @@ def reject_series(web: WebDep, who: Who, study: str, series: str, code: str) -> 
     reason = _reason(code)
     review = web.workflow.reject_series(study, series, reason, who)
     return JSONResponse({"StudyInstanceUID": study, "SeriesInstanceUID": series,
-                         "reason": reason, "state": review.study.state.value})
+                         "reason": reason, "state": review.study.state})
 
 
 @router.post("/studies/{study}/reject/{code}",
@@ -40,7 +40,7 @@ def reject_study(web: WebDep, who: Who, study: str, code: str) -> JSONResponse:
     reason = _reason(code)
     review = web.workflow.reject(study, reason, who)
     return JSONResponse({"StudyInstanceUID": study, "reason": reason,
-                         "state": review.study.state.value})
+                         "state": review.study.state})
 
 
 def _reason(code: str) -> str:

@@ -346,6 +346,18 @@ def purge(
 
 
 @app.command()
+def conformance(
+    ae_title: Annotated[str | None, typer.Option("--ae-title", help="this server's AE title")
+                        ] = None,
+    dimse_port: Annotated[str | None, typer.Option("--dimse-port")] = None,
+) -> None:
+    """Print the DICOM Conformance Statement's tables (SOP classes, roles, transfer syntaxes),
+    made from the presentation contexts this server negotiates."""
+    settings = _settings(ae_title=ae_title, dimse_port=dimse_port)
+    out.print(root.conformance_statement(settings), soft_wrap=True, markup=False)
+
+
+@app.command()
 def audit(
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import pydicom
 
-from pacs.dimse import handoff
+from pacs.dimse import conformance, handoff
 from pacs.dimse.handoff import Dispatcher, channel_pair, receive_forever
 from pacs.dimse.sender import StudySender
 from pacs.dimse.server import DimseServer
@@ -70,6 +70,13 @@ if TYPE_CHECKING:
     from pacs.services.oidc_sign_in import OidcSignIn
 
 log = logging.getLogger("pacs")
+
+
+def conformance_statement(settings: Settings) -> str:
+    """The DICOM Conformance Statement's tables, from the contexts this server negotiates."""
+    return conformance.statement(ae_title=settings.ae_title, dimse_port=settings.dimse_port,
+                                 tls_port=settings.dimse_tls_port,
+                                 accept_unknown=settings.accept_unknown_sop_classes)
 
 
 @dataclass

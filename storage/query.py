@@ -127,7 +127,7 @@ class Condition:
 
 @dataclass(frozen=True)
 class Query:
-    """A Q/R query: one result per entity at ``level``, archived studies only.
+    """A Q/R query: one result per entity at ``level``, in studies of ``visible_states`` only.
 
     ``conditions`` may name attributes of any level (those below ``level`` match when some
     descendant matches). ``return_keys`` are registry or :class:`Computed` keywords; the
@@ -140,10 +140,15 @@ class Query:
     limit: int | None = None
     offset: int = 0
     fuzzy_person_names: bool = True  # PN matching ignores case and accents; False = exact
+    # the study states whose studies the query sees: the workflow's to say (a viewer sees
+    # archived studies); none by default, so a query nobody scoped finds nothing
+    visible_states: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         # plain str keys (a Computed member is a str, but prints as one in a response)
         object.__setattr__(self, "return_keys", tuple(str(k) for k in self.return_keys))
+        object.__setattr__(self, "visible_states",
+                           frozenset(str(s) for s in self.visible_states))
         if self.limit is not None and self.limit < 0:
             raise InvalidQueryValue(f"limit must not be negative, not {self.limit}")
         if self.offset < 0:

@@ -190,7 +190,7 @@ def finding_out(found: FindingRecord) -> FindingOut:
 def study_out(review: StudyReview) -> StudyOut:
     s = review.study
     return StudyOut(
-        study_instance_uid=s.study_instance_uid, state=s.state.value,
+        study_instance_uid=s.study_instance_uid, state=s.state,
         state_changed_at=s.state_changed_at, rejection_reason=s.rejection_reason,
         stable=s.stable_at is not None, patient_id=s.patient_id,
         issuer_of_patient_id=s.issuer_of_patient_id, patient_name=s.patient_name,

@@ -218,7 +218,7 @@ class AeRegistry:
                     record = repository.application_entities.add(
                         ae_title=title, **fields, source=Source.CLI.value,
                         created_at=self.clock())
-                    repository.workflow.audit(actor=who, action="ae-add", outcome="added",
+                    repository.audit.append(actor=who, action="ae-add", outcome="added",
                                               detail=describe(record))
                     self._changed()
                     return record
@@ -239,7 +239,7 @@ class AeRegistry:
             record = repository.application_entities.by_title(title)
             if record is None or not repository.application_entities.remove(title):
                 return False
-            repository.workflow.audit(actor=who, action="ae-remove", outcome="removed",
+            repository.audit.append(actor=who, action="ae-remove", outcome="removed",
                                       detail=describe(record))
         self._changed()
         return True
@@ -277,7 +277,7 @@ class AeRegistry:
                 record = existing.get(title)
                 if record is None:
                     added = records.add(ae_title=title, **fields, created_at=self.clock())
-                    repository.workflow.audit(actor=who, action="ae-add", outcome="added",
+                    repository.audit.append(actor=who, action="ae-add", outcome="added",
                                               detail=describe(added))
                 elif record.source not in FLAG_SOURCES:
                     kept.append(title)
@@ -285,12 +285,12 @@ class AeRegistry:
                     records.replace(ae_title=title, **fields)
                     changed = records.by_title(title)
                     assert changed is not None
-                    repository.workflow.audit(actor=who, action="ae-update", outcome="updated",
+                    repository.audit.append(actor=who, action="ae-update", outcome="updated",
                                               detail=describe(changed))
             for title, record in existing.items():
                 if record.source in FLAG_SOURCES and title not in wanted:
                     records.remove(title)
-                    repository.workflow.audit(actor=who, action="ae-remove",
+                    repository.audit.append(actor=who, action="ae-remove",
                                               outcome="removed (flag no longer given)",
                                               detail=describe(record))
         self._changed()

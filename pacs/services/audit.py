@@ -215,7 +215,7 @@ class AuditTrail:
     def _write(self, events: list[dict[str, Any]]) -> None:
         try:
             with self.index.unit_of_work(write=True) as repository:
-                repository.workflow.audit_many(events)
+                repository.audit.append_many(events)
         except IndexUnavailable as error:
             log.error("audit: the index is unavailable: %s", error)
             raise OutOfResources("the index is unavailable") from error

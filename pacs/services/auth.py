@@ -193,7 +193,7 @@ class TokenService:
                         name=name, lookup_id=lookup_id, role=role.value,
                         secret_sha256=_hash(token), created_at=now, expires_at=expires_at,
                     )
-                    repository.workflow.audit(
+                    repository.audit.append(
                         actor=who, action="token-create", outcome="created",
                         detail={"name": name, "role": role.value,
                                 "expires_at": expires_at.isoformat() if expires_at else None},
@@ -216,7 +216,7 @@ class TokenService:
         with self.index.unit_of_work(write=True) as repository:
             if not repository.tokens.revoke(name, self.clock()):
                 return False
-            repository.workflow.audit(actor=who, action="token-revoke", outcome="revoked",
+            repository.audit.append(actor=who, action="token-revoke", outcome="revoked",
                                       detail={"name": name})
         return True
 

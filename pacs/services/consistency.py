@@ -170,7 +170,7 @@ class ConsistencyService:
         for start in range(0, len(ordered), _BATCH):
             chunk = ordered[start : start + _BATCH]
             with self.index.unit_of_work() as repo:
-                used = repo.workflow.blobs_in_use(chunk)
+                used = repo.studies.blobs_in_use(chunk)
             found += [key for key in chunk if key not in used]
         return found
 

@@ -45,7 +45,7 @@ from pacs.services.errors import (
     StudyMismatch,
 )
 from pacs.services.instance_reader import Header, index_values, read_header
-from pacs.services.workflow import QaGate, actor
+from pacs.services.workflow import VISIBLE_TO_VIEWERS, QaGate, StudyState, actor
 from storage.blob_store import BlobStore, BlobStoreUnavailable, CommittedBlob, StagedBlob
 from storage.index import (
     Index,
@@ -54,7 +54,6 @@ from storage.index import (
     IndexUnavailable,
     InstanceRow,
     Repository,
-    StudyState,
     UpsertOutcome,
     UpsertResult,
 )
@@ -375,9 +374,10 @@ class IngestService:
         self, repo: Repository, row: InstanceRow, origin: Origin
     ) -> tuple[UpsertResult, StudyState]:
         result = repo.upsert_instance(
-            row, initial_state=self.new_study_state, overwrite=self.overwrite
+            row, initial_state=self.new_study_state.value, overwrite=self.overwrite,
+            visible_states=VISIBLE_TO_VIEWERS,
         )
-        state = result.study_state
+        state = StudyState(result.study_state)
         if self.gate is not None:
             who = actor(origin.protocol, origin.ae_title, origin.address,
                         tls_subject=origin.tls_subject, user=origin.user)

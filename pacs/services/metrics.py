@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from pacs.services.bounded import BoundedCall, TimedOut
-from storage.index import Index, StudyState
+from pacs.services.workflow.states import StudyState
+from storage.index import Index
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ class IndexGauges:
 def read_index_gauges(index: Index) -> IndexGauges:
     with index.unit_of_work() as repository:
         gauges = repository.gauges
-        return IndexGauges(qa_queue=gauges.studies_in_state(StudyState.QUARANTINED),
+        return IndexGauges(qa_queue=gauges.studies_in_state(StudyState.QUARANTINED.value),
                            jobs=gauges.jobs_by_state())
 
 

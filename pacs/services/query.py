@@ -19,6 +19,7 @@ from typing import Any
 
 from pacs.services.audit import AuditTrail
 from pacs.services.errors import InvalidQuery, OutOfResources, PacsError
+from pacs.services.workflow.states import VISIBLE_TO_VIEWERS
 from storage.attributes import Level
 from storage.index import Index, IndexUnavailable, Repository
 from storage.query import InvalidQueryValue, Query, RetrieveItem
@@ -39,7 +40,8 @@ class SearchResult:
 
 
 class QueryService:
-    """Runs queries against the index; archived studies only (the index enforces it)."""
+    """Runs queries against the index, in the studies viewers see (``visible``: the workflow's
+    :data:`~pacs.services.workflow.VISIBLE_TO_VIEWERS`, passed into every query)."""
 
     def __init__(
         self,
@@ -49,6 +51,7 @@ class QueryService:
         batch_size: int = 250,
         capped_levels: frozenset[Level] = frozenset({Level.PATIENT, Level.STUDY}),
         audit: AuditTrail | None = None,
+        visible: frozenset[str] = VISIBLE_TO_VIEWERS,
     ) -> None:
         if max_results < 1 or batch_size < 1:
             raise ValueError("max_results and batch_size must be positive")
@@ -60,6 +63,7 @@ class QueryService:
         # are streamed in batches either way, so memory stays bounded).
         self.capped_levels = capped_levels
         self.audit = audit
+        self.visible = visible
 
     def find(self, query: Query, *, who: str | None = None, how: str = "C-FIND"
              ) -> Iterator[dict[str, Any]]:
@@ -143,7 +147,7 @@ class QueryService:
             return SearchResult(rows, False)
         if wanted is None:
             with self._reading() as repository:
-                return SearchResult(list(repository.find(query)), False)
+                return SearchResult(list(repository.find(self._scoped(query))), False)
         return SearchResult(self._batch(query, query.offset, wanted), False)
 
     def _stream(
@@ -164,19 +168,24 @@ class QueryService:
             batch = self._batch(query, query.offset + sent, size)
 
     def _batch(self, query: Query, offset: int, size: int) -> list[dict[str, Any]]:
-        page = dataclasses.replace(query, limit=size, offset=offset)
+        page = dataclasses.replace(query, limit=size, offset=offset,
+                                   visible_states=self.visible)
         with self._reading() as repository:
             return list(repository.find(page))
 
     def blob_keys(self, query: Query) -> list[str]:
         """The blob keys of :meth:`instances`, in order: what names their content."""
         with self._reading() as repository:
-            return repository.blob_keys_for(query)
+            return repository.blob_keys_for(self._scoped(query))
 
     def instances(self, query: Query) -> list[RetrieveItem]:
         """Every instance under the matched entities, for C-MOVE, C-GET and WADO-RS."""
         with self._reading() as repository:
-            return repository.instances_for(query)
+            return repository.instances_for(self._scoped(query))
+
+    def _scoped(self, query: Query) -> Query:
+        """``query`` seeing the studies of the visible states alone."""
+        return dataclasses.replace(query, visible_states=self.visible)
 
     @contextmanager
     def _reading(self) -> Iterator[Repository]:

@@ -34,7 +34,7 @@ from pacs.services.lease import Renewal
 from pacs.services.retrieve import Destination, RetrievePlan, RetrieveService
 from storage.attributes import Level
 from storage.index import Index, IndexUnavailable, Repository
-from storage.index.workflow import JobRecord
+from storage.index.jobs import JobRecord
 from storage.query import Condition, Query, SingleValue
 
 log = logging.getLogger(__name__)
@@ -78,20 +78,21 @@ class RoutingService:
 
     def jobs(self, study_instance_uid: str | None = None, limit: int = 200) -> list[JobRecord]:
         with self.index.unit_of_work() as repository:
-            return repository.workflow.jobs(study_instance_uid=study_instance_uid, limit=limit)
+            return repository.jobs.list(study_instance_uid=study_instance_uid, limit=limit)
 
     def retry(self, job_id: int, who: str) -> JobRecord:
         with self.index.unit_of_work(write=True) as repository:
-            records = repository.workflow
-            job = records.job(job_id)
+            records = repository.jobs
+            job = records.get(job_id)
             if job is None:
                 raise NotFound(f"no job {job_id}")
-            if not records.retry_job(job_id):
+            if not records.retry(job_id):
                 raise IllegalTransition(f"job {job_id} is {job.state}: only a failed or done "
                                         "job can be retried", current_state=job.state)
-            records.audit(actor=who, action="route", outcome="retry requested",
-                          study_instance_uid=job.study_instance_uid, detail={"job": job_id})
-            again = records.job(job_id)
+            repository.audit.append(actor=who, action="route", outcome="retry requested",
+                                    study_instance_uid=job.study_instance_uid,
+                                    detail={"job": job_id})
+            again = records.get(job_id)
         assert again is not None
         return again
 
@@ -100,7 +101,7 @@ class RoutingService:
         when this is the ``only_server`` of its index (SQLite), else those whose lease ran
         out (another live server's jobs are its own)."""
         with self.index.unit_of_work(write=True) as repository:
-            return repository.workflow.resume_jobs(every=only_server)
+            return repository.jobs.resume(every=only_server)
 
     def run_due(self, now: dt.datetime | None = None) -> JobRecord | None:
         """Claim and run one due job; None when nothing is due."""
@@ -109,42 +110,43 @@ class RoutingService:
         now = now or dt.datetime.now(dt.UTC)
         try:
             with self.index.unit_of_work() as repository:
-                if not repository.workflow.job_due(now):
+                if not repository.jobs.due(now):
                     return None  # no write lock taken twice a second for nothing
             with self.index.unit_of_work(write=True) as repository:
-                job = repository.workflow.claim_job(now, owner=self.node, lease=self.lease)
+                job = repository.jobs.claim(now, owner=self.node, lease=self.lease)
         except IndexUnavailable as error:
             log.error("the index is unavailable: %s", error)
             raise OutOfResources("the index is unavailable") from error
         if job is None:
             return None
         def renew(repository: Repository, until: dt.datetime) -> bool:
-            return repository.workflow.renew_lease(job.id, owner=self.node, until=until)
+            return repository.jobs.renew_lease(job.id, owner=self.node, until=until)
 
         with Renewal(self.index, self.lease, renew, f"routing job {job.id}"):
             report = self._send(job)
         with self.index.unit_of_work(write=True) as repository:
-            records = repository.workflow
+            records = repository.jobs
             if report.error is None:
-                held = records.finish_job(job.id, report.sent, owner=self.node)
+                held = records.finish(job.id, report.sent, owner=self.node)
                 outcome = "sent"
             else:
                 retry = None
                 if job.attempts < self.max_attempts:
                     delay = min(self.retry_base * (2 ** (job.attempts - 1)), self.retry_max)
                     retry = dt.datetime.now(dt.UTC) + delay
-                held = records.fail_job(job.id, report.error, retry, report.sent,
+                held = records.fail(job.id, report.error, retry, report.sent,
                                         owner=self.node)
                 outcome = "failed" if retry is None else "failed, will retry"
             if not held:
                 log.warning("routing job %d: its lease ran out during the send and another "
                             "server took it; its outcome (%s) is not recorded", job.id, outcome)
-                return records.job(job.id)
-            records.audit(actor=f"pacs:route:{job.destination}", action="route",
-                          outcome=outcome, study_instance_uid=job.study_instance_uid,
-                          detail={"job": job.id, "attempt": job.attempts, "sent": report.sent,
-                                  "error": report.error})
-            return records.job(job.id)
+                return records.get(job.id)
+            repository.audit.append(
+                actor=f"pacs:route:{job.destination}", action="route", outcome=outcome,
+                study_instance_uid=job.study_instance_uid,
+                detail={"job": job.id, "attempt": job.attempts, "sent": report.sent,
+                        "error": report.error})
+            return records.get(job.id)
 
     def _send(self, job: JobRecord) -> SendReport:
         assert self.sender is not None

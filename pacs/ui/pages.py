@@ -42,13 +42,13 @@ from pacs.services.errors import InvalidQuery, NotFound, PacsError
 from pacs.services.query import QueryService
 from pacs.services.sessions import SessionService
 from pacs.services.workflow import (
-    CORRECTABLE,
     TRANSITIONS,
     Action,
     StudyReview,
     StudyState,
     actor,
 )
+from pacs.services.workflow.review import CORRECTABLE
 from storage.attributes import Level
 from storage.query import Condition, Query, SingleValue
 

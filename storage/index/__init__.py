@@ -2,7 +2,6 @@
 
 from storage.index.application_entities import AeRecord
 from storage.index.database import Index, IndexDataError, IndexNotDurable, IndexUnavailable
-from storage.index.models import StudyState
 from storage.index.repository import (
     FiledPatient,
     InstanceRow,
@@ -27,7 +26,6 @@ __all__ = [
     "Repository",
     "SessionRecord",
     "StoredInstance",
-    "StudyState",
     "TokenRecord",
     "UpsertOutcome",
     "UpsertResult",

@@ -7,11 +7,11 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
-from storage.index.models import StudyState, route_job, study
-from storage.index.workflow import JobState
+from storage.index.jobs import JobState
+from storage.index.models import route_job, study
 
 JOB_STATES = (JobState.PENDING, JobState.RUNNING, JobState.DONE, JobState.FAILED)
-"""Every state a routing job can be in (``storage.index.workflow.JobState``)."""
+"""Every state a routing job can be in (``storage.index.jobs.JobState``)."""
 
 
 class GaugeRecords:
@@ -25,9 +25,9 @@ class GaugeRecords:
         table locked against readers, or a database gone, raises or blocks here)."""
         self.connection.execute(select(study.c.id).limit(1)).first()
 
-    def studies_in_state(self, state: StudyState) -> int:
+    def studies_in_state(self, state: str) -> int:
         found = self.connection.execute(
-            select(func.count()).select_from(study).where(study.c.state == state.value)
+            select(func.count()).select_from(study).where(study.c.state == state)
         ).scalar_one()
         return int(found)
 

@@ -5,7 +5,7 @@ Shape of the statement, for one row per entity at the query level::
     SELECT page.<columns>, <computed keys as scalar subqueries on page.<level>_pk>
     FROM (SELECT <level and upper-level ids and columns>
           FROM <level> JOIN <levels above>                          -- joins go upward only
-          WHERE <conditions> AND study.state = 'archived'           -- EXISTS for lower levels
+          WHERE <conditions> AND study.state IN (:visible)            -- EXISTS for lower levels
           ORDER BY <level>.id LIMIT :limit OFFSET :offset) AS page
     ORDER BY page.<level>_pk
 
@@ -15,8 +15,9 @@ page carries the entities' columns itself: joined back to its table by id instea
 of a query without conditions (1,000 studies of 100,000) was joined by a hash join over the
 whole table on PostgreSQL (the planner's choice at that size), a scan that grows with the
 archive.
-Viewers see archived studies only: a patient is visible when one of its studies is, and the
-patient-level counts count archived studies alone.
+Only studies in one of ``query.visible_states`` are seen (the workflow says which: viewers
+see archived ones): a patient is visible when one of its studies is, and the patient-level
+counts count visible studies alone.
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ from sqlalchemy.types import String
 from storage.attributes import BY_KEYWORD, DEPTH, REQUEST_ATTRIBUTES, Attribute, Level
 from storage.index.models import (
     TABLES,
-    StudyState,
     instance,
     patient,
     request_attribute,
@@ -80,7 +80,6 @@ _BY_DEPTH = sorted(DEPTH, key=DEPTH.__getitem__)
 # The foreign key of a level's table to the table of the level above.
 _PARENT_FK = {Level.STUDY: "patient_fk", Level.SERIES: "study_fk", Level.IMAGE: "series_fk"}
 _REQUEST_KEYWORDS = {a.keyword: a for a in REQUEST_ATTRIBUTES}
-_ARCHIVED = StudyState.ARCHIVED.value
 LIKE_ESCAPE = "\\"
 LIST_SEPARATOR = ","  # never inside a CS value or a UID
 
@@ -112,7 +111,7 @@ def find_statement(query: Query, dialect: str) -> Select[Any]:
     # the computed keys name the entity's table (``study.id``): here its id on the page
     on_page = ClauseAdapter(page)
     columns = [
-        on_page.traverse(_computed(key, dialect)).label(key.value)
+        on_page.traverse(_computed(key, dialect, query.visible_states)).label(key.value)
         if isinstance(key, Computed) else page.c[key]
         for key in wanted
     ]
@@ -138,7 +137,7 @@ def instances_statement(query: Query, *, keys_only: bool = False) -> Select[Any]
             .join(study, _parent_join(Level.STUDY))
             .join(patient, _parent_join(Level.PATIENT))
         )
-        .where(_archived(study), _series_visible(series))
+        .where(_visible(study, query.visible_states), _series_visible(series))
         .order_by(study.c.id, series.c.id, instance.c.instance_number, instance.c.id)
     )
     paged = query.limit is not None or query.offset
@@ -170,8 +169,8 @@ def _paged(query: Query, columns: Sequence[Any] = ()) -> Select[Any]:
     )
 
 
-def _archived(table: TableLike) -> ColumnElement[bool]:
-    """The study is visible to viewers.
+def _visible(table: TableLike, states: frozenset[str]) -> ColumnElement[bool]:
+    """The study is in one of the visible ``states`` (none: nothing is visible).
 
     On SQLite written ``state || '' = 'archived'`` (:class:`_StateUnindexed`) so that it never
     drives a query from the index on ``state``: nearly every study is archived, and SQLite
@@ -182,11 +181,13 @@ def _archived(table: TableLike) -> ColumnElement[bool]:
     and sorts every study instead of walking the primary key until its page is full: 0.3 s at
     100,000 studies, ten times what it costs at 10,000.
     """
-    return _StateUnindexed(table.c.state) == _ARCHIVED
+    if len(states) == 1:
+        return _StateUnindexed(table.c.state) == next(iter(states))
+    return _StateUnindexed(table.c.state).in_(sorted(states))
 
 
 class _StateUnindexed(FunctionElement[str]):
-    """A study's state, which SQLite must not look up by its index (see :func:`_archived`)."""
+    """A study's state, which SQLite must not look up by its index (see :func:`_visible`)."""
 
     name = "state_unindexed"
     inherit_cache = True
@@ -237,17 +238,19 @@ def _where(query: Query, level: Level) -> list[ColumnElement[bool]]:
     """The conditions, on tables of ``level`` and above (joined) or in EXISTS (below)."""
     where: list[ColumnElement[bool]] = []
     if level is Level.PATIENT:
-        where.append(_exists_below(Level.PATIENT, Level.STUDY, lambda _: true()))
+        where.append(_exists_below(Level.PATIENT, Level.STUDY, lambda _: true(),
+                                   query.visible_states))
     else:
-        where.append(_archived(study))
+        where.append(_visible(study, query.visible_states))
     if DEPTH[level] >= DEPTH[Level.SERIES]:
         where.append(_series_visible(series))
     for condition in query.conditions:
-        where.append(_condition(condition, level, query.fuzzy_person_names))
+        where.append(_condition(condition, level, query.fuzzy_person_names, query.visible_states))
     return where
 
 
-def _condition(condition: Condition, level: Level, fuzzy: bool) -> ColumnElement[bool]:
+def _condition(condition: Condition, level: Level, fuzzy: bool, visible: frozenset[str]
+               ) -> ColumnElement[bool]:
     keyword, matcher = condition.keyword, condition.matcher
     attribute = BY_KEYWORD.get(keyword)
     if attribute is not None:
@@ -257,7 +260,7 @@ def _condition(condition: Condition, level: Level, fuzzy: bool) -> ColumnElement
             return _predicate(TABLES[attribute.level], attribute, matcher, fuzzy)
         return _exists_below(
             level, attribute.level, lambda t: _predicate(t[attribute.level], attribute,
-                                                         matcher, fuzzy)
+                                                         matcher, fuzzy), visible
         )
     if keyword in LISTED_ATTRIBUTE:
         listed = BY_KEYWORD[LISTED_ATTRIBUTE[Computed(keyword)]]
@@ -265,19 +268,20 @@ def _condition(condition: Condition, level: Level, fuzzy: bool) -> ColumnElement
             raise InvalidQueryValue(f"{keyword} is not a sequence")
         anchor = level if DEPTH[level] <= DEPTH[Level.STUDY] else Level.STUDY
         return _exists_below(
-            anchor, listed.level, lambda t: _predicate(t[listed.level], listed, matcher, fuzzy)
+            anchor, listed.level, lambda t: _predicate(t[listed.level], listed, matcher, fuzzy),
+            visible,
         )
     if keyword in SEQUENCES:
         if not isinstance(matcher, SequenceItem):
             raise InvalidQueryValue(f"{keyword} is a sequence: only sequence matching applies")
-        return _request_exists(level, matcher.conditions, fuzzy)
+        return _request_exists(level, matcher.conditions, fuzzy, visible)
     if keyword in _REQUEST_KEYWORDS:  # a request attribute named outside its sequence
-        return _request_exists(level, (condition,), fuzzy)
+        return _request_exists(level, (condition,), fuzzy, visible)
     raise InvalidQueryValue(f"matching on {keyword} is not supported")
 
 
 def _request_exists(
-    level: Level, conditions: tuple[Condition, ...], fuzzy: bool
+    level: Level, conditions: tuple[Condition, ...], fuzzy: bool, visible: frozenset[str]
 ) -> ColumnElement[bool]:
     """Sequence matching on RequestAttributesSequence items (one row per item)."""
 
@@ -288,26 +292,27 @@ def _request_exists(
         )
 
     anchor = level if DEPTH[level] <= DEPTH[Level.SERIES] else Level.SERIES
-    return _exists_below(anchor, None, item)
+    return _exists_below(anchor, None, item, visible)
 
 
 def _exists_below(
     anchor: Level,
     target: Level | None,
     predicate: Callable[[dict[Level, TableLike]], ColumnElement[bool]],
+    visible: frozenset[str],
 ) -> ColumnElement[bool]:
     """EXISTS a descendant of the outer ``anchor`` row, down to ``target`` (None: a request
-    attribute item of a series), for which ``predicate`` holds; in archived studies only."""
-    source, where, aliases = _descendants(anchor, target)
+    attribute item of a series), for which ``predicate`` holds; in visible studies only."""
+    source, where, aliases = _descendants(anchor, target, visible)
     return exists(select(literal(1)).select_from(source).where(*where, predicate(aliases)))
 
 
 def _descendants(
-    anchor: Level, target: Level | None
+    anchor: Level, target: Level | None, visible: frozenset[str]
 ) -> tuple[FromClause, list[ColumnElement[bool]], dict[Level, TableLike]]:
     """The tables from below ``anchor`` down to ``target``, joined, and their link to the
     outer ``anchor`` row (correlated). Tables are aliases: they never collide with the outer
-    query's. A study among them must be archived."""
+    query's. A study among them must be in a ``visible`` state."""
     deepest = DEPTH[target] if target is not None else DEPTH[Level.SERIES]
     levels = [lvl for lvl in _BY_DEPTH if DEPTH[anchor] < DEPTH[lvl] <= deepest]
     aliases: dict[Level, TableLike] = {lvl: TABLES[lvl].alias() for lvl in levels}
@@ -326,7 +331,7 @@ def _descendants(
         raise InvalidQueryValue(f"nothing below {anchor} to match")
     where = [link]
     if Level.STUDY in aliases:
-        where.append(_archived(aliases[Level.STUDY]))
+        where.append(_visible(aliases[Level.STUDY], visible))
     if Level.SERIES in aliases:
         where.append(_series_visible(aliases[Level.SERIES]))
     return source, where, aliases
@@ -433,14 +438,15 @@ _COUNTED = {
 
 
 @cache
-def _computed(key: Computed, dialect: str) -> ScalarSelect[Any]:
-    """A computed key of the outer row's entity (PS3.4 C.6.1.1, C.6.2.1), archived only.
+def _computed(key: Computed, dialect: str, visible: frozenset[str]) -> ScalarSelect[Any]:
+    """A computed key of the outer row's entity (PS3.4 C.6.1.1, C.6.2.1), in visible studies
+    only.
 
     Built once per key and dialect: aliases of the wide tables are costly to make.
     """
     if key in LISTED_ATTRIBUTE:
         listed = BY_KEYWORD[LISTED_ATTRIBUTE[key]]
-        source, where, aliases = _descendants(key.level, listed.level)
+        source, where, aliases = _descendants(key.level, listed.level, visible)
         column = aliases[listed.level].c[listed.column]
         aggregate = (
             func.string_agg(distinct(column), literal(LIST_SEPARATOR))
@@ -448,5 +454,5 @@ def _computed(key: Computed, dialect: str) -> ScalarSelect[Any]:
             else func.group_concat(distinct(column))
         )
         return select(aggregate).select_from(source).where(*where).scalar_subquery()
-    source, where, _ = _descendants(key.level, _COUNTED[key])
+    source, where, _ = _descendants(key.level, _COUNTED[key], visible)
     return select(func.count()).select_from(source).where(*where).scalar_subquery()

@@ -7,7 +7,6 @@ says which attributes are indexed; Alembic migrations are checked against this m
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -47,17 +46,11 @@ metadata = MetaData(
 )
 
 
-class StudyState(StrEnum):
-    """Workflow state of a study; viewers see ``archived`` only."""
-
-    RECEIVED = "received"
-    QUARANTINED = "quarantined"
-    ARCHIVED = "archived"
-    REJECTED = "rejected"
-
-
-def _now() -> datetime:
+def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+_now = utc_now
 
 
 def _type(attribute: Attribute) -> TypeEngine[Any]:
@@ -137,7 +130,8 @@ study = Table(
     Column("patient_fk", ForeignKey("patient.id", ondelete="CASCADE"), nullable=False, index=True),
     Column("study_instance_uid", String(64), nullable=False, unique=True),
     *_columns("study", BY_LEVEL[Level.STUDY], skip=_KEYS),
-    Column("state", String(16), nullable=False, index=True, default=StudyState.RECEIVED.value),
+    # the workflow state (pacs.services.workflow.StudyState), written by the workflow alone
+    Column("state", String(16), nullable=False, index=True),
     Column("created_at", DateTime(timezone=True), nullable=False, default=_now),
     # QA workflow: when the state last changed, why a study was rejected, and when it became
     # stable (no instance for the stability period; NULL while instances may still arrive).

@@ -18,13 +18,15 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from storage.attributes import Level
 from storage.blobs import BlobInfo
 from storage.index.application_entities import AeRecords
+from storage.index.audit import AuditRecords
 from storage.index.audit_feed import AuditFeed
 from storage.index.errors import IndexDataError
+from storage.index.findings import FindingRecords
 from storage.index.gauges import GaugeRecords
+from storage.index.jobs import JobRecords
 from storage.index.matching import LIST_SEPARATOR, find_statement, instances_statement
 from storage.index.models import (
     TABLES,
-    StudyState,
     instance,
     patient,
     request_attribute,
@@ -33,8 +35,8 @@ from storage.index.models import (
 )
 from storage.index.sessions import SessionRecords
 from storage.index.sign_ins import SignInRecords
+from storage.index.studies import StudyRecords
 from storage.index.tokens import TokenRecords
-from storage.index.workflow import WorkflowRecords
 from storage.query import MULTI_VALUED_KEYS, UNIQUE_KEYS, Query, RetrieveItem
 
 
@@ -73,7 +75,7 @@ class FiledPatient:
 class UpsertResult:
     outcome: UpsertOutcome
     study_instance_uid: str
-    study_state: StudyState
+    study_state: str  # the workflow state of the instance's study
     new_study: bool
     existing_blob_key: str | None = None
     replaced_blob_key: str | None = None
@@ -97,7 +99,10 @@ class Repository:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self._dialect = connection.dialect.name
-        self.workflow = WorkflowRecords(connection)
+        self.studies = StudyRecords(connection)
+        self.findings = FindingRecords(connection)
+        self.audit = AuditRecords(connection)
+        self.jobs = JobRecords(connection)
         self.tokens = TokenRecords(connection)
         self.audit_feed = AuditFeed(connection)
         self.application_entities = AeRecords(connection)
@@ -132,9 +137,13 @@ class Repository:
         return _stored(row) if row else None
 
     def upsert_instance(
-        self, row: InstanceRow, *, initial_state: StudyState, overwrite: bool
+        self, row: InstanceRow, *, initial_state: str, overwrite: bool,
+        visible_states: frozenset[str],
     ) -> UpsertResult:
         """Insert an instance with its patient, study and series (each created if missing).
+
+        A new study starts in ``initial_state``; ``visible_states``: the states in which a
+        patient's other studies count as archived (:attr:`FiledPatient.archived_studies`).
 
         Safe against concurrent writers of the same patient/study/series: ``INSERT ... ON
         CONFLICT DO NOTHING`` then a read, so a race never makes a second row. The common case
@@ -153,10 +162,10 @@ class Repository:
                 )
         else:
             series_id, study_uid, state, new_study, filed = self._create_series(
-                row, initial_state
+                row, initial_state, visible_states
             )
         instance_values = instance_row(row, series_fk=series_id, at=datetime.now(UTC))
-        study_state = StudyState(state)
+        study_state = str(state)
         inserted = self.connection.execute(self._insert_ignore(instance), instance_values)
         if inserted.first() is not None:
             return UpsertResult(UpsertOutcome.INSERTED, study_uid, study_state, new_study,
@@ -179,7 +188,7 @@ class Repository:
         )
 
     def _create_series(
-        self, row: InstanceRow, initial_state: StudyState
+        self, row: InstanceRow, initial_state: str, visible_states: frozenset[str]
     ) -> tuple[int, str, str, bool, FiledPatient]:
         values = row.values
         patient_id, patient_created = self._get_or_create(patient, patient_row(values))
@@ -197,11 +206,11 @@ class Repository:
                 update(study).where(study.c.id == study_id).values(stable_at=None)
             )
         archived = 0
-        if not patient_created:
+        if not patient_created and visible_states:
             archived = int(self.connection.execute(
                 select(func.count()).select_from(study).where(
                     study.c.patient_fk == filed_row.patient_pk, study.c.id != study_id,
-                    study.c.state == StudyState.ARCHIVED.value,
+                    study.c.state.in_(sorted(visible_states)),
                 )
             ).scalar_one())
         filed = _filed(filed_row, existed=not (patient_created and new_study),
@@ -226,23 +235,7 @@ class Repository:
     def _insert_ignore(self, table: Table) -> Any:
         return _insert_ignore(self._dialect, table.name)
 
-    def study_state(self, study_instance_uid: str) -> StudyState | None:
-        state = self.connection.execute(
-            select(study.c.state).where(study.c.study_instance_uid == study_instance_uid)
-        ).scalar()
-        return StudyState(state) if state is not None else None
-
-    def set_study_state(self, study_instance_uid: str, state: StudyState) -> bool:
-        """Move a study to ``state`` (the workflow decides which moves are allowed); False if
-        there is no such study."""
-        changed = self.connection.execute(
-            update(study)
-            .where(study.c.study_instance_uid == study_instance_uid)
-            .values(state=state.value)
-        )
-        return bool(changed.rowcount)
-
-    # -- query/retrieve (PS3.4 C.2.2.2 matching, archived studies only) -----------------
+    # -- query/retrieve (PS3.4 C.2.2.2 matching, in the query's visible studies only) ----
     def find(self, query: Query) -> Iterator[dict[str, Any]]:
         """One dict per entity at ``query.level``, in index order, fetched in batches.
 
@@ -302,7 +295,7 @@ class Repository:
 
     def blob_referenced(self, key: str) -> bool:
         """An instance's file, or a file a correction replaced (kept until the purge)."""
-        return self.workflow.blob_in_use(key)
+        return self.studies.blob_in_use(key)
 
     def delete_instances(self, sop_instance_uids: list[str]) -> int:
         """Delete instances, then any series, study and patient left empty."""
@@ -359,11 +352,11 @@ def patient_row(values: Mapping[Level, Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def study_row(
-    values: Mapping[Level, Mapping[str, Any]], *, patient_fk: int, state: StudyState,
+    values: Mapping[Level, Mapping[str, Any]], *, patient_fk: int, state: str,
     at: datetime,
 ) -> dict[str, Any]:
     """A new study's row, in the workflow state new studies start in, as of ``at``."""
-    return {**values[Level.STUDY], "patient_fk": patient_fk, "state": state.value,
+    return {**values[Level.STUDY], "patient_fk": patient_fk, "state": str(state),
             "state_changed_at": at}
 
 

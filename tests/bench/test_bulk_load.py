@@ -35,9 +35,10 @@ from bench.query import (
     probes,
     qido_request,
 )
+from pacs.services.workflow import VISIBLE_TO_VIEWERS, StudyState
 from storage.attributes import extract, request_attributes
 from storage.blobs import BlobInfo
-from storage.index import Index, InstanceRow, StudyState
+from storage.index import Index, InstanceRow
 from storage.index.models import instance, patient, request_attribute, series, study
 from tests.conftest import fresh_postgres_database
 from tests.factories.datasets import ct_instance, mr_instance
@@ -100,7 +101,8 @@ def _row(ds: Dataset) -> InstanceRow:
 def _upsert(index: Index, rows: Sequence[InstanceRow]) -> None:
     with index.unit_of_work(write=True) as repo:
         for row in rows:
-            repo.upsert_instance(row, initial_state=StudyState.ARCHIVED, overwrite=False)
+            repo.upsert_instance(row, initial_state=StudyState.ARCHIVED, overwrite=False,
+                                 visible_states=VISIBLE_TO_VIEWERS)
 
 
 def _tables(index: Index) -> dict[str, list[tuple[Any, ...]]]:

@@ -64,7 +64,7 @@ def test_add_list_remove(tmp_path: Path, database_url: str) -> None:
 
         with index.unit_of_work() as repository:
             events = [(e.actor, e.action, e.detail["ae_title"])
-                      for e in reversed(repository.workflow.audit_events(limit=20))]
+                      for e in reversed(repository.audit.events(limit=20))]
         assert events == [("cli:ae", "ae-add", "CT1"), ("cli:ae", "ae-add", "WS"),
                           ("cli:ae", "ae-add", "ECHO ONLY"), ("cli:ae", "ae-remove", "WS")]
     finally:

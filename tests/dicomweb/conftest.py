@@ -12,8 +12,8 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+from pacs.services.workflow import StudyState
 from storage.index import Index
-from storage.index.models import StudyState
 from tests.support import dcmtk
 from tests.support.server import PacsServer
 
@@ -42,7 +42,7 @@ class WebArchive:
         index = Index(self.server.database_url)
         try:
             with index.unit_of_work(write=True) as repository:
-                assert repository.set_study_state(study_instance_uid, state)
+                assert repository.studies.set_state(study_instance_uid, state)
         finally:
             index.dispose()
 

@@ -14,7 +14,7 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from storage.index.models import StudyState
+from pacs.services.workflow import StudyState
 from tests.dicomweb.conftest import WebArchive
 from tests.factories.datasets import (
     ct_instance,

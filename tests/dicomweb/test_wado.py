@@ -27,7 +27,7 @@ from pydicom.uid import (
 )
 
 from pacs.services.transcode import dataset_offset
-from storage.index.models import StudyState
+from pacs.services.workflow import StudyState
 from tests.dicomweb.conftest import WebArchive
 from tests.factories.datasets import (
     ct_instance,

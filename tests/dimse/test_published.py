@@ -44,7 +44,7 @@ from pacs.services.retrieve import Destination, RetrieveService
 from storage.attributes import Level
 from storage.blobs import FileStore
 from storage.index import Index
-from storage.index.workflow import AuditRecord
+from storage.index.audit import AuditRecord
 from storage.query import Condition, Query, SingleValue
 from tests.factories.datasets import (
     EncodingUnavailable,
@@ -102,7 +102,7 @@ class Site:
     def audit_events(self, action: str) -> list[AuditRecord]:
         self.audit.flush()
         with self.index.unit_of_work() as repository:
-            return repository.workflow.audit_events(action=action, limit=1000)
+            return repository.audit.events(action=action, limit=1000)
 
 
 def _population(folder: Path) -> list[Path]:

@@ -17,8 +17,8 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
+from pacs.services.workflow import StudyState
 from storage.index import Index
-from storage.index.models import StudyState
 from tests.factories.datasets import (
     EncodingUnavailable,
     ct_instance,
@@ -108,7 +108,7 @@ def archive(
         index = Index(module_database_url)
         try:
             with index.unit_of_work(write=True) as repository:
-                assert repository.set_study_state(HIDDEN_STUDY, StudyState.QUARANTINED)
+                assert repository.studies.set_state(HIDDEN_STUDY, StudyState.QUARANTINED)
         finally:
             index.dispose()
         sent = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): f for f in files}

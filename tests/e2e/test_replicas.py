@@ -142,7 +142,7 @@ def test_a_dead_servers_stability_check_is_finished_by_another_and_done_once(
 
     def lease(study: str) -> tuple[str | None, dt.datetime | None]:
         with index.unit_of_work() as repository:
-            return repository.workflow.study_lease(study)
+            return repository.studies.study_lease(study)
 
     try:
         for replica in replicas.values():

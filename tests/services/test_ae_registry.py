@@ -58,7 +58,7 @@ def registry(index: Index, ticks: Ticks) -> AeRegistry:
 def _audit(index: Index) -> list[tuple[str, str, str, dict[str, Any]]]:
     with index.unit_of_work() as repository:
         return [(e.actor, e.action, e.outcome, e.detail)
-                for e in reversed(repository.workflow.audit_events(limit=100))
+                for e in reversed(repository.audit.events(limit=100))
                 if e.action.startswith("ae-")]
 
 

@@ -16,7 +16,7 @@ from tests.support.wait import until
 def _events(index: Index) -> list[dict[str, object]]:
     with index.unit_of_work() as repository:
         return [{"actor": e.actor, "action": e.action, "outcome": e.outcome, **e.detail}
-                for e in repository.workflow.audit_events(action="query", limit=10_000)]
+                for e in repository.audit.events(action="query", limit=10_000)]
 
 
 def _query(**keys: str) -> Query:
@@ -88,7 +88,7 @@ def test_keys_are_bounded() -> None:
 def _refusals(index: Index, action: str) -> list[dict[str, object]]:
     with index.unit_of_work() as repository:
         return [{"actor": e.actor, "outcome": e.outcome, **e.detail}
-                for e in repository.workflow.audit_events(action=action, limit=10_000)]
+                for e in repository.audit.events(action=action, limit=10_000)]
 
 
 def test_refusals_are_counted_per_kind_and_written_as_one_row_each(index: Index) -> None:

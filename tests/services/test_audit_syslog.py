@@ -62,7 +62,7 @@ def _close_senders() -> Iterator[None]:
 def _write(index: Index, *rows: dict[str, Any]) -> None:
     with index.unit_of_work(write=True) as repository:
         for row in rows:
-            repository.workflow.audit(**{"study_instance_uid": None, "detail": None, **row})
+            repository.audit.append(**{"study_instance_uid": None, "detail": None, **row})
 
 
 def _archive(index: Index) -> None:
@@ -395,7 +395,7 @@ def test_a_row_that_commits_after_a_later_one_is_still_sent(
         exporter = _exporter(index, SyslogTarget("127.0.0.1", udp.port), tmp_path / "cursor")
         exporter.export_once()
         with index.unit_of_work(write=True) as slow:
-            slow.workflow.audit(actor="cli", action="accept", outcome="slow")  # takes id n
+            slow.audit.append(actor="cli", action="accept", outcome="slow")  # takes id n
             _write(index, {"actor": "cli", "action": "accept", "outcome": "fast"})  # n + 1
             assert exporter.export_once() == 1
             assert exporter.cursor is not None and len(exporter.cursor.holes) == 1

@@ -26,9 +26,10 @@ from pacs.services.ingest import (
     StoreOutcome,
     StoreStatus,
 )
+from pacs.services.workflow import StudyState
 from storage.attributes import Level
 from storage.blobs import FileStore
-from storage.index import Index, InstanceRow, Repository, StudyState
+from storage.index import Index, InstanceRow, Repository
 from tests.factories import datasets as f
 
 ORIGIN = Origin(protocol="import")
@@ -56,7 +57,7 @@ def test_store_then_resend_keeps_the_first_copy(tmp_path: Path, index: Index) ->
     other = service.store(Incoming.data(changed), ORIGIN)
 
     assert first.status is StoreStatus.STORED
-    assert first.study_state is StudyState.ARCHIVED
+    assert first.study_state == StudyState.ARCHIVED
     assert same.status is StoreStatus.ALREADY_PRESENT
     assert other.status is StoreStatus.ALREADY_PRESENT
     assert _rows(index) == {Level.PATIENT: 1, Level.STUDY: 1, Level.SERIES: 1, Level.IMAGE: 1}
@@ -246,7 +247,7 @@ def test_on_one_file_system_one_sync_after_the_commit_makes_blob_and_row_durable
         assert len(seen) == 2 and log_syncs == []
         # any other write (an audit row, a review) syncs the log alone, not the file system
         with shared.unit_of_work(write=True) as repo:
-            repo.workflow.audit(actor="test", action="note", outcome="ok")
+            repo.audit.append(actor="test", action="note", outcome="ok")
         assert len(seen) == 2 and log_syncs == [db.parent / "index.sqlite-wal"]
     finally:
         shared.dispose()

@@ -20,7 +20,7 @@ from typing import BinaryIO
 import pytest
 
 from pacs.services.ingest import Incoming, IngestService, Origin
-from pacs.services.workflow import QaGate, WorkflowService
+from pacs.services.workflow import QaGate, StudyState, WorkflowService
 from storage.blobs import FileStore
 from storage.index import Index
 from tests.factories import datasets as f
@@ -120,30 +120,30 @@ class Site:
 
     def lease(self, study: str) -> tuple[str | None, dt.datetime | None]:
         with self.indexes[0].unit_of_work() as repository:
-            owner, expires = repository.workflow.study_lease(study)
+            owner, expires = repository.studies.study_lease(study)
         if expires is not None and expires.tzinfo is None:  # SQLite keeps UTC without a zone
             expires = expires.replace(tzinfo=dt.UTC)
         return owner, expires
 
     def stable(self, study: str) -> bool:
         with self.indexes[0].unit_of_work() as repository:
-            found = repository.workflow.study(study)
+            found = repository.studies.study(study)
         return found is not None and found.stable_at is not None
 
     def events(self, action: str) -> list[tuple[str | None, str | None]]:
         """(study, node) of every audit event of ``action``."""
         with self.indexes[0].unit_of_work() as repository:
             return [(e.study_instance_uid, e.detail.get("node"))
-                    for e in repository.workflow.audit_events(action=action)]
+                    for e in repository.audit.events(action=action)]
 
     def claim_as(self, node: str, study: str, *, at: dt.datetime,
                  purge: bool = False) -> dt.datetime:
         """``node`` claims ``study`` as if at ``at`` (in the past: a server that died then)."""
         with self.indexes[0].unit_of_work(write=True) as repository:
-            records = repository.workflow
+            records = repository.studies
             lease = dt.timedelta(seconds=30)
-            claim = (records.claim_purgeable(dt.datetime.now(dt.UTC), now=at, owner=node,
-                                             lease=lease)
+            claim = (records.claim_purgeable(StudyState.REJECTED, dt.datetime.now(dt.UTC),
+                                             now=at, owner=node, lease=lease)
                      if purge else records.claim_quiet_study(
                          dt.datetime.now(dt.UTC), now=at, owner=node, lease=lease))
         assert claim is not None and claim.study_instance_uid == study

@@ -51,7 +51,7 @@ def _rows(index: Index) -> list[dict[str, Any]]:
 def _audit(index: Index) -> list[tuple[str, str, str, dict[str, Any]]]:
     with index.unit_of_work() as repository:
         return [(e.actor, e.action, e.outcome, e.detail)
-                for e in repository.workflow.audit_events(limit=100)
+                for e in repository.audit.events(limit=100)
                 if e.action.startswith("token-")]
 
 

@@ -17,9 +17,9 @@ from pacs.services.qa_checks import (
     valid_dates,
     valid_uids,
 )
-from pacs.services.workflow import Action, _can_decode, next_state
+from pacs.services.workflow import Action, StudyState, can_decode, next_state
 from storage.attributes import Level
-from storage.index import FiledPatient, StudyState
+from storage.index import FiledPatient
 
 A, Q, R, X = (StudyState.ARCHIVED, StudyState.QUARANTINED, StudyState.RECEIVED,
               StudyState.REJECTED)
@@ -106,6 +106,6 @@ def test_known_modality_check() -> None:
 
 
 def test_the_pixel_check_skips_what_no_decoder_reads() -> None:
-    assert _can_decode("1.2.840.10008.1.2.5")  # RLE
-    assert _can_decode("1.2.840.10008.1.2.1")
-    assert not _can_decode("1.2.840.10008.1.2.4.100")  # MPEG2: stored, never decoded here
+    assert can_decode("1.2.840.10008.1.2.5")  # RLE
+    assert can_decode("1.2.840.10008.1.2.1")
+    assert not can_decode("1.2.840.10008.1.2.4.100")  # MPEG2: stored, never decoded here

@@ -12,8 +12,9 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+from pacs.services.workflow import VISIBLE_TO_VIEWERS, StudyState
 from storage.attributes import Level
-from storage.index import Index, StudyState
+from storage.index import Index
 from storage.index.matching import find_statement
 from storage.query import (
     Computed,
@@ -31,6 +32,11 @@ from tests.support.index import index_datasets
 ARCHIVED = StudyState.ARCHIVED
 
 
+def viewer_query(*args: Any, **kwargs: Any) -> Query:
+    """A query that sees what viewers see (the query service scopes every query so)."""
+    return Query(*args, visible_states=VISIBLE_TO_VIEWERS, **kwargs)
+
+
 def store(index: Index, *datasets: Dataset, state: StudyState = ARCHIVED) -> None:
     index_datasets(index, datasets, state=state)
 
@@ -42,7 +48,7 @@ def conditions(**values: str) -> tuple[Condition, ...]:
 
 def find(index: Index, level: Level, *keys: str, fuzzy: bool = True,
          limit: int | None = None, offset: int = 0, **values: str) -> list[dict[str, Any]]:
-    query = Query(level, conditions(**values), keys, limit=limit, offset=offset,
+    query = viewer_query(level, conditions(**values), keys, limit=limit, offset=offset,
                   fuzzy_person_names=fuzzy)
     with index.unit_of_work() as repo:
         return list(repo.find(query))
@@ -218,7 +224,7 @@ def test_sequence_matching_needs_one_item_to_match_every_key(index: Index) -> No
 
     def ids(level: Level, **item: str) -> list[str]:
         sequence = sequence_condition("RequestAttributesSequence", conditions(**item))
-        query = Query(level, (sequence,) if sequence else ())
+        query = viewer_query(level, (sequence,) if sequence else ())
         with index.unit_of_work() as repo:
             return sorted(column(list(repo.find(query)), "PatientID"))
 
@@ -284,7 +290,8 @@ def test_one_row_per_study_however_many_instances(index: Index) -> None:
     assert len(rows) == 1 and rows[0]["NumberOfStudyRelatedInstances"] == 300
     assert len(patients) == 1 and patients[0]["NumberOfPatientRelatedInstances"] == 300
     with index.unit_of_work() as repo:
-        assert len(repo.instances_for(Query(Level.STUDY, conditions(PatientID="BIG")))) == 300
+        big = viewer_query(Level.STUDY, conditions(PatientID="BIG"))
+        assert len(repo.instances_for(big)) == 300
 
 
 def test_limit_and_offset_page_through_every_match_once(index: Index) -> None:
@@ -364,23 +371,42 @@ def test_studies_not_archived_are_invisible_until_archived(index: Index, state: 
     hidden = f.ct_instance(PatientID="HIDDEN", PatientName="HIDDEN^ONE")
     store(index, hidden, state=state)
     store(index, f.ct_instance(PatientID="SHOWN", PatientName="SHOWN^ONE"))
-    everything = Query(Level.PATIENT)
+    everything = viewer_query(Level.PATIENT)
 
     with index.unit_of_work() as repo:
-        seen = {level: column(list(repo.find(Query(level))), "PatientID") for level in Level}
-        by_uid = list(repo.find(Query(Level.IMAGE, conditions(
+        seen = {level: column(list(repo.find(viewer_query(level))), "PatientID") for level in Level}
+        by_uid = list(repo.find(viewer_query(Level.IMAGE, conditions(
             SOPInstanceUID=str(hidden.SOPInstanceUID)))))
         retrievable = {i.sop_instance_uid for i in repo.instances_for(everything)}
     with index.unit_of_work(write=True) as repo:
-        assert repo.set_study_state(str(hidden.StudyInstanceUID), ARCHIVED)
-        assert not repo.set_study_state("1.2.3.4.5", ARCHIVED)
+        assert repo.studies.set_state(str(hidden.StudyInstanceUID), ARCHIVED)
+        assert not repo.studies.set_state("1.2.3.4.5", ARCHIVED)
     with index.unit_of_work() as repo:
-        after = column(list(repo.find(Query(Level.STUDY))), "PatientID")
+        after = column(list(repo.find(viewer_query(Level.STUDY))), "PatientID")
 
     assert seen == {level: ["SHOWN"] for level in Level}
     assert by_uid == []
     assert hidden.SOPInstanceUID not in retrievable and len(retrievable) == 1
     assert sorted(after) == ["HIDDEN", "SHOWN"]
+
+
+def test_the_query_sees_the_states_its_caller_names_and_nothing_unscoped(index: Index) -> None:
+    """Storage decides no visibility: a query sees the studies of the states it was given
+    (the workflow's choice), and one given none sees nothing."""
+    store(index, f.ct_instance(PatientID="HELD"), state=StudyState.QUARANTINED)
+    store(index, f.ct_instance(PatientID="SHOWN"))
+
+    with index.unit_of_work() as repo:
+        unscoped = {level: list(repo.find(Query(level))) for level in Level}
+        unscoped_items = repo.instances_for(Query(Level.PATIENT))
+        held = column(list(repo.find(Query(Level.STUDY, visible_states=frozenset(
+            {StudyState.QUARANTINED})))), "PatientID")
+        both = column(list(repo.find(Query(Level.PATIENT, visible_states=frozenset(
+            {StudyState.QUARANTINED, StudyState.ARCHIVED})))), "PatientID")
+
+    assert unscoped == {level: [] for level in Level} and unscoped_items == []
+    assert held == ["HELD"]
+    assert sorted(both) == ["HELD", "SHOWN"]
 
 
 def test_patient_counts_ignore_studies_not_archived(index: Index) -> None:
@@ -406,10 +432,10 @@ def test_instances_for_lists_every_instance_under_the_matches_in_order(index: In
     store(index, *first, f.mr_instance(PatientID="P2"))
 
     with index.unit_of_work() as repo:
-        items = repo.instances_for(Query(Level.PATIENT, conditions(PatientID="P1")))
-        one_series = repo.instances_for(Query(Level.SERIES, conditions(
+        items = repo.instances_for(viewer_query(Level.PATIENT, conditions(PatientID="P1")))
+        one_series = repo.instances_for(viewer_query(Level.SERIES, conditions(
             SeriesInstanceUID=str(first[0].SeriesInstanceUID))))
-        paged = repo.instances_for(Query(Level.STUDY, limit=1, offset=1))
+        paged = repo.instances_for(viewer_query(Level.STUDY, limit=1, offset=1))
 
     expected = sorted(first, key=lambda ds: (ds.SeriesNumber, ds.InstanceNumber))
     assert [i.sop_instance_uid for i in items] == [ds.SOPInstanceUID for ds in expected]
@@ -421,8 +447,8 @@ def test_instances_for_lists_every_instance_under_the_matches_in_order(index: In
 
 
 def test_unsupported_matching_is_refused(index: Index) -> None:
-    unsupported = Query(Level.STUDY, (Condition("KVP", SingleValue("120")),))
-    sequence_as_value = Query(Level.STUDY, (Condition("PatientID", SequenceItem(())),))
+    unsupported = viewer_query(Level.STUDY, (Condition("KVP", SingleValue("120")),))
+    sequence_as_value = viewer_query(Level.STUDY, (Condition("PatientID", SequenceItem(())),))
 
     with index.unit_of_work() as repo, pytest.raises(InvalidQueryValue, match="not supported"):
         list(repo.find(unsupported))
@@ -469,7 +495,7 @@ def test_matching_uses_the_indexes(index: Index, values: dict[str, str], searche
              "study_date": f"2024{1 + i % 12:02d}{1 + i % 28:02d}",
              "accession_number": f"ACC-{i:05d}"}
             for i in range(1, 3001)])
-    query = Query(Level.STUDY, conditions(**values), ("StudyDate", "PatientName",
+    query = viewer_query(Level.STUDY, conditions(**values), ("StudyDate", "PatientName",
                                                       "ModalitiesInStudy"), limit=1001)
 
     plan = _plan(index, query)

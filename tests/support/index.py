@@ -9,9 +9,10 @@ from collections.abc import Iterable
 import pydicom
 from pydicom.dataset import Dataset
 
+from pacs.services.workflow import VISIBLE_TO_VIEWERS, StudyState
 from storage.attributes import extract, request_attributes
 from storage.blobs import BlobInfo
-from storage.index import Index, InstanceRow, StudyState
+from storage.index import Index, InstanceRow
 from tests.factories.datasets import to_part10_bytes
 
 
@@ -30,4 +31,5 @@ def index_datasets(
             key = hashlib.sha256(str(ds.SOPInstanceUID).encode()).hexdigest()
             row = InstanceRow(extract(ds), request_attributes(ds),
                               str(ds.file_meta.TransferSyntaxUID), BlobInfo(key, blob_size, key))
-            repository.upsert_instance(row, initial_state=state, overwrite=False)
+            repository.upsert_instance(row, initial_state=state, overwrite=False,
+                                      visible_states=VISIBLE_TO_VIEWERS)

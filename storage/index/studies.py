@@ -1,30 +1,30 @@
-"""Index records of the QA workflow: study states, findings, audit events, routing jobs,
-stability and purge, and the leases under which servers sharing the index claim a study's
-background work. SQL only; the rules live in ``pacs.services.workflow``."""
+"""Index records of studies as the workflow sees them: their states, the leases under which
+servers sharing the index claim a study's background work (its stability check, its purge),
+stability, corrections and the purge of a study's rows. SQL only: which states exist, which
+moves are legal and who may see what are the workflow's (``pacs.services.workflow``); the
+states are plain strings here."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from storage.index.models import (
-    StudyState,
-    audit_event,
-    finding,
     instance,
     patient,
     retired_blob,
-    route_job,
     series,
     study,
+    utc_now,
 )
 from storage.normalize import normalize_text
+
+_now = utc_now
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class StudyRecord:
     """A study as the workflow sees it (any state)."""
 
     study_instance_uid: str
-    state: StudyState
+    state: str  # pacs.services.workflow.StudyState
     state_changed_at: datetime | None
     rejection_reason: str | None
     stable_at: datetime | None
@@ -50,39 +50,6 @@ class StudyRecord:
     modalities: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class FindingRecord:
-    code: str
-    severity: str
-    message: str
-    sop_instance_uid: str | None
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class AuditRecord:
-    id: int
-    at: datetime
-    actor: str
-    action: str
-    study_instance_uid: str | None
-    outcome: str
-    detail: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    id: int
-    study_instance_uid: str
-    destination: str
-    rule: str
-    state: str
-    attempts: int
-    next_attempt_at: datetime | None
-    last_error: str | None
-    sent: int
-    created_at: datetime
-    updated_at: datetime
 
 
 @dataclass(frozen=True)
@@ -103,24 +70,13 @@ class InstanceFile:
     transfer_syntax_uid: str
 
 
-class JobState:
-    PENDING = "pending"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
 
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-class WorkflowRecords:
-    """QA workflow reads and writes on the unit of work's connection (never commits)."""
+class StudyRecords:
+    """Studies of any state on the unit of work's connection (never commits)."""
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
 
-    # -- studies ---------------------------------------------------------------------------
     def study(self, study_instance_uid: str) -> StudyRecord | None:
         rows = self._studies(study.c.study_instance_uid == study_instance_uid, limit=1)
         return rows[0] if rows else None
@@ -128,7 +84,7 @@ class WorkflowRecords:
     def studies(
         self,
         *,
-        states: Iterable[StudyState] | None = None,
+        states: Iterable[str] | None = None,
         patient_name: str | None = None,
         patient_id: str | None = None,
         date_from: str | None = None,
@@ -141,7 +97,7 @@ class WorkflowRecords:
         accent-insensitive substring, IDs as a prefix."""
         where: list[Any] = []
         if states is not None:
-            where.append(study.c.state.in_([s.value for s in states]))
+            where.append(study.c.state.in_(list(states)))
         if patient_name:
             pattern = _contains(normalize_text(patient_name))
             where.append(patient.c.patient_name_norm.like(pattern, escape="\\"))
@@ -181,7 +137,7 @@ class WorkflowRecords:
         return [
             StudyRecord(
                 study_instance_uid=row.study_instance_uid,
-                state=StudyState(row.state),
+                state=row.state,
                 state_changed_at=row.state_changed_at,
                 rejection_reason=row.rejection_reason,
                 stable_at=row.stable_at,
@@ -215,10 +171,12 @@ class WorkflowRecords:
         return found
 
     def set_state(
-        self, study_instance_uid: str, state: StudyState, *, reason: str | None = None
+        self, study_instance_uid: str, state: str, *, reason: str | None = None
     ) -> bool:
-        values: dict[str, Any] = {"state": state.value, "state_changed_at": _now()}
-        if state is StudyState.REJECTED:
+        """Write a study's state (the workflow's transition function alone calls this);
+        ``reason``: why it was rejected."""
+        values: dict[str, Any] = {"state": state, "state_changed_at": _now()}
+        if reason is not None:
             values["rejection_reason"] = reason
         changed = self.connection.execute(
             update(study).where(study.c.study_instance_uid == study_instance_uid).values(values)
@@ -228,7 +186,7 @@ class WorkflowRecords:
     def reject_series(self, study_instance_uid: str, series_instance_uid: str) -> int | None:
         """Hide a series of a study; returns how many series of the study are left visible,
         None when the study has no such series."""
-        study_id = self._study_id(study_instance_uid)
+        study_id = self.study_id(study_instance_uid)
         if study_id is None:
             return None
         changed = self.connection.execute(
@@ -242,7 +200,7 @@ class WorkflowRecords:
             .where(series.c.study_fk == study_id, series.c.rejected.is_(False))).scalar_one())
 
     def lock_study(self, study_instance_uid: str, *, owner: str | None = None
-                   ) -> StudyState | None:
+                   ) -> str | None:
         """The study's state, with its row locked for this transaction (PostgreSQL); with
         ``owner``, only while that server holds the study's lease (else None)."""
         statement = select(study.c.state).where(study.c.study_instance_uid == study_instance_uid)
@@ -251,108 +209,14 @@ class WorkflowRecords:
         if self.connection.dialect.name == "postgresql":
             statement = statement.with_for_update()
         state = self.connection.execute(statement).scalar()
-        return StudyState(state) if state is not None else None
+        return str(state) if state is not None else None
 
-    # -- findings --------------------------------------------------------------------------
-    def add_findings(
-        self, study_instance_uid: str, found: Iterable[tuple[str, str, str, str | None]]
-    ) -> None:
-        """(code, severity, message, SOP Instance UID) per finding."""
-        rows = [{"code": code, "severity": severity, "message": message,
-                 "sop_instance_uid": sop, "created_at": _now()}
-                for code, severity, message, sop in found]
-        if not rows:
-            return
-        study_id = self._study_id(study_instance_uid)
-        if study_id is None:
-            return
-        self.connection.execute(insert(finding), [{**row, "study_fk": study_id} for row in rows])
-
-    def clear_findings(self, study_instance_uid: str) -> int:
-        study_id = self._study_id(study_instance_uid)
-        if study_id is None:
-            return 0
-        return int(self.connection.execute(
-            delete(finding).where(finding.c.study_fk == study_id)).rowcount)
-
-    def has_findings(self, study_instance_uid: str, codes: Iterable[str]) -> bool:
-        return bool(self.connection.execute(
-            select(func.count()).select_from(finding.join(study, finding.c.study_fk == study.c.id))
-            .where(study.c.study_instance_uid == study_instance_uid,
-                   finding.c.code.in_(list(codes)))).scalar_one())
-
-    def findings(self, study_instance_uid: str) -> list[FindingRecord]:
-        rows = self.connection.execute(
-            select(finding).join(study, finding.c.study_fk == study.c.id)
-            .where(study.c.study_instance_uid == study_instance_uid).order_by(finding.c.id)
-        )
-        return [FindingRecord(r.code, r.severity, r.message, r.sop_instance_uid, r.created_at)
-                for r in rows]
-
-    def findings_of(self, study_uids: list[str]) -> dict[str, list[FindingRecord]]:
-        if not study_uids:
-            return {}
-        rows = self.connection.execute(
-            select(finding, study.c.study_instance_uid)
-            .join(study, finding.c.study_fk == study.c.id)
-            .where(study.c.study_instance_uid.in_(study_uids)).order_by(finding.c.id)
-        )
-        found: dict[str, list[FindingRecord]] = {}
-        for r in rows:
-            found.setdefault(r.study_instance_uid, []).append(
-                FindingRecord(r.code, r.severity, r.message, r.sop_instance_uid, r.created_at))
-        return found
-
-    def _study_id(self, study_instance_uid: str) -> int | None:
+    def study_id(self, study_instance_uid: str) -> int | None:
         found = self.connection.execute(
             select(study.c.id).where(study.c.study_instance_uid == study_instance_uid)
         ).scalar()
         return int(found) if found is not None else None
 
-    # -- audit -----------------------------------------------------------------------------
-    def audit(
-        self,
-        *,
-        actor: str,
-        action: str,
-        outcome: str,
-        study_instance_uid: str | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> None:
-        self.connection.execute(_AUDIT_INSERT, {
-            "at": _now(), "actor": actor[:200], "action": action, "outcome": outcome[:120],
-            "study_instance_uid": study_instance_uid,
-            "detail": json.dumps(detail, ensure_ascii=False, default=str) if detail else None,
-        })
-
-    def audit_many(self, events: Iterable[dict[str, Any]]) -> int:
-        """Append several audit events in one statement (the batched query audit); each is
-        a dict of :meth:`audit`'s keyword arguments, with ``at`` when it happened."""
-        rows = [{
-            "at": event.get("at") or _now(), "actor": str(event["actor"])[:200],
-            "action": str(event["action"])[:32], "outcome": str(event["outcome"])[:120],
-            "study_instance_uid": event.get("study_instance_uid"),
-            "detail": (json.dumps(event["detail"], ensure_ascii=False, default=str)
-                       if event.get("detail") else None),
-        } for event in events]
-        if rows:
-            self.connection.execute(_AUDIT_INSERT, rows)
-        return len(rows)
-
-    def audit_events(
-        self, *, study_instance_uid: str | None = None, action: str | None = None,
-        limit: int = 500,
-    ) -> list[AuditRecord]:
-        statement = select(audit_event).order_by(audit_event.c.id.desc()).limit(limit)
-        if study_instance_uid:
-            statement = statement.where(audit_event.c.study_instance_uid == study_instance_uid)
-        if action:
-            statement = statement.where(audit_event.c.action == action)
-        return [
-            AuditRecord(r.id, r.at, r.actor, r.action, r.study_instance_uid, r.outcome,
-                        json.loads(r.detail) if r.detail else {})
-            for r in self.connection.execute(statement)
-        ]
 
     # -- leases on a study's background work ------------------------------------------------
     def _claim_study(self, *where: Any, now: datetime, owner: str, lease: timedelta,
@@ -530,11 +394,11 @@ class WorkflowRecords:
                 blob_key=old_key, study_instance_uid=study_instance_uid, retired_at=_now()))
 
     # -- purge -----------------------------------------------------------------------------
-    def purgeable(self, rejected_before: datetime, *, now: datetime | None = None,
+    def purgeable(self, state: str, changed_before: datetime, *, now: datetime | None = None,
                   limit: int | None = None) -> list[str]:
-        """Studies rejected before ``rejected_before``; with ``now``, only those no server
-        holds a live lease on."""
-        where = [*_rejected_before(rejected_before)]
+        """Studies in ``state`` since before ``changed_before`` (the rejected ones the purge
+        deletes); with ``now``, only those no server holds a live lease on."""
+        where = [*_in_state_since(state, changed_before)]
         if now is not None:
             where.append(_lease_free(now))
         rows = self.connection.execute(
@@ -542,11 +406,12 @@ class WorkflowRecords:
         )
         return [row.study_instance_uid for row in rows]
 
-    def claim_purgeable(self, rejected_before: datetime, *, now: datetime, owner: str,
-                        lease: timedelta, skip: Iterable[str] = ()) -> StudyClaim | None:
-        """The next study to purge (rejected before ``rejected_before``, no live lease), under
-        ``owner``'s lease: see :meth:`_claim_study`."""
-        return self._claim_study(*_rejected_before(rejected_before), now=now, owner=owner,
+    def claim_purgeable(self, state: str, changed_before: datetime, *, now: datetime,
+                        owner: str, lease: timedelta, skip: Iterable[str] = ()
+                        ) -> StudyClaim | None:
+        """The next study to purge (in ``state`` since before ``changed_before``, no live
+        lease), under ``owner``'s lease: see :meth:`_claim_study`."""
+        return self._claim_study(*_in_state_since(state, changed_before), now=now, owner=owner,
                                  lease=lease, skip=skip)
 
     def study_blob_keys(self, study_instance_uid: str) -> list[str]:
@@ -614,107 +479,6 @@ class WorkflowRecords:
         ).scalars())
         return used
 
-    # -- routing jobs ----------------------------------------------------------------------
-    def add_job(self, study_instance_uid: str, destination: str, rule: str) -> int:
-        now = _now()
-        return int(self.connection.execute(insert(route_job).values(
-            study_instance_uid=study_instance_uid, destination=destination, rule=rule,
-            state=JobState.PENDING, attempts=0, next_attempt_at=now, sent=0,
-            created_at=now, updated_at=now,
-        ).returning(route_job.c.id)).scalar_one())
-
-    def job_due(self, now: datetime) -> bool:
-        """Whether a job is due (a read: the worker asks this before taking the write lock)."""
-        return self.connection.execute(
-            select(route_job.c.id).where(_due(now)).limit(1)
-        ).first() is not None
-
-    def claim_job(self, now: datetime, *, owner: str, lease: timedelta) -> JobRecord | None:
-        """The next due job (pending, failed with a retry due, or running under a lease that
-        ran out), marked running under ``owner``'s lease. Several servers on PostgreSQL skip
-        each other's locked rows, so each job goes to one of them."""
-        statement = (
-            select(route_job.c.id).where(_due(now))
-            .order_by(route_job.c.next_attempt_at, route_job.c.id).limit(1)
-        )
-        if self.connection.dialect.name == "postgresql":
-            statement = statement.with_for_update(skip_locked=True)
-        job_id = self.connection.execute(statement).scalar()
-        if job_id is None:
-            return None
-        self.connection.execute(
-            update(route_job).where(route_job.c.id == job_id)
-            .values(state=JobState.RUNNING, attempts=route_job.c.attempts + 1, updated_at=now,
-                    lease_owner=owner, lease_expires_at=now + lease))
-        return self.job(int(job_id))
-
-    def renew_lease(self, job_id: int, *, owner: str, until: datetime) -> bool:
-        """Extend ``owner``'s lease on a running job; False if it is no longer theirs."""
-        changed = self.connection.execute(
-            update(route_job)
-            .where(route_job.c.id == job_id, route_job.c.state == JobState.RUNNING,
-                   route_job.c.lease_owner == owner)
-            .values(lease_expires_at=until))
-        return bool(changed.rowcount)
-
-    def finish_job(self, job_id: int, sent: int, *, owner: str | None = None) -> bool:
-        """Mark a job done; with ``owner``, only while that server still holds it."""
-        changed = self.connection.execute(
-            update(route_job).where(route_job.c.id == job_id, *_held_by(owner)).values(
-                state=JobState.DONE, sent=sent, next_attempt_at=None, last_error=None,
-                updated_at=_now(), lease_owner=None, lease_expires_at=None))
-        return bool(changed.rowcount)
-
-    def fail_job(self, job_id: int, error: str, next_attempt_at: datetime | None,
-                 sent: int, *, owner: str | None = None) -> bool:
-        """Mark a job failed; with ``owner``, only while that server still holds it."""
-        changed = self.connection.execute(
-            update(route_job).where(route_job.c.id == job_id, *_held_by(owner)).values(
-                state=JobState.FAILED, last_error=error[:2000], next_attempt_at=next_attempt_at,
-                sent=sent, updated_at=_now(), lease_owner=None, lease_expires_at=None))
-        return bool(changed.rowcount)
-
-    def retry_job(self, job_id: int) -> bool:
-        changed = self.connection.execute(
-            update(route_job).where(route_job.c.id == job_id,
-                                    route_job.c.state.in_([JobState.FAILED, JobState.DONE]))
-            .values(state=JobState.PENDING, next_attempt_at=_now(), updated_at=_now()))
-        return bool(changed.rowcount)
-
-    def resume_jobs(self, *, every: bool, now: datetime | None = None) -> int:
-        """Jobs left running by a stopped server become due again: ``every`` running job
-        (the only server on this index is starting), else those without a live lease."""
-        now = now or _now()
-        statement = update(route_job).where(route_job.c.state == JobState.RUNNING)
-        if not every:
-            statement = statement.where(or_(route_job.c.lease_expires_at.is_(None),
-                                            route_job.c.lease_expires_at < now))
-        changed = self.connection.execute(statement.values(
-            state=JobState.PENDING, next_attempt_at=now, updated_at=now, lease_owner=None,
-            lease_expires_at=None))
-        return int(changed.rowcount)
-
-    def job(self, job_id: int) -> JobRecord | None:
-        row = self.connection.execute(select(route_job).where(route_job.c.id == job_id)).first()
-        return _job(row) if row is not None else None
-
-    def jobs(self, *, study_instance_uid: str | None = None, limit: int = 200
-             ) -> list[JobRecord]:
-        statement = select(route_job).order_by(route_job.c.id.desc()).limit(limit)
-        if study_instance_uid:
-            statement = statement.where(route_job.c.study_instance_uid == study_instance_uid)
-        return [_job(row) for row in self.connection.execute(statement)]
-
-    def open_job_exists(self, study_instance_uid: str, destination: str) -> bool:
-        return bool(self.connection.execute(
-            select(func.count()).select_from(route_job).where(and_(
-                route_job.c.study_instance_uid == study_instance_uid,
-                route_job.c.destination == destination,
-                route_job.c.state.in_([JobState.PENDING, JobState.RUNNING]),
-            ))).scalar_one())
-
-
-_AUDIT_INSERT = insert(audit_event)  # built once: one runs for every stored instance
 
 
 def _lease_free(now: datetime) -> Any:
@@ -735,32 +499,10 @@ def _quiet(quiet_since: datetime) -> list[Any]:
     return [study.c.stable_at.is_(None), _last_received() < quiet_since]
 
 
-def _rejected_before(rejected_before: datetime) -> list[Any]:
-    return [study.c.state == StudyState.REJECTED.value,
-            or_(study.c.state_changed_at.is_(None), study.c.state_changed_at < rejected_before)]
+def _in_state_since(state: str, changed_before: datetime) -> list[Any]:
+    return [study.c.state == state,
+            or_(study.c.state_changed_at.is_(None), study.c.state_changed_at < changed_before)]
 
-
-def _due(now: datetime) -> Any:
-    """A job to run now: pending or failed with its attempt due, or running under a lease
-    that ran out (its server died mid-send)."""
-    return or_(
-        and_(route_job.c.state.in_([JobState.PENDING, JobState.FAILED]),
-             route_job.c.next_attempt_at.is_not(None), route_job.c.next_attempt_at <= now),
-        and_(route_job.c.state == JobState.RUNNING, route_job.c.lease_expires_at.is_not(None),
-             route_job.c.lease_expires_at < now),
-    )
-
-
-def _held_by(owner: str | None) -> list[Any]:
-    if owner is None:
-        return []
-    return [route_job.c.state == JobState.RUNNING, route_job.c.lease_owner == owner]
-
-
-def _job(row: Any) -> JobRecord:
-    return JobRecord(row.id, row.study_instance_uid, row.destination, row.rule, row.state,
-                     row.attempts, row.next_attempt_at, row.last_error, row.sent,
-                     row.created_at, row.updated_at)
 
 
 def _escape(text: str) -> str:

@@ -74,6 +74,13 @@ def correct(web: WebDep, who: Who, study: str, body: CorrectionIn) -> StudyDetai
     return models.detail_out(web.workflow.correct(study, changes, who))
 
 
+@router.post("/studies/{study}/correct-from-order",
+             summary="Correct the patient attributes to those of the study's worklist order",
+             dependencies=[requires(Role.QA)])
+def correct_from_order(web: WebDep, who: Who, study: str) -> StudyDetailOut:
+    return models.detail_out(web.workflow.correct_from_order(study, who))
+
+
 @router.post("/studies/{study}/merge", summary="File the study under another patient",
              dependencies=[requires(Role.QA)])
 def merge(web: WebDep, who: Who, study: str, body: MergeIn) -> StudyDetailOut:

@@ -21,6 +21,11 @@ unknown-modality          error     the calling AE is not among the known modali
                                     a list is configured)
 pixel-data-undecodable    error     the first instance of a series has pixel data that
                                     cannot be decoded (study check)
+order-mismatch            error     the study's order in the worklist (by Study Instance
+                                    UID, else Accession Number) is for another PatientID,
+                                    PatientName, PatientBirthDate or PatientSex
+incomplete                error     a COMPLETED MPPS references instances that had not
+                                    arrived when the study became stable (study check)
 manual-review             info      ``--qa manual``: every new study waits for review
 ========================  ========  =====================================================
 

@@ -205,6 +205,16 @@ async def correct(request: Request, web: WebDep, who: Who, study: str) -> Respon
     return await _act(request, call, f"/ui/studies/{study}")
 
 
+@router.post("/ui/studies/{study}/correct-from-order", dependencies=[requires(Role.QA)])
+async def correct_from_order(request: Request, web: WebDep, who: Who, study: str) -> Response:
+    def call(form: dict[str, str]) -> str:
+        review = web.workflow.correct_from_order(study, who)
+        return (f"Corrected {_name(review)} from its order: the study is "
+                f"{review.study.state}.")
+
+    return await _act(request, call, f"/ui/studies/{study}")
+
+
 @router.get("/ui/jobs", response_class=HTMLResponse, dependencies=[requires(Role.ADMIN)])
 def jobs(request: Request, web: WebDep, principal: PrincipalDep, study: str = "") -> Response:
     return _render(request, principal, "jobs.html",

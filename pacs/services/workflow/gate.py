@@ -16,6 +16,7 @@ from pacs.services.qa_checks import (
 )
 from pacs.services.workflow.states import Action, StudyState
 from pacs.services.workflow.transitions import transition
+from pacs.services.workflow.worklist_check import order_mismatch, order_of
 from storage.attributes import Level
 from storage.index import InstanceRow, Repository, UpsertOutcome, UpsertResult
 
@@ -63,6 +64,10 @@ class QaGate:
                     study_uid, PATIENT_CODES):
                 # the study is held for its patient already: later instances say nothing new
                 found = [f for f in found if f.code not in PATIENT_CODES]
+            if result.new_study:
+                ordered = _order_check(repository, row, study_uid)
+                if ordered is not None:
+                    found.append(ordered)
             if result.new_study and self.manual:
                 found.append(MANUAL_REVIEW)
         if found:
@@ -79,6 +84,18 @@ class QaGate:
                                 study_instance_uid=study_uid,
                                 detail={"sop_instance_uid": sop_uid})
         return state
+
+
+def _order_check(repository: Repository, row: InstanceRow, study_uid: str) -> Finding | None:
+    """The worklist check of a new study's first instance (``worklist_check``)."""
+    order = order_of(repository, study_uid, row.values[Level.STUDY].get("accession_number"))
+    if order is None:
+        return None
+    patient = row.values[Level.PATIENT]
+    return order_mismatch(order, {
+        "PatientID": patient.get("patient_id"), "PatientName": patient.get("patient_name"),
+        "PatientBirthDate": patient.get("patient_birth_date"),
+        "PatientSex": patient.get("patient_sex")})
 
 
 def finding_rows(found: Sequence[Finding]) -> list[tuple[str, str, str, str | None]]:

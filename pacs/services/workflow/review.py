@@ -17,6 +17,7 @@ from pacs.services.workflow.gate import finding_rows
 from pacs.services.workflow.routes import plan_routes
 from pacs.services.workflow.states import Action, StudyState, next_state
 from pacs.services.workflow.transitions import locked_state, transition
+from pacs.services.workflow.worklist_check import correction_from, order_mismatch, order_of
 from storage.attributes import BY_KEYWORD, Level, column_value, match_form
 from storage.blob_store import BlobNotFound
 from storage.index import Repository
@@ -143,6 +144,19 @@ class ReviewActions(WorkflowBase):
                 "PatientBirthDate": patient.patient_birth_date,
                 "PatientSex": patient.patient_sex}
 
+    def _order_changes(self, study_instance_uid: str) -> dict[str, str | None]:
+        """The patient attributes of the study's order (by its Study Instance UID, else its
+        Accession Number), as a correction's changes."""
+        with self._unit_of_work() as repository:
+            study = repository.studies.study(study_instance_uid)
+            if study is None:
+                raise NotFound(f"no study {study_instance_uid}")
+            order = order_of(repository, study_instance_uid, study.accession_number)
+        if order is None:
+            raise NotFound(f"no open order names study {study_instance_uid} or its accession "
+                           "number")
+        return correction_from(order)
+
     def _read(self, key: str, sop_instance_uid: str) -> bytes:
         try:
             with blob_store_errors(), self.blobs.open(key) as source:
@@ -158,6 +172,12 @@ class ReviewActions(WorkflowBase):
         study = repository.studies.study(study_instance_uid)
         assert study is not None
         found = _study_findings(study, changes)
+        order = order_of(repository, study_instance_uid, study.accession_number)
+        ordered = None if order is None else order_mismatch(order, {
+            "PatientID": study.patient_id, "PatientName": study.patient_name,
+            "PatientBirthDate": study.patient_birth_date, "PatientSex": study.patient_sex})
+        if ordered is not None:
+            found.append(ordered)
         findings.clear(study_instance_uid)
         findings.add(study_instance_uid,
                      [(f.code, f.severity, f.message, f.sop_instance_uid) for f in kept])

@@ -99,6 +99,11 @@ class WorkflowService(ReviewActions, Stability, Purge):
         return self.correct(study_instance_uid,
                             self._merge_changes(patient_id, issuer_of_patient_id), who)
 
+    def correct_from_order(self, study_instance_uid: str, who: str) -> StudyReview:
+        """Correct the study's patient attributes to those of its order in the worklist (the
+        one action the ``order-mismatch`` finding offers)."""
+        return self.correct(study_instance_uid, self._order_changes(study_instance_uid), who)
+
     # -- stability (pacs.services.workflow.stability), purge (.purge) ----------------------
     def resume(self, *, only_server: bool) -> int:
         """At start of the ``only_server`` of its index (SQLite): the leases its last run left

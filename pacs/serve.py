@@ -49,6 +49,7 @@ from pacs.services.decoding_limits import MB, DecodeLimits
 from pacs.services.errors import OutOfResources
 from pacs.services.ingest import IngestService
 from pacs.services.log_lines import ContextFilter, JsonFormatter
+from pacs.services.orders import OrderService
 from pacs.services.query import QueryService
 from pacs.services.readiness import Check, ReadinessService, Result
 from pacs.services.retrieve import Destination, RetrieveService
@@ -91,6 +92,7 @@ class Services:
     authenticator: Authenticator
     ae_registry: AeRegistry
     sessions: SessionService
+    orders: OrderService  # imaging orders (REST and HL7)
     oidc_sign_in: OidcSignIn | None = None  # the web UI's sign-in at the identity provider
 
 
@@ -162,6 +164,7 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
             authenticator=Authenticator(tokens=tokens, oidc=oidc),
             ae_registry=ae_registry,
             sessions=SessionService(index=index),
+            orders=OrderService(index=index),
             oidc_sign_in=_oidc_sign_in(settings, index, oidc),
         )
         yield services
@@ -371,6 +374,7 @@ def _web(settings: Settings, services: Services) -> Web:
         ae_registry=services.ae_registry,
         sessions=services.sessions,
         oidc_sign_in=services.oidc_sign_in,
+        orders=services.orders,
     )
 
 

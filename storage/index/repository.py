@@ -31,6 +31,7 @@ from storage.index.models import (
     series,
     study,
 )
+from storage.index.orders import OrderRecords
 from storage.index.sessions import SessionRecords
 from storage.index.sign_ins import SignInRecords
 from storage.index.tokens import TokenRecords
@@ -104,6 +105,7 @@ class Repository:
         self.sessions = SessionRecords(connection)
         self.sign_ins = SignInRecords(connection)
         self.gauges = GaugeRecords(connection)
+        self.orders = OrderRecords(connection)
 
     # -- ingest --------------------------------------------------------------------------
     @contextmanager

@@ -35,17 +35,19 @@ import builtins
 import datetime as dt
 import re
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from pydicom.uid import generate_uid
 
-from pacs.services.errors import Conflict, InvalidQuery, NotFound
+from pacs.services.errors import Conflict, InvalidQuery, NotFound, OutOfResources
 from storage.index import (
     Index,
     IndexDataError,
+    IndexUnavailable,
     OrderFilter,
     OrderRecord,
     Repository,
@@ -353,6 +355,15 @@ class OrderService:
     def __init__(self, *, index: Index) -> None:
         self.index = index
 
+    @contextmanager
+    def _unit(self, *, write: bool = False) -> Iterator[Repository]:
+        """A unit of work; the index unreachable is :class:`OutOfResources` (try later)."""
+        try:
+            with self.index.unit_of_work(write=write) as repository:
+                yield repository
+        except IndexUnavailable as error:
+            raise OutOfResources("the index is unavailable: try again later") from error
+
     # -- changes ---------------------------------------------------------------------------
     def create(self, body: Mapping[str, Any], who: str, source: str = "rest") -> OrderRecord:
         """A new order from ``body`` (DICOM keywords); :class:`InvalidQuery` naming the
@@ -369,7 +380,7 @@ class OrderService:
         columns["requested_procedure_id"] = (columns.get("requested_procedure_id")
                                              or _new_id("RP"))
         try:
-            with self.index.unit_of_work(write=True) as repository:
+            with self._unit(write=True) as repository:
                 self._check_free(repository, columns, exclude=None)
                 order = repository.orders.create(
                     columns, steps, status=OrderStatus.SCHEDULED.value, source=source)
@@ -379,7 +390,7 @@ class OrderService:
                 return order
         except IndexDataError:
             # a writer on another connection took the Study Instance UID meanwhile
-            with self.index.unit_of_work() as repository:
+            with self._unit() as repository:
                 self._check_free(repository, columns, exclude=None)
             raise
 
@@ -388,8 +399,10 @@ class OrderService:
         """Change the keywords ``body`` gives (see the module's docstring);
         :class:`NotFound`, :class:`InvalidQuery`, :class:`Conflict`."""
         columns = _order_columns(body, new=False)
-        items = _steps(body, required=steps_mode is StepsMode.REPLACE)
-        with self.index.unit_of_work(write=True) as repository:
+        items = _steps(body, required=False)
+        if items == [] and steps_mode is StepsMode.REPLACE:
+            raise InvalidQuery(f"{STEPS}: at least one item (an order keeps one step)")
+        with self._unit(write=True) as repository:
             current = self._find(repository, order)
             if current.status in _CLOSED:
                 raise Conflict(f"order {current.id} is {current.status}: it cannot be changed")
@@ -419,7 +432,7 @@ class OrderService:
         discontinued already is answered as it is, unchanged and not audited again."""
         status, step_status = ((OrderStatus.DISCONTINUED, StepStatus.DISCONTINUED)
                                if discontinue else (OrderStatus.CANCELLED, StepStatus.CANCELED))
-        with self.index.unit_of_work(write=True) as repository:
+        with self._unit(write=True) as repository:
             current = self._find(repository, order, closed_too=True)
             if current.status in _CLOSED:
                 return current
@@ -434,7 +447,7 @@ class OrderService:
 
     # -- reads -------------------------------------------------------------------------------
     def get(self, order_id: int) -> OrderRecord:
-        with self.index.unit_of_work() as repository:
+        with self._unit() as repository:
             found = repository.orders.get(order_id)
         if found is None:
             raise NotFound(f"no order {order_id}")
@@ -445,16 +458,16 @@ class OrderService:
         for name, value in (("date_from", criteria.date_from), ("date_to", criteria.date_to)):
             if value is not None:
                 _da(name, value)
-        with self.index.unit_of_work() as repository:
+        with self._unit() as repository:
             return repository.orders.list(criteria)
 
     def by_accession_number(self, accession_number: str) -> builtins.list[OrderRecord]:
         """The orders with this AccessionNumber, cancelled ones too (oldest first)."""
-        with self.index.unit_of_work() as repository:
+        with self._unit() as repository:
             return repository.orders.by_accession_number(accession_number)
 
     def by_study_instance_uid(self, study_instance_uid: str) -> OrderRecord | None:
-        with self.index.unit_of_work() as repository:
+        with self._unit() as repository:
             return repository.orders.by_study_instance_uid(study_instance_uid)
 
     # -- inside a unit of work ---------------------------------------------------------------

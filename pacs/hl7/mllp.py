@@ -74,7 +74,9 @@ class MllpServer:
     def start(self) -> None:
         """Bind and listen (``OSError`` if the port cannot be had), then accept in a
         thread."""
-        listener = socket.create_server((self.host, self.requested_port), reuse_port=False)
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        listener = socket.create_server((self.host.strip("[]"), self.requested_port),
+                                        family=family)
         listener.settimeout(_ACCEPT_POLL_S)
         self._listener = listener
         self._acceptor = threading.Thread(target=self._accept, name="hl7-accept", daemon=True)

@@ -145,6 +145,11 @@ class OrderFeed:
         except OutOfResources as error:
             return self._error(header, address, AckCode.REJECT, ErrorCode.INTERNAL,
                                str(error))
+        except Exception:  # a bug, or a database refusal: the peer learns only that
+            log.exception("HL7 %s %s from %s failed", header.message_type, header.control_id,
+                          address)
+            return acknowledge(header, AckCode.REJECT, "internal error (details are in the "
+                               "server log)", ErrorCode.INTERNAL)
         log.info("HL7 %s %s from %s: AA, order %d (%s)", header.message_type,
                  header.control_id, address, order, instruction.control)
         return acknowledge(header, AckCode.ACCEPT)

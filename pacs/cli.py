@@ -118,6 +118,10 @@ def serve(
                                  "TLS clients present a certificate chained to --tls-ca "
                                  "[required]"),
     ] = None,
+    hl7_port: Annotated[
+        str | None, typer.Option("--hl7-port", help="HL7 v2 MLLP port for imaging orders "
+                                 "(ORM^O01, OMI^O23), on --dimse-host [none]"),
+    ] = None,
     database_url: DatabaseUrl = None,
     blob_store: BlobStoreUrl = None,
     peer: Annotated[
@@ -231,6 +235,7 @@ def serve(
         oidc_client_secret=oidc_client_secret, oidc_redirect_uri=oidc_redirect_uri, routes=route,
         modalities=modality, stable_seconds=stable_seconds, retention_days=retention_days,
         audit_syslog=audit_syslog, log_format=log_format, metrics_token=metrics_token,
+        hl7_port=hl7_port,
     )
     refusal = settings.exposed_without_auth
     if refusal is not None:

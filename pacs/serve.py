@@ -49,6 +49,7 @@ from pacs.services.decoding_limits import MB, DecodeLimits
 from pacs.services.errors import OutOfResources
 from pacs.services.ingest import IngestService
 from pacs.services.log_lines import ContextFilter, JsonFormatter
+from pacs.services.orders import OrderService
 from pacs.services.query import QueryService
 from pacs.services.readiness import Check, ReadinessService, Result
 from pacs.services.retrieve import Destination, RetrieveService
@@ -65,6 +66,7 @@ from storage.staging import Staging
 
 if TYPE_CHECKING:
     from dicomweb.wado_services import WadoServices
+    from pacs.hl7.mllp import MllpServer
     from pacs.http.context import Web
     from pacs.services.oidc import OidcVerifier
     from pacs.services.oidc_sign_in import OidcSignIn
@@ -98,6 +100,7 @@ class Services:
     authenticator: Authenticator
     ae_registry: AeRegistry
     sessions: SessionService
+    orders: OrderService  # imaging orders (REST and HL7)
     oidc_sign_in: OidcSignIn | None = None  # the web UI's sign-in at the identity provider
 
 
@@ -169,6 +172,7 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
             authenticator=Authenticator(tokens=tokens, oidc=oidc),
             ae_registry=ae_registry,
             sessions=SessionService(index=index),
+            orders=OrderService(index=index),
             oidc_sign_in=_oidc_sign_in(settings, index, oidc),
         )
         yield services
@@ -378,6 +382,7 @@ def _web(settings: Settings, services: Services) -> Web:
         ae_registry=services.ae_registry,
         sessions=services.sessions,
         oidc_sign_in=services.oidc_sign_in,
+        orders=services.orders,
     )
 
 
@@ -429,6 +434,20 @@ def _audit_exporter(settings: Settings, services: Services) -> AuditExporter | N
         target=str(target),
     )
 
+
+
+def _hl7_listener(settings: Settings, services: Services) -> MllpServer | None:
+    """The HL7 v2 MLLP listener for imaging orders (``--hl7-port``), on the DIMSE host."""
+    if not settings.hl7_port:
+        return None
+    from pacs.hl7.mllp import MllpServer
+    from pacs.hl7.orders import OrderFeed
+
+    return MllpServer(host=settings.dimse_host, port=settings.hl7_port,
+                      handler=OrderFeed(services.orders),
+                      max_message_bytes=settings.hl7_max_message_kb * 1024,
+                      read_timeout=settings.hl7_read_timeout,
+                      max_connections=settings.hl7_max_connections)
 
 
 def serve(settings: Settings) -> int:
@@ -530,6 +549,7 @@ def _serve(settings: Settings, metrics_folder: Path) -> int:
             assert config.ssl is not None
             harden_tls(config.ssl)
         http = HttpServer(config, started=http_started)
+        hl7 = _hl7_listener(settings, services)
         background = _background(settings, services)
         try:
             exporter = _audit_exporter(settings, services)
@@ -548,6 +568,14 @@ def _serve(settings: Settings, metrics_folder: Path) -> int:
                 log.error("cannot listen for DIMSE on %s:%s: %s", settings.dimse_host,
                           ports, error.strerror or error)
                 return 1
+            if hl7 is not None:
+                try:
+                    hl7.start()
+                except OSError as error:
+                    log.error("cannot listen for HL7 on %s:%s: %s", settings.dimse_host,
+                              settings.hl7_port, error.strerror or error)
+                    return 1
+                log.info("HL7 orders (MLLP) on port %d", hl7.port)
             log.info(
                 "pacs serving: DIMSE %s on port %d%s (%d processes, access: %s), HTTP on "
                 "%s://%s:%d (index: %s, blobs: %s, data: %s)",
@@ -566,6 +594,8 @@ def _serve(settings: Settings, metrics_folder: Path) -> int:
             log.info("shutting down: finishing in-flight stores")
             for worker in background:
                 worker.stop()
+            if hl7 is not None:
+                hl7.stop()
             dimse.stop()
             workers.stop()
             services.blobs.staging.sweep()  # partial receives of aborted associations

@@ -235,6 +235,26 @@ class Settings(BaseSettings):
         description="seconds: a DIMSE connection that sends no complete PDU, no A-ASSOCIATE-RQ "
         "(ARTIM, PS3.8 9.1.5) or nothing at all on an idle association for this long is closed",
     )
+    hl7_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="port of the HL7 v2 MLLP listener for imaging orders (ORM^O01, OMI^O23) "
+        "on dimse_host; it has no authentication of its own: bind where only the RIS reaches "
+        "(none or 0: no listener)",
+    )
+    hl7_max_message_kb: int = Field(
+        default=1024, ge=1, le=65536,
+        description="KiB of one HL7 message; a larger one is answered AR and its connection "
+        "closed",
+    )
+    hl7_read_timeout: float = Field(
+        default=30.0, gt=0, le=3600,
+        description="seconds: an HL7 connection idle, or one message not complete, for this "
+        "long is closed",
+    )
+    hl7_max_connections: int = Field(
+        default=16, ge=1, le=1024, description="HL7 connections served at once; one more is "
+        "closed",
+    )
     max_connections_per_host: int = Field(
         default=16, ge=1, le=1024,
         description="DIMSE connections open at once from one address; the excess is closed",

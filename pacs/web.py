@@ -30,6 +30,7 @@ from dicomweb import qido, reject, stow, wado
 from dicomweb.wado_services import WadoServices
 from pacs import __version__
 from pacs.api import admin
+from pacs.api import orders as api_orders
 from pacs.api import routes as api
 from pacs.http import errors
 from pacs.http.auth import PUBLIC, Access, RequiresOrScrapeToken
@@ -110,6 +111,7 @@ def create_app(*, web: Web, wado_services: WadoServices, readiness: Callable[[],
     app.include_router(wado.uri_router)
     app.include_router(api.router)
     app.include_router(admin.router)
+    app.include_router(api_orders.router)
     app.include_router(ui.router)
     app.include_router(sign_in.router)
     app.mount(ui.STATIC_PATH, ui.static_files(), name="ui-static")

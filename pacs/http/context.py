@@ -16,6 +16,7 @@ from starlette.requests import HTTPConnection
 from pacs.services.ae_registry import AeRegistry
 from pacs.services.auth import TokenService
 from pacs.services.ingest import IngestService
+from pacs.services.orders import OrderService
 from pacs.services.query import QueryService
 from pacs.services.retrieve import RetrieveService
 from pacs.services.routing import RoutingService
@@ -53,6 +54,7 @@ class Web:
     options: WebOptions = field(default_factory=WebOptions)
     sessions: SessionService | None = None  # the web UI's sign-in (None: no sign-in)
     oidc_sign_in: OidcSignIn | None = None  # signing in at the identity provider (PKCE)
+    orders: OrderService | None = None  # imaging orders (None: the orders routes answer 503)
 
 
 async def web_of(request: HTTPConnection) -> Web:

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from pacs.services.errors import (
     AlreadyExists,
     CannotTranscode,
+    Conflict,
     DecoderBusy,
     DecodeTooLarge,
     IllegalTransition,
@@ -54,6 +55,7 @@ class HttpError(Exception):
 STATUS: tuple[tuple[type[PacsError], int], ...] = (
     (NotFound, 404),
     (IllegalTransition, 409),
+    (Conflict, 409),  # an order's accession or study taken, a cancelled order changed
     (InvalidQuery, 400),
     (SopClassMismatch, 409),
     (InvalidInstance, 400),

@@ -23,6 +23,9 @@
     ├── UnknownPeer            a C-MOVE destination that is not registered (AE registry)
     ├── NotAuthorized          a peer asks for a service it is not allowed (AE registry)
     ├── IllegalTransition      a workflow action the study's current state does not allow
+    ├── Conflict               a change that clashes with what is stored (an imaging order
+    │                          whose AccessionNumber another order has, a cancelled order
+    │                          changed: orders.py)
     ├── InvalidValue           a value given for a change cannot be used (a token's name or
     │   │                      role, an AE's host: auth.py TokenError, ae_registry.py)
     │   └── AlreadyExists      the name or title is taken (a token, a registered AE)
@@ -124,6 +127,12 @@ class IllegalTransition(PacsError):
     def __init__(self, message: str, *, current_state: str) -> None:
         super().__init__(message)
         self.current_state = current_state
+
+
+class Conflict(PacsError):
+    """A change that clashes with what is stored: an order's AccessionNumber or Study
+    Instance UID that another order has, a change to a cancelled order. The message names
+    the field and the order it clashes with."""
 
 
 class InvalidValue(PacsError):

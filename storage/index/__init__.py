@@ -2,6 +2,7 @@
 
 from storage.index.application_entities import AeRecord
 from storage.index.database import Index, IndexDataError, IndexNotDurable, IndexUnavailable
+from storage.index.orders import OrderFilter, OrderRecord, StepRecord
 from storage.index.repository import (
     FiledPatient,
     InstanceRow,
@@ -22,9 +23,12 @@ __all__ = [
     "IndexNotDurable",
     "IndexUnavailable",
     "InstanceRow",
+    "OrderFilter",
+    "OrderRecord",
     "PendingSignIn",
     "Repository",
     "SessionRecord",
+    "StepRecord",
     "StoredInstance",
     "TokenRecord",
     "UpsertOutcome",

@@ -33,6 +33,7 @@ from storage.index.models import (
     series,
     study,
 )
+from storage.index.orders import OrderRecords
 from storage.index.sessions import SessionRecords
 from storage.index.sign_ins import SignInRecords
 from storage.index.studies import StudyRecords
@@ -109,6 +110,7 @@ class Repository:
         self.sessions = SessionRecords(connection)
         self.sign_ins = SignInRecords(connection)
         self.gauges = GaugeRecords(connection)
+        self.orders = OrderRecords(connection)
 
     # -- ingest --------------------------------------------------------------------------
     @contextmanager

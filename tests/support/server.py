@@ -45,10 +45,14 @@ class PacsServer:
     """The log's file name beside the data folder (several servers on one folder)."""
     blob_store: str | None = None
     """``--blob-store`` (``s3://BUCKET/PREFIX``); the file store under the data folder if None."""
+    hl7: bool = False
+    """Listen for HL7 orders (``--hl7-port`` on a free port, then in :attr:`hl7_port`)."""
+    hl7_port: int = 0
 
     def start(self) -> PacsServer:
         self.dimse_port = free_port()
         self.http_port = free_port()
+        self.hl7_port = free_port() if self.hl7 else 0
         self.log_path = self.data_dir.parent / (self.log_name or f"{self.data_dir.name}-serve.log")
         args = [
             sys.executable, "-m", "pacs.cli", "serve",
@@ -58,6 +62,7 @@ class PacsServer:
             "--http-port", str(self.http_port),
             "--database-url", self.database_url,
             *(["--blob-store", self.blob_store] if self.blob_store else []),
+            *(["--hl7-port", str(self.hl7_port)] if self.hl7 else []),
             *self.extra_args,
         ]
         with self.log_path.open("ab") as log:

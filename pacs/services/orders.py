@@ -384,7 +384,7 @@ class OrderService:
                 self._check_free(repository, columns, exclude=None)
                 order = repository.orders.create(
                     columns, steps, status=OrderStatus.SCHEDULED.value, source=source)
-                repository.workflow.audit(
+                repository.audit.append(
                     actor=who, action="order-create", outcome="created",
                     study_instance_uid=order.study_instance_uid, detail=describe(order, who))
                 return order
@@ -417,7 +417,7 @@ class OrderService:
                 self._update_steps(repository, current, items, steps_mode)
             changed = repository.orders.get(current.id)
             assert changed is not None
-            repository.workflow.audit(
+            repository.audit.append(
                 actor=who, action="order-update", outcome="updated",
                 study_instance_uid=changed.study_instance_uid,
                 detail={**describe(changed, who), "changed": sorted(
@@ -439,7 +439,7 @@ class OrderService:
             repository.orders.set_status(current.id, status.value, step_status=step_status.value)
             cancelled = repository.orders.get(current.id)
             assert cancelled is not None
-            repository.workflow.audit(
+            repository.audit.append(
                 actor=who, action="order-cancel", outcome=status.value,
                 study_instance_uid=cancelled.study_instance_uid,
                 detail=describe(cancelled, who))

@@ -52,7 +52,7 @@ def orders(index: Index) -> OrderService:
 
 def audit_rows(index: Index, action: str) -> list[Any]:
     with index.unit_of_work() as repository:
-        return list(repository.workflow.audit_events(action=action, limit=100))
+        return list(repository.audit.events(action=action, limit=100))
 
 
 def test_create_makes_the_identifiers_and_writes_the_audit_row(

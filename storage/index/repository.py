@@ -35,6 +35,7 @@ from storage.index.sessions import SessionRecords
 from storage.index.sign_ins import SignInRecords
 from storage.index.tokens import TokenRecords
 from storage.index.workflow import WorkflowRecords
+from storage.index.worklist import WorklistRecords
 from storage.query import MULTI_VALUED_KEYS, UNIQUE_KEYS, Query, RetrieveItem
 
 
@@ -104,6 +105,7 @@ class Repository:
         self.sessions = SessionRecords(connection)
         self.sign_ins = SignInRecords(connection)
         self.gauges = GaugeRecords(connection)
+        self.worklist = WorklistRecords(connection)
 
     # -- ingest --------------------------------------------------------------------------
     @contextmanager

@@ -108,8 +108,7 @@ def _step_item(element: DataElement, conditions: list[Condition],
             continue
         attribute = BY_KEYWORD.get(keyword)
         if attribute is not None and not attribute.in_step:
-            raise IdentifierMismatch(
-                f"{keyword} belongs at the top level, not in a {SCHEDULED_STEP_SEQUENCE} item")
+            raise IdentifierMismatch(f"{keyword} belongs at the top level, not in the step item")
         if keyword == SCHEDULED_STEP_SEQUENCE:
             raise IdentifierMismatch(f"{SCHEDULED_STEP_SEQUENCE} cannot be nested")
         keywords.append(keyword)

@@ -20,7 +20,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE
-from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
+from pynetdicom.sop_class import ModalityWorklistInformationFind
 
 from tests.factories.worklist import Order, Step, schedule_at
 from tests.support import dcmtk

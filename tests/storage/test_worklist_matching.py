@@ -55,9 +55,13 @@ def _c(keyword: str, value: str) -> Condition:
     return found
 
 
-def _find(index: Index, *conditions: Condition, **options: object) -> list[tuple[str, str]]:
+def _find(index: Index, *conditions: Condition, limit: int | None = None,
+          fuzzy_person_names: bool = True, combined_datetime: bool = False
+          ) -> list[tuple[str, str]]:
     """(PatientID, ScheduledProcedureStepID) of each match, in the order returned."""
-    query = WorklistQuery(conditions=conditions, **options)  # type: ignore[arg-type]
+    query = WorklistQuery(conditions=conditions, limit=limit,
+                          fuzzy_person_names=fuzzy_person_names,
+                          combined_datetime=combined_datetime)
     with index.unit_of_work() as repository:
         return [(str(r["PatientID"]), str(r["ScheduledProcedureStepID"]))
                 for r in repository.worklist.find(query)]

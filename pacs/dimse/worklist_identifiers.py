@@ -48,7 +48,8 @@ REQUIRED_STEP: tuple[str, ...] = (
 )
 """Return Keys of the Scheduled Procedure Step Sequence item every response carries."""
 
-# Keys that describe the request or response, never matched.
+# Keys that describe the request or response: never matched; Specific Character Set is
+# answered for the response's values, the others are not returned.
 _RESPONSE_ONLY = frozenset({"SpecificCharacterSet", "QueryRetrieveLevel",
                             "TimezoneOffsetFromUTC"})
 _UTF8 = "ISO_IR 192"
@@ -156,7 +157,7 @@ def worklist_response(record: WorklistRecord, request: WorklistRequest) -> Datas
     returned empty."""
     item = _dataset(record, (*REQUIRED_STEP, *request.step))
     top = _dataset(record, (key for key in (*REQUIRED_TOP, *request.top)
-                            if key not in (SCHEDULED_STEP_SEQUENCE, "SpecificCharacterSet")))
+                            if key != SCHEDULED_STEP_SEQUENCE and key not in _RESPONSE_ONLY))
     top.add(DataElement(Tag(SCHEDULED_STEP_SEQUENCE), "SQ", Sequence([item])))
     if any(_non_ascii(value) for value in record.values()):
         top.add(DataElement(0x00080005, "CS", _UTF8))

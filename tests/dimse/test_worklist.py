@@ -29,6 +29,7 @@ from tests.support.wait import until
 
 SPS = "(0040,0100)[0]"  # the Scheduled Procedure Step Sequence's item, as findscu -k names it
 BULK_STEPS = 300
+CAP = 250  # PACS_MAX_QUERY_RESULTS of the server: fewer than the bulk station's steps
 
 ORDERS = [
     Order("P-DOE-1", "Doe^John", accession_number="ACC-1", requested_procedure_id="RP-1",
@@ -126,6 +127,7 @@ def site(module_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
     server = PacsServer(
         data_dir=root / "data", database_url=module_database_url,
         extra_args=["--dimse-access", "registered", "--dimse-processes", "2"],
+        start_env={"PACS_MAX_QUERY_RESULTS": str(CAP)},
     )
     for args in (["CT1", "--allow", "find,store"], ["MR1", "--allow", "find"],
                  ["PYSCU", "--allow", "find"], ["STORER", "--allow", "store"]):
@@ -221,11 +223,13 @@ def test_completed_and_cancelled_steps_are_not_offered(site: Site) -> None:
 
 def test_requested_type_2_keys_are_returned_empty(site: Site) -> None:
     [response] = site.items("AccessionNumber=ACC-2", "RequestingPhysician", "AdmissionID",
-                            "(0032,1064)", f"{SPS}.ScheduledProtocolCodeSequence")
+                            "(0032,1064)", f"{SPS}.ScheduledProtocolCodeSequence",
+                            "QueryRetrieveLevel")
     assert response.RequestingPhysician == "" and response.AdmissionID == ""
     assert response.RequestedProcedureCodeSequence == []
     assert step(response).ScheduledProtocolCodeSequence == []
     assert "SpecificCharacterSet" not in response  # nothing but ASCII, and not asked
+    assert "QueryRetrieveLevel" not in response  # no levels in the worklist model
 
 
 # -- refusals, errors, cancel --------------------------------------------------------------
@@ -249,17 +253,18 @@ def test_a_malformed_identifier_is_answered_with_an_error_and_the_server_goes_on
     assert ids(site.items("PatientID=P-DOE-2")) == [("P-DOE-2", "S1")]
 
 
-def test_cancel_stops_the_items(site: Site) -> None:
+def test_cancel_stops_the_items_and_the_cap_ends_them(site: Site) -> None:
     result, responses = site.find(f"{SPS}.ScheduledStationAETitle=BULK",
                                   extra=("--cancel", "5"))
     text = _text(result)
     assert result.returncode == 0, text
     assert statuses(result)[-1] == 0xFE00, text  # Cancel: matching terminated
     assert 5 <= len(responses) < BULK_STEPS
-    # without it, every step of the station comes, in scheduled order
+    # without it, the station's steps come in scheduled order, as many as the cap allows
     everything = site.items(f"{SPS}.ScheduledStationAETitle=BULK")
     assert [step(r).ScheduledProcedureStepID for r in everything] == [
-        f"B{n:03d}" for n in range(BULK_STEPS)]
+        f"B{n:03d}" for n in range(CAP)]
+    assert f"worklist result capped at {CAP}" in site.server.log()
 
 
 def test_queries_are_audited(site: Site) -> None:

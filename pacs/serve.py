@@ -58,6 +58,7 @@ from pacs.services.sessions import SessionService
 from pacs.services.syslog import SyslogHeader, SyslogTarget, sender_for
 from pacs.services.tls_listener import BCP195_TLS12_CIPHERS, harden_tls, server_context
 from pacs.services.workflow import QaGate, RouteRule, WorkflowService
+from pacs.services.worklist import WorklistService
 from pacs.settings import AuthMode, DimseAccess, LogFormat, QaMode, Settings, TlsClientCert
 from storage.blob_store import BlobStore, BlobStoreUnavailable, parse_s3_url
 from storage.blobs import FileStore
@@ -101,6 +102,7 @@ class Services:
     ae_registry: AeRegistry
     sessions: SessionService
     orders: OrderService  # imaging orders (REST and HL7)
+    worklist: WorklistService  # the Modality Worklist (C-FIND, PS3.4 K)
     oidc_sign_in: OidcSignIn | None = None  # the web UI's sign-in at the identity provider
 
 
@@ -174,6 +176,8 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
             sessions=SessionService(index=index),
             orders=OrderService(index=index),
             oidc_sign_in=_oidc_sign_in(settings, index, oidc),
+            worklist=WorklistService(index=index, max_results=settings.max_query_results,
+                                     audit=audit),
         )
         yield services
     finally:
@@ -324,6 +328,7 @@ def _dimse_server(settings: Settings, services: Services) -> DimseServer:
         ingest=services.ingest,
         query=services.query,
         retrieve=services.retrieve,
+        worklist=services.worklist,
         fuzzy_person_names=settings.fuzzy_person_names,
         pending_interval=settings.retrieve_pending_interval,
         max_associations=settings.max_associations,

@@ -64,7 +64,8 @@ class SharedContexts(list[PresentationContext]):
 
 
 def scp_contexts() -> SharedContexts:
-    """Verification, Q/R (FIND, MOVE, GET) and every storage SOP class.
+    """Verification, Q/R (FIND, MOVE, GET), Modality Worklist FIND and every storage SOP
+    class.
 
     Storage contexts accept SCP/SCU role selection (PS3.7 D.3.3.4) either way: a C-GET
     requestor proposes itself as the Storage SCP, so that we send on its association.
@@ -72,7 +73,8 @@ def scp_contexts() -> SharedContexts:
     syntaxes = transfer_syntaxes()
     contexts = [build_context(VERIFICATION, syntaxes[:4])]
     # identifiers in little endian only: the lean encoders (encoding.py) write those
-    contexts += [build_context(sop_class, syntaxes[:2]) for sop_class in QUERY_RETRIEVE]
+    contexts += [build_context(sop_class, syntaxes[:2])
+                 for sop_class in (*QUERY_RETRIEVE, *WORKLIST)]
     for cx in AllStoragePresentationContexts:
         context = build_context(str(cx.abstract_syntax), syntaxes)
         context.scu_role = True
@@ -90,6 +92,10 @@ QUERY_RETRIEVE = (
     "1.2.840.10008.5.1.4.1.2.2.2",  # Study Root MOVE
     "1.2.840.10008.5.1.4.1.2.2.3",  # Study Root GET
 )
+
+WORKLIST_FIND = "1.2.840.10008.5.1.4.31"  # Modality Worklist Information Model - FIND, K.6.1.3
+# Basic Worklist Management SOP classes served (PS3.4 K.6; identifiers in little endian).
+WORKLIST = (WORKLIST_FIND,)
 
 
 # -- storage SOP classes pynetdicom does not list --------------------------------------------

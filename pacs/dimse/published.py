@@ -56,7 +56,7 @@ from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_MOVE
 from pynetdicom.status import STATUS_FAILURE, STATUS_WARNING, STORAGE_SERVICE_CLASS_STATUS
 
-from pacs.dimse.contexts import VERIFICATION, missing_context
+from pacs.dimse.contexts import VERIFICATION, WORKLIST, missing_context
 from pacs.dimse.identifiers import (
     FIND_MODELS,
     GET_MODELS,
@@ -70,6 +70,7 @@ from pacs.dimse.qr import QueryRetrieveServices
 from pacs.dimse.status import Status, query_status
 from pacs.dimse.tls import subject_of
 from pacs.dimse.transport import Transport
+from pacs.dimse.worklist import PublishedWorklist
 from pacs.services import metrics
 from pacs.services.ae_registry import Service
 from pacs.services.errors import PacsError
@@ -99,6 +100,9 @@ class PublishedQueryRetrieve:
         sub-operation waits about 40 ms for Nagle's algorithm and a delayed ACK)."""
         self.services = services
         self.transport = transport or Transport()
+        self.worklist = (PublishedWorklist(services.worklist,
+                                           fuzzy_person_names=services.fuzzy_person_names)
+                         if services.worklist is not None else None)
 
     def bindings(self) -> list[tuple[Any, Any]]:
         return [
@@ -113,6 +117,9 @@ class PublishedQueryRetrieve:
         denied = self._denied(event, Service.FIND)
         if denied is not None:
             yield denied, None
+            return
+        if _sop_class(event) in WORKLIST and self.worklist is not None:
+            yield from self.worklist.on_find(event)  # Modality Worklist, worklist.py
             return
         who, calling = _requestor(event.assoc)
         query = self.services.query
@@ -417,7 +424,7 @@ def _requestor(assoc: Association) -> tuple[str, str]:
 
 def _sop_class(event: Event) -> str:
     """The request's SOP class; ``contexts.scp_contexts`` offers the Q/R ones of
-    ``identifiers.py`` only."""
+    ``identifiers.py`` and the Modality Worklist's only."""
     return str(event.context.abstract_syntax)
 
 

@@ -5,7 +5,8 @@ requests (``serve_requests_with``); they keep its event model where it is cheap 
 what is not (the stock transport serves Q/R by event handlers instead, ``published.py``):
 
 * :class:`QueryRetrieveSCP`: C-FIND (``find.py``) and C-MOVE / C-GET (``retrieve.py``), with
-  responses written by ``encoding.py``, instances sent from their files;
+  responses written by ``encoding.py``, instances sent from their files; and the Modality
+  Worklist's C-FIND (``worklist.py``), behind the same access check;
 * :class:`StorageSCP`: pynetdicom's Storage SCP, its C-STORE response written by ``encoding.py``
   (the handler, ``handlers.DimseHandlers.on_store``, is unchanged).
 """
@@ -32,16 +33,18 @@ from pynetdicom.service_class import (
 from pynetdicom.sop_class import uid_to_service_class
 
 from pacs.dimse.access import AccessControl
-from pacs.dimse.contexts import is_storage_class
+from pacs.dimse.contexts import WORKLIST, is_storage_class
 from pacs.dimse.find import Find
 from pacs.dimse.identifiers import FIND_MODELS, GET_MODELS, MOVE_MODELS
 from pacs.dimse.retrieve import Retrieval
 from pacs.dimse.status import Status, query_status
 from pacs.dimse.transport import Transport, encoding, fast
+from pacs.dimse.worklist import WorklistFind
 from pacs.services import metrics
 from pacs.services.ae_registry import Service
 from pacs.services.query import QueryService
 from pacs.services.retrieve import RetrieveService
+from pacs.services.worklist import WorklistService
 
 if TYPE_CHECKING:
     from pynetdicom.presentation import PresentationContext
@@ -57,6 +60,7 @@ class QueryRetrieveServices:
     fuzzy_person_names: bool = True
     access: AccessControl | None = None  # None: every calling AE may find, move and get
     pending_interval: float = 0.0  # seconds between a retrieve's Pending responses (settings)
+    worklist: WorklistService | None = None  # None: no Modality Worklist (pynetdicom's answer)
 
 
 _SERVICES: dict[type[Any], tuple[Service, int]] = {
@@ -67,7 +71,8 @@ _SERVICES: dict[type[Any], tuple[Service, int]] = {
 
 
 class QueryRetrieveSCP(QueryRetrieveServiceClass):
-    """C-FIND, C-MOVE and C-GET of the Patient Root and Study Root models."""
+    """C-FIND, C-MOVE and C-GET of the Patient Root and Study Root models, and C-FIND of
+    the Modality Worklist Information Model."""
 
     services: ClassVar[QueryRetrieveServices | None] = None  # one per process, see install()
 
@@ -82,6 +87,10 @@ class QueryRetrieveSCP(QueryRetrieveServiceClass):
             with _timed("C-FIND"):
                 Find(self, services.query, req, context, ae_title=services.ae_title,
                      fuzzy_person_names=services.fuzzy_person_names).run()
+        elif isinstance(req, C_FIND) and syntax in WORKLIST and services.worklist is not None:
+            with _timed("C-FIND"):
+                WorklistFind(self, services.worklist, req, context,
+                             fuzzy_person_names=services.fuzzy_person_names).run()
         elif isinstance(req, C_MOVE) and syntax in MOVE_MODELS:
             with _timed("C-MOVE"):
                 Retrieval(self, services.retrieve, req, context,
@@ -168,6 +177,8 @@ def install(services: QueryRetrieveServices | None, transport: Transport, *,
     answer (no service class: A-ABORT), as on the stock transport."""
     QueryRetrieveSCP.services = services
     query_retrieve = frozenset(FIND_MODELS) | frozenset(MOVE_MODELS) | frozenset(GET_MODELS)
+    if services is not None and services.worklist is not None:
+        query_retrieve |= frozenset(WORKLIST)
 
     def choose(uid: str) -> type[Any] | None:
         if uid in query_retrieve:

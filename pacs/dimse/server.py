@@ -36,6 +36,7 @@ from pacs.dimse.transport.serving import CountedHandler, register_server, unregi
 from pacs.services.ingest import IngestService
 from pacs.services.query import QueryService
 from pacs.services.retrieve import RetrieveService
+from pacs.services.worklist import WorklistService
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class DimseServer:
         ingest: IngestService,
         query: QueryService | None = None,
         retrieve: RetrieveService | None = None,
+        worklist: WorklistService | None = None,
         fuzzy_person_names: bool = True,
         pending_interval: float = 0.0,
         max_associations: int = 32,
@@ -83,7 +85,7 @@ class DimseServer:
                        if registry is not None else None)
         self.query_retrieve = (
             QueryRetrieveServices(query, retrieve, ae_title, fuzzy_person_names, self.access,
-                                  pending_interval)
+                                  pending_interval, worklist)
             if query is not None and retrieve is not None else None
         )
         self.handlers = DimseHandlers(ingest, self.inflight, self.limits, self.refusals,

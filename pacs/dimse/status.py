@@ -23,6 +23,9 @@ class Status(IntEnum):
     PROCESSING_FAILURE = 0x0110  # PS3.7 C.4.2: a handler failed unexpectedly
     NOT_AUTHORIZED = 0x0124  # PS3.7 C.5.x "Refused: Not Authorized": a denied C-STORE
     PENDING = 0xFF00
+    # C-FIND: matches continue, but an optional key of the Identifier was not supported for
+    # matching (PS3.4 C.4.1.1.4, K.4.1.1.4)
+    PENDING_OPTIONAL_KEYS_UNSUPPORTED = 0xFF01
     CANCEL = 0xFE00
     OUT_OF_RESOURCES = 0xA700
     UNABLE_TO_CALCULATE_MATCHES = 0xA701

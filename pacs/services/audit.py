@@ -41,6 +41,7 @@ from storage.query import (
     ValueList,
     Wildcard,
 )
+from storage.worklist import WorklistQuery
 
 log = logging.getLogger(__name__)
 
@@ -85,32 +86,33 @@ class AuditTrail:
         self._write([_event(who, action, outcome, study_instance_uid, detail)])
 
     # -- queries, written in the background ------------------------------------------------
-    def query(self, *, who: str, how: str, query: Query, matches: int,
+    def query(self, *, who: str, how: str, query: Query | WorklistQuery, matches: int,
               outcome: str | None = None, capped: bool = False) -> None:
-        """Queue the event of one query: its level, keys (bounded), number of matches and
-        the actor. ``outcome`` overrides "N matches" (a refusal, a cancel)."""
+        """Queue the event of one query: its level (WORKLIST for a Modality Worklist
+        query), keys (bounded), number of matches and the actor. ``outcome`` overrides "N
+        matches" (a refusal, a cancel)."""
         if not self.queries:
             return
-        detail: dict[str, Any] = {"how": how, "level": query.level.value, "matches": matches,
+        detail: dict[str, Any] = {"how": how, "level": str(query.level), "matches": matches,
                                   "keys": describe_keys(query.conditions)}
         if capped:
             detail["capped"] = True
         if query.limit is not None:
             detail["limit"] = query.limit
-        if query.offset:
+        if isinstance(query, Query) and query.offset:
             detail["offset"] = query.offset
         # no study UID on the event: a viewer's queries would flood a study's history (the
         # keys say which study a query named)
         self._enqueue(_event(who, "query", outcome or f"{matches} matches", None, detail))
 
-    def refused_query(self, *, who: str, how: str, reason: str, query: Query | None = None
-                      ) -> None:
+    def refused_query(self, *, who: str, how: str, reason: str,
+                      query: Query | WorklistQuery | None = None) -> None:
         """Queue the event of a query that was refused (malformed, the index down)."""
         if not self.queries:
             return
         detail: dict[str, Any] = {"how": how, "reason": reason[:200], "matches": 0}
         if query is not None:
-            detail["level"] = query.level.value
+            detail["level"] = str(query.level)
             detail["keys"] = describe_keys(query.conditions)
         self._enqueue(_event(who, "query", "refused", None, detail))
 

@@ -340,14 +340,30 @@ def _descendants(
 def _predicate(
     table: TableLike, attribute: Attribute, matcher: Any, fuzzy: bool
 ) -> ColumnElement[bool]:
-    """One matcher on one column, PS3.4 C.2.2.2.1-5 and 8."""
-    vr = attribute.vr
-    column: ColumnElement[Any] = table.c[attribute.column]
-    if vr == "PN" and fuzzy and attribute.normalized:
-        column = table.c[attribute.normalized]
+    """One matcher on one registry attribute's column (see :func:`column_predicate`)."""
+    return column_predicate(
+        table.c[attribute.column], attribute.vr, matcher,
+        match_form=table.c[attribute.normalized] if attribute.normalized else None,
+        fuzzy=fuzzy, keyword=attribute.keyword,
+    )
+
+
+def column_predicate(
+    column: ColumnElement[Any], vr: str, matcher: Any, *,
+    match_form: ColumnElement[Any] | None = None, fuzzy: bool = True, keyword: str = "",
+) -> ColumnElement[bool]:
+    """One matcher on one column, PS3.4 C.2.2.2.1-5 and 8: the one place a matcher becomes
+    SQL, for Q/R (the registry's columns) and the Modality Worklist (``worklist.py``) alike.
+
+    ``match_form``: the column holding the value's match form, if any: for PN the folded text
+    (:func:`storage.normalize.normalize_text`, used when ``fuzzy``), for DT the first instant
+    in UTC. Sequence matching (C.2.2.2.6) is the caller's: it is not one column.
+    """
+    if vr == "PN" and fuzzy and match_form is not None:
+        column = match_form
         matcher = _folded(matcher)
-    if vr == "DT" and attribute.normalized and isinstance(matcher, SingleValue | Range):
-        return _datetime_range(table.c[attribute.normalized], matcher)
+    if vr == "DT" and match_form is not None and isinstance(matcher, SingleValue | Range):
+        return _datetime_range(match_form, matcher)
     if isinstance(matcher, SingleValue):
         return column == _typed(vr, matcher.value)
     if isinstance(matcher, Wildcard):
@@ -358,7 +374,7 @@ def _predicate(
         return column.in_([_typed(vr, v) for v in matcher.values])
     if isinstance(matcher, Range):
         return _range(column, vr, matcher)
-    raise InvalidQueryValue(f"{attribute.keyword}: {type(matcher).__name__} does not apply")
+    raise InvalidQueryValue(f"{keyword}: {type(matcher).__name__} does not apply")
 
 
 def _folded(matcher: Any) -> Any:

@@ -38,6 +38,7 @@ from storage.index.sessions import SessionRecords
 from storage.index.sign_ins import SignInRecords
 from storage.index.studies import StudyRecords
 from storage.index.tokens import TokenRecords
+from storage.index.worklist import WorklistRecords
 from storage.query import MULTI_VALUED_KEYS, UNIQUE_KEYS, Query, RetrieveItem
 
 
@@ -111,6 +112,7 @@ class Repository:
         self.sign_ins = SignInRecords(connection)
         self.gauges = GaugeRecords(connection)
         self.orders = OrderRecords(connection)
+        self.worklist = WorklistRecords(connection)
 
     # -- ingest --------------------------------------------------------------------------
     @contextmanager

@@ -26,7 +26,7 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.service_class import VerificationServiceClass
 from pynetdicom.transport import AssociationSocket
 
-from pacs.dimse.contexts import QUERY_RETRIEVE, scp_contexts, transfer_syntaxes
+from pacs.dimse.contexts import QUERY_RETRIEVE, WORKLIST, scp_contexts, transfer_syntaxes
 from pacs.dimse.transport import Transport
 from pacs.dimse.transport import fast as fast_path
 from pacs.dimse.transport.fast import UPSTREAM, FastTransport
@@ -209,14 +209,14 @@ def test_contexts_cover_every_storage_class_and_transfer_syntax_and_copy_cheaply
     contexts = scp_contexts()
     syntaxes = transfer_syntaxes()
 
-    storage = contexts[1 + len(QUERY_RETRIEVE):]
-    assert len(contexts) == 1 + len(QUERY_RETRIEVE) + len(pynetdicom.AllStoragePresentationContexts)
+    queries = len(QUERY_RETRIEVE) + len(WORKLIST)
+    storage = contexts[1 + queries:]
+    assert len(contexts) == 1 + queries + len(pynetdicom.AllStoragePresentationContexts)
     assert all(cx.transfer_syntax == syntaxes for cx in storage)
     # a C-GET requestor's SCP role for the storage classes is accepted (PS3.7 D.3.3.4)
     assert all(cx.scu_role and cx.scp_role for cx in storage)
-    assert [str(cx.abstract_syntax) for cx in contexts[1:1 + len(QUERY_RETRIEVE)]] == list(
-        QUERY_RETRIEVE
-    )
+    assert [str(cx.abstract_syntax) for cx in contexts[1:1 + queries]] == [
+        *QUERY_RETRIEVE, *WORKLIST]
     for needed in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2",
                    "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.70",
                    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",

@@ -416,6 +416,7 @@ def fill_pacs(
     makes them (``IngestService.new_study_state``), and are marked stable.
     """
     from pacs.serve import open_services
+    from pacs.services.workflow import VISIBLE_TO_VIEWERS
     from pacs.settings import Settings
     from storage.index import UpsertOutcome
 
@@ -441,7 +442,9 @@ def fill_pacs(
                 with services.index.unit_of_work(write=True) as repo:
                     done = 0
                     for row in batch:
-                        result = repo.upsert_instance(row, initial_state=state, overwrite=False)
+                        result = repo.upsert_instance(
+                            row, initial_state=state, overwrite=False,
+                            visible_states=VISIBLE_TO_VIEWERS)
                         done += result.outcome is UpsertOutcome.INSERTED
                 batch.clear()
                 return done

@@ -15,7 +15,9 @@ from starlette.requests import HTTPConnection
 
 from pacs.services.ae_registry import AeRegistry
 from pacs.services.auth import TokenService
+from pacs.services.commitment import CommitmentService
 from pacs.services.ingest import IngestService
+from pacs.services.mpps import MppsService
 from pacs.services.query import QueryService
 from pacs.services.retrieve import RetrieveService
 from pacs.services.routing import RoutingService
@@ -53,6 +55,8 @@ class Web:
     options: WebOptions = field(default_factory=WebOptions)
     sessions: SessionService | None = None  # the web UI's sign-in (None: no sign-in)
     oidc_sign_in: OidcSignIn | None = None  # signing in at the identity provider (PKCE)
+    mpps: MppsService | None = None  # a study's MPPS (None: not served)
+    commitment: CommitmentService | None = None  # a study's storage commitments
 
 
 async def web_of(request: HTTPConnection) -> Web:

@@ -19,6 +19,7 @@ from storage.attributes import Level
 from storage.blobs import BlobInfo
 from storage.index.application_entities import AeRecords
 from storage.index.audit_feed import AuditFeed
+from storage.index.commitment import CommitmentRecords
 from storage.index.errors import IndexDataError
 from storage.index.gauges import GaugeRecords
 from storage.index.matching import LIST_SEPARATOR, find_statement, instances_statement
@@ -31,6 +32,7 @@ from storage.index.models import (
     series,
     study,
 )
+from storage.index.mpps import MppsRecords
 from storage.index.sessions import SessionRecords
 from storage.index.sign_ins import SignInRecords
 from storage.index.tokens import TokenRecords
@@ -104,6 +106,8 @@ class Repository:
         self.sessions = SessionRecords(connection)
         self.sign_ins = SignInRecords(connection)
         self.gauges = GaugeRecords(connection)
+        self.mpps = MppsRecords(connection)
+        self.commitments = CommitmentRecords(connection)
 
     # -- ingest --------------------------------------------------------------------------
     @contextmanager

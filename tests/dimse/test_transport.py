@@ -26,7 +26,7 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.service_class import VerificationServiceClass
 from pynetdicom.transport import AssociationSocket
 
-from pacs.dimse.contexts import QUERY_RETRIEVE, scp_contexts, transfer_syntaxes
+from pacs.dimse.contexts import N_SERVICES, QUERY_RETRIEVE, scp_contexts, transfer_syntaxes
 from pacs.dimse.transport import Transport
 from pacs.dimse.transport import fast as fast_path
 from pacs.dimse.transport.fast import UPSTREAM, FastTransport
@@ -209,8 +209,9 @@ def test_contexts_cover_every_storage_class_and_transfer_syntax_and_copy_cheaply
     contexts = scp_contexts()
     syntaxes = transfer_syntaxes()
 
-    storage = contexts[1 + len(QUERY_RETRIEVE):]
-    assert len(contexts) == 1 + len(QUERY_RETRIEVE) + len(pynetdicom.AllStoragePresentationContexts)
+    storage = contexts[1 + len(QUERY_RETRIEVE) + len(N_SERVICES):]
+    assert len(contexts) == (1 + len(QUERY_RETRIEVE) + len(N_SERVICES)
+                             + len(pynetdicom.AllStoragePresentationContexts))
     assert all(cx.transfer_syntax == syntaxes for cx in storage)
     # a C-GET requestor's SCP role for the storage classes is accepted (PS3.7 D.3.3.4)
     assert all(cx.scu_role and cx.scp_role for cx in storage)

@@ -115,7 +115,7 @@ class MppsService:
         with self.index.unit_of_work(write=True) as repository:
             records = repository.mpps
             if records.get(uid) is not None:
-                raise AlreadyExists(f"an MPPS with SOP Instance UID {uid} exists already")
+                raise AlreadyExists("an MPPS with this SOP Instance UID exists already")
             step = _find_step(records, scheduled)
             study_uid = next((item["study"] for item in scheduled if item["study"]), None)
             if study_uid is None and step is not None:
@@ -130,7 +130,7 @@ class MppsService:
                         attributes=encoded, at=now)
             except IndexDataError as error:  # created meanwhile by another association
                 raise AlreadyExists(
-                    f"an MPPS with SOP Instance UID {uid} exists already") from error
+                    "an MPPS with this SOP Instance UID exists already") from error
             if step is not None:
                 records.set_step_status(step.id, STEP_STATUS[status], now)
             repository.workflow.audit(

@@ -7,7 +7,11 @@
 * The report goes on the requestor's association while it is still established and no release
   was asked for (J.3.3 allows it: DCMTK's and dcm4che's SCUs wait for it there), as an
   N-EVENT-REPORT-RQ of the SCP; pynetdicom pauses the association's reactor while it waits
-  for the response (at most the AE's DIMSE timeout). Otherwise
+  for the response. A requestor that does not wait releases at once: the report waits
+  ``RELEASE_GRACE_S`` after the N-ACTION-RSP for that release, so it does not cross it. One
+  that releases later still crosses the report (its A-RELEASE-RQ and our N-EVENT-REPORT-RQ
+  pass each other; PS3.8 leaves it unanswered): that wait ends after
+  ``SAME_ASSOCIATION_TIMEOUT_S`` and pynetdicom aborts the association. Otherwise
   :class:`CommitmentReportSender` opens a new association to the requestor at its registered
   address (Orthanc's SCU expects that), proposing the SCP role for the SOP Class by SCP/SCU
   Role Selection (PS3.7 D.3.3.4), as the SCP that opens an association must.
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -50,6 +55,8 @@ log = logging.getLogger(__name__)
 
 MAX_ACTION_INFORMATION_BYTES = 4 << 20  # 10,000 references of two UIDs fit in 2 MB
 _ERROR_COMMENT_MAX = 64
+RELEASE_GRACE_S = 0.2  # after the N-ACTION-RSP: the time a requestor that leaves takes to
+SAME_ASSOCIATION_TIMEOUT_S = 10.0  # for the N-EVENT-REPORT-RSP on the requestor's association
 
 
 class CommitmentHandlers:
@@ -80,24 +87,36 @@ class CommitmentHandlers:
             log.warning("storage commitment from %s refused (0x%04X): %s",
                         _calling(event), status, error)
             return _status(status, str(error)), None
-        threading.Thread(target=self._deliver, args=(assoc, commitment_id),
+        threading.Thread(target=self._deliver,
+                         args=(assoc, commitment_id, time.monotonic() + RELEASE_GRACE_S),
                          name="commitment-report", daemon=True).start()
         return int(NStatus.SUCCESS), None
 
-    def _deliver(self, assoc: Any, commitment_id: int) -> None:
+    def _deliver(self, assoc: Any, commitment_id: int, grace_ends: float) -> None:
         try:
-            self.service.deliver(commitment_id, lambda report: self._same(assoc, report))
+            self.service.deliver(commitment_id,
+                                 lambda report: self._same(assoc, report, grace_ends))
         except PacsError as error:  # left pending: the background worker takes it up
             log.warning("storage commitment report %d: %s", commitment_id, error)
         except Exception:  # noqa: BLE001 (a thread of its own: log, the worker retries)
             log.exception("storage commitment report %d failed", commitment_id)
 
-    def _same(self, assoc: Any, report: CommitmentReport) -> str | None:
-        """Send the report on the requestor's association; None once it was answered
-        0x0000, else why not (then a new association is used)."""
-        if not self.transport.connected(assoc) or assoc.acse.is_release_requested():
-            return "the requestor released the association"
-        return _send(assoc, report)
+    def _same(self, assoc: Any, report: CommitmentReport, grace_ends: float) -> str | None:
+        """Send the report on the requestor's association unless it leaves by
+        ``grace_ends``; None once it was answered 0x0000, else why not (then a new
+        association is used)."""
+        while True:
+            if not self.transport.connected(assoc) or assoc.acse.is_release_requested():
+                return "the requestor released the association"
+            if time.monotonic() >= grace_ends:
+                break
+            time.sleep(0.01)
+        previous = assoc.dimse_timeout
+        assoc.dimse_timeout = SAME_ASSOCIATION_TIMEOUT_S
+        try:
+            return _send(assoc, report)
+        finally:
+            assoc.dimse_timeout = previous
 
     def _refused(self, event: Event, request: N_ACTION) -> Dataset | None:
         if self.access is not None:

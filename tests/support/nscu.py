@@ -101,16 +101,18 @@ def commitment_request(references: list[tuple[str, str]],
 
 @dataclass
 class Reports:
-    """N-EVENT-REPORTs received: (event type, Event Information, calling AE)."""
+    """N-EVENT-REPORTs received: (event type, Event Information, the sender's AE title)."""
 
     received: list[tuple[int, Dataset, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def on_report(self, event: Any) -> int:
+    def on_report(self, event: Any) -> tuple[int, Dataset | None]:
+        assoc = event.assoc
+        peer = assoc.acceptor if assoc.is_requestor else assoc.requestor
         with self.lock:
             self.received.append((int(event.request.EventTypeID), event.event_information,
-                                  str(event.assoc.requestor.ae_title).strip()))
-        return 0x0000
+                                  str(peer.ae_title).strip()))
+        return 0x0000, None
 
     def wait(self, count: int = 1) -> list[tuple[int, Dataset, str]]:
         until(f"{count} N-EVENT-REPORT(s)", lambda: len(self.received) >= count)

@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 MAX_ACTION_INFORMATION_BYTES = 4 << 20  # 10,000 references of two UIDs fit in 2 MB
 _ERROR_COMMENT_MAX = 64
-RELEASE_GRACE_S = 0.2  # after the N-ACTION-RSP: the time a requestor that leaves takes to
+RELEASE_GRACE_S = 1.0  # after the N-ACTION-RSP: time for a requestor that leaves to release
 SAME_ASSOCIATION_TIMEOUT_S = 10.0  # for the N-EVENT-REPORT-RSP on the requestor's association
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import pydicom
 
 from pacs.dimse import conformance, handoff
+from pacs.dimse.commitment import CommitmentReportSender
 from pacs.dimse.handoff import Dispatcher, channel_pair, receive_forever
 from pacs.dimse.sender import StudySender
 from pacs.dimse.server import DimseServer
@@ -39,6 +40,7 @@ from pacs.services.audit_message import AuditSource
 from pacs.services.auth import Authenticator, TokenService
 from pacs.services.bulk_import import ImportService
 from pacs.services.codecs import use_chosen_decoders
+from pacs.services.commitment import CommitmentService
 from pacs.services.consistency import (
     UNSYNCED_WINDOW,
     AlreadyRunning,
@@ -49,6 +51,7 @@ from pacs.services.decoding_limits import MB, DecodeLimits
 from pacs.services.errors import OutOfResources
 from pacs.services.ingest import IngestService
 from pacs.services.log_lines import ContextFilter, JsonFormatter
+from pacs.services.mpps import MppsService
 from pacs.services.orders import OrderService
 from pacs.services.query import QueryService
 from pacs.services.readiness import Check, ReadinessService, Result
@@ -103,6 +106,8 @@ class Services:
     sessions: SessionService
     orders: OrderService  # imaging orders (REST and HL7)
     worklist: WorklistService  # the Modality Worklist (C-FIND, PS3.4 K)
+    mpps: MppsService
+    commitment: CommitmentService
     oidc_sign_in: OidcSignIn | None = None  # the web UI's sign-in at the identity provider
 
 
@@ -175,6 +180,12 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
             ae_registry=ae_registry,
             sessions=SessionService(index=index),
             orders=OrderService(index=index),
+            mpps=MppsService(index=index),
+            commitment=CommitmentService(
+                index=index, registry=ae_registry, retrieve_ae_title=settings.ae_title,
+                sender=CommitmentReportSender(settings.ae_title,
+                                              transport=lambda: _transport(settings)),
+                node=node_id(settings)),
             oidc_sign_in=_oidc_sign_in(settings, index, oidc),
             worklist=WorklistService(index=index, max_results=settings.max_query_results,
                                      audit=audit),
@@ -342,6 +353,8 @@ def _dimse_server(settings: Settings, services: Services) -> DimseServer:
         tls_port=settings.dimse_tls_port or 0,
         tls_context=_dimse_tls_context(settings),
         transport=_transport(settings),
+        mpps=services.mpps,
+        commitment=services.commitment,
     )
 
 
@@ -388,6 +401,8 @@ def _web(settings: Settings, services: Services) -> Web:
         sessions=services.sessions,
         oidc_sign_in=services.oidc_sign_in,
         orders=services.orders,
+        mpps=services.mpps,
+        commitment=services.commitment,
     )
 
 
@@ -418,6 +433,7 @@ def _background(settings: Settings, services: Services) -> list[Worker]:
         Worker("qa-stability", services.workflow.settle, settle_every),
         Worker("qa-purge", purge, purge_every),
         Worker("routing", services.routing.run_due, 0.5),
+        Worker("storage-commitment", services.commitment.run_due, 1.0),
     ]
 
 

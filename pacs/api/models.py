@@ -71,6 +71,34 @@ class StudyDetailOut(StudyOut):
     jobs: list[JobOut]
 
 
+class MppsOut(BaseModel):
+    """A Modality Performed Procedure Step of the study (PS3.4 F.7)."""
+
+    sop_instance_uid: str
+    status: str  # IN PROGRESS | COMPLETED | DISCONTINUED
+    calling_ae: str | None
+    scheduled_step_id: str | None
+    started: str | None  # PerformedProcedureStepStartDate + Time, as the modality sent them
+    ended: str | None
+    created_at: datetime
+    updated_at: datetime
+    referenced_instances: int
+    stored_instances: int
+
+
+class CommittedOut(BaseModel):
+    """An instance of the study named in a storage commitment request (PS3.4 J.3)."""
+
+    sop_instance_uid: str
+    committed: bool
+    failure_reason: int | None  # PS3.3 C.14.1.1 (0x0112: no such object instance, ...)
+    transaction_uid: str
+    calling_ae: str
+    state: str  # of the request's report: pending | reported | failed
+    requested_at: datetime
+    reported_at: datetime | None
+
+
 class RejectIn(BaseModel):
     reason: str = Field(min_length=1, description="why the study is rejected")
 

@@ -12,9 +12,11 @@ from fastapi import APIRouter, Query
 from pacs.api import models
 from pacs.api.models import (
     AuditOut,
+    CommittedOut,
     CorrectionIn,
     JobOut,
     MergeIn,
+    MppsOut,
     RejectIn,
     StudyDetailOut,
     StudyOut,
@@ -22,6 +24,7 @@ from pacs.api.models import (
 from pacs.http.auth import Who, requires
 from pacs.http.context import WebDep
 from pacs.services.auth import Role
+from pacs.services.errors import NotFound
 from pacs.services.workflow import StudyState
 
 router = APIRouter(prefix="/api", tags=["QA and administration"])
@@ -86,6 +89,33 @@ def correct_from_order(web: WebDep, who: Who, study: str) -> StudyDetailOut:
 def merge(web: WebDep, who: Who, study: str, body: MergeIn) -> StudyDetailOut:
     return models.detail_out(web.workflow.merge(study, body.PatientID, who,
                                                 body.IssuerOfPatientID))
+
+
+@router.get("/studies/{study}/mpps",
+            summary="The study's Modality Performed Procedure Steps (status, times, instances)",
+            dependencies=[requires(Role.QA)])
+def study_mpps(web: WebDep, study: str) -> list[MppsOut]:
+    if web.mpps is None:
+        raise NotFound("MPPS is not served here")
+    return [MppsOut(sop_instance_uid=m.sop_instance_uid, status=m.status,
+                    calling_ae=m.calling_ae, scheduled_step_id=m.step_id, started=m.started,
+                    ended=m.ended, created_at=m.created_at, updated_at=m.updated_at,
+                    referenced_instances=m.referenced, stored_instances=m.stored)
+            for m in web.mpps.of_study(study)]
+
+
+@router.get("/studies/{study}/commitments",
+            summary="The study's instances named in storage commitment requests",
+            dependencies=[requires(Role.QA)])
+def study_commitments(web: WebDep, study: str) -> list[CommittedOut]:
+    if web.commitment is None:
+        raise NotFound("storage commitment is not served here")
+    return [CommittedOut(sop_instance_uid=c.sop_instance_uid,
+                         committed=c.failure_reason is None,
+                         failure_reason=c.failure_reason, transaction_uid=c.transaction_uid,
+                         calling_ae=c.calling_ae, state=c.state, requested_at=c.requested_at,
+                         reported_at=c.reported_at)
+            for c in web.commitment.of_study(study)]
 
 
 @router.get("/audit", summary="The audit trail, newest first",

@@ -30,6 +30,9 @@ from pynetdicom import AllStoragePresentationContexts, build_context
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 
+from pacs.services.commitment import STORAGE_COMMITMENT_PUSH
+from pacs.services.mpps import MPPS_SOP_CLASS
+
 VERIFICATION = "1.2.840.10008.1.1"  # Verification SOP Class, PS3.4 A.4
 
 LOSSLESS_FIRST: tuple[str, ...] = (
@@ -64,8 +67,12 @@ class SharedContexts(list[PresentationContext]):
 
 
 def scp_contexts() -> SharedContexts:
-    """Verification, Q/R (FIND, MOVE, GET), Modality Worklist FIND and every storage SOP
-    class.
+    """Verification, Q/R (FIND, MOVE, GET), Modality Worklist FIND, MPPS, Storage Commitment
+    Push Model and every storage SOP class.
+
+    MPPS (PS3.4 F.7) and Storage Commitment (J.3) in either little endian; the commitment
+    context accepts role selection either way too: the N-EVENT-REPORT goes back on the
+    requestor's association whatever it proposed (``commitment.py``).
 
     Storage contexts accept SCP/SCU role selection (PS3.7 D.3.3.4) either way: a C-GET
     requestor proposes itself as the Storage SCP, so that we send on its association.
@@ -75,6 +82,10 @@ def scp_contexts() -> SharedContexts:
     # identifiers in little endian only: the lean encoders (encoding.py) write those
     contexts += [build_context(sop_class, syntaxes[:2])
                  for sop_class in (*QUERY_RETRIEVE, *WORKLIST)]
+    for sop_class in N_SERVICES:
+        context = build_context(sop_class, syntaxes[:2])
+        context.scu_role = context.scp_role = True  # (only the commitment's may be proposed)
+        contexts.append(context)
     for cx in AllStoragePresentationContexts:
         context = build_context(str(cx.abstract_syntax), syntaxes)
         context.scu_role = True
@@ -96,6 +107,8 @@ QUERY_RETRIEVE = (
 WORKLIST_FIND = "1.2.840.10008.5.1.4.31"  # Modality Worklist Information Model - FIND, K.6.1.3
 # Basic Worklist Management SOP classes served (PS3.4 K.6; identifiers in little endian).
 WORKLIST = (WORKLIST_FIND,)
+# The DIMSE-N services: MPPS (PS3.4 F.7.3) and Storage Commitment Push Model (J.3.5).
+N_SERVICES = (MPPS_SOP_CLASS, STORAGE_COMMITMENT_PUSH)
 
 
 # -- storage SOP classes pynetdicom does not list --------------------------------------------

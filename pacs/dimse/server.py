@@ -24,16 +24,20 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs.dimse import qr
 from pacs.dimse.access import AccessControl, Registry
+from pacs.dimse.commitment import CommitmentHandlers
 from pacs.dimse.contexts import UnknownStorageClasses, scp_contexts
 from pacs.dimse.guard import ConnectionCount, PduLimits, RefusalAudit
 from pacs.dimse.handlers import DimseHandlers
 from pacs.dimse.handoff import Dispatcher
 from pacs.dimse.inflight import InFlight
+from pacs.dimse.mpps import MppsHandlers
 from pacs.dimse.qr import QueryRetrieveServices
 from pacs.dimse.tls import TlsAcceptor
 from pacs.dimse.transport import Transport
 from pacs.dimse.transport.serving import CountedHandler, register_server, unregister_server
+from pacs.services.commitment import CommitmentService
 from pacs.services.ingest import IngestService
+from pacs.services.mpps import MppsService
 from pacs.services.query import QueryService
 from pacs.services.retrieve import RetrieveService
 from pacs.services.worklist import WorklistService
@@ -67,10 +71,13 @@ class DimseServer:
         tls_port: int = 0,
         tls_context: ssl.SSLContext | None = None,
         transport: Transport,
+        mpps: MppsService | None = None,
+        commitment: CommitmentService | None = None,
     ) -> None:
         """``registry``: only the AEs it admits may associate, for their services, and only
         to ``ae_title`` (``access.py``); None: any calling AE, any called AE title.
-        ``transport``: installed already (``transport.install``)."""
+        ``transport``: installed already (``transport.install``). ``mpps``, ``commitment``:
+        the MPPS and Storage Commitment SCPs (``mpps.py``, ``commitment.py``)."""
         self.transport = transport
         self.ae_title = ae_title
         self.host = host
@@ -90,6 +97,11 @@ class DimseServer:
         )
         self.handlers = DimseHandlers(ingest, self.inflight, self.limits, self.refusals,
                                       self.access, transport)
+        self.n_services: list[MppsHandlers | CommitmentHandlers] = [
+            *([MppsHandlers(mpps, self.access)] if mpps is not None else []),
+            *([CommitmentHandlers(commitment, self.access, transport)]
+              if commitment is not None else []),
+        ]
         self.tls_port = tls_port
         self.tls = (TlsAcceptor(tls_context, timeout=read_timeout, refusals=self.refusals)
                     if tls_context is not None else None)
@@ -118,6 +130,8 @@ class DimseServer:
         unknown = UnknownStorageClasses(contexts, accept_stores=self.accept_unknown_sop_classes)
         requested = self.access.before(unknown) if self.access is not None else unknown
         handlers: list[Any] = [*self.handlers.bindings(), (evt.EVT_REQUESTED, requested)]
+        for served in self.n_services:
+            handlers += served.bindings()
         if self.transport.fast_service_classes:
             qr.install(self.query_retrieve, self.transport,
                        accept_unknown_sop_classes=self.accept_unknown_sop_classes)

@@ -1,5 +1,6 @@
 """The one error → DIMSE status table per service (PS3.4 B.2.3 Storage, C.4.1.1.4 C-FIND,
-C.4.2.1.5 C-MOVE, C.4.3.1.4 C-GET; PS3.7 C)."""
+C.4.2.1.5 C-MOVE, C.4.3.1.4 C-GET, F.7.2 MPPS N-CREATE / N-SET, J.3.2 Storage Commitment
+N-ACTION; PS3.7 C)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ from enum import IntEnum
 
 from pacs.dimse.identifiers import IdentifierMismatch
 from pacs.services.errors import (
+    AlreadyExists,
+    IllegalTransition,
     InvalidInstance,
     InvalidQuery,
+    InvalidValue,
+    MissingAttribute,
     NotAuthorized,
     NotFound,
     OutOfResources,
@@ -71,3 +76,48 @@ def query_status(error: PacsError) -> Status:
         if isinstance(error, kind):
             return status
     return Status.CANNOT_UNDERSTAND
+
+
+class NStatus(IntEnum):
+    """DIMSE-N statuses (PS3.7 C, the general ones PS3.4 F.7.2 and J.3.2 use)."""
+
+    SUCCESS = 0x0000
+    INVALID_ATTRIBUTE_VALUE = 0x0106
+    PROCESSING_FAILURE = 0x0110
+    DUPLICATE_SOP_INSTANCE = 0x0111
+    NO_SUCH_SOP_INSTANCE = 0x0112
+    NO_SUCH_ARGUMENT = 0x0114
+    INVALID_ARGUMENT_VALUE = 0x0115
+    NO_SUCH_SOP_CLASS = 0x0118
+    MISSING_ATTRIBUTE = 0x0120
+    NO_SUCH_ACTION = 0x0123
+    NOT_AUTHORIZED = 0x0124
+    RESOURCE_LIMITATION = 0x0213
+
+
+# Error ID (0000,0903) of an N-SET of a final MPPS: "Performed Procedure Step Object may no
+# longer be updated" (PS3.4 F.7.2.2.4), with status 0110H
+MAY_NO_LONGER_BE_UPDATED = 0xA710
+
+# AlreadyExists is an InvalidValue, MissingAttribute an InvalidInstance: the order matters.
+N_FAILURES: tuple[tuple[type[PacsError], NStatus], ...] = (
+    (NotAuthorized, NStatus.NOT_AUTHORIZED),
+    (AlreadyExists, NStatus.DUPLICATE_SOP_INSTANCE),
+    (NotFound, NStatus.NO_SUCH_SOP_INSTANCE),
+    (IllegalTransition, NStatus.PROCESSING_FAILURE),
+    (MissingAttribute, NStatus.MISSING_ATTRIBUTE),
+    (InvalidValue, NStatus.INVALID_ATTRIBUTE_VALUE),
+    (InvalidInstance, NStatus.INVALID_ATTRIBUTE_VALUE),
+    (OutOfResources, NStatus.RESOURCE_LIMITATION),
+)
+
+
+def n_status(error: PacsError, *, action: bool = False) -> NStatus:
+    """N-CREATE, N-SET and N-ACTION failures; for an N-ACTION (``action``) a bad value is in
+    its Action Information, an argument: 0x0115 rather than 0x0106."""
+    for kind, status in N_FAILURES:
+        if isinstance(error, kind):
+            if action and status is NStatus.INVALID_ATTRIBUTE_VALUE:
+                return NStatus.INVALID_ARGUMENT_VALUE
+            return status
+    return NStatus.PROCESSING_FAILURE

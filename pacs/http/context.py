@@ -15,7 +15,9 @@ from starlette.requests import HTTPConnection
 
 from pacs.services.ae_registry import AeRegistry
 from pacs.services.auth import TokenService
+from pacs.services.commitment import CommitmentService
 from pacs.services.ingest import IngestService
+from pacs.services.mpps import MppsService
 from pacs.services.orders import OrderService
 from pacs.services.query import QueryService
 from pacs.services.retrieve import RetrieveService
@@ -55,6 +57,8 @@ class Web:
     sessions: SessionService | None = None  # the web UI's sign-in (None: no sign-in)
     oidc_sign_in: OidcSignIn | None = None  # signing in at the identity provider (PKCE)
     orders: OrderService | None = None  # imaging orders (None: the orders routes answer 503)
+    mpps: MppsService | None = None  # a study's MPPS (None: not served)
+    commitment: CommitmentService | None = None  # a study's storage commitments
 
 
 async def web_of(request: HTTPConnection) -> Web:

@@ -377,6 +377,79 @@ procedure_step = Table(
 )
 """The scheduled procedure steps of an order: one line of the Modality Worklist each."""
 
+mpps = Table(
+    "mpps",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("sop_instance_uid", String(64), nullable=False, unique=True),
+    # PerformedProcedureStepStatus (PS3.3 C.4.14): IN PROGRESS | COMPLETED | DISCONTINUED
+    Column("status", String(16), nullable=False, index=True),
+    Column("calling_ae", String(16)),
+    Column("study_instance_uid", String(64), index=True),
+    Column("step_fk", ForeignKey("procedure_step.id", ondelete="SET NULL"), index=True),
+    # PerformedProcedureStepStart/End Date + Time, as sent (YYYYMMDDHHMMSS[.F])
+    Column("started", String(32)),
+    Column("ended", String(32)),
+    Column("attributes", Text, nullable=False),  # the SOP instance, DICOM JSON (PS3.18 F.2)
+    Column("created_at", DateTime(timezone=True), nullable=False, default=_now),
+    Column("updated_at", DateTime(timezone=True), nullable=False, default=_now),
+    # when the stability logic last found a referenced instance missing (NULL: never)
+    Column("incomplete_checked_at", DateTime(timezone=True)),
+)
+"""Modality Performed Procedure Steps (PS3.4 F.7): created IN PROGRESS by N-CREATE, made
+COMPLETED or DISCONTINUED (final) by N-SET; linked to the scheduled step they perform (NULL
+when unscheduled or the order is gone) and to their study."""
+
+mpps_instance = Table(
+    "mpps_instance",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("mpps_fk", ForeignKey("mpps.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("series_instance_uid", String(64), nullable=False),
+    Column("sop_class_uid", String(64), nullable=False),
+    Column("sop_instance_uid", String(64), nullable=False, index=True),
+)
+"""The instances a final MPPS says it produced (PerformedSeriesSequence > Referenced Image /
+Non-Image Composite SOP Instance Sequence, PS3.3 C.4.17)."""
+
+storage_commitment = Table(
+    "storage_commitment",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("transaction_uid", String(64), nullable=False, index=True),
+    Column("calling_ae", String(16), nullable=False),
+    Column("address", String(64)),  # where the request came from (host:port), for the record
+    Column("state", String(16), nullable=False, index=True),  # pending | reported | failed
+    Column("requested_at", DateTime(timezone=True), nullable=False, default=_now),
+    Column("checked_at", DateTime(timezone=True)),  # the items' outcome is known from then
+    Column("reported_at", DateTime(timezone=True)),
+    Column("reported_via", String(16)),  # same-association | new-association
+    Column("succeeded", Integer, nullable=False, default=0),
+    Column("failed", Integer, nullable=False, default=0),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", DateTime(timezone=True), index=True),
+    Column("last_error", Text),
+    # the server sending the report, and until when (as route_job's)
+    Column("lease_owner", String(64)),
+    Column("lease_expires_at", DateTime(timezone=True)),
+)
+"""Storage Commitment Push Model requests (PS3.4 J.3): one N-ACTION each, reported by
+N-EVENT-REPORT on its association or on a new one to the requestor's registered address."""
+
+commitment_item = Table(
+    "commitment_item",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("commitment_fk", ForeignKey("storage_commitment.id", ondelete="CASCADE"),
+           nullable=False, index=True),
+    Column("sop_class_uid", String(64), nullable=False),
+    Column("sop_instance_uid", String(64), nullable=False),
+    Column("study_instance_uid", String(64), index=True),  # of the stored instance, if any
+    # Failure Reason (PS3.3 C.14.1.1): NULL = committed (once the request is checked)
+    Column("failure_reason", Integer),
+)
+"""The references of a storage commitment request, each with its outcome."""
+
 TABLES: dict[Level, Table] = {
     Level.PATIENT: patient,
     Level.STUDY: study,

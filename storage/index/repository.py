@@ -20,6 +20,7 @@ from storage.blobs import BlobInfo
 from storage.index.application_entities import AeRecords
 from storage.index.audit import AuditRecords
 from storage.index.audit_feed import AuditFeed
+from storage.index.commitment import CommitmentRecords
 from storage.index.errors import IndexDataError
 from storage.index.findings import FindingRecords
 from storage.index.gauges import GaugeRecords
@@ -33,6 +34,7 @@ from storage.index.models import (
     series,
     study,
 )
+from storage.index.mpps import MppsRecords
 from storage.index.orders import OrderRecords
 from storage.index.sessions import SessionRecords
 from storage.index.sign_ins import SignInRecords
@@ -113,6 +115,8 @@ class Repository:
         self.gauges = GaugeRecords(connection)
         self.orders = OrderRecords(connection)
         self.worklist = WorklistRecords(connection)
+        self.mpps = MppsRecords(connection)
+        self.commitments = CommitmentRecords(connection)
 
     # -- ingest --------------------------------------------------------------------------
     @contextmanager

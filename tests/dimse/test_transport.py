@@ -26,7 +26,13 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.service_class import VerificationServiceClass
 from pynetdicom.transport import AssociationSocket
 
-from pacs.dimse.contexts import QUERY_RETRIEVE, WORKLIST, scp_contexts, transfer_syntaxes
+from pacs.dimse.contexts import (
+    N_SERVICES,
+    QUERY_RETRIEVE,
+    WORKLIST,
+    scp_contexts,
+    transfer_syntaxes,
+)
 from pacs.dimse.transport import Transport
 from pacs.dimse.transport import fast as fast_path
 from pacs.dimse.transport.fast import UPSTREAM, FastTransport
@@ -209,7 +215,7 @@ def test_contexts_cover_every_storage_class_and_transfer_syntax_and_copy_cheaply
     contexts = scp_contexts()
     syntaxes = transfer_syntaxes()
 
-    queries = len(QUERY_RETRIEVE) + len(WORKLIST)
+    queries = len(QUERY_RETRIEVE) + len(WORKLIST) + len(N_SERVICES)
     storage = contexts[1 + queries:]
     assert len(contexts) == 1 + queries + len(pynetdicom.AllStoragePresentationContexts)
     assert all(cx.transfer_syntax == syntaxes for cx in storage)

@@ -90,6 +90,26 @@ def _stored(sop_instance_uid: Any) -> Any:
     return exists().where(instance.c.sop_instance_uid == sop_instance_uid)
 
 
+def performed_and_arrived(study_instance_uid: Any) -> Any:
+    """SQL: the study (its UID column or value) has a COMPLETED MPPS that referenced at least
+    one instance, every one of them in the index, and no MPPS still IN PROGRESS: the modality
+    said it is done and everything it made has arrived (what :meth:`MppsRecords.ready_studies`
+    lists, as a condition on one study)."""
+    done = mpps.alias("done")
+    other = mpps.alias("other")
+    unstored = (select(mpps_instance.c.id)
+                .where(mpps_instance.c.mpps_fk == done.c.id,
+                       ~_stored(mpps_instance.c.sop_instance_uid)))
+    return exists().where(
+        done.c.study_instance_uid == study_instance_uid,
+        done.c.status == COMPLETED,
+        exists().where(mpps_instance.c.mpps_fk == done.c.id),
+        ~exists(unstored),
+        ~exists().where(other.c.study_instance_uid == study_instance_uid,
+                        other.c.status == IN_PROGRESS),
+    )
+
+
 class MppsRecords:
     """MPPS reads and writes on the unit of work's connection (never commits)."""
 

@@ -22,6 +22,7 @@ from storage.index.models import (
     study,
     utc_now,
 )
+from storage.index.mpps import performed_and_arrived
 from storage.normalize import normalize_text
 
 _now = utc_now
@@ -296,12 +297,13 @@ class StudyRecords:
                     quiet_since: datetime | None = None) -> bool:
         """Mark an unstable study stable and free its lease; with ``owner``, only while that
         server holds the lease; with ``quiet_since``, only if no instance arrived since then
-        (one stored during the check makes the study unstable still)."""
+        (one stored during the check makes the study unstable still) or its completed MPPS
+        has all its instances."""
         where = [study.c.study_instance_uid == study_instance_uid, study.c.stable_at.is_(None)]
         if owner is not None:
             where.append(study.c.lease_owner == owner)
         if quiet_since is not None:
-            where.append(_last_received() < quiet_since)
+            where.append(_settled(quiet_since))
         changed = self.connection.execute(
             update(study).where(*where)
             .values(stable_at=_now(), lease_owner=None, lease_expires_at=None)
@@ -495,8 +497,15 @@ def _last_received() -> Any:
     )
 
 
+def _settled(quiet_since: datetime) -> Any:
+    """Nothing arrived since ``quiet_since``, or a COMPLETED MPPS says the modality is done
+    and every instance it referenced is here (stable at once, PS3.4 F.7)."""
+    return or_(_last_received() < quiet_since,
+               performed_and_arrived(study.c.study_instance_uid))
+
+
 def _quiet(quiet_since: datetime) -> list[Any]:
-    return [study.c.stable_at.is_(None), _last_received() < quiet_since]
+    return [study.c.stable_at.is_(None), _settled(quiet_since)]
 
 
 def _in_state_since(state: str, changed_before: datetime) -> list[Any]:

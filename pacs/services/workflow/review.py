@@ -33,7 +33,7 @@ CORRECTABLE: dict[str, Level] = {
 }
 # Findings a correction of patient/study attributes cannot resolve.
 _KEPT_ON_RECHECK = frozenset({"pixel-data-undecodable", "unknown-modality", "invalid-uid",
-                              "manual-review"})
+                              "manual-review", "incomplete"})
 
 
 class ReviewActions(WorkflowBase):

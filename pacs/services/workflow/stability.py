@@ -81,6 +81,11 @@ class Stability(WorkflowBase):
                 # this server stalled past its lease and another took the study over
                 return False
             state = locked_state(repository, study_instance_uid)
+            missing = repository.mpps.missing_instances(study_instance_uid)
+            if missing:
+                found.append(incomplete(missing))
+                repository.mpps.mark_incomplete_checked(study_instance_uid,
+                                                        dt.datetime.now(dt.UTC))
             if found:
                 repository.findings.add(study_instance_uid, finding_rows(found))
                 if state in (StudyState.RECEIVED, StudyState.ARCHIVED):
@@ -132,6 +137,20 @@ class Stability(WorkflowBase):
         except Exception as error:  # any decoder failure is the finding
             return undecodable_pixel_data(sop_instance_uid, f"{type(error).__name__}: {error}")
         return None
+
+
+#: Missing SOP Instance UIDs an ``incomplete`` finding names at most (it counts them all).
+LISTED_MISSING = 20
+
+
+def incomplete(missing: list[str]) -> Finding:
+    """A COMPLETED MPPS references instances the study lacks once it is stable (PS3.4 F.7:
+    the modality said it sent them)."""
+    listed = ", ".join(missing[:LISTED_MISSING])
+    more = f" and {len(missing) - LISTED_MISSING} more" if len(missing) > LISTED_MISSING else ""
+    return Finding("incomplete", f"the completed MPPS references {len(missing)} instance"
+                   f"{'' if len(missing) == 1 else 's'} that did not arrive: {listed}{more}",
+                   sop_instance_uid=missing[0])
 
 
 def can_decode(transfer_syntax_uid: str) -> bool:

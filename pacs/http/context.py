@@ -15,6 +15,7 @@ from starlette.requests import HTTPConnection
 
 from pacs.services.ae_registry import AeRegistry
 from pacs.services.auth import TokenService
+from pacs.services.changes import ChangeService
 from pacs.services.ingest import IngestService
 from pacs.services.query import QueryService
 from pacs.services.retrieve import RetrieveService
@@ -53,6 +54,7 @@ class Web:
     options: WebOptions = field(default_factory=WebOptions)
     sessions: SessionService | None = None  # the web UI's sign-in (None: no sign-in)
     oidc_sign_in: OidcSignIn | None = None  # signing in at the identity provider (PKCE)
+    changes: ChangeService | None = None  # the change feed (None: not offered)
 
 
 async def web_of(request: HTTPConnection) -> Web:

@@ -30,6 +30,7 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import pixel_array
 
 from pacs.services.blob_errors import UNAVAILABLE, blob_store_errors
+from pacs.services.changes import ChangeEvent, record_change
 from pacs.services.decoding_limits import (
     VIEWING_EXTRA_PER_SAMPLE,
     DecodeLimits,
@@ -201,6 +202,7 @@ class QaGate:
                               study_instance_uid=study_uid,
                               detail={"from": state.value, "findings": [f.code for f in errors],
                                       "sop_instance_uid": sop_uid})
+                record_change(repository, ChangeEvent.QUARANTINED, study_instance_uid=study_uid)
                 state = new
         records.audit(actor=who, action="store", outcome=outcome, study_instance_uid=study_uid,
                       detail={"sop_instance_uid": sop_uid})
@@ -332,6 +334,7 @@ class WorkflowService:
             records.audit(actor=who, action="accept", outcome=new.value,
                           study_instance_uid=study_instance_uid,
                           detail={"from": current.value, "findings": open_findings})
+            record_change(repository, ChangeEvent.ARCHIVED, study_instance_uid=study_instance_uid)
             study = records.study(study_instance_uid)
             if study is not None and study.stable_at is not None:
                 self._plan_routes(repository, study, who)
@@ -350,6 +353,7 @@ class WorkflowService:
             records.audit(actor=who, action="reject", outcome=new.value,
                           study_instance_uid=study_instance_uid,
                           detail={"from": current.value, "reason": reason})
+            record_change(repository, ChangeEvent.REJECTED, study_instance_uid=study_instance_uid)
         return self.study(study_instance_uid)
 
     def reject_series(self, study_instance_uid: str, series_instance_uid: str, reason: str,
@@ -367,12 +371,14 @@ class WorkflowService:
                           study_instance_uid=study_instance_uid,
                           detail={"series": series_instance_uid, "reason": reason,
                                   "series_left": left})
+            record_change(repository, ChangeEvent.REJECTED, study_instance_uid, series_instance_uid)
             if left == 0:
                 records.set_state(study_instance_uid, X, reason=reason)
                 records.audit(actor=who, action="reject", outcome=X.value,
                               study_instance_uid=study_instance_uid,
                               detail={"from": current.value, "reason": reason,
                                       "after": "its last series was rejected"})
+                record_change(repository, ChangeEvent.REJECTED, study_instance_uid)
         return self.study(study_instance_uid)
 
     def _state(self, repository: Repository, study_instance_uid: str) -> StudyState:
@@ -430,6 +436,7 @@ class WorkflowService:
                                             "new": v} for k, v in changes.items()},
                             "files_rewritten": len(rewritten)},
                 )
+                record_change(repository, ChangeEvent.CORRECTED, study_instance_uid)
         except BaseException:
             for _, old_key, committed in rewritten:
                 if committed.created and committed.info.key != old_key:
@@ -480,6 +487,7 @@ class WorkflowService:
             records.audit(actor=who, action="quarantine", outcome=Q.value,
                           study_instance_uid=study_instance_uid,
                           detail={"from": A.value, "after": "correction"})
+            record_change(repository, ChangeEvent.QUARANTINED, study_instance_uid)
             return Q
         return current
 
@@ -555,6 +563,7 @@ class WorkflowService:
                                   study_instance_uid=study_instance_uid,
                                   detail={"from": state.value,
                                           "findings": [f.code for f in found]})
+                    record_change(repository, ChangeEvent.QUARANTINED, study_instance_uid)
                     state = Q
             records.audit(actor=who, action="stable", outcome=state.value,
                           study_instance_uid=study_instance_uid, detail={"node": self.node})
@@ -693,6 +702,7 @@ class WorkflowService:
             records.audit(actor=who, action="delete", outcome="purged",
                           study_instance_uid=study_instance_uid,
                           detail={"files": len(keys), "node": self.node})
+            record_change(repository, ChangeEvent.DELETED, study_instance_uid=study_instance_uid)
         for key in keys:  # an instance stored for the study while its files were deleted
             if key in deleted:
                 continue

@@ -19,6 +19,7 @@ from storage.attributes import Level
 from storage.blobs import BlobInfo
 from storage.index.application_entities import AeRecords
 from storage.index.audit_feed import AuditFeed
+from storage.index.changes import ChangeRecords
 from storage.index.errors import IndexDataError
 from storage.index.gauges import GaugeRecords
 from storage.index.matching import LIST_SEPARATOR, find_statement, instances_statement
@@ -104,6 +105,7 @@ class Repository:
         self.sessions = SessionRecords(connection)
         self.sign_ins = SignInRecords(connection)
         self.gauges = GaugeRecords(connection)
+        self.changes = ChangeRecords(connection)
 
     # -- ingest --------------------------------------------------------------------------
     @contextmanager

@@ -426,7 +426,8 @@ def _background(settings: Settings, services: Services) -> list[Worker]:
         # deliver, and drop those past the retention period
         Worker("change-sequencer", services.changes.sequence, 0.25),
         Worker("webhooks", services.webhooks.run_due, 0.25),
-        Worker("change-prune", prune_changes, purge_every),
+        Worker("change-prune", prune_changes,
+               min(max(settings.change_retention_days * 86400 / 4, 0.2), purge_every)),
     ]
 
 

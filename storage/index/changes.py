@@ -185,16 +185,19 @@ class ChangeRecords:
     def prune(self, before: datetime, limit: int = 5000) -> int:
         """Delete up to ``limit`` numbered changes older than ``before`` (oldest first), and
         the done webhook deliveries last touched before it; how many changes went. A change
-        whose delivery is still open is kept."""
+        whose delivery is still open is kept, and so is the newest change: it holds the
+        highest number, which the next one continues from (never a number given twice)."""
         open_delivery = (
             select(route_job.c.id).where(
                 route_job.c.kind == WEBHOOK, route_job.c.change_seq == change_event.c.seq,
                 route_job.c.state != _DONE)
             .exists()
         )
+        newest = select(func.max(change_event.c.seq)).scalar_subquery()
         ids = list(self.connection.execute(
             select(change_event.c.id)
-            .where(change_event.c.seq.is_not(None), change_event.c.at < before, ~open_delivery)
+            .where(change_event.c.seq.is_not(None), change_event.c.at < before, ~open_delivery,
+                   change_event.c.seq < newest)
             .order_by(change_event.c.seq).limit(limit)
         ).scalars())
         if ids:

@@ -100,10 +100,10 @@ def _entry(request: Request, wado: WadoServices, entry: FeedEntry,
 
 def _metadata(request: Request, wado: WadoServices, study: str, series: str,
               instance: str) -> Any:
-    """The instance's DICOM JSON, or None when it is not visible (not archived, or gone)."""
+    """The instance's DICOM JSON, or None when it is not visible (not archived, or gone, or
+    its file is missing: one entry's metadata never fails the page)."""
     try:
-        items = wado.metadata.items(study, series, instance)
+        parts = wado.metadata.metadata(wado.metadata.items(study, series, instance)).parts
     except NotFound:
         return None
-    parts = wado.metadata.metadata(items).parts
     return json.loads(with_base(parts[0], base_url(request))) if parts else None

@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 
 from tests.factories.datasets import ct_instance, make_uid, to_part10_bytes
 from tests.support import dcmtk
-from tests.support.server import PacsServer
+from tests.support.server import PacsServer, bearer, token
 from tests.support.wait import until
 
 BOUNDARY = "change-feed-boundary"
@@ -215,5 +215,26 @@ def test_old_changes_are_pruned_and_numbering_goes_on(
             archive.store(ct_instance(PatientID="CF-PR", StudyInstanceUID=study,
                                       InstanceNumber=3))
             assert [c["seq"] for c in archive.poll_all(top, limit=10)] == [top + 1]
+    finally:
+        server.stop()
+
+
+def test_the_feed_needs_the_qa_role(module_database_url: str, tmp_path: Path) -> None:
+    """A viewer sees archived studies only; the feed names studies in every state, so it
+    needs the qa role (on both paths)."""
+    url = module_database_url
+    if url.startswith("sqlite"):
+        url = f"sqlite:///{tmp_path / 'index.sqlite'}"
+    server = PacsServer(data_dir=tmp_path / "data", database_url=url,
+                        extra_args=["--auth", "required"]).start()
+    try:
+        viewer = token(server, "cf-viewer", "viewer")
+        qa = token(server, "cf-qa", "qa")
+        for path in ("/api/changes", "/dicom-web/changefeed"):
+            assert httpx.get(f"{server.base_url}{path}", timeout=30).status_code == 401
+            assert httpx.get(f"{server.base_url}{path}", headers=bearer(viewer),
+                             timeout=30).status_code == 403
+            assert httpx.get(f"{server.base_url}{path}", headers=bearer(qa),
+                             timeout=30).status_code == 200
     finally:
         server.stop()

@@ -69,7 +69,8 @@ def _settings(**flags: Any) -> Settings:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "settings"
         message = str(first["msg"]).removeprefix("Value error, ")
-        flag = {"peers": "peer", "modalities": "modality", "routes": "route"}.get(
+        flag = {"peers": "peer", "modalities": "modality", "routes": "route",
+                "webhooks": "webhook"}.get(
             where, where).replace("_", "-")
         err.print(f"pacs: error: --{flag}: {message}", soft_wrap=True, markup=False)
         raise typer.Exit(2) from None
@@ -202,6 +203,20 @@ def serve(
         str | None, typer.Option("--retention-days", help="rejected studies are purged "
                                  "after this many days [30]"),
     ] = None,
+    webhook: Annotated[
+        list[str] | None,
+        typer.Option("--webhook", help="URL[,event,...]: POST each change (of those events, "
+                     "else all) as JSON to URL (repeatable) [none]"),
+    ] = None,
+    webhook_secret: Annotated[
+        str | None, typer.Option("--webhook-secret", help="sign webhook bodies: header "
+                                 "X-Pacs-Signature sha256=HMAC (prefer PACS_WEBHOOK_SECRET: a "
+                                 "flag shows in ps) [none]"),
+    ] = None,
+    change_retention_days: Annotated[
+        str | None, typer.Option("--change-retention-days", help="changes leave the change "
+                                 "feed after this many days [30]"),
+    ] = None,
     audit_syslog: Annotated[
         str | None, typer.Option("--audit-syslog", help="also send each audit event as a "
                                  "DICOM Audit Message to syslog: HOST:PORT (UDP), "
@@ -236,6 +251,8 @@ def serve(
         modalities=modality, stable_seconds=stable_seconds, retention_days=retention_days,
         audit_syslog=audit_syslog, log_format=log_format, metrics_token=metrics_token,
         hl7_port=hl7_port,
+        webhooks=webhook, webhook_secret=webhook_secret,
+        change_retention_days=change_retention_days,
     )
     refusal = settings.exposed_without_auth
     if refusal is not None:

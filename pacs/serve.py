@@ -39,6 +39,7 @@ from pacs.services.audit_export import AuditExporter
 from pacs.services.audit_message import AuditSource
 from pacs.services.auth import Authenticator, TokenService
 from pacs.services.bulk_import import ImportService
+from pacs.services.changes import ChangeService
 from pacs.services.codecs import use_chosen_decoders
 from pacs.services.commitment import CommitmentService
 from pacs.services.consistency import (
@@ -60,6 +61,7 @@ from pacs.services.routing import RoutingService, Worker
 from pacs.services.sessions import SessionService
 from pacs.services.syslog import SyslogHeader, SyslogTarget, sender_for
 from pacs.services.tls_listener import BCP195_TLS12_CIPHERS, harden_tls, server_context
+from pacs.services.webhooks import Webhook, WebhookService
 from pacs.services.workflow import QaGate, RouteRule, WorkflowService
 from pacs.services.worklist import WorklistService
 from pacs.settings import AuthMode, DimseAccess, LogFormat, QaMode, Settings, TlsClientCert
@@ -108,6 +110,8 @@ class Services:
     worklist: WorklistService  # the Modality Worklist (C-FIND, PS3.4 K)
     mpps: MppsService
     commitment: CommitmentService
+    changes: ChangeService
+    webhooks: WebhookService
     oidc_sign_in: OidcSignIn | None = None  # the web UI's sign-in at the identity provider
 
 
@@ -156,6 +160,10 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
                                    audit=audit.record, limits=limits)
         tokens = TokenService(index=index)
         oidc = _oidc(settings)
+        webhooks = [Webhook.parse(text) for text in settings.webhooks]
+        changes = ChangeService(index=index, webhooks=webhooks,
+                                retention=dt.timedelta(days=settings.change_retention_days))
+        secret = settings.webhook_secret
         services = Services(
             settings=settings,
             blobs=blobs,
@@ -186,6 +194,15 @@ def open_services(settings: Settings, *, upgrade: bool = True) -> Iterator[Servi
                 sender=CommitmentReportSender(settings.ae_title,
                                               transport=lambda: _transport(settings)),
                 node=node_id(settings)),
+            changes=changes,
+            webhooks=WebhookService(
+                index=index, changes=changes, webhooks=webhooks,
+                secret=secret.get_secret_value().encode() if secret is not None else None,
+                timeout=settings.webhook_timeout_seconds,
+                retry_base=dt.timedelta(seconds=settings.webhook_retry_seconds),
+                retry_max=dt.timedelta(seconds=settings.webhook_retry_max_seconds),
+                node=node_id(settings), lease=dt.timedelta(seconds=settings.route_lease_seconds),
+            ),
             oidc_sign_in=_oidc_sign_in(settings, index, oidc),
             worklist=WorklistService(index=index, max_results=settings.max_query_results,
                                      audit=audit),
@@ -403,6 +420,7 @@ def _web(settings: Settings, services: Services) -> Web:
         orders=services.orders,
         mpps=services.mpps,
         commitment=services.commitment,
+        changes=services.changes,
     )
 
 
@@ -429,11 +447,20 @@ def _background(settings: Settings, services: Services) -> list[Worker]:
     def purge() -> None:
         services.workflow.purge()
 
+    def prune_changes() -> None:
+        services.changes.prune()
+
     return [
         Worker("qa-stability", services.workflow.settle, settle_every),
         Worker("qa-purge", purge, purge_every),
         Worker("routing", services.routing.run_due, 0.5),
         Worker("storage-commitment", services.commitment.run_due, 1.0),
+        # the change feed: number committed changes (and plan their webhook deliveries),
+        # deliver, and drop those past the retention period
+        Worker("change-sequencer", services.changes.sequence, 0.25),
+        Worker("webhooks", services.webhooks.run_due, 0.25),
+        Worker("change-prune", prune_changes,
+               min(max(settings.change_retention_days * 86400 / 4, 0.2), purge_every)),
     ]
 
 

@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pacs.services.ae_registry import check_ae_title, check_host
 from pacs.services.syslog import SyslogTarget
+from pacs.services.webhooks import Webhook
 from storage.blob_store import parse_s3_url
 
 _ORIGIN = re.compile(r"^https?://[^\s/?#]+$", re.IGNORECASE)
@@ -380,6 +381,28 @@ class Settings(BaseSettings):
         description="how long a routing job stays this server's without a renewal (renewed "
         "every third of it while sending): after a server dies, another takes its jobs then",
     )
+    change_retention_days: float = Field(
+        default=30.0, gt=0, description="changes older than this leave the change feed "
+        "(GET /api/changes) in a background pass; a poller further behind misses them",
+    )
+    webhooks: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="URL[,event,...]: POST each change of the feed (the events "
+        "named, else all) as JSON to URL (http or https); repeatable, several in "
+        "PACS_WEBHOOKS separated by spaces or ';'",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None, exclude=True,  # never dumped (the DIMSE workers' copy goes without it)
+        description="key of the X-Pacs-Signature header: sha256=<hex HMAC-SHA256 of the body>",
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=300, description="a webhook POST's connect and read timeout",
+    )
+    webhook_retry_seconds: float = Field(
+        default=2.0, gt=0, description="first retry delay of a failed webhook POST (doubles)",
+    )
+    webhook_retry_max_seconds: float = Field(
+        default=300.0, gt=0, description="the longest delay between two webhook attempts",
+    )
     study_lease_seconds: float = Field(
         default=30.0, ge=1.0, le=3600.0,
         description="how long a study's stability check or purge stays this server's without "
@@ -641,6 +664,22 @@ class Settings(BaseSettings):
                 raise ValueError(f"route {text!r}: {peer} is not a registered --peer")
             routes.append(f"{selector.strip().upper()}={peer}")
         return tuple(routes)
+
+    @field_validator("webhooks", mode="before")
+    @classmethod
+    def _webhooks(cls, value: Any) -> tuple[str, ...]:
+        if value is None or value == "":
+            return ()
+        if isinstance(value, str):
+            value = value.replace(";", " ").split()
+        return tuple(str(Webhook.parse(str(item))) for item in value if str(item).strip())
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            raise ValueError("is empty")
+        return value
 
     @field_validator("blob_store")
     @classmethod

@@ -26,10 +26,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from starlette.middleware.gzip import GZipMiddleware
 
-from dicomweb import qido, reject, stow, wado
+from dicomweb import changefeed, qido, reject, stow, wado
 from dicomweb.wado_services import WadoServices
 from pacs import __version__
 from pacs.api import admin
+from pacs.api import changes as change_feed
 from pacs.api import orders as api_orders
 from pacs.api import routes as api
 from pacs.http import errors
@@ -108,10 +109,12 @@ def create_app(*, web: Web, wado_services: WadoServices, readiness: Callable[[],
     app.include_router(wado.router, prefix=DICOMWEB_PATH)
     app.include_router(stow.router, prefix=DICOMWEB_PATH)
     app.include_router(reject.router, prefix=DICOMWEB_PATH)
+    app.include_router(changefeed.router, prefix=DICOMWEB_PATH)
     app.include_router(wado.uri_router)
     app.include_router(api.router)
     app.include_router(admin.router)
     app.include_router(api_orders.router)
+    app.include_router(change_feed.router)
     app.include_router(ui.router)
     app.include_router(sign_in.router)
     app.mount(ui.STATIC_PATH, ui.static_files(), name="ui-static")

@@ -15,6 +15,7 @@ from starlette.requests import HTTPConnection
 
 from pacs.services.ae_registry import AeRegistry
 from pacs.services.auth import TokenService
+from pacs.services.changes import ChangeService
 from pacs.services.commitment import CommitmentService
 from pacs.services.ingest import IngestService
 from pacs.services.mpps import MppsService
@@ -59,6 +60,7 @@ class Web:
     orders: OrderService | None = None  # imaging orders (None: the orders routes answer 503)
     mpps: MppsService | None = None  # a study's MPPS (None: not served)
     commitment: CommitmentService | None = None  # a study's storage commitments
+    changes: ChangeService | None = None  # the change feed (None: not offered)
 
 
 async def web_of(request: HTTPConnection) -> Web:

@@ -20,6 +20,7 @@ from itertools import islice
 from pathlib import Path
 
 from pacs.services.blob_errors import blob_store_errors
+from pacs.services.changes import record_deleted_instances
 from storage.blob_store import BlobNotFound, BlobStore
 from storage.index import Index
 
@@ -130,6 +131,7 @@ class ConsistencyService:
                 broken.append(stored.sop_instance_uid)
         if broken:
             with self.index.unit_of_work(write=True) as repo:
+                record_deleted_instances(repo, broken)
                 repo.delete_instances(broken)
         log.info("unsynced rows: the newest %d checked, %d removed in %.1f s", len(candidates),
                  len(broken), time.monotonic() - started)
@@ -177,6 +179,7 @@ class ConsistencyService:
     def _repair(self, report: ConsistencyReport, orphan_grace_s: float) -> None:
         if report.missing:
             with self.index.unit_of_work(write=True) as repo:
+                record_deleted_instances(repo, [uid for uid, _ in report.missing])
                 report.repaired_rows = repo.delete_instances([uid for uid, _ in report.missing])
         for key in report.orphans:
             # An orphan may have become referenced since the scan (a store in progress).

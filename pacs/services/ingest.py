@@ -36,6 +36,7 @@ from typing import NamedTuple, TypeVar
 
 from pacs.services import metrics
 from pacs.services.blob_errors import UNAVAILABLE
+from pacs.services.changes import record_deleted_instances, record_store
 from pacs.services.decoding_limits import DecodeLimits
 from pacs.services.errors import (
     InvalidInstance,
@@ -377,6 +378,7 @@ class IngestService:
             row, initial_state=self.new_study_state.value, overwrite=self.overwrite,
             visible_states=VISIBLE_TO_VIEWERS,
         )
+        record_store(repo, row, result)
         state = StudyState(result.study_state)
         if self.gate is not None:
             who = actor(origin.protocol, origin.ae_title, origin.address,
@@ -417,6 +419,7 @@ class IngestService:
             return
         try:
             with self._unit_of_work(write=True) as repo:
+                record_deleted_instances(repo, [uid])
                 repo.delete_instances([uid])
                 referenced = repo.blob_referenced(key)
         except Exception:  # the refusal stands; `pacs check` reports what is left

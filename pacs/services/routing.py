@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from pacs.services.changes import ChangeEvent, record_change
 from pacs.services.errors import (
     IllegalTransition,
     NotFound,
@@ -129,6 +130,7 @@ class RoutingService:
             if report.error is None:
                 held = records.finish(job.id, report.sent, owner=self.node)
                 outcome = "sent"
+                record_change(repository, ChangeEvent.ROUTED, job.study_instance_uid)
             else:
                 retry = None
                 if job.attempts < self.max_attempts:

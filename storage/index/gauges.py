@@ -35,7 +35,8 @@ class GaugeRecords:
         """Routing jobs per state, every known state present (0 when none)."""
         counts = dict.fromkeys(JOB_STATES, 0)
         rows = self.connection.execute(
-            select(route_job.c.state, func.count()).group_by(route_job.c.state)
+            select(route_job.c.state, func.count()).where(route_job.c.kind == "route")
+            .group_by(route_job.c.state)
         )
         for state, count in rows:
             counts[str(state)] = int(count)

@@ -131,6 +131,7 @@ class JobRecords:
     def list(self, *, study_instance_uid: str | None = None, limit: int = 200
              ) -> list[JobRecord]:
         statement = select(route_job).order_by(route_job.c.id.desc()).limit(limit)
+        statement = statement.where(route_job.c.kind == "route")  # not webhook deliveries
         if study_instance_uid:
             statement = statement.where(route_job.c.study_instance_uid == study_instance_uid)
         return [_job(row) for row in self.connection.execute(statement)]
@@ -138,6 +139,7 @@ class JobRecords:
     def open_exists(self, study_instance_uid: str, destination: str) -> bool:
         return bool(self.connection.execute(
             select(func.count()).select_from(route_job).where(and_(
+                route_job.c.kind == "route",
                 route_job.c.study_instance_uid == study_instance_uid,
                 route_job.c.destination == destination,
                 route_job.c.state.in_([JobState.PENDING, JobState.RUNNING]),
@@ -149,12 +151,12 @@ class JobRecords:
 def _due(now: datetime) -> Any:
     """A job to run now: pending or failed with its attempt due, or running under a lease
     that ran out (its server died mid-send)."""
-    return or_(
+    return and_(route_job.c.kind == "route", or_(  # webhook jobs: storage.index.changes
         and_(route_job.c.state.in_([JobState.PENDING, JobState.FAILED]),
              route_job.c.next_attempt_at.is_not(None), route_job.c.next_attempt_at <= now),
         and_(route_job.c.state == JobState.RUNNING, route_job.c.lease_expires_at.is_not(None),
              route_job.c.lease_expires_at < now),
-    )
+    ))
 
 
 def _held_by(owner: str | None) -> list[Any]:

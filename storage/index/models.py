@@ -237,8 +237,15 @@ route_job = Table(
     # whose lease ran out (its server died) is claimed again by another
     Column("lease_owner", String(64)),
     Column("lease_expires_at", DateTime(timezone=True)),
+    # route: send a study to a peer; webhook: post change ``change_seq`` to the webhook at
+    # position ``webhook`` of the configured list (storage.index.changes)
+    Column("kind", String(16), nullable=False, default="route", server_default="route",
+           index=True),
+    Column("change_seq", BigInteger),
+    Column("webhook", Integer),
 )
-"""Routing jobs: send one archived study to one peer (pending → running → done | failed)."""
+"""Routing jobs: send one archived study to one peer (pending → running → done | failed);
+and webhook deliveries of the change feed, in the same table under the same leases."""
 
 retired_blob = Table(
     "retired_blob",
@@ -449,6 +456,23 @@ commitment_item = Table(
     Column("failure_reason", Integer),
 )
 """The references of a storage commitment request, each with its outcome."""
+change_event = Table(
+    "change_event",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    # NULL until the sequencer numbers the committed row: 1, 2, 3, ... without gaps
+    Column("seq", BigInteger, unique=True),
+    Column("at", DateTime(timezone=True), nullable=False, default=_now, index=True),
+    Column("event", String(16), nullable=False),
+    Column("study_instance_uid", String(64), nullable=False, index=True),
+    Column("series_instance_uid", String(64)),
+    Column("sop_instance_uid", String(64), index=True),
+)
+"""The change feed (``GET /api/changes``): one row per change of the archive, written in the
+transaction of the change, numbered by ``seq`` once committed (storage.index.changes)."""
+# the rows the sequencer has still to number: few at any time, found without a scan
+Index("ix_change_event_unsequenced", change_event.c.id,
+      sqlite_where=change_event.c.seq.is_(None), postgresql_where=change_event.c.seq.is_(None))
 
 TABLES: dict[Level, Table] = {
     Level.PATIENT: patient,

@@ -20,6 +20,7 @@ from storage.blobs import BlobInfo
 from storage.index.application_entities import AeRecords
 from storage.index.audit import AuditRecords
 from storage.index.audit_feed import AuditFeed
+from storage.index.changes import ChangeRecords
 from storage.index.commitment import CommitmentRecords
 from storage.index.errors import IndexDataError
 from storage.index.findings import FindingRecords
@@ -117,6 +118,7 @@ class Repository:
         self.worklist = WorklistRecords(connection)
         self.mpps = MppsRecords(connection)
         self.commitments = CommitmentRecords(connection)
+        self.changes = ChangeRecords(connection)
 
     # -- ingest --------------------------------------------------------------------------
     @contextmanager

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pacs.services.blob_errors import blob_store_errors
+from pacs.services.changes import ChangeEvent, record_change
 from pacs.services.errors import InvalidQuery, NotFound
 from pacs.services.qa_checks import Finding, InstanceFacts, Severity, run_instance_checks
 from pacs.services.rewrite import rewrite_attributes
@@ -71,6 +72,8 @@ class ReviewActions(WorkflowBase):
                                     study_instance_uid=study_instance_uid,
                                     detail={"series": series_instance_uid, "reason": reason,
                                             "series_left": left})
+            record_change(repository, ChangeEvent.REJECTED, study_instance_uid,
+                          series_instance_uid)
             if left == 0:
                 transition(repository, study_instance_uid, Action.REJECT, who=who,
                            current=current, reason=reason,
@@ -123,6 +126,7 @@ class ReviewActions(WorkflowBase):
                                             "new": v} for k, v in changes.items()},
                             "files_rewritten": len(rewritten)},
                 )
+                record_change(repository, ChangeEvent.CORRECTED, study_instance_uid)
         except BaseException:
             for _, old_key, committed in rewritten:
                 if committed.created and committed.info.key != old_key:

@@ -11,12 +11,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pacs.services.changes import ChangeEvent, record_change
 from pacs.services.errors import NotFound
 from pacs.services.workflow.states import Action, StudyState, next_state
 from storage.index import Repository
 
 #: The audit trail's name of each action, where it is not the action's own.
 _AUDITED_AS = {Action.PURGE: "delete"}
+
+#: The change feed's event of each move (``pacs.services.changes``).
+_CHANGE = {Action.ARCHIVE: ChangeEvent.ARCHIVED, Action.ACCEPT: ChangeEvent.ARCHIVED,
+           Action.QUARANTINE: ChangeEvent.QUARANTINED, Action.REJECT: ChangeEvent.REJECTED,
+           Action.CORRECT: ChangeEvent.CORRECTED, Action.PURGE: ChangeEvent.DELETED}
 
 
 def locked_state(repository: Repository, study_instance_uid: str, *, owner: str | None = None
@@ -44,7 +50,8 @@ def transition(
 
     ``current``: the state the caller read under the study's lock in this unit of work (else
     it is locked and read here). ``reason``: why a study is rejected. The audit event is
-    ``action`` → the new state, its detail ``{"from": current, **detail}``. A purge deletes the
+    ``action`` → the new state, its detail ``{"from": current, **detail}``; the change feed
+    gets the move's event in the same unit of work. A purge deletes the
     study's rows (its files are the caller's) and returns None. :class:`IllegalTransition`
     when the table does not allow the move: nothing is written.
     """
@@ -61,4 +68,5 @@ def transition(
         study_instance_uid=study_instance_uid,
         detail={"from": current.value, **(detail or {})},
     )
+    record_change(repository, _CHANGE[action], study_instance_uid)
     return new

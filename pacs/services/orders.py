@@ -348,6 +348,15 @@ def describe(order: OrderRecord, who: str) -> dict[str, Any]:
             "status": order.status, "source": order.source, "who": who}
 
 
+@dataclass(frozen=True)
+class OrderedStudy:
+    """An order and the study it names, with its state (None while nothing of it arrived)."""
+
+    order: OrderRecord
+    study_instance_uid: str | None
+    study_state: str | None
+
+
 class OrderService:
     """Creates, changes, cancels and reads imaging orders (see the module's docstring).
     Holds no state of its own: thread-safe; each call is one unit of work."""
@@ -460,6 +469,28 @@ class OrderService:
                 _da(name, value)
         with self._unit() as repository:
             return repository.orders.list(criteria)
+
+    def with_studies(self, criteria: OrderFilter) -> builtins.list[OrderedStudy]:
+        """:meth:`list`, each order with the study it names (by its Study Instance UID, else
+        its Accession Number, as the QA gate's worklist check finds it) and that study's
+        state; None while nothing of it has arrived: the worklist page."""
+        orders = self.list(criteria)
+        with self._unit() as repository:
+            states = repository.studies.states_of(o.study_instance_uid for o in orders)
+            by_accession = repository.studies.with_accession_numbers(
+                o.accession_number for o in orders
+                if o.study_instance_uid not in states and o.accession_number)
+        lines: builtins.list[OrderedStudy] = []
+        for order in orders:
+            if order.study_instance_uid in states:
+                lines.append(OrderedStudy(order, order.study_instance_uid,
+                                          states[order.study_instance_uid]))
+            elif order.accession_number in by_accession:
+                uid, state = by_accession[order.accession_number]
+                lines.append(OrderedStudy(order, uid, state))
+            else:
+                lines.append(OrderedStudy(order, None, None))
+        return lines
 
     def by_accession_number(self, accession_number: str) -> builtins.list[OrderRecord]:
         """The orders with this AccessionNumber, cancelled ones too (oldest first)."""

@@ -39,6 +39,7 @@ from pacs.http.context import DICOMWEB_PATH, WebDep
 from pacs.http.errors import HttpError, status_of
 from pacs.services.auth import Principal, Role
 from pacs.services.errors import InvalidQuery, NotFound, PacsError
+from pacs.services.orders import OrderFilter, OrderStatus
 from pacs.services.query import QueryService
 from pacs.services.sessions import SessionService
 from pacs.services.workflow import (
@@ -213,6 +214,26 @@ async def correct_from_order(request: Request, web: WebDep, who: Who, study: str
                 f"{review.study.state}.")
 
     return await _act(request, call, f"/ui/studies/{study}")
+
+
+@router.get("/ui/worklist", response_class=HTMLResponse, dependencies=[requires(Role.QA)])
+def worklist(request: Request, web: WebDep, principal: PrincipalDep, patient: str = "",
+             accession: str = "", status: str = "", date: str = "") -> Response:
+    search = {"patient": patient.strip(), "accession": accession.strip(),
+              "status": status.strip(), "date": date.strip()}
+
+    def build() -> dict[str, Any]:
+        if web.orders is None:
+            raise NotFound("orders are not served here")
+        criteria = OrderFilter(status=search["status"] or None,
+                               patient_id=search["patient"] or None,
+                               accession_number=search["accession"] or None,
+                               date_from=search["date"] or None, date_to=search["date"] or None,
+                               limit=200)
+        return {"orders": web.orders.with_studies(criteria), "search": search,
+                "statuses": [s.value for s in OrderStatus]}
+
+    return _render(request, principal, "worklist.html", build)
 
 
 @router.get("/ui/jobs", response_class=HTMLResponse, dependencies=[requires(Role.ADMIN)])

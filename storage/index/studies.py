@@ -171,6 +171,28 @@ class StudyRecords:
             found.setdefault(row.study_fk, []).append(row.modality)
         return found
 
+    def with_accession_numbers(self, accession_numbers: Iterable[str]
+                               ) -> dict[str, tuple[str, str]]:
+        """For each of these Accession Numbers, a study that has it: (its UID, its state),
+        the newest when several do (one statement)."""
+        wanted = [a for a in dict.fromkeys(accession_numbers) if a]
+        if not wanted:
+            return {}
+        rows = self.connection.execute(
+            select(study.c.accession_number, study.c.study_instance_uid, study.c.state)
+            .where(study.c.accession_number.in_(wanted)).order_by(study.c.id))
+        return {row.accession_number: (row.study_instance_uid, row.state) for row in rows}
+
+    def states_of(self, study_uids: Iterable[str]) -> dict[str, str]:
+        """The state of each of these studies the index has (one statement)."""
+        wanted = list(dict.fromkeys(study_uids))
+        if not wanted:
+            return {}
+        rows = self.connection.execute(
+            select(study.c.study_instance_uid, study.c.state)
+            .where(study.c.study_instance_uid.in_(wanted)))
+        return {row.study_instance_uid: row.state for row in rows}
+
     def set_state(
         self, study_instance_uid: str, state: str, *, reason: str | None = None
     ) -> bool:

@@ -13,19 +13,24 @@ from pacs.services.workflow.review import ReviewActions
 from pacs.services.workflow.stability import Stability
 from pacs.services.workflow.states import StudyState
 from storage.index.audit import AuditRecord
+from storage.index.commitment import CommittedInstance
 from storage.index.findings import FindingRecord
 from storage.index.jobs import JobRecord
+from storage.index.mpps import MppsSummary
 from storage.index.studies import StudyRecord
 
 
 @dataclass(frozen=True)
 class StudyReview:
-    """A study with its open findings (and, for the study page, its history and jobs)."""
+    """A study with its open findings (and, for the study page, its history, its routing
+    jobs, its MPPS and the storage commitments of its instances)."""
 
     study: StudyRecord
     findings: list[FindingRecord]
     history: list[AuditRecord] = field(default_factory=list)
     jobs: list[JobRecord] = field(default_factory=list)
+    mpps: list[MppsSummary] = field(default_factory=list)
+    commitments: list[CommittedInstance] = field(default_factory=list)
 
 
 class WorkflowService(ReviewActions, Stability, Purge):
@@ -53,6 +58,8 @@ class WorkflowService(ReviewActions, Stability, Purge):
                 found, repository.findings.of_study(study_instance_uid),
                 repository.audit.events(study_instance_uid=study_instance_uid),
                 repository.jobs.list(study_instance_uid=study_instance_uid),
+                repository.mpps.of_study(study_instance_uid),
+                repository.commitments.of_study(study_instance_uid),
             )
 
     def audit_events(self, *, study_instance_uid: str | None = None,

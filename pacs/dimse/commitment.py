@@ -105,8 +105,8 @@ class CommitmentHandlers:
         """Send the report on the requestor's association unless it leaves by
         ``grace_ends``; None once it was answered 0x0000, else why not (then a new
         association is used)."""
-        while True:
-            if not self.transport.connected(assoc) or assoc.acse.is_release_requested():
+        while True:  # the reactor serves a release meanwhile (asking the ACSE would take it)
+            if not self.transport.connected(assoc):
                 return "the requestor released the association"
             if time.monotonic() >= grace_ends:
                 break

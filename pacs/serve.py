@@ -457,7 +457,10 @@ def _background(settings: Settings, services: Services) -> list[Worker]:
         Worker("storage-commitment", services.commitment.run_due, 1.0),
         # the change feed: number committed changes (and plan their webhook deliveries),
         # deliver, and drop those past the retention period
-        Worker("change-sequencer", services.changes.sequence, 0.25),
+        # (numbered at most 4 times a second while webhooks wait for the numbers, once a
+        # second otherwise: a reader of the feed numbers what waits before it reads)
+        Worker("change-sequencer", services.changes.sequence_pass,
+               0.25 if settings.webhooks else 1.0),
         Worker("webhooks", services.webhooks.run_due, 0.25),
         Worker("change-prune", prune_changes,
                min(max(settings.change_retention_days * 86400 / 4, 0.2), purge_every)),

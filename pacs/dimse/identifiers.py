@@ -120,7 +120,7 @@ def find_request(
             continue
         if not is_matchable(keyword):
             continue  # returned empty: not indexed
-        text = _text(element)
+        text = element_text(element)
         try:
             found = condition(keyword, text, vr_of(keyword))
         except InvalidQueryValue as error:
@@ -147,7 +147,7 @@ def retrieve_query(identifier: Dataset, model: InformationModel) -> Query:
     conditions: list[Condition] = []
     for upper in LEVELS[model]:
         keyword = UNIQUE_KEY[upper]
-        text = _text(identifier[keyword]) if keyword in identifier else ""
+        text = element_text(identifier[keyword]) if keyword in identifier else ""
         if upper is level and not text.strip():
             raise IdentifierMismatch(f"{keyword} is required to retrieve at the {level} level")
         if not text.strip():
@@ -202,7 +202,9 @@ def _is_non_ascii(value: Any) -> bool:
     return False
 
 
-def _text(element: DataElement) -> str:
+def element_text(element: DataElement) -> str:
+    """An identifier element's value as the text a matcher parses (multiple values joined
+    by backslashes, bytes as Latin-1)."""
     value = element.value
     if value is None:
         return ""
@@ -226,7 +228,7 @@ def _sequence(element: DataElement) -> Condition | None:
         if keyword not in SEQUENCES[element.keyword]:
             continue
         try:
-            found = condition(keyword, _text(item_element), vr_of(keyword))
+            found = condition(keyword, element_text(item_element), vr_of(keyword))
         except InvalidQueryValue as error:
             raise InvalidQuery(str(error)) from None
         if found is not None:
@@ -266,7 +268,7 @@ def _check_unique_keys_above(
         if DEPTH[upper] >= DEPTH[level]:
             break
         keyword = UNIQUE_KEY[upper]
-        text = _text(identifier[keyword]).strip() if keyword in identifier else ""
+        text = element_text(identifier[keyword]).strip() if keyword in identifier else ""
         if not text:
             raise IdentifierMismatch(
                 f"{keyword} must be given to query at the {level} level "

@@ -24,11 +24,10 @@ from pydicom import config
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 
-from pacs.dimse.identifiers import IdentifierMismatch
+from pacs.dimse.identifiers import IdentifierMismatch, element_text
 from pacs.services.errors import InvalidQuery
 from storage.query import Condition, InvalidQueryValue, condition
 from storage.worklist import BY_KEYWORD, SCHEDULED_STEP_SEQUENCE, WorklistQuery, WorklistRecord
@@ -126,7 +125,7 @@ def _key(element: DataElement, conditions: list[Condition], unsupported: list[st
             unsupported.append(keyword)
         return
     try:
-        found = condition(keyword, _text(element), attribute.vr)
+        found = condition(keyword, element_text(element), attribute.vr)
     except InvalidQueryValue as error:
         raise InvalidQuery(str(error)) from None
     if found is not None:
@@ -136,19 +135,7 @@ def _key(element: DataElement, conditions: list[Condition], unsupported: list[st
 def _has_value(element: DataElement) -> bool:
     if element.VR == "SQ":
         return any(_has_value(inner) for item in element.value or [] for inner in item)
-    return bool(_text(element).strip(" \x00*"))
-
-
-def _text(element: DataElement) -> str:
-    value = element.value
-    if value is None:
-        return ""
-    if isinstance(value, MultiValue | list | tuple):
-        return "\\".join(str(v) for v in value)
-    if isinstance(value, bytes):
-        return value.decode("latin_1")
-    return str(value)
-
+    return bool(element_text(element).strip(" \x00*"))
 
 def worklist_response(record: WorklistRecord, request: WorklistRequest) -> Dataset:
     """The response Identifier for one item (PS3.4 K.6.1.2.2): the requested keys and the

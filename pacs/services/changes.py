@@ -25,17 +25,16 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from pacs.services.errors import OutOfResources
+from pacs.services.units import unit_of_work
 from storage.attributes import Level
 from storage.index import (
     Index,
-    IndexUnavailable,
     InstanceRow,
     Repository,
     UpsertOutcome,
@@ -175,14 +174,8 @@ class ChangeService:
         self.webhooks = tuple(webhooks)
         self.retention = retention
 
-    @contextmanager
-    def _unit_of_work(self, *, write: bool = False) -> Iterator[Repository]:
-        try:
-            with self.index.unit_of_work(write=write) as repository:
-                yield repository
-        except IndexUnavailable as error:
-            log.error("the index is unavailable: %s", error)
-            raise OutOfResources("the index is unavailable") from error
+    def _unit_of_work(self, *, write: bool = False) -> AbstractContextManager[Repository]:
+        return unit_of_work(self.index, write=write)
 
     def sequence(self) -> int:
         """Number the committed changes waiting for it (one batch) and plan their webhook
@@ -196,6 +189,12 @@ class ChangeService:
                 (change, n) for change in numbered for n, hook in enumerate(self.webhooks)
                 if hook.wants(change.event))
         return len(numbered)
+
+    def sequence_pass(self) -> bool:
+        """The background worker's step: one :meth:`sequence`; True (run again at once) only
+        when it numbered a whole batch. A pass that numbered a few is done: running again at
+        once would follow every ingest commit with a write transaction of its own."""
+        return self.sequence() >= SEQUENCE_BATCH
 
     def _sequence_all(self) -> None:
         while self.sequence() >= SEQUENCE_BATCH:

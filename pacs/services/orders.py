@@ -35,19 +35,19 @@ import builtins
 import datetime as dt
 import re
 import secrets
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from pydicom.uid import generate_uid
 
-from pacs.services.errors import Conflict, InvalidQuery, NotFound, OutOfResources
+from pacs.services.errors import Conflict, InvalidQuery, NotFound
+from pacs.services.units import unit_of_work
 from storage.index import (
     Index,
     IndexDataError,
-    IndexUnavailable,
     OrderFilter,
     OrderRecord,
     Repository,
@@ -364,14 +364,8 @@ class OrderService:
     def __init__(self, *, index: Index) -> None:
         self.index = index
 
-    @contextmanager
-    def _unit(self, *, write: bool = False) -> Iterator[Repository]:
-        """A unit of work; the index unreachable is :class:`OutOfResources` (try later)."""
-        try:
-            with self.index.unit_of_work(write=write) as repository:
-                yield repository
-        except IndexUnavailable as error:
-            raise OutOfResources("the index is unavailable: try again later") from error
+    def _unit(self, *, write: bool = False) -> AbstractContextManager[Repository]:
+        return unit_of_work(self.index, write=write)
 
     # -- changes ---------------------------------------------------------------------------
     def create(self, body: Mapping[str, Any], who: str, source: str = "rest") -> OrderRecord:

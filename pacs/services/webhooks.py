@@ -30,13 +30,13 @@ import json
 import logging
 import ssl
 import urllib.parse
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from pacs.services.changes import ChangeService
-from pacs.services.errors import OutOfResources
-from storage.index import Index, IndexUnavailable, Repository
+from pacs.services.units import unit_of_work
+from storage.index import Index, Repository
 
 log = logging.getLogger(__name__)
 
@@ -154,14 +154,8 @@ class WebhookService:
         self.node = node
         self.lease = max(lease, dt.timedelta(seconds=3 * timeout))  # a POST ends within it
 
-    @contextmanager
-    def _unit_of_work(self, *, write: bool = False) -> Iterator[Repository]:
-        try:
-            with self.index.unit_of_work(write=write) as repository:
-                yield repository
-        except IndexUnavailable as error:
-            log.error("the index is unavailable: %s", error)
-            raise OutOfResources("the index is unavailable") from error
+    def _unit_of_work(self, *, write: bool = False) -> AbstractContextManager[Repository]:
+        return unit_of_work(self.index, write=write)
 
     def run_due(self, now: dt.datetime | None = None) -> bool:
         """Claim and attempt one due delivery; False when none was due."""

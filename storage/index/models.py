@@ -464,7 +464,8 @@ change_event = Table(
     Column("seq", BigInteger, unique=True),
     Column("at", DateTime(timezone=True), nullable=False, default=_now, index=True),
     Column("event", String(16), nullable=False),
-    Column("study_instance_uid", String(64), nullable=False, index=True),
+    # not indexed: nothing looks changes up by study, and each stored instance writes a row
+    Column("study_instance_uid", String(64), nullable=False),
     Column("series_instance_uid", String(64)),
     Column("sop_instance_uid", String(64), index=True),
 )

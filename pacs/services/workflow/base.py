@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 
 from pacs.services.decoding_limits import DecodeLimits
-from pacs.services.errors import InvalidQuery, OutOfResources
+from pacs.services.errors import OutOfResources
 from pacs.services.lease import Renewal
+from pacs.services.units import unit_of_work
 from pacs.services.workflow.gate import QaGate
 from pacs.services.workflow.routes import RouteRule
 from storage.blob_store import BlobStore
-from storage.index import Index, IndexDataError, IndexUnavailable, Repository
+from storage.index import Index, Repository
 from storage.index.studies import StudyClaim
 
 log = logging.getLogger("pacs.services.workflow")
@@ -46,17 +47,8 @@ class WorkflowBase:
         self.node = node  # this server, as the holder of the studies it checks or purges
         self.lease = lease
 
-    @contextmanager
-    def _unit_of_work(self, *, write: bool = False) -> Iterator[Repository]:
-        try:
-            with self.index.unit_of_work(write=write) as repository:
-                yield repository
-        except IndexUnavailable as error:
-            log.error("the index is unavailable: %s", error)
-            raise OutOfResources("the index is unavailable") from error
-        except IndexDataError as error:
-            log.warning("the index refused a change: %s", error)
-            raise InvalidQuery("the index cannot hold a value of this change") from error
+    def _unit_of_work(self, *, write: bool = False) -> AbstractContextManager[Repository]:
+        return unit_of_work(self.index, write=write)
 
     # Each study's stability check and each study's purge is claimed by one server at a time
     # (the index skips rows other servers are claiming) and held under this server's lease,

@@ -36,8 +36,6 @@ def upgrade() -> None:
         sa.UniqueConstraint("seq", name="uq_change_event_seq"),
     )
     op.create_index("ix_change_event_at", "change_event", ["at"])
-    op.create_index("ix_change_event_study_instance_uid", "change_event",
-                    ["study_instance_uid"])
     op.create_index("ix_change_event_sop_instance_uid", "change_event", ["sop_instance_uid"])
     op.create_index("ix_change_event_unsequenced", "change_event", ["id"],
                     sqlite_where=sa.text("seq IS NULL"), postgresql_where=sa.text("seq IS NULL"))
@@ -58,6 +56,5 @@ def downgrade() -> None:
         batch.drop_column("kind")
     op.drop_index("ix_change_event_unsequenced", table_name="change_event")
     op.drop_index("ix_change_event_sop_instance_uid", table_name="change_event")
-    op.drop_index("ix_change_event_study_instance_uid", table_name="change_event")
     op.drop_index("ix_change_event_at", table_name="change_event")
     op.drop_table("change_event")

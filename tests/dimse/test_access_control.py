@@ -56,7 +56,7 @@ class Site:
 
     def audit(self) -> list[Any]:
         with self.server.services() as services:
-            return services.audit.events(limit=500)
+            return services.workflow.audit_events(limit=500)
 
 
 def _text(result: subprocess.CompletedProcess[str]) -> str:

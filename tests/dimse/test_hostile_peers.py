@@ -152,7 +152,7 @@ def test_connections_beyond_the_limit_of_one_address_are_closed_at_once(
         until("127.0.0.2 admitted again", lambda: _echo_from(HOSTILE, port), 20)
 
         def refusals() -> list[AuditRecord]:
-            events = services.audit.events(action="connection-refused")
+            events = services.workflow.audit_events(action="connection-refused")
             return events if sum(event.detail["count"] for event in events) >= 3 else []
 
         with server.services() as services:  # the first at once, the others aggregated
@@ -178,7 +178,7 @@ def test_rejected_associations_are_audited(tmp_path: Path, sqlite_url: str) -> N
                          str(server.dimse_port)).returncode != 0
         holder.release()
         with server.services() as services:
-            rejected = until("the rejection audited", lambda: services.audit.events(
+            rejected = until("the rejection audited", lambda: services.workflow.audit_events(
                 action="association-rejected"), 30)
         assert rejected[0].actor == "dimse:LATE@127.0.0.1"
         assert rejected[0].outcome == "too many associations (local limit exceeded)"

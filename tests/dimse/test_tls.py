@@ -108,7 +108,7 @@ class TlsArchive:
 
     def refusals(self) -> list[AuditRecord]:
         with self.server.services() as services:
-            return services.audit.events(action="tls-refused")
+            return services.workflow.audit_events(action="tls-refused")
 
 
 def _start(pki: Pki, root: Path, database_url: str, mode: str = "required",
@@ -168,11 +168,11 @@ def test_echo_store_find_get_over_tls_with_the_client_subject_in_the_audit(
     # who did it, in the audit trail: calling AE, address and the certificate's subject
     actor = re.compile(rf"dimse:(STORESCU|FINDSCU|GETSCU)@127\.0\.0\.1(:\d+)? tls:{MODALITY}")
     with archive.server.services() as services:
-        stores = services.audit.events(study_instance_uid=STUDY, action="store")
+        stores = services.workflow.audit_events(study_instance_uid=STUDY, action="store")
         queries = until("the C-FIND audited", lambda: [
-            event for event in services.audit.events(action="query")
+            event for event in services.workflow.audit_events(action="query")
             if event.actor.startswith("dimse:FINDSCU")], 30)
-        retrievals = services.audit.events(action="retrieve")
+        retrievals = services.workflow.audit_events(action="retrieve")
     assert len(stores) == 2
     for event in [*stores, *queries, *retrievals]:
         assert actor.fullmatch(event.actor), event.actor
@@ -187,7 +187,7 @@ def test_the_plain_port_keeps_working_and_audits_no_tls_subject(archive: TlsArch
     dcmtk.store_datasets(archive.server.dimse_port, [f.ct_instance(StudyInstanceUID=study)],
                          workdir=archive.workdir / "plain")
     with archive.server.services() as services:
-        [store] = services.audit.events(study_instance_uid=study, action="store")
+        [store] = services.workflow.audit_events(study_instance_uid=study, action="store")
     assert store.actor.startswith("dimse:STORESCU@127.0.0.1:") and " tls:" not in store.actor
 
 

@@ -198,13 +198,17 @@ def test_with_the_setting_off_c_store_is_refused_and_c_get_still_works(
 
 
 def test_only_storage_classes_are_accepted_and_lossless_comes_first(setup: Setup) -> None:
-    """Standard classes of other services stay refused; an unknown storage class gets the
-    same transfer syntax preference as a known one (pynetdicom's unrestricted mode would take
-    the first proposed, here the lossy one)."""
+    """Standard classes of services not served here stay refused; those served (the
+    worklist, storage commitment) get their own contexts, never storage ones; an unknown
+    storage class gets the same transfer syntax preference as a known one (pynetdicom's
+    unrestricted mode would take the first proposed, here the lossy one)."""
     worklist = "1.2.840.10008.5.1.4.31"  # Modality Worklist Information Model - FIND
     commitment = "1.2.840.10008.1.20.1"  # Storage Commitment Push Model
+    print_management = "1.2.840.10008.5.1.1.9"  # Basic Grayscale Print Management Meta
+    hanging_protocol_find = "1.2.840.10008.5.1.4.38.2"  # Hanging Protocol - FIND
     ae = AE(ae_title="PROPOSER")
-    for sop_class in (worklist, commitment, RETIRED_US, PRIVATE):
+    for sop_class in (worklist, commitment, print_management, hanging_protocol_find,
+                      RETIRED_US, PRIVATE):
         ae.add_requested_context(sop_class, [JPEGBaseline8Bit, ExplicitVRLittleEndian])
     assoc = ae.associate("127.0.0.1", setup.server.dimse_port, ae_title="PACS")
     try:
@@ -213,7 +217,8 @@ def test_only_storage_classes_are_accepted_and_lossless_comes_first(setup: Setup
     finally:
         assoc.release()
 
-    assert accepted == {RETIRED_US: ExplicitVRLittleEndian, PRIVATE: ExplicitVRLittleEndian}
+    assert accepted == {RETIRED_US: ExplicitVRLittleEndian, PRIVATE: ExplicitVRLittleEndian,
+                        worklist: ExplicitVRLittleEndian, commitment: ExplicitVRLittleEndian}
 
 
 def test_routing_sends_them_and_names_a_refusing_peer(tmp_path: Path) -> None:

@@ -244,7 +244,8 @@ def test_signing_in_to_the_ui_with_a_pasted_oidc_token(site: Site) -> None:
             expect(page.locator("#signed-in-as")).to_contain_text("Signed in as olivia")
             expect(page.locator("#signed-in-as")).to_contain_text("qa")
             navigation = page.get_by_role("navigation", name="Main")
-            expect(navigation.get_by_role("link")).to_have_text(["Studies", "QA queue", "Audit"])
+            expect(navigation.get_by_role("link")).to_have_text(
+                ["Studies", "QA queue", "Worklist", "Audit"])
             (cookie,) = [c for c in context.cookies() if c["name"] == "pacs_session"]
             assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
         finally:

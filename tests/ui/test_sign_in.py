@@ -147,7 +147,8 @@ def test_a_qa_reviewer_accepts_from_the_queue(site: Site, page: Page) -> None:
     sign_in(page, site.tokens["qa"], start="/ui/qa")
     expect(page.locator("#signed-in-as")).to_contain_text("Signed in as qa")
     navigation = page.get_by_role("navigation", name="Main")
-    expect(navigation.get_by_role("link")).to_have_text(["Studies", "QA queue", "Audit"])
+    expect(navigation.get_by_role("link")).to_have_text(
+        ["Studies", "QA queue", "Worklist", "Audit"])
     page.locator(f'article[data-study="{held}"]').get_by_role("button", name="Accept").click()
     expect(page.locator("main .notice").first).to_contain_text("Accepted")
     assert site.state(held) == "archived"

@@ -53,6 +53,7 @@ from storage.index import (
     Repository,
     StepRecord,
 )
+from storage.worklist import StepStatus  # the worklist's defined terms (PS3.3 C.4.10)
 
 # the records: what the front ends format (they never import the index themselves)
 __all__ = ["MAX_STEPS", "OrderFilter", "OrderRecord", "OrderReference", "OrderService",
@@ -70,19 +71,6 @@ class OrderStatus(StrEnum):
     COMPLETED = "completed"
     DISCONTINUED = "discontinued"
     CANCELLED = "cancelled"
-
-
-class StepStatus(StrEnum):
-    """ScheduledProcedureStepStatus (0040,0020), PS3.3 C.4.10 defined terms."""
-
-    SCHEDULED = "SCHEDULED"
-    ARRIVED = "ARRIVED"
-    READY = "READY"
-    STARTED = "STARTED"
-    DEPARTED = "DEPARTED"
-    CANCELED = "CANCELED"
-    COMPLETED = "COMPLETED"
-    DISCONTINUED = "DISCONTINUED"
 
 
 class StepsMode(StrEnum):

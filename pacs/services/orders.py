@@ -80,7 +80,8 @@ class StepsMode(StrEnum):
     REPLACE = "replace"  # the whole list: by id, else by position; the rest are removed
 
 
-_CLOSED = frozenset({OrderStatus.CANCELLED.value, OrderStatus.DISCONTINUED.value})
+CLOSED = frozenset({OrderStatus.CANCELLED.value, OrderStatus.DISCONTINUED.value})
+"""Order statuses that no longer name a study to come (they cannot be changed either)."""
 
 
 @dataclass(frozen=True)
@@ -395,7 +396,7 @@ class OrderService:
             raise InvalidQuery(f"{STEPS}: at least one item (an order keeps one step)")
         with self._unit(write=True) as repository:
             current = self._find(repository, order)
-            if current.status in _CLOSED:
+            if current.status in CLOSED:
                 raise Conflict(f"order {current.id} is {current.status}: it cannot be changed")
             if "study_instance_uid" in columns and columns["study_instance_uid"] is None:
                 raise InvalidQuery("StudyInstanceUID: cannot be cleared")
@@ -425,7 +426,7 @@ class OrderService:
                                if discontinue else (OrderStatus.CANCELLED, StepStatus.CANCELED))
         with self._unit(write=True) as repository:
             current = self._find(repository, order, closed_too=True)
-            if current.status in _CLOSED:
+            if current.status in CLOSED:
                 return current
             repository.orders.set_status(current.id, status.value, step_status=step_status.value)
             cancelled = repository.orders.get(current.id)
@@ -499,7 +500,7 @@ class OrderService:
             candidates = repository.orders.by_order_number(placer=order.placer_order_number)
         if not candidates and order.accession_number:
             candidates = repository.orders.by_accession_number(order.accession_number)
-        open_ = [found for found in candidates if found.status not in _CLOSED]
+        open_ = [found for found in candidates if found.status not in CLOSED]
         if len(open_) > 1:
             raise Conflict(f"{order} names {len(open_)} orders "
                            f"({', '.join(str(found.id) for found in open_[:5])})")
@@ -525,7 +526,7 @@ class OrderService:
         accession = columns.get("accession_number")
         if accession:
             for holder in repository.orders.by_accession_number(accession):
-                if holder.id != exclude and holder.status not in _CLOSED:
+                if holder.id != exclude and holder.status not in CLOSED:
                     raise Conflict(f"AccessionNumber {accession!r} belongs to order "
                                    f"{holder.id}")
 

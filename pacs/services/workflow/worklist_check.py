@@ -7,13 +7,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pacs.services.orders import CLOSED
 from pacs.services.qa_checks import Finding
 from storage.index import Repository
 from storage.index.orders import OrderRecord
 from storage.normalize import normalize_text
-
-#: Orders that no longer name a study to come.
-_CLOSED = frozenset({"cancelled", "discontinued"})
 
 #: The patient attributes compared, keyword → the order's field.
 COMPARED = {"PatientID": "patient_id", "PatientName": "patient_name",
@@ -25,12 +23,12 @@ def order_of(repository: Repository, study_instance_uid: str, accession_number: 
     """The open order a study belongs to: by its Study Instance UID, else by its Accession
     Number when exactly one open order has it."""
     found = repository.orders.by_study_instance_uid(study_instance_uid)
-    if found is not None and found.status not in _CLOSED:
+    if found is not None and found.status not in CLOSED:
         return found
     if not accession_number:
         return None
     candidates = [o for o in repository.orders.by_accession_number(accession_number)
-                  if o.status not in _CLOSED]
+                  if o.status not in CLOSED]
     return candidates[0] if len(candidates) == 1 else None
 
 
